@@ -1,0 +1,187 @@
+"""Blockwise attention on one device: fold one KV block into local queries, tile by tile.
+
+This is the per-step work of the ring. Shapes inside (one device, heads-major, GQA folded into
+rows so KV is never repeated):
+
+  q, o, do   [b, h, n * g, d]   h = local KV heads, g = query heads per KV head, row = pos * g + j
+  k, v       [b, h, nk, d]
+  m, l, lse  [b, h, n * g]      float32 running max, running sum, log-sum-exp
+  q_pos [n], k_pos [nk]         global positions (causal mask); seg_q [b, n], seg_k [b, nk]
+
+Tiles are ``block_q`` query positions by ``block_k`` key positions. A tile that the causal mask
+hides entirely is skipped (never computed); a tile entirely below the diagonal skips the mask.
+Scores, softmax statistics and accumulators are float32 whatever the input dtype.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+# Branch indices of a tile: hidden by the causal mask, fully visible, cut by the diagonal.
+SKIP, FULL, DIAGONAL = 0, 1, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class TileSpec:
+    """Static description of the per-device tile loops."""
+
+    scale: float
+    causal: bool
+    groups: int  # query heads per KV head
+    block_q: int
+    block_k: int
+
+
+def tile_bounds(pos, block: int):
+    """Min and max position of each tile of ``block`` consecutive entries: two ``[n // block]``."""
+    tiles = pos.reshape(-1, block)
+    return tiles.min(axis=1), tiles.max(axis=1)
+
+
+def tile_kind(q_min, q_max, k_min, k_max, causal: bool):
+    """SKIP / FULL / DIAGONAL for tiles with these position bounds (numpy or jax arrays)."""
+    if not causal:
+        return FULL + 0 * (q_min + k_min)
+    xp = jnp if isinstance(q_min, jax.Array) else np
+    return xp.where(q_max < k_min, SKIP, xp.where(q_min >= k_max, FULL, DIAGONAL))
+
+
+def _mask(qp, kp, sq, sk, diagonal: bool):
+    """Visibility ``[b or 1, 1, bq, 1, bk]`` (None when everything is visible)."""
+    mask = None
+    if diagonal:
+        mask = (qp[:, None] >= kp[None, :])[None]
+    if sq is not None:
+        same = sq[:, :, None] == sk[:, None, :]
+        mask = same if mask is None else mask & same
+    return None if mask is None else mask[:, None, :, None, :]
+
+
+def _scores(qt, kt, mask, spec: TileSpec):
+    """Scaled scores ``[b, h, bq * g, bk]`` float32, -inf where masked."""
+    s = jnp.einsum("bhrd,bhkd->bhrk", qt, kt, preferred_element_type=jnp.float32) * spec.scale
+    if mask is not None:
+        b, h, r, bk = s.shape
+        s = jnp.where(mask, s.reshape(b, h, r // spec.groups, spec.groups, bk), -jnp.inf)
+        s = s.reshape(b, h, r, bk)
+    return s
+
+
+def _slice(x, start, size, axis):
+    return None if x is None else lax.dynamic_slice_in_dim(x, start, size, axis)
+
+
+def fold_block(q, k, v, carry, q_pos, k_pos, seg_q, seg_k, spec: TileSpec):
+    """Fold the KV block ``k, v`` into the running ``carry = (o, m, l)`` of queries ``q``.
+
+    Online softmax: for each tile, ``m' = max(m, rowmax(s))``, ``l' = l e^(m-m') + rowsum(e^(s-m'))``,
+    ``o' = o e^(m-m') + e^(s-m') v``. Rows that have seen no visible key keep ``m = -inf``.
+    """
+    g, bq, bk = spec.groups, spec.block_q, spec.block_k
+    n, nk = q.shape[2] // g, k.shape[2]
+    q_min, q_max = tile_bounds(q_pos, bq)
+    k_min, k_max = tile_bounds(k_pos, bk)
+
+    def tile_update(diagonal):
+        def update(tc, qt, kt, vt, qp, kp, sq, sk):
+            o, m, l = tc
+            s = _scores(qt, kt, _mask(qp, kp, sq, sk, diagonal), spec)
+            m_new = jnp.maximum(m, s.max(axis=-1))
+            m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)
+            p = jnp.exp(s - m_safe[..., None])  # [b, h, bq * g, bk]
+            alpha = jnp.exp(m - m_safe)
+            l = alpha * l + p.sum(axis=-1)
+            pv = jnp.einsum("bhrk,bhkd->bhrd", p.astype(vt.dtype), vt,
+                            preferred_element_type=jnp.float32)
+            return alpha[..., None] * o + pv, m_new, l
+
+        return update
+
+    branches = [lambda tc, *_: tc, tile_update(False), tile_update(True)]
+
+    def q_tile(iq, carry):
+        r0 = iq * bq * g
+        qt = _slice(q, r0, bq * g, 2)
+        tc = tuple(_slice(x, r0, bq * g, 2) for x in carry)
+        qp, sq = _slice(q_pos, iq * bq, bq, 0), _slice(seg_q, iq * bq, bq, 1)
+
+        def kv_tile(jk, tc):
+            args = (qt, _slice(k, jk * bk, bk, 2), _slice(v, jk * bk, bk, 2),
+                    qp, _slice(k_pos, jk * bk, bk, 0), sq, _slice(seg_k, jk * bk, bk, 1))
+            if not spec.causal:
+                return branches[FULL](tc, *args)
+            kind = tile_kind(q_min[iq], q_max[iq], k_min[jk], k_max[jk], spec.causal)
+            return lax.switch(kind, branches, tc, *args)
+
+        tc = lax.fori_loop(0, nk // bk, kv_tile, tc)
+        return tuple(lax.dynamic_update_slice_in_dim(x, t, r0, 2) for x, t in zip(carry, tc))
+
+    return lax.fori_loop(0, n // bq, q_tile, carry)
+
+
+def finish(o, m, l, dtype):
+    """Normalise the carry: output ``[b, h, n * g, d]`` in ``dtype`` and ``lse`` float32."""
+    seen = l > 0
+    out = jnp.where(seen[..., None], o / jnp.where(seen, l, 1.0)[..., None], 0.0)
+    lse = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), -jnp.inf)
+    return out.astype(dtype), lse
+
+
+def grad_block(q, k, v, do, lse, delta, grads, q_pos, k_pos, seg_q, seg_k, spec: TileSpec):
+    """Accumulate ``grads = (dq, dk, dv)`` (float32) for the pair (local queries, KV block).
+
+    With ``p = e^(s - lse)``: ``dv += p^T do``, ``ds = p (do v^T - delta)``, ``dq += ds k``,
+    ``dk += ds^T q`` (scale folded into ``ds``); ``delta = rowsum(do * o)``.
+    """
+    g, bq, bk = spec.groups, spec.block_q, spec.block_k
+    n, nk = q.shape[2] // g, k.shape[2]
+    q_min, q_max = tile_bounds(q_pos, bq)
+    k_min, k_max = tile_bounds(k_pos, bk)
+    lse = jnp.where(lse == -jnp.inf, 0.0, lse)  # empty rows: all scores -inf, p = 0
+
+    def tile_update(diagonal):
+        def update(tc, r0, qt, dot_, lt, dt, kt, vt, qp, kp, sq, sk):
+            dq, dkt, dvt = tc
+            s = _scores(qt, kt, _mask(qp, kp, sq, sk, diagonal), spec)
+            p = jnp.exp(s - lt[..., None])  # [b, h, bq * g, bk]
+            dvt = dvt + jnp.einsum("bhrk,bhrd->bhkd", p.astype(dot_.dtype), dot_,
+                                   preferred_element_type=jnp.float32)
+            dp = jnp.einsum("bhrd,bhkd->bhrk", dot_, vt, preferred_element_type=jnp.float32)
+            ds = (p * (dp - dt[..., None]) * spec.scale).astype(qt.dtype)
+            dqt = jnp.einsum("bhrk,bhkd->bhrd", ds, kt, preferred_element_type=jnp.float32)
+            dkt = dkt + jnp.einsum("bhrk,bhrd->bhkd", ds, qt, preferred_element_type=jnp.float32)
+            dq = lax.dynamic_update_slice_in_dim(dq, _slice(dq, r0, bq * g, 2) + dqt, r0, 2)
+            return dq, dkt, dvt
+
+        return update
+
+    branches = [lambda tc, *_: tc, tile_update(False), tile_update(True)]
+
+    def kv_tile(jk, grads):
+        dq, dk, dv = grads
+        c0 = jk * bk
+        kt, vt = _slice(k, c0, bk, 2), _slice(v, c0, bk, 2)
+        kp, sk = _slice(k_pos, c0, bk, 0), _slice(seg_k, c0, bk, 1)
+        tc = (dq, _slice(dk, c0, bk, 2), _slice(dv, c0, bk, 2))
+
+        def q_tile(iq, tc):
+            r0 = iq * bq * g
+            args = (r0, _slice(q, r0, bq * g, 2), _slice(do, r0, bq * g, 2),
+                    _slice(lse, r0, bq * g, 2), _slice(delta, r0, bq * g, 2),
+                    kt, vt, _slice(q_pos, iq * bq, bq, 0), kp, _slice(seg_q, iq * bq, bq, 1), sk)
+            if not spec.causal:
+                return branches[FULL](tc, *args)
+            kind = tile_kind(q_min[iq], q_max[iq], k_min[jk], k_max[jk], spec.causal)
+            return lax.switch(kind, branches, tc, *args)
+
+        dq, dkt, dvt = lax.fori_loop(0, n // bq, q_tile, tc)
+        dk = lax.dynamic_update_slice_in_dim(dk, dkt, c0, 2)
+        dv = lax.dynamic_update_slice_in_dim(dv, dvt, c0, 2)
+        return dq, dk, dv
+
+    return lax.fori_loop(0, nk // bk, kv_tile, grads)

@@ -1,0 +1,122 @@
+"""Sequence layouts over the 'sp' ring: which global positions each device holds.
+
+``contiguous``: device i holds chunk i of p equal chunks. Under a causal mask device p-1 then does
+p times the work of device 0.
+``zigzag``: the sequence is cut into 2p chunks and device i holds chunks i and 2p-1-i, so every
+device holds one early and one late chunk and does the same causal work.
+
+A model permutes its tokens into the layout once per forward pass (``to_layout``), runs every layer
+on the permuted sequence with positions ``layout_positions(...)`` (for RoPE), and permutes the
+output back (``from_layout``).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax.numpy as jnp
+import numpy as np
+
+from ringkit.errors import ConfigError, ShapeError
+
+LAYOUTS = ("zigzag", "contiguous")
+
+
+def check_layout(layout: str) -> str:
+    if layout not in LAYOUTS:
+        raise ConfigError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
+    return layout
+
+
+def chunks_per_device(layout: str) -> int:
+    return 2 if check_layout(layout) == "zigzag" else 1
+
+
+def check_seq_len(seq_len: int, sp: int, layout: str) -> None:
+    """Raise ``ShapeError`` unless ``seq_len`` splits into the layout's equal chunks."""
+    multiple = sp * chunks_per_device(layout)
+    if seq_len % multiple:
+        padded = -(-seq_len // multiple) * multiple
+        raise ShapeError(
+            f"sequence length {seq_len} must be a multiple of {multiple} for layout={layout!r} "
+            f"on sp={sp} devices ({chunks_per_device(layout)} chunks per device); pad it to "
+            f"{padded} with ringkit.attention.pad_for_ring(...), which masks the padding"
+        )
+
+
+@functools.lru_cache(maxsize=64)
+def _permutation(seq_len: int, sp: int, layout: str) -> np.ndarray:
+    check_seq_len(seq_len, sp, layout)
+    if layout == "contiguous":
+        return np.arange(seq_len, dtype=np.int32)
+    chunk = seq_len // (2 * sp)
+    order = [c for i in range(sp) for c in (i, 2 * sp - 1 - i)]
+    perm = np.concatenate([np.arange(c * chunk, (c + 1) * chunk) for c in order])
+    perm = perm.astype(np.int32)
+    perm.setflags(write=False)
+    return perm
+
+
+def layout_positions(seq_len: int, sp: int, layout: str = "zigzag") -> np.ndarray:
+    """Global position of each token of the permuted sequence: ``int32 [seq_len]``.
+
+    ``to_layout(x)[:, j] == x[:, layout_positions(...)[j]]``; feed these positions to RoPE.
+    """
+    return _permutation(seq_len, sp, check_layout(layout))
+
+
+def to_layout(x, sp: int, layout: str = "zigzag", axis: int = 1):
+    """Permute the sequence axis of ``x`` from natural order into ``layout`` for ``sp`` devices.
+
+    Example: ``q_zz = to_layout(q, sp=8)`` for ``q [batch, seq, heads, head_dim]``.
+    """
+    if check_layout(layout) == "contiguous":
+        check_seq_len(x.shape[axis], sp, layout)
+        return x
+    return jnp.take(x, _permutation(x.shape[axis], sp, layout), axis=axis)
+
+
+def from_layout(x, sp: int, layout: str = "zigzag", axis: int = 1):
+    """Inverse of ``to_layout``: permuted sequence back to natural order."""
+    if check_layout(layout) == "contiguous":
+        check_seq_len(x.shape[axis], sp, layout)
+        return x
+    inverse = np.argsort(_permutation(x.shape[axis], sp, layout)).astype(np.int32)
+    return jnp.take(x, inverse, axis=axis)
+
+
+def device_positions(device, local_len: int, sp: int, layout: str):
+    """Global positions held by ``device`` (an int or a traced axis index): ``int32 [local_len]``."""
+    if layout == "contiguous":
+        return device * local_len + jnp.arange(local_len, dtype=jnp.int32)
+    chunk = local_len // 2
+    ar = jnp.arange(chunk, dtype=jnp.int32)
+    return jnp.concatenate([device * chunk + ar, (2 * sp - 1 - device) * chunk + ar])
+
+
+def pad_for_ring(q, k, v, segment_ids=None, *, sp: int, layout: str = "zigzag"):
+    """Pad ``q, k, v [batch, seq, heads, head_dim]`` at the end so ``seq`` fits the layout.
+
+    The padding gets segment id -1 (real tokens keep theirs, or 0 when ``segment_ids`` is None), so
+    no real token attends to it; -1 is therefore reserved for padding. Returns ``(q, k, v, segment_ids, seq)``; cut the attention output
+    back with ``out[:, :seq]``.
+
+    Example::
+
+        q, k, v, seg, n = pad_for_ring(q, k, v, sp=8)
+        out = ring_attention(q, k, v, mesh=mesh, segment_ids=seg)[:, :n]
+    """
+    seq = q.shape[1]
+    multiple = sp * chunks_per_device(layout)
+    pad = -seq % multiple
+    if segment_ids is None:
+        segment_ids = jnp.zeros(q.shape[:2], jnp.int32)
+    if pad == 0:
+        return q, k, v, segment_ids, seq
+
+    def padded(x, value=0):
+        widths = [(0, 0)] * x.ndim
+        widths[1] = (0, pad)
+        return jnp.pad(x, widths, constant_values=value)
+
+    return padded(q), padded(k), padded(v), padded(jnp.asarray(segment_ids), -1), seq

@@ -1,0 +1,321 @@
+"""Ring attention over the mesh axis 'sp': exact, causal-load-balanced, GQA-aware, differentiable.
+
+Each device keeps its queries; KV blocks travel one hop per step around the ring and every device
+folds each arriving block into its queries with an online softmax (``blockwise.fold_block``). The
+backward pass is a second ring in which dk, dv travel with k, v and return to their owner with one
+final hop. Memory per device is O(seq / sp): nothing [seq, seq]-sized exists, forward or backward.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.sharding import Mesh, PartitionSpec as P
+
+from ringkit.attention import blockwise
+from ringkit.attention.layouts import (
+    check_layout, check_seq_len, chunks_per_device, device_positions, from_layout, to_layout)
+from ringkit.errors import ConfigError, ShapeError, UnsupportedError
+from ringkit.mesh import MESH_AXES, logical_to_spec, require_axes
+
+DEFAULT_BLOCK = 512
+IMPLS = ("auto", "xla", "pallas")
+
+_QKV = logical_to_spec(("batch", "seq", "heads", "head_dim"))  # P(('dp','fsdp'), 'sp', 'tp', None)
+_SEG = logical_to_spec(("batch", "seq"))
+_LSE = logical_to_spec(("batch", "heads", "seq"))  # lse [b, kv_heads, seq * groups]
+
+
+@dataclasses.dataclass(frozen=True)
+class RingSpec:
+    """Everything static about one ring-attention call (hashable: a jit cache key)."""
+
+    mesh: Mesh
+    causal: bool
+    layout: str
+    scale: float
+    block_q: int
+    block_k: int
+    groups: int
+    has_segments: bool
+
+    @property
+    def sp(self) -> int:
+        return self.mesh.shape["sp"]
+
+    @property
+    def tiles(self) -> blockwise.TileSpec:
+        return blockwise.TileSpec(self.scale, self.causal, self.groups, self.block_q, self.block_k)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-device bodies (run under shard_map).
+
+
+def _rotate(tree, sp: int):
+    """Send every array one hop along the ring: device i -> device i + 1."""
+    if sp == 1:
+        return tree
+    perm = [(j, (j + 1) % sp) for j in range(sp)]
+    return jax.tree.map(lambda x: lax.ppermute(x, "sp", perm), tree)
+
+
+def _heads_major(x, groups: int):
+    """``[b, n, h * g, d]`` -> ``[b, h, n * g, d]`` (row = position * g + group member)."""
+    b, n, hg, d = x.shape
+    x = x.reshape(b, n, hg // groups, groups, d).transpose(0, 2, 1, 3, 4)
+    return x.reshape(b, hg // groups, n * groups, d)
+
+
+def _seq_major(x, groups: int):
+    """Inverse of ``_heads_major``."""
+    b, h, ng, d = x.shape
+    x = x.reshape(b, h, ng // groups, groups, d).transpose(0, 2, 1, 3, 4)
+    return x.reshape(b, ng // groups, h * groups, d)
+
+
+def _split_segments(args, spec: RingSpec):
+    if spec.has_segments:
+        *qkv, seg = args
+        return qkv, seg
+    return args, None
+
+
+def _positions(spec: RingSpec, device, n: int):
+    return device_positions(device, n, spec.sp, spec.layout)
+
+
+def _if_visible(spec, q_pos, k_pos, fn, state):
+    """Run ``fn(state)`` unless the causal mask hides the whole block pair (contiguous layout)."""
+    if not spec.causal:
+        return fn(state)
+    return lax.cond(q_pos.max() >= k_pos.min(), fn, lambda s: s, state)
+
+
+def _forward_local(*args, spec: RingSpec):
+    (q, k, v), seg = _split_segments(args, spec)
+    sp, g = spec.sp, spec.groups
+    n = q.shape[1]
+    me = lax.axis_index("sp")
+    qh = _heads_major(q, g)
+    kv = (_heads_major(k, 1), _heads_major(v, 1), seg)
+    q_pos = _positions(spec, me, n)
+    rows = qh.shape[:3]
+    carry = (jnp.zeros(qh.shape, jnp.float32), jnp.full(rows, -jnp.inf, jnp.float32),
+             jnp.zeros(rows, jnp.float32))
+
+    def fold(step, kv, carry):
+        kh, vh, seg_k = kv
+        k_pos = _positions(spec, (me - step) % sp, n)
+        fn = lambda c: blockwise.fold_block(qh, kh, vh, c, q_pos, k_pos, seg, seg_k, spec.tiles)
+        return _if_visible(spec, q_pos, k_pos, fn, carry)
+
+    def step(t, state):
+        kv, carry = state
+        incoming = _rotate(kv, sp)  # issued before the fold so transfer and compute overlap
+        return incoming, fold(t, kv, carry)
+
+    kv, carry = lax.fori_loop(0, sp - 1, step, (kv, carry))
+    carry = fold(sp - 1, kv, carry)  # the last block is never sent on
+    out, lse = blockwise.finish(*carry, q.dtype)
+    return _seq_major(out, g), lse
+
+
+def _backward_local(*args, spec: RingSpec):
+    *args, o, lse, do = args
+    (q, k, v), seg = _split_segments(args, spec)
+    sp, g = spec.sp, spec.groups
+    n = q.shape[1]
+    me = lax.axis_index("sp")
+    qh, oh, doh = (_heads_major(x, g) for x in (q, o, do))
+    kh, vh = _heads_major(k, 1), _heads_major(v, 1)
+    delta = jnp.einsum("bhrd,bhrd->bhr", oh.astype(jnp.float32), doh.astype(jnp.float32))
+    q_pos = _positions(spec, me, n)
+    dq = jnp.zeros(qh.shape, jnp.float32)
+    dkv = (jnp.zeros(kh.shape, jnp.float32), jnp.zeros(vh.shape, jnp.float32))
+
+    def grads(step, kv, dq, dkv):
+        kh, vh, seg_k = kv
+        k_pos = _positions(spec, (me - step) % sp, n)
+        fn = lambda gr: blockwise.grad_block(
+            qh, kh, vh, doh, lse, delta, gr, q_pos, k_pos, seg, seg_k, spec.tiles)
+        dq, dk, dv = _if_visible(spec, q_pos, k_pos, fn, (dq, *dkv))
+        return dq, (dk, dv)
+
+    def step(t, state):
+        kv, dq, dkv = state
+        incoming = _rotate(kv, sp)
+        dq, dkv = grads(t, kv, dq, dkv)
+        return incoming, dq, _rotate(dkv, sp)  # dk, dv travel with the block they belong to
+
+    kv, dq, dkv = lax.fori_loop(0, sp - 1, step, ((kh, vh, seg), dq, dkv))
+    dq, dkv = grads(sp - 1, kv, dq, dkv)
+    dk, dv = _rotate(dkv, sp)  # one last hop home: device i holds the gradient of block i + 1
+    return (_seq_major(dq, g).astype(q.dtype), _seq_major(dk, 1).astype(k.dtype),
+            _seq_major(dv, 1).astype(v.dtype))
+
+
+# ---------------------------------------------------------------------------------------------
+# Global (sharded) functions with a custom VJP.
+
+
+def _in_specs(spec: RingSpec):
+    return (_QKV, _QKV, _QKV) + ((_SEG,) if spec.has_segments else ())
+
+
+def _sharded_forward(spec: RingSpec, *args):
+    fn = jax.shard_map(functools.partial(_forward_local, spec=spec), mesh=spec.mesh,
+                       in_specs=_in_specs(spec), out_specs=(_QKV, _LSE), check_vma=False)
+    return fn(*args)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _ring(spec: RingSpec, *args):
+    return _sharded_forward(spec, *args)[0]
+
+
+def _ring_fwd(spec: RingSpec, *args):
+    out, lse = _sharded_forward(spec, *args)
+    return out, (args, out, lse)
+
+
+def _ring_bwd(spec: RingSpec, residuals, dout):
+    args, out, lse = residuals
+    fn = jax.shard_map(functools.partial(_backward_local, spec=spec), mesh=spec.mesh,
+                       in_specs=_in_specs(spec) + (_QKV, _LSE, _QKV), out_specs=(_QKV,) * 3,
+                       check_vma=False)
+    dq, dk, dv = fn(*args, out, lse, dout)
+    return (dq, dk, dv) + ((None,) if spec.has_segments else ())
+
+
+_ring.defvjp(_ring_fwd, _ring_bwd)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry points.
+
+
+def _largest_divisor(n: int, at_most: int) -> int:
+    return max(d for d in range(1, min(n, at_most) + 1) if n % d == 0)
+
+
+def _block(name: str, value, local_len: int, chunk: int) -> int:
+    if value is None:
+        return _largest_divisor(chunk, DEFAULT_BLOCK)
+    if not isinstance(value, int) or value <= 0 or local_len % value:
+        raise ConfigError(
+            f"{name}={value!r} must be a positive integer dividing the per-device sequence length "
+            f"{local_len}; a divisor of the layout chunk {chunk} (e.g. "
+            f"{_largest_divisor(chunk, DEFAULT_BLOCK)}) keeps causal tiles aligned"
+        )
+    return value
+
+
+def make_spec(q, k, v, segment_ids, *, mesh, causal, layout, scale, block_q, block_k, impl):
+    """Validate a call and build its ``RingSpec``; every user mistake raises a ``RingkitError``."""
+    if not isinstance(mesh, Mesh):
+        raise ConfigError(f"mesh must be a jax.sharding.Mesh (ringkit.make_mesh(...)), got {mesh!r}")
+    require_axes(mesh, MESH_AXES)
+    check_layout(layout)
+    if impl not in IMPLS:
+        raise ConfigError(f"unknown impl {impl!r}; choose one of {IMPLS}")
+    if impl == "pallas":
+        raise UnsupportedError("impl='pallas' is not available in this version; use impl='xla'")
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if x.ndim != 4:
+            raise ShapeError(f"{name} must be [batch, seq, heads, head_dim], got shape {x.shape}")
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise ShapeError(f"{name} must be floating point, got {x.dtype}")
+    if k.shape != v.shape:
+        raise ShapeError(f"k and v shapes differ: k {k.shape}, v {v.shape}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ShapeError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}; cast them to one")
+    (b, s, hq, d), hkv = q.shape, k.shape[2]
+    if k.shape[:2] != (b, s) or k.shape[3] != d:
+        raise ShapeError(
+            f"q {q.shape} and k/v {k.shape} must share batch, seq and head_dim "
+            "([batch, seq, heads, head_dim])"
+        )
+    if hq % hkv:
+        raise ShapeError(f"q_heads={hq} must be a multiple of kv_heads={hkv} (grouped-query attention)")
+    if segment_ids is not None and tuple(segment_ids.shape) != (b, s):
+        raise ShapeError(f"segment_ids must be [batch, seq] = {(b, s)}, got {segment_ids.shape}")
+    batch_shards = mesh.shape["dp"] * mesh.shape["fsdp"]
+    if b % batch_shards:
+        raise ShapeError(f"batch {b} must be divisible by dp*fsdp = {batch_shards}")
+    if hkv % mesh.shape["tp"]:
+        raise ShapeError(
+            f"kv_heads={hkv} (and q_heads={hq}) must be divisible by tp={mesh.shape['tp']}; "
+            "use a tp that divides the KV heads"
+        )
+    sp = mesh.shape["sp"]
+    check_seq_len(s, sp, layout)
+    local = s // sp
+    chunk = local // chunks_per_device(layout)
+    return RingSpec(
+        mesh=mesh, causal=bool(causal), layout=layout,
+        scale=float(1.0 / math.sqrt(d) if scale is None else scale),
+        block_q=_block("block_q", block_q, local, chunk), block_k=_block("block_k", block_k, local, chunk),
+        groups=hq // hkv, has_segments=segment_ids is not None,
+    )
+
+
+def _args(q, k, v, segment_ids):
+    return (q, k, v) + (() if segment_ids is None else (segment_ids.astype(jnp.int32),))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _permuted(spec: RingSpec, *args):
+    return _ring(spec, *args)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _natural(spec: RingSpec, *args):
+    args = tuple(to_layout(x, spec.sp, spec.layout) for x in args)
+    return from_layout(_ring(spec, *args), spec.sp, spec.layout)
+
+
+def ring_attention_permuted(q, k, v, *, mesh, causal=True, segment_ids=None, layout="zigzag",
+                            impl="xla", block_q=None, block_k=None, scale=None):
+    """``ring_attention`` on sequences already in ``layout`` order (see ``to_layout``).
+
+    For models: permute tokens once per forward pass, use ``layout_positions`` for RoPE, and call
+    this in every layer. Arguments and shapes as ``ring_attention``.
+    """
+    spec = make_spec(q, k, v, segment_ids, mesh=mesh, causal=causal, layout=layout, scale=scale,
+                     block_q=block_q, block_k=block_k, impl=impl)
+    return _permuted(spec, *_args(q, k, v, segment_ids))
+
+
+def ring_attention(q, k, v, *, mesh, causal=True, segment_ids=None, layout="zigzag", impl="xla",
+                   block_q=None, block_k=None, scale=None):
+    """Exact attention with the sequence sharded over the mesh axis 'sp'.
+
+    Args:
+      q: ``[batch, seq, q_heads, head_dim]`` in natural sequence order (float32 or bfloat16).
+      k, v: ``[batch, seq, kv_heads, head_dim]``; ``kv_heads`` divides ``q_heads`` (GQA: query head
+        ``h`` reads KV head ``h // (q_heads // kv_heads)``; KV is never repeated).
+      mesh: a mesh from ``ringkit.make_mesh``; seq on 'sp', batch on ('dp', 'fsdp'), heads on 'tp'.
+      causal: mask future positions.
+      segment_ids: optional ``int [batch, seq]``; tokens attend only within their segment.
+      layout: ``"zigzag"`` (balanced causal work) or ``"contiguous"``.
+      impl: ``"xla"`` (or ``"auto"``, which is ``"xla"`` in this version).
+      block_q, block_k: tile sizes per device (default: up to 512, dividing the layout chunk).
+      scale: softmax scale, default ``1 / sqrt(head_dim)``.
+
+    Returns:
+      ``[batch, seq, q_heads, head_dim]`` in ``q``'s dtype and natural order. Differentiable.
+
+    Example::
+
+        mesh = ringkit.make_mesh(sp=8)
+        out = ringkit.ring_attention(q, k, v, mesh=mesh, causal=True)
+    """
+    spec = make_spec(q, k, v, segment_ids, mesh=mesh, causal=causal, layout=layout, scale=scale,
+                     block_q=block_q, block_k=block_k, impl=impl)
+    return _natural(spec, *_args(q, k, v, segment_ids))

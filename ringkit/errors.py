@@ -1,0 +1,21 @@
+"""Errors a user can cause. Each message says what was wrong and what to do about it."""
+
+
+class RingkitError(Exception):
+    """Base class of every error ringkit raises for a user mistake or bad input."""
+
+
+class ShapeError(RingkitError, ValueError):
+    """Array shapes or dtypes that do not fit together (or do not divide the mesh)."""
+
+
+class MeshError(RingkitError, ValueError):
+    """A mesh that cannot be built from the devices at hand, or lacks an axis ringkit needs."""
+
+
+class ConfigError(RingkitError, ValueError):
+    """An option or configuration value outside what ringkit supports."""
+
+
+class UnsupportedError(RingkitError):
+    """A combination (backend, impl, format) that this installation cannot run."""
