@@ -3,7 +3,7 @@
 This is the per-step work of the ring. Shapes inside (one device, heads-major, GQA folded into
 rows so KV is never repeated):
 
-  q, o, do   [b, h, n * g, d]   h = local KV heads, g = query heads per KV head, row = pos * g + j
+  q, o, do   [b, h, n * g, d]   h = local KV heads; q arrives pre-multiplied by the softmax scale, g = query heads per KV head, row = pos * g + j
   k, v       [b, h, nk, d]
   m, l, lse  [b, h, n * g]      float32 running max, running sum, log-sum-exp
   q_pos [n], k_pos [nk]         global positions (causal mask); seg_q [b, n], seg_k [b, nk]
@@ -30,7 +30,6 @@ SKIP, FULL, DIAGONAL = 0, 1, 2
 class TileSpec:
     """Static description of the per-device tile loops."""
 
-    scale: float
     causal: bool
     groups: int  # query heads per KV head
     block_q: int
@@ -51,25 +50,23 @@ def tile_kind(q_min, q_max, k_min, k_max, causal: bool):
     return xp.where(q_max < k_min, SKIP, xp.where(q_min >= k_max, FULL, DIAGONAL))
 
 
-def _mask(qp, kp, sq, sk, diagonal: bool):
-    """Visibility ``[b or 1, 1, bq, 1, bk]`` (None when everything is visible)."""
+def _mask(qp, kp, sq, sk, diagonal: bool, groups: int):
+    """Visibility ``[b or 1, 1, bq * g, bk]`` of a tile (None when everything is visible)."""
     mask = None
     if diagonal:
         mask = (qp[:, None] >= kp[None, :])[None]
     if sq is not None:
         same = sq[:, :, None] == sk[:, None, :]
         mask = same if mask is None else mask & same
-    return None if mask is None else mask[:, None, :, None, :]
+    if mask is None:
+        return None
+    return jnp.repeat(mask, groups, axis=1)[:, None] if groups > 1 else mask[:, None]
 
 
-def _scores(qt, kt, mask, spec: TileSpec):
-    """Scaled scores ``[b, h, bq * g, bk]`` float32, -inf where masked."""
-    s = jnp.einsum("bhrd,bhkd->bhrk", qt, kt, preferred_element_type=jnp.float32) * spec.scale
-    if mask is not None:
-        b, h, r, bk = s.shape
-        s = jnp.where(mask, s.reshape(b, h, r // spec.groups, spec.groups, bk), -jnp.inf)
-        s = s.reshape(b, h, r, bk)
-    return s
+def _scores(qt, kt, mask):
+    """Scores ``[b, h, bq * g, bk]`` float32 of pre-scaled queries, -inf where masked."""
+    s = jnp.einsum("bhrd,bhkd->bhrk", qt, kt, preferred_element_type=jnp.float32)
+    return s if mask is None else jnp.where(mask, s, -jnp.inf)
 
 
 def _slice(x, start, size, axis):
@@ -90,7 +87,7 @@ def fold_block(q, k, v, carry, q_pos, k_pos, seg_q, seg_k, spec: TileSpec):
     def tile_update(diagonal):
         def update(tc, qt, kt, vt, qp, kp, sq, sk):
             o, m, l = tc
-            s = _scores(qt, kt, _mask(qp, kp, sq, sk, diagonal), spec)
+            s = _scores(qt, kt, _mask(qp, kp, sq, sk, diagonal, spec.groups))
             m_new = jnp.maximum(m, s.max(axis=-1))
             m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)
             p = jnp.exp(s - m_safe[..., None])  # [b, h, bq * g, bk]
@@ -136,7 +133,8 @@ def grad_block(q, k, v, do, lse, delta, grads, q_pos, k_pos, seg_q, seg_k, spec:
     """Accumulate ``grads = (dq, dk, dv)`` (float32) for the pair (local queries, KV block).
 
     With ``p = e^(s - lse)``: ``dv += p^T do``, ``ds = p (do v^T - delta)``, ``dq += ds k``,
-    ``dk += ds^T q`` (scale folded into ``ds``); ``delta = rowsum(do * o)``.
+    ``dk += ds^T q``; ``delta = rowsum(do * o)``. With pre-scaled ``q`` this ``dk`` is final and
+    ``dq`` still needs one multiplication by the scale.
     """
     g, bq, bk = spec.groups, spec.block_q, spec.block_k
     n, nk = q.shape[2] // g, k.shape[2]
@@ -145,18 +143,17 @@ def grad_block(q, k, v, do, lse, delta, grads, q_pos, k_pos, seg_q, seg_k, spec:
     lse = jnp.where(lse == -jnp.inf, 0.0, lse)  # empty rows: all scores -inf, p = 0
 
     def tile_update(diagonal):
-        def update(tc, r0, qt, dot_, lt, dt, kt, vt, qp, kp, sq, sk):
-            dq, dkt, dvt = tc
-            s = _scores(qt, kt, _mask(qp, kp, sq, sk, diagonal), spec)
+        def update(tc, qt, dot_, lt, dt, kt, vt, qp, kp, sq, sk):
+            dqt, dkt, dvt = tc
+            s = _scores(qt, kt, _mask(qp, kp, sq, sk, diagonal, spec.groups))
             p = jnp.exp(s - lt[..., None])  # [b, h, bq * g, bk]
             dvt = dvt + jnp.einsum("bhrk,bhrd->bhkd", p.astype(dot_.dtype), dot_,
                                    preferred_element_type=jnp.float32)
             dp = jnp.einsum("bhrd,bhkd->bhrk", dot_, vt, preferred_element_type=jnp.float32)
-            ds = (p * (dp - dt[..., None]) * spec.scale).astype(qt.dtype)
-            dqt = jnp.einsum("bhrk,bhkd->bhrd", ds, kt, preferred_element_type=jnp.float32)
+            ds = (p * (dp - dt[..., None])).astype(qt.dtype)
+            dqt = dqt + jnp.einsum("bhrk,bhkd->bhrd", ds, kt, preferred_element_type=jnp.float32)
             dkt = dkt + jnp.einsum("bhrk,bhrd->bhkd", ds, qt, preferred_element_type=jnp.float32)
-            dq = lax.dynamic_update_slice_in_dim(dq, _slice(dq, r0, bq * g, 2) + dqt, r0, 2)
-            return dq, dkt, dvt
+            return dqt, dkt, dvt
 
         return update
 
@@ -167,19 +164,24 @@ def grad_block(q, k, v, do, lse, delta, grads, q_pos, k_pos, seg_q, seg_k, spec:
         c0 = jk * bk
         kt, vt = _slice(k, c0, bk, 2), _slice(v, c0, bk, 2)
         kp, sk = _slice(k_pos, c0, bk, 0), _slice(seg_k, c0, bk, 1)
-        tc = (dq, _slice(dk, c0, bk, 2), _slice(dv, c0, bk, 2))
 
-        def q_tile(iq, tc):
+        def q_tile(iq, state):
+            # Only tiles pass through the switch: a full-size dq operand there could be copied.
+            dq, dkt, dvt = state
             r0 = iq * bq * g
-            args = (r0, _slice(q, r0, bq * g, 2), _slice(do, r0, bq * g, 2),
+            tc = (_slice(dq, r0, bq * g, 2), dkt, dvt)
+            args = (_slice(q, r0, bq * g, 2), _slice(do, r0, bq * g, 2),
                     _slice(lse, r0, bq * g, 2), _slice(delta, r0, bq * g, 2),
                     kt, vt, _slice(q_pos, iq * bq, bq, 0), kp, _slice(seg_q, iq * bq, bq, 1), sk)
-            if not spec.causal:
-                return branches[FULL](tc, *args)
-            kind = tile_kind(q_min[iq], q_max[iq], k_min[jk], k_max[jk], spec.causal)
-            return lax.switch(kind, branches, tc, *args)
+            if spec.causal:
+                kind = tile_kind(q_min[iq], q_max[iq], k_min[jk], k_max[jk], spec.causal)
+                dqt, dkt, dvt = lax.switch(kind, branches, tc, *args)
+            else:
+                dqt, dkt, dvt = branches[FULL](tc, *args)
+            return lax.dynamic_update_slice_in_dim(dq, dqt, r0, 2), dkt, dvt
 
-        dq, dkt, dvt = lax.fori_loop(0, n // bq, q_tile, tc)
+        state = (dq, _slice(dk, c0, bk, 2), _slice(dv, c0, bk, 2))
+        dq, dkt, dvt = lax.fori_loop(0, n // bq, q_tile, state)
         dk = lax.dynamic_update_slice_in_dim(dk, dkt, c0, 2)
         dv = lax.dynamic_update_slice_in_dim(dv, dvt, c0, 2)
         return dq, dk, dv

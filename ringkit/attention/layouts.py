@@ -40,7 +40,7 @@ def check_seq_len(seq_len: int, sp: int, layout: str) -> None:
         raise ShapeError(
             f"sequence length {seq_len} must be a multiple of {multiple} for layout={layout!r} "
             f"on sp={sp} devices ({chunks_per_device(layout)} chunks per device); pad it to "
-            f"{padded} with ringkit.attention.pad_for_ring(...), which masks the padding"
+            f"{padded} with ringkit.pad_for_ring(...), which masks the padding"
         )
 
 
@@ -120,3 +120,43 @@ def pad_for_ring(q, k, v, segment_ids=None, *, sp: int, layout: str = "zigzag"):
         return jnp.pad(x, widths, constant_values=value)
 
     return padded(q), padded(k), padded(v), padded(jnp.asarray(segment_ids), -1), seq
+
+
+def _zigzag_perms(sp: int):
+    """Two ring permutations that move natural chunks (2d, 2d + 1) of device d to their zigzag
+    owners: chunk c < sp goes to device c (first slot), chunk c >= sp to device 2sp-1-c."""
+    owner = lambda c: c if c < sp else 2 * sp - 1 - c
+    return ([(d, owner(2 * d)) for d in range(sp)], [(d, owner(2 * d + 1)) for d in range(sp)])
+
+
+def _swap_if_odd(me, a, b, axis):
+    """``[a, b]`` on even devices, ``[b, a]`` on odd ones (concatenated along ``axis``)."""
+    even = (me % 2) == 0
+    first, second = jnp.where(even, a, b), jnp.where(even, b, a)
+    return jnp.concatenate([first, second], axis=axis)
+
+
+def relayout_local(x, *, sp: int, inverse: bool = False, axis: int = 1, axis_name: str = "sp"):
+    """Per-device natural <-> zigzag exchange, for use inside ``shard_map`` over ``axis_name``.
+
+    Each device's shard of ``x`` is its contiguous slice of the sequence (natural) or its zigzag
+    chunk pair; two ``ppermute``s move half a shard each, so no device ever holds more than its
+    own share (unlike a global gather).
+    """
+    if sp == 1:
+        return x
+    from jax import lax
+
+    perm_a, perm_b = _zigzag_perms(sp)
+    me = lax.axis_index(axis_name)
+    first, second = jnp.split(x, 2, axis=axis)
+    if not inverse:
+        a = lax.ppermute(first, axis_name, perm_a)
+        b = lax.ppermute(second, axis_name, perm_b)
+        return _swap_if_odd(me, a, b, axis)
+    even = (me % 2) == 0
+    a_payload, b_payload = jnp.where(even, first, second), jnp.where(even, second, first)
+    inv = lambda perm: [(dst, src) for src, dst in perm]
+    a = lax.ppermute(a_payload, axis_name, inv(perm_a))
+    b = lax.ppermute(b_payload, axis_name, inv(perm_b))
+    return jnp.concatenate([a, b], axis=axis)

@@ -14,16 +14,18 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
 from ringkit.attention import blockwise
 from ringkit.attention.layouts import (
-    check_layout, check_seq_len, chunks_per_device, device_positions, from_layout, to_layout)
+    check_layout, check_seq_len, chunks_per_device, device_positions, layout_positions,
+    relayout_local)
 from ringkit.errors import ConfigError, ShapeError, UnsupportedError
 from ringkit.mesh import MESH_AXES, logical_to_spec, require_axes
 
-DEFAULT_BLOCK = 512
+DEFAULT_BLOCK = 256  # tiles of 256 x 256 keep 8 CPU devices inside the caches (benchmarks/README.md)
 IMPLS = ("auto", "xla", "pallas")
 
 _QKV = logical_to_spec(("batch", "seq", "heads", "head_dim"))  # P(('dp','fsdp'), 'sp', 'tp', None)
@@ -50,7 +52,7 @@ class RingSpec:
 
     @property
     def tiles(self) -> blockwise.TileSpec:
-        return blockwise.TileSpec(self.scale, self.causal, self.groups, self.block_q, self.block_k)
+        return blockwise.TileSpec(self.causal, self.groups, self.block_q, self.block_k)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,6 +88,11 @@ def _split_segments(args, spec: RingSpec):
     return args, None
 
 
+def _scaled_queries(q, spec: RingSpec):
+    """``[b, n, hq, d]`` -> heads-major ``[b, h, n * g, d]``, times the scale once per call."""
+    return (_heads_major(q, spec.groups).astype(jnp.float32) * spec.scale).astype(q.dtype)
+
+
 def _positions(spec: RingSpec, device, n: int):
     return device_positions(device, n, spec.sp, spec.layout)
 
@@ -102,7 +109,7 @@ def _forward_local(*args, spec: RingSpec):
     sp, g = spec.sp, spec.groups
     n = q.shape[1]
     me = lax.axis_index("sp")
-    qh = _heads_major(q, g)
+    qh = _scaled_queries(q, spec)
     kv = (_heads_major(k, 1), _heads_major(v, 1), seg)
     q_pos = _positions(spec, me, n)
     rows = qh.shape[:3]
@@ -132,9 +139,10 @@ def _backward_local(*args, spec: RingSpec):
     sp, g = spec.sp, spec.groups
     n = q.shape[1]
     me = lax.axis_index("sp")
-    qh, oh, doh = (_heads_major(x, g) for x in (q, o, do))
+    qh, doh = _scaled_queries(q, spec), _heads_major(do, g)
     kh, vh = _heads_major(k, 1), _heads_major(v, 1)
-    delta = jnp.einsum("bhrd,bhrd->bhr", oh.astype(jnp.float32), doh.astype(jnp.float32))
+    delta = jnp.einsum("bnhd,bnhd->bnh", o.astype(jnp.float32), do.astype(jnp.float32))
+    delta = _heads_major(delta[..., None], g)[..., 0]  # [b, h, n * g]
     q_pos = _positions(spec, me, n)
     dq = jnp.zeros(qh.shape, jnp.float32)
     dkv = (jnp.zeros(kh.shape, jnp.float32), jnp.zeros(vh.shape, jnp.float32))
@@ -156,7 +164,7 @@ def _backward_local(*args, spec: RingSpec):
     kv, dq, dkv = lax.fori_loop(0, sp - 1, step, ((kh, vh, seg), dq, dkv))
     dq, dkv = grads(sp - 1, kv, dq, dkv)
     dk, dv = _rotate(dkv, sp)  # one last hop home: device i holds the gradient of block i + 1
-    return (_seq_major(dq, g).astype(q.dtype), _seq_major(dk, 1).astype(k.dtype),
+    return ((_seq_major(dq, g) * spec.scale).astype(q.dtype), _seq_major(dk, 1).astype(k.dtype),
             _seq_major(dv, 1).astype(v.dtype))
 
 
@@ -274,10 +282,19 @@ def _permuted(spec: RingSpec, *args):
     return _ring(spec, *args)
 
 
+def _relayout(spec: RingSpec, x, inverse=False):
+    """Natural <-> layout order of a sequence-sharded array, device to device (no gather)."""
+    if spec.layout == "contiguous" or spec.sp == 1:
+        return x
+    pspec = _SEG if x.ndim == 2 else _QKV
+    fn = functools.partial(relayout_local, sp=spec.sp, inverse=inverse)
+    return jax.shard_map(fn, mesh=spec.mesh, in_specs=pspec, out_specs=pspec)(x)
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _natural(spec: RingSpec, *args):
-    args = tuple(to_layout(x, spec.sp, spec.layout) for x in args)
-    return from_layout(_ring(spec, *args), spec.sp, spec.layout)
+    args = tuple(_relayout(spec, x) for x in args)
+    return _relayout(spec, _ring(spec, *args), inverse=True)
 
 
 def ring_attention_permuted(q, k, v, *, mesh, causal=True, segment_ids=None, layout="zigzag",
@@ -319,3 +336,29 @@ def ring_attention(q, k, v, *, mesh, causal=True, segment_ids=None, layout="zigz
     spec = make_spec(q, k, v, segment_ids, mesh=mesh, causal=causal, layout=layout, scale=scale,
                      block_q=block_q, block_k=block_k, impl=impl)
     return _natural(spec, *_args(q, k, v, segment_ids))
+
+
+def tiles_per_device(seq_len: int, sp: int, layout: str = "zigzag", *, causal: bool = True,
+                     block_q: int | None = None, block_k: int | None = None):
+    """Number of ``block_q x block_k`` tiles each device computes in one forward ring.
+
+    Uses the kernel's own skip rule (``blockwise.tile_kind``), so ``max / mean`` of the result is
+    the causal load imbalance of a layout: ~1.0 for zigzag, ~1.8 for contiguous on 8 devices.
+    Returns ``int [sp]``.
+    """
+    check_seq_len(seq_len, sp, layout)
+    local = seq_len // sp
+    chunk = local // chunks_per_device(layout)
+    bq, bk = _block("block_q", block_q, local, chunk), _block("block_k", block_k, local, chunk)
+    positions = layout_positions(seq_len, sp, layout).reshape(sp, local)
+    q_bounds = [blockwise.tile_bounds(p, bq) for p in positions]
+    k_bounds = [blockwise.tile_bounds(p, bk) for p in positions]
+    counts = np.zeros(sp, np.int64)
+    for me in range(sp):
+        q_min, q_max = q_bounds[me]
+        for step in range(sp):
+            k_min, k_max = k_bounds[(me - step) % sp]
+            kind = blockwise.tile_kind(q_min[:, None], q_max[:, None], k_min[None], k_max[None],
+                                       causal)
+            counts[me] += int(np.count_nonzero(kind != blockwise.SKIP))
+    return counts

@@ -1,0 +1,78 @@
+"""Every user mistake raises a RingkitError subclass whose message names the sizes involved."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh
+
+import ringkit as rk
+from ringkit.errors import ConfigError, MeshError, ShapeError, UnsupportedError
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    return rk.make_mesh(sp=8)
+
+
+def _x(*shape, dtype=np.float32):
+    return np.zeros(shape, dtype)
+
+
+def test_q_heads_not_multiple_of_kv_heads(mesh):
+    with pytest.raises(ShapeError, match="q_heads=6 must be a multiple of kv_heads=4"):
+        rk.ring_attention(_x(1, 64, 6, 8), _x(1, 64, 4, 8), _x(1, 64, 4, 8), mesh=mesh)
+
+
+def test_seq_not_dividing_zigzag_points_to_padding(mesh):
+    with pytest.raises(ShapeError, match=r"100 must be a multiple of 16.*112 with ringkit.pad_for_ring"):
+        rk.ring_attention(_x(1, 100, 2, 8), _x(1, 100, 2, 8), _x(1, 100, 2, 8), mesh=mesh)
+
+
+def test_shape_and_dtype_mismatches(mesh):
+    with pytest.raises(ShapeError, match="must share batch, seq and head_dim"):
+        rk.ring_attention(_x(1, 64, 2, 8), _x(1, 32, 2, 8), _x(1, 32, 2, 8), mesh=mesh)
+    with pytest.raises(ShapeError, match="k and v shapes differ"):
+        rk.ring_attention(_x(1, 64, 2, 8), _x(1, 64, 2, 8), _x(1, 64, 1, 8), mesh=mesh)
+    with pytest.raises(ShapeError, match="dtypes differ"):
+        rk.ring_attention(_x(1, 64, 2, 8), _x(1, 64, 2, 8), _x(1, 64, 2, 8, dtype=np.float16),
+                          mesh=mesh)
+    with pytest.raises(ShapeError, match=r"\[batch, seq, heads, head_dim\]"):
+        rk.ring_attention(_x(64, 2, 8), _x(64, 2, 8), _x(64, 2, 8), mesh=mesh)
+    with pytest.raises(ShapeError, match="floating point"):
+        rk.ring_attention(*(np.zeros((1, 64, 2, 8), np.int32),) * 3, mesh=mesh)
+    with pytest.raises(ShapeError, match=r"segment_ids must be \[batch, seq\]"):
+        rk.ring_attention(*(_x(1, 64, 2, 8),) * 3, mesh=mesh, segment_ids=np.zeros((1, 32), int))
+
+
+def test_mesh_without_sp():
+    plain = Mesh(np.array(jax.devices()), ("data",))
+    with pytest.raises(MeshError, match="missing.*'sp'"):
+        rk.ring_attention(*(_x(1, 64, 2, 8),) * 3, mesh=plain)
+
+
+def test_indivisible_batch_and_heads():
+    with pytest.raises(ShapeError, match="batch 3 must be divisible by dp\\*fsdp = 2"):
+        rk.ring_attention(*(_x(3, 64, 2, 8),) * 3, mesh=rk.make_mesh("2,1,1,-1"))
+    with pytest.raises(ShapeError, match="kv_heads=3 .* divisible by tp=2"):
+        rk.ring_attention(_x(2, 64, 6, 8), _x(2, 64, 3, 8), _x(2, 64, 3, 8),
+                          mesh=rk.make_mesh("1,1,2,-1"))
+
+
+def test_bad_options(mesh):
+    args = (_x(1, 64, 2, 8),) * 3
+    with pytest.raises(ConfigError, match="unknown layout 'striped'"):
+        rk.ring_attention(*args, mesh=mesh, layout="striped")
+    with pytest.raises(ConfigError, match="unknown impl"):
+        rk.ring_attention(*args, mesh=mesh, impl="cuda")
+    with pytest.raises(UnsupportedError, match="pallas"):
+        rk.ring_attention(*args, mesh=mesh, impl="pallas")
+    with pytest.raises(ConfigError, match="block_q=3 .* dividing the per-device sequence length 8"):
+        rk.ring_attention(*args, mesh=mesh, block_q=3)
+    with pytest.raises(ConfigError, match="must be a jax.sharding.Mesh"):
+        rk.ring_attention(*args, mesh="1,1,1,8")
+
+
+def test_errors_are_ringkit_errors():
+    for cls in (ConfigError, MeshError, ShapeError, UnsupportedError):
+        assert issubclass(cls, rk.RingkitError)
