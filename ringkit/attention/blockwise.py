@@ -143,16 +143,21 @@ def grad_block(q, k, v, do, lse, delta, grads, q_pos, k_pos, seg_q, seg_k, spec:
     lse = jnp.where(lse == -jnp.inf, 0.0, lse)  # empty rows: all scores -inf, p = 0
 
     def tile_update(diagonal):
+        # Transposed scores [b, h, bk, bq * g]: dv and dk then contract over rows without a
+        # transposed operand (much faster on CPU); only dq reads ds transposed.
         def update(tc, qt, dot_, lt, dt, kt, vt, qp, kp, sq, sk):
             dqt, dkt, dvt = tc
-            s = _scores(qt, kt, _mask(qp, kp, sq, sk, diagonal, spec.groups))
-            p = jnp.exp(s - lt[..., None])  # [b, h, bq * g, bk]
-            dvt = dvt + jnp.einsum("bhrk,bhrd->bhkd", p.astype(dot_.dtype), dot_,
+            mask = _mask(qp, kp, sq, sk, diagonal, spec.groups)
+            st = jnp.einsum("bhkd,bhrd->bhkr", kt, qt, preferred_element_type=jnp.float32)
+            if mask is not None:
+                st = jnp.where(jnp.swapaxes(mask, -1, -2), st, -jnp.inf)
+            pt = jnp.exp(st - lt[:, :, None, :])  # [b, h, bk, bq * g]
+            dvt = dvt + jnp.einsum("bhkr,bhrd->bhkd", pt.astype(dot_.dtype), dot_,
                                    preferred_element_type=jnp.float32)
-            dp = jnp.einsum("bhrd,bhkd->bhrk", dot_, vt, preferred_element_type=jnp.float32)
-            ds = (p * (dp - dt[..., None])).astype(qt.dtype)
-            dqt = dqt + jnp.einsum("bhrk,bhkd->bhrd", ds, kt, preferred_element_type=jnp.float32)
-            dkt = dkt + jnp.einsum("bhrk,bhrd->bhkd", ds, qt, preferred_element_type=jnp.float32)
+            dpt = jnp.einsum("bhkd,bhrd->bhkr", vt, dot_, preferred_element_type=jnp.float32)
+            dst = (pt * (dpt - dt[:, :, None, :])).astype(qt.dtype)
+            dkt = dkt + jnp.einsum("bhkr,bhrd->bhkd", dst, qt, preferred_element_type=jnp.float32)
+            dqt = dqt + jnp.einsum("bhkr,bhkd->bhrd", dst, kt, preferred_element_type=jnp.float32)
             return dqt, dkt, dvt
 
         return update
