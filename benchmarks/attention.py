@@ -34,7 +34,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import ringkit as rk  # noqa: E402
-from ringkit.attention.ring import tiles_per_device  # noqa: E402
+from ringkit.attention import tiles_per_device  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent
 PEER_DIR = HERE / "peers"
@@ -42,18 +42,29 @@ PEER_PY = PEER_DIR / ".venv-ringattention" / "bin" / "python"
 D = 64
 
 
+class Timer:
+    """A compiled function, warmed up once; ``run(n)`` appends n timed runs to ``self.runs``."""
+
+    def __init__(self, fn, args):
+        t0 = time.perf_counter()
+        self.compiled = jax.jit(fn).lower(*args).compile()
+        self.compile_s = time.perf_counter() - t0
+        self.args = args
+        jax.block_until_ready(self.compiled(*args))
+        self.runs = []
+
+    def run(self, repeats):
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(self.compiled(*self.args))
+            self.runs.append(time.perf_counter() - t0)
+        return self
+
+
 def timed(fn, args, repeats):
     """Compile, warm up once, then ``repeats`` timed runs: (compile seconds, run seconds)."""
-    t0 = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
-    compile_s = time.perf_counter() - t0
-    jax.block_until_ready(compiled(*args))
-    runs = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        runs.append(time.perf_counter() - t0)
-    return compile_s, runs
+    timer = Timer(fn, args).run(repeats)
+    return timer.compile_s, timer.runs
 
 
 def matmul_gflops(n=4096, repeats=5):
@@ -72,13 +83,26 @@ def loss_grad(attn):
     return jax.grad(lambda q, k, v, ct: jnp.sum(attn(q, k, v) * ct), argnums=(0, 1, 2))
 
 
-def bench_ringkit(q, k, v, ct, mesh, layout, repeats):
-    attn = lambda q, k, v: rk.ring_attention(q, k, v, mesh=mesh, causal=True, layout=layout)
-    c_f, fwd = timed(attn, (q, k, v), repeats)
-    c_b, fwdbwd = timed(loss_grad(attn), (q, k, v, ct), repeats)
-    out = np.asarray(jax.jit(attn)(q, k, v))
-    return {"library": "ringkit", "layout": layout, "fwd_s": fwd, "fwdbwd_s": fwdbwd,
-            "compile_fwd_s": c_f, "compile_fwdbwd_s": c_b}, out
+class RingkitCase:
+    """ringkit's forward and forward+backward, compiled once and timed in batches, so its runs
+    can sit on both sides of the peer's (this shared machine drifts over minutes)."""
+
+    def __init__(self, q, k, v, ct, mesh, layout):
+        attn = lambda q, k, v: rk.ring_attention(q, k, v, mesh=mesh, causal=True, layout=layout)
+        self.layout = layout
+        self.fwd = Timer(attn, (q, k, v))
+        self.fwdbwd = Timer(loss_grad(attn), (q, k, v, ct))
+        self.out = np.asarray(self.fwd.compiled(q, k, v))
+
+    def run(self, repeats):
+        self.fwd.run(repeats)
+        self.fwdbwd.run(repeats)
+        return self
+
+    def result(self):
+        return {"library": "ringkit", "layout": self.layout, "fwd_s": self.fwd.runs,
+                "fwdbwd_s": self.fwdbwd.runs, "compile_fwd_s": self.fwd.compile_s,
+                "compile_fwdbwd_s": self.fwdbwd.compile_s}
 
 
 def bench_peer(inputs_path, chunks, repeats, workdir):
@@ -154,7 +178,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seqs", default="8192,16384,32768")
     p.add_argument("--gqa-seqs", default="8192,16384", help="sequence lengths also run as 8q/2kv")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed runs per batch (ringkit runs one batch before and one after the peer)")
     p.add_argument("--no-peer", action="store_true", help="skip ringattention")
     p.add_argument("--peer-chunks", default="256,512", help="ringattention chunk sizes; best is kept")
     p.add_argument("--contiguous-seqs", default="16384", help="also time the contiguous layout")
@@ -183,11 +208,9 @@ def main(argv=None):
                 ct = np.random.default_rng(1).standard_normal(q.shape).astype(np.float32)
                 case = {"seq": seq, "heads": heads, "results": []}
                 layouts = ["zigzag"] + (["contiguous"] if seq in contiguous and heads == (8, 8) else [])
-                for layout in layouts:
-                    res, out = bench_ringkit(q, k, v, ct, mesh, layout, args.repeats)
-                    case["results"].append(res)
-                    print(f"S={seq} heads={heads} ringkit {layout}: fwd {med(res['fwd_s']):.3f}s "
-                          f"fwd+bwd {med(res['fwdbwd_s']):.3f}s", flush=True)
+                ours = [RingkitCase(q, k, v, ct, mesh, layout).run(args.repeats)
+                        for layout in layouts]
+                out = ours[0].out
                 if not args.no_peer:
                     np.savez(tmp / "inputs.npz", q=q, k=k, v=v)
                     # Beyond 16K the peer runs only the chunk size that was its best so far.
@@ -198,6 +221,13 @@ def main(argv=None):
                     res["max_abs_diff_vs_ringkit"] = float(np.abs(peer_out - out).max())
                     case["results"].append(res)
                     print(f"  outputs differ by at most {res['max_abs_diff_vs_ringkit']:.2e}")
+                    ours[0].run(args.repeats)  # ringkit again after the peer: drift hits both
+                for timing in ours:
+                    res = timing.result()
+                    case["results"].insert(len(case["results"]) - (not args.no_peer), res)
+                    print(f"S={seq} heads={heads} ringkit {timing.layout}: "
+                          f"fwd {med(res['fwd_s']):.3f}s fwd+bwd {med(res['fwdbwd_s']):.3f}s "
+                          f"({len(res['fwd_s'])} runs)", flush=True)
                 if heads == (8, 8) and 8 * seq * seq * 4 * 4 < 10e9:
                     case["results"].append(bench_dense(q, k, v, ct, args.repeats))
                 report["cases"].append(case)

@@ -11,7 +11,6 @@ import math
 from typing import Sequence
 
 import jax
-import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from ringkit.errors import ConfigError, MeshError

@@ -1,7 +1,6 @@
 """Every user mistake raises a RingkitError subclass whose message names the sizes involved."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import Mesh

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 
 import ringkit as rk
-from ringkit.attention.ring import tiles_per_device
+from ringkit.attention import tiles_per_device
 
 
 def test_zigzag_balances_causal_work():

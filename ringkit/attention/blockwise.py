@@ -3,7 +3,8 @@
 This is the per-step work of the ring. Shapes inside (one device, heads-major, GQA folded into
 rows so KV is never repeated):
 
-  q, o, do   [b, h, n * g, d]   h = local KV heads; q arrives pre-multiplied by the softmax scale, g = query heads per KV head, row = pos * g + j
+  q, o, do   [b, h, n * g, d]   h = local KV heads, g = query heads per KV head, row = pos * g + j;
+                                q arrives multiplied by the softmax scale
   k, v       [b, h, nk, d]
   m, l, lse  [b, h, n * g]      float32 running max, running sum, log-sum-exp
   q_pos [n], k_pos [nk]         global positions (causal mask); seg_q [b, n], seg_k [b, nk]

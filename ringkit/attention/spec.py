@@ -1,0 +1,137 @@
+"""What is static about a ring-attention call: validation, tile sizes, and the work they imply.
+
+``make_spec`` turns a user's call into a hashable ``RingSpec`` (the jit cache key) or raises a
+``RingkitError`` naming the sizes involved. ``tiles_per_device`` counts the tiles each device
+computes under a layout, with the kernel's own skip rule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from ringkit.attention import blockwise
+from ringkit.attention.layouts import (
+    check_layout, check_seq_len, chunks_per_device, layout_positions)
+from ringkit.errors import ConfigError, ShapeError, UnsupportedError
+from ringkit.mesh import MESH_AXES, require_axes
+
+DEFAULT_BLOCK = 256  # tiles of 256 x 256 keep 8 CPU devices inside the caches (benchmarks/README.md)
+IMPLS = ("auto", "xla", "pallas")
+
+
+@dataclasses.dataclass(frozen=True)
+class RingSpec:
+    """Everything static about one ring-attention call (hashable: a jit cache key)."""
+
+    mesh: Mesh
+    causal: bool
+    layout: str
+    scale: float
+    block_q: int
+    block_k: int
+    groups: int
+    has_segments: bool
+
+    @property
+    def sp(self) -> int:
+        return self.mesh.shape["sp"]
+
+    @property
+    def tiles(self) -> blockwise.TileSpec:
+        return blockwise.TileSpec(self.causal, self.groups, self.block_q, self.block_k)
+
+
+def _largest_divisor(n: int, at_most: int) -> int:
+    return max(d for d in range(1, min(n, at_most) + 1) if n % d == 0)
+
+
+def _block(name: str, value, local_len: int, chunk: int) -> int:
+    if value is None:
+        return _largest_divisor(chunk, DEFAULT_BLOCK)
+    if not isinstance(value, int) or value <= 0 or local_len % value:
+        raise ConfigError(
+            f"{name}={value!r} must be a positive integer dividing the per-device sequence length "
+            f"{local_len}; a divisor of the layout chunk {chunk} (e.g. "
+            f"{_largest_divisor(chunk, DEFAULT_BLOCK)}) keeps causal tiles aligned"
+        )
+    return value
+
+
+def make_spec(q, k, v, segment_ids, *, mesh, causal, layout, scale, block_q, block_k, impl):
+    """Validate a call and build its ``RingSpec``; every user mistake raises a ``RingkitError``."""
+    if not isinstance(mesh, Mesh):
+        raise ConfigError(f"mesh must be a jax.sharding.Mesh (ringkit.make_mesh(...)), got {mesh!r}")
+    require_axes(mesh, MESH_AXES)
+    check_layout(layout)
+    if impl not in IMPLS:
+        raise ConfigError(f"unknown impl {impl!r}; choose one of {IMPLS}")
+    if impl == "pallas":
+        raise UnsupportedError("impl='pallas' is not available in this version; use impl='xla'")
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if x.ndim != 4:
+            raise ShapeError(f"{name} must be [batch, seq, heads, head_dim], got shape {x.shape}")
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise ShapeError(f"{name} must be floating point, got {x.dtype}")
+    if k.shape != v.shape:
+        raise ShapeError(f"k and v shapes differ: k {k.shape}, v {v.shape}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ShapeError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}; cast them to one")
+    (b, s, hq, d), hkv = q.shape, k.shape[2]
+    if k.shape[:2] != (b, s) or k.shape[3] != d:
+        raise ShapeError(
+            f"q {q.shape} and k/v {k.shape} must share batch, seq and head_dim "
+            "([batch, seq, heads, head_dim])"
+        )
+    if hq % hkv:
+        raise ShapeError(f"q_heads={hq} must be a multiple of kv_heads={hkv} (grouped-query attention)")
+    if segment_ids is not None and tuple(segment_ids.shape) != (b, s):
+        raise ShapeError(f"segment_ids must be [batch, seq] = {(b, s)}, got {segment_ids.shape}")
+    batch_shards = mesh.shape["dp"] * mesh.shape["fsdp"]
+    if b % batch_shards:
+        raise ShapeError(f"batch {b} must be divisible by dp*fsdp = {batch_shards}")
+    if hkv % mesh.shape["tp"]:
+        raise ShapeError(
+            f"kv_heads={hkv} (and q_heads={hq}) must be divisible by tp={mesh.shape['tp']}; "
+            "use a tp that divides the KV heads"
+        )
+    sp = mesh.shape["sp"]
+    check_seq_len(s, sp, layout)
+    local = s // sp
+    chunk = local // chunks_per_device(layout)
+    return RingSpec(
+        mesh=mesh, causal=bool(causal), layout=layout,
+        scale=float(1.0 / math.sqrt(d) if scale is None else scale),
+        block_q=_block("block_q", block_q, local, chunk), block_k=_block("block_k", block_k, local, chunk),
+        groups=hq // hkv, has_segments=segment_ids is not None,
+    )
+
+
+def tiles_per_device(seq_len: int, sp: int, layout: str = "zigzag", *, causal: bool = True,
+                     block_q: int | None = None, block_k: int | None = None):
+    """Number of ``block_q x block_k`` tiles each device computes in one forward ring.
+
+    Uses the kernel's own skip rule (``blockwise.tile_kind``), so ``max / mean`` of the result is
+    the causal load imbalance of a layout: ~1.0 for zigzag, ~1.8 for contiguous on 8 devices.
+    Returns ``int [sp]``.
+    """
+    check_seq_len(seq_len, sp, layout)
+    local = seq_len // sp
+    chunk = local // chunks_per_device(layout)
+    bq, bk = _block("block_q", block_q, local, chunk), _block("block_k", block_k, local, chunk)
+    positions = layout_positions(seq_len, sp, layout).reshape(sp, local)
+    q_bounds = [blockwise.tile_bounds(p, bq) for p in positions]
+    k_bounds = [blockwise.tile_bounds(p, bk) for p in positions]
+    counts = np.zeros(sp, np.int64)
+    for me in range(sp):
+        q_min, q_max = q_bounds[me]
+        for step in range(sp):
+            k_min, k_max = k_bounds[(me - step) % sp]
+            kind = blockwise.tile_kind(q_min[:, None], q_max[:, None], k_min[None], k_max[None],
+                                       causal)
+            counts[me] += int(np.count_nonzero(kind != blockwise.SKIP))
+    return counts
