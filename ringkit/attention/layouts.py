@@ -16,6 +16,7 @@ import functools
 
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from ringkit.errors import ConfigError, ShapeError
 
@@ -98,8 +99,8 @@ def pad_for_ring(q, k, v, segment_ids=None, *, sp: int, layout: str = "zigzag"):
     """Pad ``q, k, v [batch, seq, heads, head_dim]`` at the end so ``seq`` fits the layout.
 
     The padding gets segment id -1 (real tokens keep theirs, or 0 when ``segment_ids`` is None), so
-    no real token attends to it; -1 is therefore reserved for padding. Returns ``(q, k, v, segment_ids, seq)``; cut the attention output
-    back with ``out[:, :seq]``.
+    no real token attends to it; -1 is therefore reserved for padding. Returns
+    ``(q, k, v, segment_ids, seq)``; cut the attention output back with ``out[:, :seq]``.
 
     Example::
 
@@ -129,11 +130,10 @@ def _zigzag_perms(sp: int):
     return ([(d, owner(2 * d)) for d in range(sp)], [(d, owner(2 * d + 1)) for d in range(sp)])
 
 
-def _swap_if_odd(me, a, b, axis):
-    """``[a, b]`` on even devices, ``[b, a]`` on odd ones (concatenated along ``axis``)."""
+def _even_first(me, a, b):
+    """``(a, b)`` on even devices, ``(b, a)`` on odd ones."""
     even = (me % 2) == 0
-    first, second = jnp.where(even, a, b), jnp.where(even, b, a)
-    return jnp.concatenate([first, second], axis=axis)
+    return jnp.where(even, a, b), jnp.where(even, b, a)
 
 
 def relayout_local(x, *, sp: int, inverse: bool = False, axis: int = 1, axis_name: str = "sp"):
@@ -141,22 +141,20 @@ def relayout_local(x, *, sp: int, inverse: bool = False, axis: int = 1, axis_nam
 
     Each device's shard of ``x`` is its contiguous slice of the sequence (natural) or its zigzag
     chunk pair; two ``ppermute``s move half a shard each, so no device ever holds more than its
-    own share (unlike a global gather).
+    own share (unlike a global gather). Even devices receive their early chunk through the first
+    permutation, odd devices through the second.
     """
     if sp == 1:
         return x
-    from jax import lax
-
     perm_a, perm_b = _zigzag_perms(sp)
     me = lax.axis_index(axis_name)
     first, second = jnp.split(x, 2, axis=axis)
     if not inverse:
         a = lax.ppermute(first, axis_name, perm_a)
         b = lax.ppermute(second, axis_name, perm_b)
-        return _swap_if_odd(me, a, b, axis)
-    even = (me % 2) == 0
-    a_payload, b_payload = jnp.where(even, first, second), jnp.where(even, second, first)
-    inv = lambda perm: [(dst, src) for src, dst in perm]
-    a = lax.ppermute(a_payload, axis_name, inv(perm_a))
-    b = lax.ppermute(b_payload, axis_name, inv(perm_b))
+        return jnp.concatenate(_even_first(me, a, b), axis=axis)
+    a, b = _even_first(me, first, second)
+    back = lambda perm: [(dst, src) for src, dst in perm]
+    a = lax.ppermute(a, axis_name, back(perm_a))
+    b = lax.ppermute(b, axis_name, back(perm_b))
     return jnp.concatenate([a, b], axis=axis)

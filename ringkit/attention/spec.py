@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+import warnings
 
 import jax.numpy as jnp
 import numpy as np
@@ -52,14 +54,21 @@ def _largest_divisor(n: int, at_most: int) -> int:
 
 def _block(name: str, value, local_len: int, chunk: int) -> int:
     if value is None:
-        return _largest_divisor(chunk, DEFAULT_BLOCK)
-    if not isinstance(value, int) or value <= 0 or local_len % value:
+        block = _largest_divisor(chunk, DEFAULT_BLOCK)
+        if block < min(chunk, 32):
+            warnings.warn(
+                f"the per-device layout chunk of {chunk} tokens has no divisor between 32 and "
+                f"{DEFAULT_BLOCK}, so ring attention runs {block}-token tiles, which is slow; pad "
+                f"the sequence so the chunk is a multiple of {DEFAULT_BLOCK} (segment id -1 masks "
+                "padding, as in ringkit.pad_for_ring)", stacklevel=4)
+        return block
+    if not isinstance(value, numbers.Integral) or value <= 0 or local_len % value:
         raise ConfigError(
             f"{name}={value!r} must be a positive integer dividing the per-device sequence length "
             f"{local_len}; a divisor of the layout chunk {chunk} (e.g. "
             f"{_largest_divisor(chunk, DEFAULT_BLOCK)}) keeps causal tiles aligned"
         )
-    return value
+    return int(value)
 
 
 def make_spec(q, k, v, segment_ids, *, mesh, causal, layout, scale, block_q, block_k, impl):
