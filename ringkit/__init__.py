@@ -3,7 +3,7 @@
 The public API lives here; everything else is an implementation module.
 """
 
-from ringkit import attention, errors
+from ringkit import attention, errors, model
 from ringkit.attention import (
     from_layout, layout_positions, pad_for_ring, ring_attention, ring_attention_permuted, to_layout)
 from ringkit.errors import RingkitError
@@ -16,5 +16,5 @@ __version__ = "0.1.0"
 __all__ = [
     "LOGICAL_AXIS_RULES", "MeshConfig", "RingkitError", "attention", "errors", "from_layout",
     "initialize_distributed", "layout_positions", "logical_sharding", "logical_to_spec",
-    "make_mesh", "pad_for_ring", "ring_attention", "ring_attention_permuted", "to_layout",
+    "make_mesh", "model", "pad_for_ring", "ring_attention", "ring_attention_permuted", "to_layout",
 ]

@@ -1,0 +1,118 @@
+"""Model configurations: one frozen dataclass, validated on creation, and named presets.
+
+Example::
+
+    cfg = ringkit.model.ModelConfig.preset("smollm2-135m")
+    cfg.param_count()        # 134,515,008
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ringkit.errors import ConfigError
+from ringkit.model.rope import ROPE_CONVENTIONS, RopeScaling
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """A LLaMA-family decoder (optionally with LWM's vision embedding and head).
+
+    Attention uses ``n_heads`` query heads and ``n_kv_heads`` key/value heads (GQA) of size
+    ``head_dim``; the MLP is SwiGLU of width ``ffn_dim``; norms are RMSNorm with ``norm_eps``.
+    ``rope_convention`` says how RoPE pairs dimensions: "half" (rotate-half, HF LLaMA) or
+    "interleaved" (adjacent pairs, LWM and llama.cpp's stored q/k weights).
+    ``vision_vocab_size > 0`` adds LWM's ``vte`` embedding and ``vision_head``.
+    """
+
+    name: str
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    ffn_dim: int
+    max_position: int
+    rope_theta: float
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    rope_convention: str = "half"
+    rope_scaling: RopeScaling | None = None
+    vision_vocab_size: int = 0
+
+    def __post_init__(self):
+        for field in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
+                      "ffn_dim", "max_position"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{self.name}: {field} must be a positive integer, got {value!r}")
+        if self.n_heads % self.n_kv_heads:
+            raise ConfigError(
+                f"{self.name}: n_heads={self.n_heads} must be a multiple of "
+                f"n_kv_heads={self.n_kv_heads}")
+        if self.head_dim % 2:
+            raise ConfigError(f"{self.name}: head_dim={self.head_dim} must be even for RoPE")
+        if self.rope_convention not in ROPE_CONVENTIONS:
+            raise ConfigError(
+                f"{self.name}: rope_convention {self.rope_convention!r} is not one of "
+                f"{ROPE_CONVENTIONS}")
+        if not self.rope_theta > 0 or not self.norm_eps > 0:
+            raise ConfigError(f"{self.name}: rope_theta and norm_eps must be positive")
+        if self.vision_vocab_size < 0:
+            raise ConfigError(f"{self.name}: vision_vocab_size must be >= 0")
+
+    @property
+    def has_vision(self) -> bool:
+        return self.vision_vocab_size > 0
+
+    @property
+    def context_length(self) -> int:
+        """Longest sequence the configured RoPE covers (trained length times any scaling)."""
+        if self.rope_scaling is None:
+            return self.max_position
+        return int(self.max_position * self.rope_scaling.factor)
+
+    def replace(self, **changes) -> "ModelConfig":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def param_count(self) -> int:
+        """Number of parameters (embeddings, layers, final norm, untied heads)."""
+        d, h, kv, hd = self.d_model, self.n_heads, self.n_kv_heads, self.head_dim
+        attention = d * h * hd * 2 + d * kv * hd * 2  # wq, wo; wk, wv
+        layer = attention + 3 * d * self.ffn_dim + 2 * d
+        embed = self.vocab_size * d * (1 if self.tie_embeddings else 2)
+        vision = 2 * self.vision_vocab_size * d
+        return embed + vision + self.n_layers * layer + d
+
+    @classmethod
+    def preset(cls, name: str) -> "ModelConfig":
+        """A named preset; see ``PRESETS``."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown model preset {name!r}; available: {sorted(PRESETS)}")
+        return PRESETS[name]
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # SmolLM2-135M-Instruct (the embedded default), with q/k in HF rotate-half order.
+    "smollm2-135m": ModelConfig(
+        name="smollm2-135m", vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3,
+        head_dim=64, ffn_dim=1536, max_position=8192, rope_theta=100_000.0, norm_eps=1e-5,
+        tie_embeddings=True),
+    # LWM-Text-1M: LLaMA-2-7B shape, RoPE theta 5e7, interleaved pairs as in LWM.
+    "lwm-7b": ModelConfig(
+        name="lwm-7b", vocab_size=32000, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=32,
+        head_dim=128, ffn_dim=11008, max_position=1_048_576, rope_theta=50_000_000.0,
+        norm_eps=1e-6, rope_convention="interleaved"),
+    # LWM-1M with vision: 8192 VQGAN codes + 256 specials in a separate embedding and head.
+    "lwm-7b-vision": ModelConfig(
+        name="lwm-7b-vision", vocab_size=32000, d_model=4096, n_layers=32, n_heads=32,
+        n_kv_heads=32, head_dim=128, ffn_dim=11008, max_position=1_048_576,
+        rope_theta=50_000_000.0, norm_eps=1e-6, rope_convention="interleaved",
+        vision_vocab_size=8448),
+    # A small model for tests.
+    "tiny": ModelConfig(
+        name="tiny", vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,
+        ffn_dim=128, max_position=4096, rope_theta=10_000.0),
+}

@@ -1,0 +1,143 @@
+"""Rotary position embeddings: exact tables at any position, both pair conventions, scaling.
+
+Angles ``position * inv_freq`` are reduced modulo 2 pi in float64 on the host, so the float32
+``cos`` / ``sin`` are accurate at millions of positions (a float32 product ``position * inv_freq``
+is off by ~0.06 rad at position 1M; LWM even forms it in bfloat16). In a jitted model the tables
+are looked up by position: ``pos = hi * 4096 + lo`` and ``cos(a + b) = cos a cos b - sin a sin b``
+with two small tables, so traced positions (decode steps) stay exact too.
+
+Scaling to run beyond the trained context: ``linear`` (positions / factor), ``ntk`` (NTK-aware:
+theta * factor ** (d / (d - 2))) and ``yarn`` (per-frequency blend of the two, plus an attention
+temperature of 0.1 ln(factor) + 1 applied to cos and sin, as in the YaRN paper and HF).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax.numpy as jnp
+import numpy as np
+
+from ringkit.errors import ConfigError
+
+ROPE_CONVENTIONS = ("half", "interleaved")
+SCALING_KINDS = ("linear", "ntk", "yarn")
+_SPLIT = 4096  # positions = hi * _SPLIT + lo
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """RoPE scaling by ``factor`` (>= 1) of kind "linear", "ntk" or "yarn".
+
+    ``original_max_position`` is the trained context (YaRN needs it; a model fills it from its
+    config). ``beta_fast`` and ``beta_slow`` bound YaRN's ramp, in rotations over that context.
+
+    Example: ``RopeScaling("yarn", 4.0, original_max_position=8192)`` runs SmolLM2 at 32K.
+    """
+
+    kind: str
+    factor: float
+    original_max_position: int | None = None
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+
+    def __post_init__(self):
+        if self.kind not in SCALING_KINDS:
+            raise ConfigError(f"unknown RoPE scaling {self.kind!r}; choose one of {SCALING_KINDS}")
+        if not self.factor >= 1.0:
+            raise ConfigError(f"RoPE scaling factor must be >= 1, got {self.factor}")
+        if self.kind == "yarn" and self.original_max_position is None:
+            raise ConfigError("YaRN scaling needs original_max_position (the trained context)")
+
+
+def inv_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None = None) -> np.ndarray:
+    """Inverse frequencies ``float64 [head_dim // 2]`` after scaling."""
+    exponents = np.arange(0, head_dim, 2, dtype=np.float64) / head_dim
+    if scaling is not None and scaling.kind == "ntk":
+        theta = theta * scaling.factor ** (head_dim / (head_dim - 2))
+    inv = theta ** -exponents
+    if scaling is None or scaling.kind == "ntk":
+        return inv
+    if scaling.kind == "linear":
+        return inv / scaling.factor
+    # YaRN: dimensions that turn many times over the trained context keep their frequency,
+    # those that turn less than once are interpolated, a linear ramp blends the ones between.
+    def correction_dim(rotations):
+        return (head_dim * math.log(scaling.original_max_position / (rotations * 2 * math.pi))
+                / (2 * math.log(theta)))
+
+    low = max(math.floor(correction_dim(scaling.beta_fast)), 0)
+    high = min(math.ceil(correction_dim(scaling.beta_slow)), head_dim - 1)
+    high = high + 0.001 if high == low else high
+    ramp = np.clip((np.arange(head_dim // 2) - low) / (high - low), 0.0, 1.0)
+    return inv / scaling.factor * ramp + inv * (1.0 - ramp)
+
+
+def attention_factor(scaling: RopeScaling | None) -> float:
+    """YaRN's temperature on cos and sin (1.0 for other kinds)."""
+    if scaling is None or scaling.kind != "yarn" or scaling.factor <= 1.0:
+        return 1.0
+    return 0.1 * math.log(scaling.factor) + 1.0
+
+
+@functools.lru_cache(maxsize=32)
+def _tables(head_dim: int, theta: float, scaling: RopeScaling | None, limit: int):
+    """cos/sin of ``lo * inv_freq`` (``[4096, F]``) and of ``hi * 4096 * inv_freq``."""
+    inv = inv_frequencies(head_dim, theta, scaling)
+    two_pi = 2 * np.pi
+    lo = np.mod(np.arange(_SPLIT, dtype=np.float64)[:, None] * inv, two_pi)
+    step = np.mod(_SPLIT * inv, two_pi)  # reduce before multiplying: hi * step stays small
+    hi = np.mod(np.arange(limit // _SPLIT + 1, dtype=np.float64)[:, None] * step, two_pi)
+    f32 = lambda a: a.astype(np.float32)
+    return f32(np.cos(lo)), f32(np.sin(lo)), f32(np.cos(hi)), f32(np.sin(hi))
+
+
+@dataclasses.dataclass(frozen=True)
+class Rope:
+    """RoPE for heads of size ``head_dim`` with base ``theta``, valid for positions < ``limit``.
+
+    Example::
+
+        rope = Rope(64, 100_000.0, limit=8192)
+        q = rope.apply(q, positions)        # q [batch, seq, heads, 64], positions [batch, seq]
+    """
+
+    head_dim: int
+    theta: float
+    limit: int
+    convention: str = "half"
+    scaling: RopeScaling | None = None
+
+    def __post_init__(self):
+        if self.convention not in ROPE_CONVENTIONS:
+            raise ConfigError(
+                f"RoPE convention {self.convention!r} is not one of {ROPE_CONVENTIONS}")
+        if self.head_dim % 2 or self.head_dim <= 0:
+            raise ConfigError(f"RoPE head_dim must be even and positive, got {self.head_dim}")
+
+    def cos_sin(self, positions):
+        """``cos, sin`` float32 ``[*positions.shape, head_dim // 2]`` for integer positions."""
+        lo_cos, lo_sin, hi_cos, hi_sin = (
+            jnp.asarray(t) for t in _tables(self.head_dim, self.theta, self.scaling, self.limit))
+        positions = jnp.asarray(positions, jnp.int32)
+        hi, lo = positions // _SPLIT, positions % _SPLIT
+        hc, hs = jnp.take(hi_cos, hi, axis=0, mode="clip"), jnp.take(hi_sin, hi, axis=0, mode="clip")
+        lc, ls = jnp.take(lo_cos, lo, axis=0), jnp.take(lo_sin, lo, axis=0)
+        scale = attention_factor(self.scaling)
+        return (hc * lc - hs * ls) * scale, (hs * lc + hc * ls) * scale
+
+    def apply(self, x, positions):
+        """Rotate ``x [..., seq, heads, head_dim]`` by ``positions [..., seq]``; same dtype out."""
+        cos, sin = (t[..., None, :] for t in self.cos_sin(positions))  # [..., seq, 1, d/2]
+        xf = x.astype(jnp.float32)
+        if self.convention == "half":
+            x1, x2 = jnp.split(xf, 2, axis=-1)
+            out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+        else:
+            pairs = xf.reshape(*xf.shape[:-1], self.head_dim // 2, 2)
+            xe, xo = pairs[..., 0], pairs[..., 1]
+            out = jnp.stack([xe * cos - xo * sin, xo * cos + xe * sin], axis=-1)
+            out = out.reshape(xf.shape)
+        return out.astype(x.dtype)

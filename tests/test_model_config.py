@@ -1,0 +1,35 @@
+"""ModelConfig presets: real parameter counts, validation with clear messages."""
+
+import pytest
+
+from ringkit.errors import ConfigError
+from ringkit.model import PRESETS, ModelConfig, RopeScaling
+
+
+def test_presets_have_the_published_sizes():
+    assert ModelConfig.preset("smollm2-135m").param_count() == 134_515_008  # 134.5M
+    assert ModelConfig.preset("lwm-7b").param_count() == 6_738_415_616  # LLaMA-2-7B
+    vision = ModelConfig.preset("lwm-7b-vision")
+    assert vision.has_vision and vision.param_count() == 6_738_415_616 + 2 * 8448 * 4096
+    assert set(PRESETS) >= {"smollm2-135m", "lwm-7b", "lwm-7b-vision", "tiny"}
+
+
+def test_context_length_follows_scaling():
+    cfg = ModelConfig.preset("smollm2-135m")
+    assert cfg.context_length == 8192
+    scaled = cfg.replace(rope_scaling=RopeScaling("yarn", 4.0, original_max_position=8192))
+    assert scaled.context_length == 32768
+
+
+def test_invalid_configs_say_what_is_wrong():
+    base = ModelConfig.preset("tiny")
+    with pytest.raises(ConfigError, match="n_heads=4 must be a multiple of n_kv_heads=3"):
+        base.replace(n_kv_heads=3)
+    with pytest.raises(ConfigError, match="head_dim=15 must be even"):
+        base.replace(head_dim=15)
+    with pytest.raises(ConfigError, match="d_model must be a positive integer"):
+        base.replace(d_model=0)
+    with pytest.raises(ConfigError, match="rope_convention 'neox'"):
+        base.replace(rope_convention="neox")
+    with pytest.raises(ConfigError, match="unknown model preset 'llama-70b'; available"):
+        ModelConfig.preset("llama-70b")
