@@ -43,12 +43,18 @@ def tile_bounds(pos, block: int):
     return tiles.min(axis=1), tiles.max(axis=1)
 
 
-def tile_kind(q_min, q_max, k_min, k_max, causal: bool):
-    """SKIP / FULL / DIAGONAL for tiles with these position bounds (numpy or jax arrays)."""
-    if not causal:
-        return FULL + 0 * (q_min + k_min)
+def tile_kind(q_min, q_max, k_min, k_max):
+    """SKIP / FULL / DIAGONAL of causal tiles with these position bounds (numpy or jax arrays)."""
     xp = jnp if isinstance(q_min, jax.Array) else np
     return xp.where(q_max < k_min, SKIP, xp.where(q_min >= k_max, FULL, DIAGONAL))
+
+
+def _run_tile(spec: TileSpec, branches, bounds, iq, jk, tc, args):
+    """Apply the branch for tile (iq, jk): the switch exists only under a causal mask."""
+    if not spec.causal:
+        return branches[FULL](tc, *args)
+    q_min, q_max, k_min, k_max = bounds
+    return lax.switch(tile_kind(q_min[iq], q_max[iq], k_min[jk], k_max[jk]), branches, tc, *args)
 
 
 def _mask(qp, kp, sq, sk, diagonal: bool, groups: int):
@@ -82,8 +88,7 @@ def fold_block(q, k, v, carry, q_pos, k_pos, seg_q, seg_k, spec: TileSpec):
     """
     g, bq, bk = spec.groups, spec.block_q, spec.block_k
     n, nk = q.shape[2] // g, k.shape[2]
-    q_min, q_max = tile_bounds(q_pos, bq)
-    k_min, k_max = tile_bounds(k_pos, bk)
+    bounds = (*tile_bounds(q_pos, bq), *tile_bounds(k_pos, bk))
 
     def tile_update(diagonal):
         def update(tc, qt, kt, vt, qp, kp, sq, sk):
@@ -111,10 +116,7 @@ def fold_block(q, k, v, carry, q_pos, k_pos, seg_q, seg_k, spec: TileSpec):
         def kv_tile(jk, tc):
             args = (qt, _slice(k, jk * bk, bk, 2), _slice(v, jk * bk, bk, 2),
                     qp, _slice(k_pos, jk * bk, bk, 0), sq, _slice(seg_k, jk * bk, bk, 1))
-            if not spec.causal:
-                return branches[FULL](tc, *args)
-            kind = tile_kind(q_min[iq], q_max[iq], k_min[jk], k_max[jk], spec.causal)
-            return lax.switch(kind, branches, tc, *args)
+            return _run_tile(spec, branches, bounds, iq, jk, tc, args)
 
         tc = lax.fori_loop(0, nk // bk, kv_tile, tc)
         return tuple(lax.dynamic_update_slice_in_dim(x, t, r0, 2) for x, t in zip(carry, tc))
@@ -139,8 +141,7 @@ def grad_block(q, k, v, do, lse, delta, grads, q_pos, k_pos, seg_q, seg_k, spec:
     """
     g, bq, bk = spec.groups, spec.block_q, spec.block_k
     n, nk = q.shape[2] // g, k.shape[2]
-    q_min, q_max = tile_bounds(q_pos, bq)
-    k_min, k_max = tile_bounds(k_pos, bk)
+    bounds = (*tile_bounds(q_pos, bq), *tile_bounds(k_pos, bk))
     lse = jnp.where(lse == -jnp.inf, 0.0, lse)  # empty rows: all scores -inf, p = 0
 
     def tile_update(diagonal):
@@ -179,11 +180,7 @@ def grad_block(q, k, v, do, lse, delta, grads, q_pos, k_pos, seg_q, seg_k, spec:
             args = (_slice(q, r0, bq * g, 2), _slice(do, r0, bq * g, 2),
                     _slice(lse, r0, bq * g, 2), _slice(delta, r0, bq * g, 2),
                     kt, vt, _slice(q_pos, iq * bq, bq, 0), kp, _slice(seg_q, iq * bq, bq, 1), sk)
-            if spec.causal:
-                kind = tile_kind(q_min[iq], q_max[iq], k_min[jk], k_max[jk], spec.causal)
-                dqt, dkt, dvt = lax.switch(kind, branches, tc, *args)
-            else:
-                dqt, dkt, dvt = branches[FULL](tc, *args)
+            dqt, dkt, dvt = _run_tile(spec, branches, bounds, iq, jk, tc, args)
             return lax.dynamic_update_slice_in_dim(dq, dqt, r0, 2), dkt, dvt
 
         state = (dq, _slice(dk, c0, bk, 2), _slice(dv, c0, bk, 2))

@@ -140,7 +140,9 @@ def tiles_per_device(seq_len: int, sp: int, layout: str = "zigzag", *, causal: b
         q_min, q_max = q_bounds[me]
         for step in range(sp):
             k_min, k_max = k_bounds[(me - step) % sp]
-            kind = blockwise.tile_kind(q_min[:, None], q_max[:, None], k_min[None], k_max[None],
-                                       causal)
-            counts[me] += int(np.count_nonzero(kind != blockwise.SKIP))
+            if causal:
+                kind = blockwise.tile_kind(q_min[:, None], q_max[:, None], k_min[None], k_max[None])
+                counts[me] += int(np.count_nonzero(kind != blockwise.SKIP))
+            else:
+                counts[me] += len(q_min) * len(k_min)
     return counts
