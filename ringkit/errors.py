@@ -19,3 +19,11 @@ class ConfigError(RingkitError, ValueError):
 
 class UnsupportedError(RingkitError):
     """A combination (backend, impl, format) that this installation cannot run."""
+
+
+class FormatError(RingkitError, ValueError):
+    """A file that is corrupt, truncated or not in the format its name or contents claim."""
+
+
+class MissingDependencyError(RingkitError, ImportError):
+    """An optional package or data file is not installed; the message names the command."""

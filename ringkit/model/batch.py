@@ -1,0 +1,74 @@
+"""Token rows -> padded, ring-layout batches (host side, numpy).
+
+Prompts of different lengths are left-padded to a common length ``L`` (so every row's last token
+sits at ``L - 1`` and decoding appends in lockstep), then right-padded so the sequence splits into
+the ring layout's chunks with a tile size that keeps the kernels efficient. Padding has segment id
+-1 and is never attended to by a real token; RoPE positions count real tokens only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from ringkit.attention.layouts import chunks_per_device, layout_positions
+from ringkit.errors import ShapeError
+
+_TILES = (256, 128, 64, 32, 16, 8)
+
+
+def padded_length(n: int, sp: int, layout: str) -> int:
+    """Smallest length >= n that splits into the layout's chunks, preferring chunk sizes that are
+    multiples of a large tile when that costs at most 1/8 extra tokens."""
+    parts = sp * chunks_per_device(layout)
+    for tile in _TILES:
+        m = parts * tile
+        total = -(-n // m) * m
+        if total - n <= max(n // 8, 0) or tile == _TILES[-1]:
+            return total
+    raise AssertionError("unreachable")
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """A padded batch in ring-layout order (all ``[b, S]``) and what is needed to undo it."""
+
+    ids: np.ndarray          # int32 token ids
+    positions: np.ndarray    # int32 RoPE positions (0 at each row's first real token)
+    segment_ids: np.ndarray  # int32, -1 on padding
+    vision_mask: np.ndarray | None
+    order: np.ndarray        # int32 [S]: layout slot j holds natural index order[j]
+    length: int              # L: common (left-padded) length of the real rows
+    lengths: np.ndarray      # int32 [b]: real tokens per row
+
+    @property
+    def last_slot(self) -> int:
+        """Layout slot of natural index L - 1 (every row's last prompt token)."""
+        return int(np.flatnonzero(self.order == self.length - 1)[0])
+
+
+def pack(rows: Sequence[Sequence[int]], *, sp: int, layout: str, vision_rows=None,
+         segment_rows=None) -> Batch:
+    """Left-pad ``rows`` to a common length, right-pad for the ring, permute into ``layout``."""
+    if len(rows) == 0 or any(len(r) == 0 for r in rows):
+        raise ShapeError("every prompt must have at least one token (got an empty one)")
+    lengths = np.array([len(r) for r in rows], np.int32)
+    length = int(lengths.max())
+    total = padded_length(length, sp, layout)
+    b = len(rows)
+    ids = np.zeros((b, total), np.int32)
+    seg = np.full((b, total), -1, np.int32)
+    pos = np.zeros((b, total), np.int32)
+    vm = np.zeros((b, total), bool) if vision_rows is not None else None
+    for r, row in enumerate(rows):
+        start = length - len(row)
+        ids[r, start:length] = np.asarray(row, np.int32)
+        seg[r, start:length] = 0 if segment_rows is None else np.asarray(segment_rows[r])
+        pos[r, start:length] = np.arange(len(row), dtype=np.int32)
+        if vm is not None:
+            vm[r, start:length] = np.asarray(vision_rows[r], bool)
+    order = layout_positions(total, sp, layout)
+    take = lambda x: None if x is None else np.ascontiguousarray(x[:, order])
+    return Batch(take(ids), take(pos), take(seg), take(vm), order, length, lengths)

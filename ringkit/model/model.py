@@ -1,0 +1,231 @@
+"""``Model``: a loaded transformer on a mesh, with its tokenizer; logits, prefill and decode steps.
+
+The sequence is permuted into the ring layout once per forward pass (``batch.pack``), every layer
+runs ring attention on it, and outputs are permuted back. Prefill keeps each layer's keys and
+values where they were computed, as a cache sharded over 'sp' (``KVCache``); decode steps attend
+that cache in place (``ringkit.attention.decode``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from ringkit.attention import decode
+from ringkit.errors import ConfigError, ShapeError
+from ringkit.model.batch import Batch, pack, padded_length
+from ringkit.model.config import ModelConfig
+from ringkit.model.transformer import Runtime, Transformer
+
+_ROWS = P(("dp", "fsdp"), "sp")       # [b, S] inputs of a prefill
+_STEP = P(("dp", "fsdp"), None)       # [b, t] inputs of a decode step
+
+
+@dataclasses.dataclass
+class KVCache:
+    """Keys and values of every layer, sharded along the sequence on 'sp'.
+
+    ``k, v [layers, b, slots, kv_heads, hd]``; ``slot_pos [b, slots]`` (-1 = empty or padding);
+    ``base`` prefill slots per device; ``appended`` tokens added since; ``next_pos [b]`` the RoPE
+    position of each row's next token.
+    """
+
+    k: jax.Array
+    v: jax.Array
+    slot_pos: jax.Array
+    base: int
+    appended: int
+    next_pos: np.ndarray
+
+    def room(self, sp: int) -> int:
+        """Tokens that can still be appended."""
+        return decode.capacity(self.k.shape[2], sp, self.base) - self.appended
+
+    def nbytes_per_device(self, sp: int) -> int:
+        return (self.k.nbytes + self.v.nbytes) // sp
+
+
+class Model:
+    """A transformer with weights on a mesh and its tokenizer (``ringkit.load_model`` builds one).
+
+    Attributes: ``config`` (``ModelConfig``), ``tokenizer``, ``mesh``, ``runtime``, ``variables``.
+
+    Example::
+
+        model = ringkit.load_model()
+        logits = model.logits(model.tokenizer.encode("The capital of France is"))
+        print(model.generate("What is the capital of France?", max_new_tokens=16))
+    """
+
+    def __init__(self, config: ModelConfig, variables, tokenizer, runtime: Runtime):
+        self.config, self.variables, self.tokenizer, self.runtime = (
+            config, variables, tokenizer, runtime)
+        self._plain = Transformer(config, runtime)
+        self._collect = Transformer(config, runtime, collect_kv=True)
+
+    @classmethod
+    def init_random(cls, config: ModelConfig, runtime: Runtime, *, seed: int = 0,
+                    tokenizer=None) -> "Model":
+        """A model with random weights (initialised directly into their shards), for tests and
+        benchmarks."""
+        from ringkit.model.transformer import param_shardings
+        from ringkit.model.weights.place import abstract_variables
+
+        module = Transformer(config, runtime)
+        shardings = param_shardings(abstract_variables(config, runtime), runtime.mesh)
+        ids = jnp.zeros((1, 2 * runtime.sp), jnp.int32)
+        aux = dict(positions=ids, segment_ids=None, vision_mask=None)
+        init = jax.jit(lambda key: module.init(key, ids, aux), out_shardings=shardings)
+        return cls(config, init(jax.random.key(seed)), tokenizer, runtime)
+
+    @property
+    def mesh(self):
+        return self.runtime.mesh
+
+    @property
+    def sp(self) -> int:
+        return self.runtime.sp
+
+    def __repr__(self):
+        return (f"Model({self.config.name}, {self.config.param_count() / 1e6:.1f}M params, "
+                f"mesh={dict(self.mesh.shape)}, dtype={self.runtime.dtype})")
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _put(self, x, spec):
+        return None if x is None else jax.device_put(x, NamedSharding(self.mesh, spec))
+
+    def check_length(self, n: int) -> None:
+        limit = self.config.context_length
+        if n > limit:
+            raise ShapeError(
+                f"{n} tokens exceed the {limit}-token context of {self.config.name}; shorten the "
+                f"input or load the model with RoPE scaling, e.g. ringkit.load_model(..., "
+                f"rope_scaling=ringkit.model.RopeScaling('yarn', {-(-n // limit)}.0, "
+                f"original_max_position={self.config.max_position}))")
+
+    # -- full-sequence logits ------------------------------------------------------------------
+    @functools.cached_property
+    def _logits_fn(self):
+        def fn(variables, ids, positions, segment_ids, vision_mask, head):
+            aux = dict(positions=positions, segment_ids=segment_ids, vision_mask=vision_mask)
+            h, _ = self._plain.apply(variables, ids, aux)
+            return self._plain.apply(variables, h, head, method=Transformer.logits)
+
+        return jax.jit(fn, static_argnums=5)
+
+    def logits(self, ids, *, attention_mask=None, positions=None, segment_ids=None,
+               vision_mask=None, head: str = "text"):
+        """Logits ``float32 [batch, seq, vocab]`` for ``ids [batch, seq]`` (or one list of ids).
+
+        ``attention_mask [b, s]`` (0 = padding, LWM's left padding included), ``positions`` (default
+        ``clip(cumsum(mask) - 1, 0)``), ``segment_ids`` (tokens see their own segment only) and
+        ``vision_mask`` (LWM vision tokens) follow LWM's model call. ``head="vision"`` returns the
+        vision head's logits. Positions whose mask is 0 hold no meaningful value.
+        """
+        ids = np.asarray(ids, np.int32)
+        ids = ids[None] if ids.ndim == 1 else ids
+        b, s = ids.shape
+        if head not in ("text", "vision") or (head == "vision" and not self.config.has_vision):
+            raise ConfigError(f"head={head!r}: this model has heads 'text'"
+                              + (" and 'vision'" if self.config.has_vision else ""))
+        mask = np.ones((b, s), bool) if attention_mask is None else np.asarray(attention_mask) > 0
+        if positions is None:
+            positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
+        self.check_length(int(np.max(positions)) + 1)
+        seg = np.zeros((b, s), np.int32) if segment_ids is None else np.asarray(segment_ids)
+        seg = np.where(mask, seg, -1).astype(np.int32)
+        total = padded_length(s, self.sp, self.runtime.layout)
+        rows = lambda x, fill: np.pad(np.asarray(x), ((0, 0), (0, total - s)),
+                                      constant_values=fill)
+        from ringkit.attention.layouts import layout_positions
+
+        order = layout_positions(total, self.sp, self.runtime.layout)
+        lay = lambda x: np.ascontiguousarray(x[:, order])
+        vm = None if vision_mask is None else self._put(lay(rows(vision_mask, False)), _ROWS)
+        out = self._logits_fn(
+            self.variables, self._put(lay(rows(ids, 0)), _ROWS),
+            self._put(lay(rows(positions, 0).astype(np.int32)), _ROWS),
+            self._put(lay(rows(seg, -1)), _ROWS), vm, head)
+        inverse = np.argsort(order)
+        return jnp.take(out, jnp.asarray(inverse[:s]), axis=1)
+
+    # -- prefill and decode --------------------------------------------------------------------
+    @functools.cached_property
+    def _prefill_fn(self):
+        mesh = self.mesh
+
+        def fn(variables, ids, positions, segment_ids, vision_mask, last, extra):
+            aux = dict(positions=positions, segment_ids=segment_ids, vision_mask=vision_mask)
+            gather = jnp.full((ids.shape[0], 1), last, jnp.int32)
+            h, (k, v) = self._collect.apply(variables, ids, aux, gather=gather)
+            logits = self._collect.apply(variables, h, method=Transformer.logits)[:, 0]
+            k = decode.extend_slots(k, extra, mesh=mesh, spec=decode.CACHE_SPEC, axis=2)
+            v = decode.extend_slots(v, extra, mesh=mesh, spec=decode.CACHE_SPEC, axis=2)
+            slot_pos = jnp.where(segment_ids >= 0, positions, -1)
+            slot_pos = decode.extend_slots(slot_pos, extra, mesh=mesh, spec=decode.SLOT_SPEC,
+                                           axis=1, value=-1)
+            return logits, k, v, slot_pos
+
+        return jax.jit(fn, static_argnums=(5, 6))
+
+    def prefill(self, rows, *, max_new_tokens: int, vision_rows=None) -> tuple[jax.Array, KVCache]:
+        """Run token ``rows`` (lists of ids) through the model, keeping a sharded KV cache with
+        room for ``max_new_tokens`` more per row. Returns ``(last logits [b, vocab], cache)``."""
+        batch: Batch = pack(rows, sp=self.sp, layout=self.runtime.layout,
+                            vision_rows=vision_rows)
+        self.check_length(batch.length + max_new_tokens)
+        extra = max(1, -(-max_new_tokens // self.sp))
+        logits, k, v, slot_pos = self._prefill_fn(
+            self.variables, self._put(batch.ids, _ROWS), self._put(batch.positions, _ROWS),
+            self._put(batch.segment_ids, _ROWS), self._put(batch.vision_mask, _ROWS),
+            batch.last_slot, extra)
+        cache = KVCache(k, v, slot_pos, base=batch.ids.shape[1] // self.sp, appended=0,
+                        next_pos=batch.lengths.copy())
+        return logits, cache
+
+    @functools.cached_property
+    def _step_fn(self):
+        mesh = self.mesh
+
+        def fn(variables, k, v, slot_pos, tokens, positions, counter, base):
+            slot_pos = decode.append_positions(slot_pos, positions, counter, base, mesh=mesh)
+            aux = dict(positions=positions, slot_pos=slot_pos, counter=counter, base=base,
+                       vision_mask=None)
+            cache = dict(k=k, v=v, layer=jnp.zeros((), jnp.int32))
+            h, cache = self._plain.apply(variables, tokens, aux, cache=cache,
+                                         gather=jnp.full((tokens.shape[0], 1), tokens.shape[1] - 1,
+                                                         jnp.int32))
+            logits = self._plain.apply(variables, h, method=Transformer.logits)[:, 0]
+            return logits, cache["k"], cache["v"], slot_pos
+
+        return jax.jit(fn, donate_argnums=(1, 2, 3))
+
+    def step(self, cache: KVCache, tokens) -> jax.Array:
+        """Append ``tokens [b, t]`` to ``cache`` (in place) and return the logits ``[b, vocab]``
+        after the last of them."""
+        tokens = np.asarray(tokens, np.int32)
+        tokens = tokens[:, None] if tokens.ndim == 1 else tokens
+        t = tokens.shape[1]
+        if t > cache.room(self.sp):
+            raise ShapeError(f"the KV cache has room for {cache.room(self.sp)} more tokens, not "
+                             f"{t}; prefill with a larger max_new_tokens")
+        positions = cache.next_pos[:, None] + np.arange(t, dtype=np.int32)
+        self.check_length(int(positions.max()) + 1)
+        logits, cache.k, cache.v, cache.slot_pos = self._step_fn(
+            self.variables, cache.k, cache.v, cache.slot_pos, self._put(tokens, _STEP),
+            self._put(positions.astype(np.int32), _STEP), jnp.int32(cache.appended),
+            jnp.int32(cache.base))
+        cache.appended += t
+        cache.next_pos = cache.next_pos + t
+        return logits
+
+    def generate(self, prompts, **kwargs):
+        """Generate text; see ``ringkit.generate.generate`` for the arguments."""
+        from ringkit.generate import generate
+
+        return generate(self, prompts, **kwargs)

@@ -1,0 +1,246 @@
+"""Text tokenizers (HF ``tokenizers``, no torch) and chat templates (Jinja, as HF renders them).
+
+Built from whatever a checkpoint carries: GGUF tokenizer fields (``from_gguf_fields``), an HF
+``tokenizer.json`` (``from_hf_dir``) or a SentencePiece ``tokenizer.model`` (``from_sentencepiece``,
+see ``ringkit.tokenize.spm``).
+
+Example::
+
+    tok = model.tokenizer
+    ids = tok.encode("The capital of France is")
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Hi"}])
+    tok.decode(ids)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Sequence
+
+import tokenizers
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+
+from ringkit.errors import ConfigError, FormatError, UnsupportedError
+
+# The prompt LWM's own scripts build for text QA; used when a checkpoint carries no template.
+LWM_CHAT_TEMPLATE = (
+    "{% if bos_token and add_bos %}{{ bos_token }}{% endif %}You are a helpful assistant."
+    "{% for m in messages %}{% if m['role'] == 'user' %} USER: {{ m['content'] }}"
+    "{% elif m['role'] == 'assistant' %} ASSISTANT: {{ m['content'] }}{{ eos_token }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %} ASSISTANT:{% endif %}"
+)
+
+# llama.cpp pre-tokenizer names -> the split regex their merges were learned with.
+_GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_BYTE_LEVEL_PRE = {
+    "default": [_GPT2_SPLIT], "gpt2": [_GPT2_SPLIT], "gpt-2": [_GPT2_SPLIT],
+    "smollm": [r"\p{N}", _GPT2_SPLIT],  # digits one per token, then GPT-2's split
+    "llama3": [_LLAMA3_SPLIT], "llama-bpe": [_LLAMA3_SPLIT], "llama-v3": [_LLAMA3_SPLIT],
+    "smaug-bpe": [_LLAMA3_SPLIT], "dbrx": [_LLAMA3_SPLIT],
+}
+
+
+def _byte_alphabet() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+@dataclasses.dataclass
+class Tokenizer:
+    """A text tokenizer with the special tokens and chat template of its model."""
+
+    backend: tokenizers.Tokenizer
+    bos_token: str | None = None
+    eos_token: str | None = None
+    add_bos: bool = False
+    chat_template: str | None = None
+    extra_eos_tokens: tuple[str, ...] = ()
+
+    # -- ids -----------------------------------------------------------------------------------
+    def _id(self, token: str | None) -> int | None:
+        return None if token is None else self.backend.token_to_id(token)
+
+    @property
+    def bos_id(self) -> int | None:
+        return self._id(self.bos_token)
+
+    @property
+    def eos_id(self) -> int | None:
+        return self._id(self.eos_token)
+
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        """Every id that ends a generation (the eos token and any the model adds)."""
+        ids = [self._id(t) for t in (self.eos_token, *self.extra_eos_tokens)]
+        return tuple(dict.fromkeys(i for i in ids if i is not None))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    # -- encode / decode -----------------------------------------------------------------------
+    def encode(self, text: str, *, add_bos: bool | None = None) -> list[int]:
+        """Token ids of ``text`` (special-token strings in it become their ids)."""
+        ids = self.backend.encode(text, add_special_tokens=False).ids
+        add = self.add_bos if add_bos is None else add_bos
+        if add and self.bos_id is not None and (not ids or ids[0] != self.bos_id):
+            ids = [self.bos_id] + ids
+        return ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
+        return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    # -- chat ----------------------------------------------------------------------------------
+    def apply_chat_template(self, messages, *, add_generation_prompt: bool = True,
+                            tokenize: bool = False, **variables):
+        """Render ``messages`` (``[{"role": ..., "content": ...}]`` or one user string) with the
+        model's chat template; ``tokenize=True`` returns ids instead of text."""
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        template = self.chat_template or LWM_CHAT_TEMPLATE
+        text = _render(template, messages=messages, add_generation_prompt=add_generation_prompt,
+                       bos_token=self.bos_token or "", eos_token=self.eos_token or "",
+                       add_bos=self.add_bos, **variables)
+        return self.encode(text, add_bos=False) if tokenize else text
+
+    # -- construction --------------------------------------------------------------------------
+    @classmethod
+    def from_gguf_fields(cls, fields: dict) -> "Tokenizer":
+        """Build from GGUF ``tokenizer.ggml.*`` fields (byte-level BPE or SentencePiece BPE)."""
+        kind = fields.get("tokenizer.ggml.model")
+        tokens = list(fields["tokenizer.ggml.tokens"])
+        types = list(fields.get("tokenizer.ggml.token_type") or [1] * len(tokens))
+        if kind == "gpt2":
+            pre = fields.get("tokenizer.ggml.pre", "default")
+            backend = _byte_level(tokens, fields["tokenizer.ggml.merges"], pre)
+        elif kind == "llama":
+            from ringkit.tokenize.spm import spm_bpe_tokenizer
+
+            backend = spm_bpe_tokenizer(tokens, list(fields["tokenizer.ggml.scores"]), types,
+                                        add_dummy_prefix=fields.get(
+                                            "tokenizer.ggml.add_space_prefix", True))
+        else:
+            raise UnsupportedError(
+                f"GGUF tokenizer model {kind!r} is not supported; ringkit reads 'gpt2' "
+                "(byte-level BPE) and 'llama' (SentencePiece BPE)")
+        _add_special(backend, tokens, types)
+        name = lambda key: (tokens[fields[key]] if fields.get(key) is not None
+                            and 0 <= fields[key] < len(tokens) else None)
+        return cls(backend, bos_token=name("tokenizer.ggml.bos_token_id"),
+                   eos_token=name("tokenizer.ggml.eos_token_id"),
+                   add_bos=bool(fields.get("tokenizer.ggml.add_bos_token", kind == "llama")),
+                   chat_template=fields.get("tokenizer.chat_template"))
+
+    @classmethod
+    def from_hf_dir(cls, path) -> "Tokenizer":
+        """Build from an HF model directory (``tokenizer.json``, ``tokenizer_config.json``)."""
+        path = Path(path)
+        config = _read_json(path / "tokenizer_config.json") if (
+            path / "tokenizer_config.json").exists() else {}
+        if (path / "tokenizer.json").exists():
+            try:
+                backend = tokenizers.Tokenizer.from_file(str(path / "tokenizer.json"))
+            except Exception as err:
+                raise FormatError(f"{path / 'tokenizer.json'} is not a valid tokenizer: {err}")
+        elif (path / "tokenizer.model").exists():
+            return cls.from_sentencepiece(path / "tokenizer.model", config=config)
+        else:
+            raise FormatError(f"{path} has neither tokenizer.json nor tokenizer.model")
+        template = config.get("chat_template")
+        if template is None and (path / "chat_template.jinja").exists():
+            template = (path / "chat_template.jinja").read_text()
+        gen = _read_json(path / "generation_config.json") if (
+            path / "generation_config.json").exists() else {}
+        extra = gen.get("eos_token_id")
+        extra = [extra] if isinstance(extra, int) else list(extra or [])
+        extra_tokens = tuple(backend.id_to_token(i) for i in extra if backend.id_to_token(i))
+        return cls(backend, bos_token=_token_str(config.get("bos_token")),
+                   eos_token=_token_str(config.get("eos_token")),
+                   add_bos=bool(config.get("add_bos_token", False)),
+                   chat_template=template if isinstance(template, str) else None,
+                   extra_eos_tokens=extra_tokens)
+
+    @classmethod
+    def from_sentencepiece(cls, path, *, config: dict | None = None) -> "Tokenizer":
+        """Build from a SentencePiece BPE ``tokenizer.model`` (LLaMA / LWM)."""
+        from ringkit.tokenize.spm import read_sentencepiece
+
+        backend, bos, eos = read_sentencepiece(path)
+        config = config or {}
+        return cls(backend, bos_token=_token_str(config.get("bos_token")) or bos,
+                   eos_token=_token_str(config.get("eos_token")) or eos,
+                   add_bos=bool(config.get("add_bos_token", True)),
+                   chat_template=config.get("chat_template"))
+
+
+def _token_str(value) -> str | None:
+    return value.get("content") if isinstance(value, dict) else value
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise FormatError(f"cannot read {path}: {err}")
+
+
+def _byte_level(tokens: list[str], merges: Sequence[str], pre: str) -> tokenizers.Tokenizer:
+    if pre not in _BYTE_LEVEL_PRE:
+        raise UnsupportedError(
+            f"GGUF pre-tokenizer {pre!r} is not supported; known: {sorted(_BYTE_LEVEL_PRE)}")
+    alphabet = _byte_alphabet()
+    letters = set(alphabet.values())
+    # Control tokens such as <|im_start|> are spelled in plain text; keep them as they are.
+    vocab = {t if set(t) <= letters else "".join(alphabet[b] for b in t.encode()): i
+             for i, t in enumerate(tokens)}
+    pairs = [tuple(m.split(" ", 1)) for m in merges]
+    backend = tokenizers.Tokenizer(models.BPE(vocab, pairs, ignore_merges=False))
+    splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in _BYTE_LEVEL_PRE[pre]]
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        splits + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    backend.decoder = decoders.ByteLevel()
+    return backend
+
+
+def _add_special(backend: tokenizers.Tokenizer, tokens: list[str], types: list[int]) -> None:
+    """GGUF token types: 3 = control (special), 4 = user-defined (matched whole, not special)."""
+    special = [AddedToken(t, special=True, normalized=False)
+               for t, k in zip(tokens, types) if k == 3]
+    user = [AddedToken(t, special=False, normalized=False) for t, k in zip(tokens, types) if k == 4]
+    if special:
+        backend.add_special_tokens(special)
+    if user:
+        backend.add_tokens(user)
+
+
+def _render(template: str, **context) -> str:
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise ConfigError(f"chat template error: {message}")
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = lambda x, indent=None, **_: json.dumps(x, indent=indent,
+                                                                   ensure_ascii=False)
+    env.globals["raise_exception"] = raise_exception
+    try:
+        return env.from_string(template).render(**context)
+    except jinja2.TemplateError as err:
+        raise ConfigError(f"the model's chat template failed to render: {err}")
