@@ -1,0 +1,194 @@
+"""HF LLaMA-family checkpoints: ``config.json``, safetensors shards, tokenizer files.
+
+Safetensors are memory-mapped (bfloat16 included), so a tensor's bytes are read only when a
+device's shard of it is built. A config that needs remote code is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ringkit.errors import ConfigError, FormatError, UnsupportedError
+from ringkit.model.config import ModelConfig
+from ringkit.model.rope import RopeScaling
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral")
+_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": "bfloat16", "F64": np.float64}
+_LAYER = {
+    "input_layernorm.weight": "attn_norm", "post_attention_layernorm.weight": "mlp_norm",
+    "self_attn.q_proj.weight": "wq", "self_attn.k_proj.weight": "wk",
+    "self_attn.v_proj.weight": "wv", "self_attn.o_proj.weight": "wo",
+    "mlp.gate_proj.weight": "w_gate", "mlp.up_proj.weight": "w_up",
+    "mlp.down_proj.weight": "w_down",
+}
+
+
+def read_safetensors(path) -> dict[str, np.ndarray]:
+    """Memory-mapped arrays of one ``.safetensors`` file (checked against the file size)."""
+    path = Path(path)
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if n <= 0 or 8 + n > size:
+                raise ValueError("header length out of range")
+            header = json.loads(f.read(n))
+    except (ValueError, OSError) as err:
+        raise FormatError(f"{path} is not a safetensors file ({err}); it may be truncated or "
+                          "corrupt") from None
+    header.pop("__metadata__", None)
+    out = {}
+    for name, info in header.items():
+        dtype = _DTYPES.get(info.get("dtype"))
+        if dtype is None:
+            raise UnsupportedError(f"tensor {name} in {path.name} has dtype {info.get('dtype')}; "
+                                   f"supported: {sorted(_DTYPES)}")
+        if dtype == "bfloat16":
+            import ml_dtypes
+
+            dtype = ml_dtypes.bfloat16
+        start, end = info["data_offsets"]
+        shape = tuple(info["shape"])
+        if 8 + n + end > size or end - start != np.dtype(dtype).itemsize * int(np.prod(shape)):
+            raise FormatError(f"tensor {name} lies outside {path} ({size} bytes): the file is "
+                              "truncated or corrupt")
+        out[name] = np.memmap(path, dtype=dtype, mode="r", offset=8 + n + start, shape=shape)
+    return out
+
+
+def config_from_hf(values: dict, name: str) -> ModelConfig:
+    if values.get("auto_map") or values.get("trust_remote_code"):
+        raise UnsupportedError(
+            f"{name} asks for remote code (auto_map); ringkit never runs code from a checkpoint")
+    kind = values.get("model_type")
+    if kind not in SUPPORTED_MODEL_TYPES:
+        raise UnsupportedError(
+            f"model_type {kind!r} is not supported; ringkit runs {SUPPORTED_MODEL_TYPES}")
+    if values.get("attention_bias") or values.get("mlp_bias"):
+        raise UnsupportedError(f"{name} uses attention or MLP biases, which ringkit does not run")
+    if values.get("hidden_act", "silu") != "silu":
+        raise UnsupportedError(f"{name} uses activation {values['hidden_act']!r}; only silu")
+    d, heads = int(values["hidden_size"]), int(values["num_attention_heads"])
+    ctx = int(values.get("max_position_embeddings", 4096))
+    scaling = None
+    rs = values.get("rope_scaling")
+    if rs:
+        kind = rs.get("rope_type", rs.get("type"))
+        if kind not in ("linear", "yarn"):
+            raise UnsupportedError(f"RoPE scaling {kind!r} is not supported (linear, yarn)")
+        original = int(rs.get("original_max_position_embeddings", ctx))
+        scaling = RopeScaling(kind, float(rs["factor"]), original,
+                              beta_fast=float(rs.get("beta_fast", 32.0)),
+                              beta_slow=float(rs.get("beta_slow", 1.0)))
+        ctx = original
+    return ModelConfig(
+        name=name, vocab_size=int(values["vocab_size"]), d_model=d,
+        n_layers=int(values["num_hidden_layers"]), n_heads=heads,
+        n_kv_heads=int(values.get("num_key_value_heads") or heads),
+        head_dim=int(values.get("head_dim") or d // heads),
+        ffn_dim=int(values["intermediate_size"]), max_position=ctx,
+        rope_theta=float(values.get("rope_theta", 10000.0)),
+        norm_eps=float(values.get("rms_norm_eps", 1e-6)),
+        tie_embeddings=bool(values.get("tie_word_embeddings", False)), rope_scaling=scaling)
+
+
+class _Lazy:
+    """A host array transformed on access (transpose + reshape), so shards read only their
+    bytes from the memory map."""
+
+    def __init__(self, src, fn, shape):
+        self.src, self.fn, self.shape = src, fn, shape
+
+    def __getitem__(self, index):
+        return self.fn(self.src)[index]
+
+    def __array__(self, dtype=None, copy=None):
+        out = self.fn(self.src)
+        return out if dtype is None else out.astype(dtype)
+
+
+class _Stack:
+    """Per-layer arrays seen as one stacked ``[L, ...]`` array."""
+
+    def __init__(self, layers):
+        self.layers = layers
+        self.shape = (len(layers),) + tuple(layers[0].shape)
+
+    def __getitem__(self, index):
+        index = index if isinstance(index, tuple) else (index,)
+        first, rest = index[0], index[1:]
+        if isinstance(first, (int, np.integer)):
+            return np.asarray(self.layers[first])[rest] if rest else np.asarray(self.layers[first])
+        return np.stack([np.asarray(self.layers[i])[rest] for i in range(self.shape[0])[first]])
+
+
+def read_hf(folder) -> tuple[ModelConfig, dict, object]:
+    """``(config, canonical weights, tokenizer)`` of an HF LLaMA-family directory."""
+    from ringkit.tokenize.text import Tokenizer
+
+    folder = Path(folder)
+    try:
+        values = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as err:
+        raise FormatError(f"cannot read {folder / 'config.json'}: {err}") from None
+    config = config_from_hf(values, name=values.get("_name_or_path") or folder.name)
+    tensors = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        tensors.update(read_safetensors(path))
+    h, kv, hd, d = config.n_heads, config.n_kv_heads, config.head_dim, config.d_model
+
+    def need(name):
+        if name not in tensors:
+            raise FormatError(f"{folder} has no tensor {name!r}")
+        return tensors[name]
+
+    split = {  # (out, in) -> canonical layout
+        "wq": lambda w: np.asarray(w).T.reshape(d, h, hd),
+        "wk": lambda w: np.asarray(w).T.reshape(d, kv, hd),
+        "wv": lambda w: np.asarray(w).T.reshape(d, kv, hd),
+        "wo": lambda w: np.asarray(w).T.reshape(h, hd, d),
+        "w_gate": lambda w: np.asarray(w).T, "w_up": lambda w: np.asarray(w).T,
+        "w_down": lambda w: np.asarray(w).T,
+    }
+    layers = {}
+    for src, canon in _LAYER.items():
+        per = []
+        for i in range(config.n_layers):
+            w = need(f"model.layers.{i}.{src}")
+            if canon in split:
+                shape = split[canon](np.empty(w.shape, np.uint8)).shape
+                per.append(_Lazy(w, split[canon], shape))
+            else:
+                per.append(w)
+        layers[canon] = _Stack(per)
+    canonical = {"embed": need("model.embed_tokens.weight"),
+                 "final_norm": need("model.norm.weight"), "layers": layers}
+    if "lm_head.weight" in tensors and not config.tie_embeddings:
+        w = tensors["lm_head.weight"]
+        canonical["lm_head"] = _Lazy(w, lambda x: np.asarray(x).T, tuple(reversed(w.shape)))
+    elif not config.tie_embeddings:
+        raise FormatError(f"{folder} has no lm_head.weight but tie_word_embeddings is false")
+    return config, canonical, Tokenizer.from_hf_dir(folder)
+
+
+def download(repo_id: str) -> Path:
+    """Fetch an HF hub repository's config, weights and tokenizer (never when offline)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        raise ConfigError(
+            f"{repo_id!r} looks like an HF hub id but HF_HUB_OFFLINE is set; download it on a "
+            "machine with network and pass the local directory instead")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ConfigError("loading from the HF hub needs huggingface_hub: pip install "
+                          "huggingface_hub") from None
+    patterns = ["config.json", "generation_config.json", "*.safetensors", "tokenizer*",
+                "special_tokens_map.json", "chat_template.jinja"]
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, etag_timeout=10))
+    except Exception as err:
+        raise ConfigError(f"could not download {repo_id!r} from the HF hub: {err}") from None
