@@ -10,11 +10,13 @@ from ringkit.errors import RingkitError
 from ringkit.mesh import (
     LOGICAL_AXIS_RULES, MeshConfig, initialize_distributed, logical_sharding, logical_to_spec,
     make_mesh)
+from ringkit.model import Model, ModelConfig, RopeScaling, load_model
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "LOGICAL_AXIS_RULES", "MeshConfig", "RingkitError", "attention", "errors", "from_layout",
-    "initialize_distributed", "layout_positions", "logical_sharding", "logical_to_spec",
-    "make_mesh", "model", "pad_for_ring", "ring_attention", "ring_attention_permuted", "to_layout",
+    "LOGICAL_AXIS_RULES", "MeshConfig", "Model", "ModelConfig", "RingkitError", "RopeScaling",
+    "attention", "errors", "from_layout", "initialize_distributed", "layout_positions",
+    "load_model", "logical_sharding", "logical_to_spec", "make_mesh", "model", "pad_for_ring",
+    "ring_attention", "ring_attention_permuted", "to_layout",
 ]

@@ -78,7 +78,8 @@ class Model:
 
         module = Transformer(config, runtime)
         shardings = param_shardings(abstract_variables(config, runtime), runtime.mesh)
-        ids = jnp.zeros((1, 2 * runtime.sp), jnp.int32)
+        ids = jnp.zeros((runtime.mesh.shape["dp"] * runtime.mesh.shape["fsdp"], 2 * runtime.sp),
+                        jnp.int32)
         aux = dict(positions=ids, segment_ids=None, vision_mask=None)
         init = jax.jit(lambda key: module.init(key, ids, aux), out_shardings=shardings)
         return cls(config, init(jax.random.key(seed)), tokenizer, runtime)

@@ -28,7 +28,8 @@ from ringkit.model.transformer import Runtime, Transformer, param_shardings
 def abstract_variables(config: ModelConfig, runtime: Runtime):
     """The model's variables as ``ShapeDtypeStruct``s (no memory), e.g. to check 7B shapes."""
     module = Transformer(config, runtime)
-    ids = jax.ShapeDtypeStruct((1, 2 * runtime.sp), jnp.int32)
+    batch = runtime.mesh.shape["dp"] * runtime.mesh.shape["fsdp"]
+    ids = jax.ShapeDtypeStruct((batch, 2 * runtime.sp), jnp.int32)
     aux = dict(positions=ids, segment_ids=None, vision_mask=None)
     return jax.eval_shape(lambda i, a: module.init(jax.random.key(0), i, a), ids, aux)
 

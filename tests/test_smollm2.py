@@ -1,0 +1,124 @@
+"""The embedded SmolLM2-135M-Instruct: parity with transformers, sharding invariance, decoding.
+
+transformers (torch CPU) is a test-only reference; it reads the same GGUF through its own
+dequantization and q/k un-permutation, so the loader is checked too.
+"""
+
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import ringkit as rk
+from ringkit.generate import generate_ids
+from ringkit.model import Model, Runtime, embedded_model_path
+from ringkit.model.weights.gguf import read_gguf
+from ringkit.model.weights.place import place
+from ringkit.tokenize.text import Tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+try:
+    GGUF = embedded_model_path()
+except rk.errors.MissingDependencyError as err:
+    pytestmark = pytest.mark.skip(reason=str(err))
+    GGUF = None
+
+
+@pytest.fixture(scope="module")
+def smol():
+    """Meshes -> Model, all sharing one read of the GGUF."""
+    config, canonical, fields = read_gguf(GGUF)
+    tokenizer = Tokenizer.from_gguf_fields(fields)
+    built = {}
+
+    def get(sp=1, tp=1):
+        if (sp, tp) not in built:
+            mesh = rk.make_mesh(tp=tp, sp=sp, devices=jax.devices()[:sp * tp])
+            rt = Runtime(mesh)
+            built[sp, tp] = Model(config, place(canonical, config, rt), tokenizer, rt)
+        return built[sp, tp]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def prompts(smol):
+    """Three prompts of about 300, 1000 and 2000 tokens (project text and a chat prompt)."""
+    tok = smol().tokenizer
+    readme = (ROOT / "README.md").read_text()
+    code = (ROOT / "ringkit" / "attention" / "ring.py").read_text()
+    chat = tok.apply_chat_template(
+        "Summarise this code in one sentence:\n" + (ROOT / "ringkit" / "model" /
+                                                   "transformer.py").read_text(), tokenize=True)
+    rows = [tok.encode(readme)[:300], tok.encode(code)[:1000], chat[-2000:]]
+    assert [len(r) for r in rows] == [300, 1000, 2000]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def hf_model():
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    torch.set_num_threads(2)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(GGUF.parent), gguf_file=GGUF.name, dtype=torch.float32)
+    return model.eval()
+
+
+def test_logits_and_greedy_match_transformers(smol, prompts, hf_model):
+    import torch
+
+    model = smol(sp=8)
+    for row in prompts:
+        with torch.no_grad():
+            ref = hf_model(torch.tensor([row])).logits[0].numpy()
+        got = np.asarray(model.logits(row)[0])
+        assert np.abs(ref).max() > 10  # logits of order 10
+        assert np.abs(got - ref).max() <= 1e-3
+    for row in prompts[::2]:
+        with torch.no_grad():
+            out = hf_model.generate(torch.tensor([row]), max_new_tokens=32, do_sample=False,
+                                    eos_token_id=None, pad_token_id=0)
+        ref_new = out[0, len(row):].tolist()
+        got_new = generate_ids(_no_eos(model), [row], max_new_tokens=32)[0]
+        assert got_new == ref_new
+
+
+def _no_eos(model):
+    """The model with a tokenizer that never stops early (to compare 32 full tokens)."""
+    class Tok:
+        eos_ids = ()
+
+    return Model(model.config, model.variables, Tok(), model.runtime)
+
+
+def test_sharding_invariance(smol, prompts):
+    row = prompts[1]
+    ref = np.asarray(smol(sp=1).logits(row)[0])
+    ref_gen = generate_ids(_no_eos(smol(sp=1)), [row], max_new_tokens=24)[0]
+    for sp, tp in ((2, 1), (4, 1), (8, 1), (1, 3)):
+        model = smol(sp=sp, tp=tp)
+        got = np.asarray(model.logits(row)[0])
+        assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max(), (sp, tp)
+        assert generate_ids(_no_eos(model), [row], max_new_tokens=24)[0] == ref_gen, (sp, tp)
+
+
+def test_generate_text(smol):
+    model = smol(sp=4)
+    pieces = []
+    answer = model.generate("What is the capital of France?", max_new_tokens=24,
+                            stream=lambda piece, row: pieces.append(piece))
+    assert "Paris" in answer
+    assert "".join(pieces).startswith(answer)
+    # A batch with prompts of different lengths gives the same greedy answers as one at a time.
+    questions = ["What is the capital of France?", "Name a colour of the sky on a clear day."]
+    batch = model.generate(questions, max_new_tokens=16)
+    assert batch == [model.generate(q, max_new_tokens=16) for q in questions]
+    # Stop strings cut the answer; sampling with a seed is reproducible.
+    cut = model.generate("Count from 1 to 10.", max_new_tokens=40, stop=["5"])
+    assert "5" not in cut and len(cut) > 0
+    kw = dict(max_new_tokens=12, temperature=0.8, top_p=0.9, seed=7)
+    assert model.generate("Tell me a word.", **kw) == model.generate("Tell me a word.", **kw)
