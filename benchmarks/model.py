@@ -1,0 +1,242 @@
+"""Model benchmark: SmolLM2-135M prefill and decode, ringkit vs transformers, same prompts, one run.
+
+    python benchmarks/model.py                     # 2K/8K prefill, decode after 8K, 32K RSS
+    python benchmarks/model.py --quick             # 2K only, fewer repeats (a smoke run)
+
+Each measurement runs in its own process (a device count is fixed when JAX starts, and peak RSS
+must be per job): transformers fp32 on torch CPU with 2 threads; ringkit on 1 CPU device and on
+8 simulated devices. Prefill = the prompt's forward pass up to the next-token logits (transformers
+with ``logits_to_keep=1``, so neither side computes logits it does not need); decode = greedy
+steps after an 8K-token prefill, cache already built. Medians over repeats, after a warm-up run
+(compilation excluded). The f32 matmul rate is measured in the same run. The 32K job prefills a
+32K-token prompt with YaRN scaling (factor 4) on 8 devices and reports its peak RSS.
+Writes benchmarks/results/model-<timestamp>.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+def corpus_ids(tokenizer_encode, n: int) -> list[int]:
+    """``n`` tokens of this repository's own text (README, docs, sources), repeated as needed."""
+    files = [ROOT / "README.md", ROOT / "benchmarks" / "README.md",
+             *sorted((ROOT / "ringkit").rglob("*.py"))]
+    ids: list[int] = []
+    while len(ids) < n:
+        for f in files:
+            ids += tokenizer_encode(f.read_text())
+            if len(ids) >= n:
+                break
+    return ids[:n]
+
+
+def rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers (each prints one JSON line).
+
+
+def worker_transformers(args):
+    import torch
+    import transformers
+
+    import ringkit as rk
+
+    torch.set_num_threads(2)
+    path = rk.model.embedded_model_path()
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+    from ringkit.model.weights.gguf import _reader, read_fields
+    from ringkit.tokenize.text import Tokenizer
+
+    encode = Tokenizer.from_gguf_fields(read_fields(_reader(path))).encode
+    out = {}
+    with torch.no_grad():
+        for n in args.lengths:
+            ids = torch.tensor([corpus_ids(encode, n)])
+            model(ids, logits_to_keep=1)  # warm-up
+            runs = []
+            for _ in range(args.repeats):
+                t0 = time.perf_counter()
+                model(ids, logits_to_keep=1)
+                runs.append(time.perf_counter() - t0)
+            out[f"prefill_{n}"] = runs
+        ids = torch.tensor([corpus_ids(encode, args.decode_context)])
+        res = model(ids, logits_to_keep=1, use_cache=True)
+        past, nxt = res.past_key_values, res.logits[:, -1].argmax(-1, keepdim=True)
+        runs = []
+        for i in range(args.decode_steps + 1):
+            t0 = time.perf_counter()
+            res = model(nxt, past_key_values=past, use_cache=True)
+            past, nxt = res.past_key_values, res.logits[:, -1].argmax(-1, keepdim=True)
+            if i:  # the first step warms up
+                runs.append(time.perf_counter() - t0)
+        out["decode"] = runs
+    out["rss_gb"] = rss_gb()
+    return out
+
+
+def worker_ringkit(args):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import ringkit as rk
+
+    model = rk.load_model(mesh=rk.make_mesh(sp=args.devices))
+    encode = model.tokenizer.encode
+    out = {}
+    for n in args.lengths:
+        row = corpus_ids(encode, n)
+        jax.block_until_ready(model.prefill([row], max_new_tokens=1)[0])  # compile + warm-up
+        runs = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(model.prefill([row], max_new_tokens=1)[0])
+            runs.append(time.perf_counter() - t0)
+        out[f"prefill_{n}"] = runs
+    row = corpus_ids(encode, args.decode_context)
+    logits, cache = model.prefill([row], max_new_tokens=args.decode_steps + 2)
+    runs = []
+    for i in range(args.decode_steps + 1):
+        t0 = time.perf_counter()
+        tok = np.asarray(jnp.argmax(logits, -1))  # the next token reaches the host, as in generate
+        logits = model.step(cache, tok)
+        jax.block_until_ready(logits)
+        if i:
+            runs.append(time.perf_counter() - t0)
+    out["decode"] = runs
+    out["kv_cache_bytes_per_device"] = cache.nbytes_per_device(model.sp)
+    out["kv_cache_slots"] = int(cache.k.shape[2])
+    out["rss_gb"] = rss_gb()
+    x = jnp.ones((4096, 4096), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    jax.block_until_ready(f(x))
+    rate = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(x))
+        rate.append(2 * 4096**3 / (time.perf_counter() - t0) / 1e9)
+    out["matmul_gflops"] = rate
+    return out
+
+
+def worker_rss32k(args):
+    import jax
+
+    import ringkit as rk
+
+    scaling = rk.RopeScaling("yarn", 4.0)
+    model = rk.load_model(mesh=rk.make_mesh(sp=args.devices), rope_scaling=scaling)
+    row = corpus_ids(model.tokenizer.encode, args.long - 8)  # 8 slots left for decoding
+    t0 = time.perf_counter()
+    logits, cache = model.prefill([row], max_new_tokens=8)
+    jax.block_until_ready(logits)
+    seconds = time.perf_counter() - t0
+    return {"tokens": len(row), "seconds_incl_compile": seconds, "rss_gb": rss_gb(),
+            "kv_cache_bytes_per_device": cache.nbytes_per_device(model.sp),
+            "next_token": model.tokenizer.decode([int(logits[0].argmax())])}
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def spawn(kind: str, args, devices: int = 1) -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="2")
+    if devices > 1:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    cmd = [sys.executable, __file__, "--worker", kind, "--devices", str(devices),
+           "--repeats", str(args.repeats), "--lengths", *map(str, args.lengths),
+           "--decode-context", str(args.decode_context), "--decode-steps",
+           str(args.decode_steps), "--long", str(args.long)]
+    print(f"# {kind} on {devices} device(s) ...", flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        print(proc.stdout[-2000:], proc.stderr[-4000:])
+        raise SystemExit(f"{kind} worker failed")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["wall_s"] = time.perf_counter() - t0
+    return result
+
+
+def summarise(results: dict, args) -> str:
+    med = statistics.median
+    hf, one, eight = results["transformers"], results["ringkit_1"], results["ringkit_8"]
+    lines = ["| measure | transformers fp32 (2 threads) | ringkit 1 device | ringkit 8 devices | "
+             "best ringkit / transformers |", "|---|---|---|---|---|"]
+    for n in args.lengths:
+        key = f"prefill_{n}"
+        rates = [n / med(r[key]) for r in (hf, one, eight)]
+        lines.append(f"| prefill {n // 1024}K tokens/s | {rates[0]:.0f} | {rates[1]:.0f} | "
+                     f"{rates[2]:.0f} | {max(rates[1:]) / rates[0]:.2f}x |")
+    rates = [1 / med(r["decode"]) for r in (hf, one, eight)]
+    lines.append(f"| decode tokens/s after {args.decode_context // 1024}K | {rates[0]:.1f} | "
+                 f"{rates[1]:.1f} | {rates[2]:.1f} | {max(rates[1:]) / rates[0]:.2f}x |")
+    lines.append(f"| peak RSS GB | {hf['rss_gb']:.2f} | {one['rss_gb']:.2f} | "
+                 f"{eight['rss_gb']:.2f} | |")
+    lines.append(f"| KV cache bytes per device (8K + decode room) | | "
+                 f"{one['kv_cache_bytes_per_device'] / 2**20:.0f} MiB | "
+                 f"{eight['kv_cache_bytes_per_device'] / 2**20:.0f} MiB | |")
+    text = "\n".join(lines)
+    text += (f"\n\nf32 matmul rate in this run: {med(one['matmul_gflops']):.0f} GFLOP/s "
+             f"(1-device job), {med(eight['matmul_gflops']):.0f} (8-device job).")
+    if "rss32k" in results:
+        r = results["rss32k"]
+        text += (f"\n\n32K-token prefill (YaRN x4, 8 devices): peak RSS {r['rss_gb']:.2f} GB, "
+                 f"{r['seconds_incl_compile']:.0f} s including compilation, KV cache "
+                 f"{r['kv_cache_bytes_per_device'] / 2**20:.0f} MiB per device.")
+    return text
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", choices=["transformers", "ringkit", "rss32k"])
+    parser.add_argument("--devices", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192])
+    parser.add_argument("--decode-context", type=int, default=8192)
+    parser.add_argument("--decode-steps", type=int, default=16)
+    parser.add_argument("--long", type=int, default=32768)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-32k", action="store_true")
+    args = parser.parse_args()
+    if args.worker:
+        fn = {"transformers": worker_transformers, "ringkit": worker_ringkit,
+              "rss32k": worker_rss32k}[args.worker]
+        print(json.dumps(fn(args)))
+        return
+    if args.quick:
+        args.lengths, args.repeats, args.decode_context, args.decode_steps = [2048], 2, 2048, 8
+        args.no_32k = True
+    results = {"transformers": spawn("transformers", args),
+               "ringkit_1": spawn("ringkit", args, 1), "ringkit_8": spawn("ringkit", args, 8)}
+    if not args.no_32k:
+        results["rss32k"] = spawn("rss32k", args, 8)
+    summary = summarise(results, args)
+    print(summary)
+    stamp = datetime.datetime.now().strftime("%Y-%m-%dT%H%M%S")
+    out = HERE / "results" / f"model-{stamp}"
+    out.with_suffix(".json").write_text(json.dumps(
+        {"args": vars(args), "results": results}, indent=1))
+    out.with_suffix(".md").write_text(f"# model benchmark {stamp}\n\n{summary}\n")
+    print(f"wrote {out}.json/.md")
+
+
+if __name__ == "__main__":
+    main()
