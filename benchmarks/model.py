@@ -7,7 +7,8 @@ Each measurement runs in its own process (a device count is fixed when JAX start
 must be per job): transformers fp32 on torch CPU with 2 threads; ringkit on 1 CPU device and on
 8 simulated devices. Prefill = the prompt's forward pass up to the next-token logits (transformers
 with ``logits_to_keep=1``, so neither side computes logits it does not need); decode = greedy
-steps after an 8K-token prefill, cache already built. Medians over repeats, after a warm-up run
+steps after an 8K-token prefill, cache already built. ringkit runs in float32 and in bfloat16
+(float32 accumulation and residual stream). Medians over repeats, after a warm-up run
 (compilation excluded). The f32 matmul rate is measured in the same run. The 32K job prefills a
 32K-token prompt with YaRN scaling (factor 4) on 8 devices and reports its peak RSS.
 Writes benchmarks/results/model-<timestamp>.json and .md.
@@ -98,7 +99,7 @@ def worker_ringkit(args):
 
     import ringkit as rk
 
-    model = rk.load_model(mesh=rk.make_mesh(sp=args.devices))
+    model = rk.load_model(mesh=rk.make_mesh(sp=args.devices), dtype=args.dtype)
     encode = model.tokenizer.encode
     out = {}
     for n in args.lengths:
@@ -142,7 +143,8 @@ def worker_rss32k(args):
     import ringkit as rk
 
     scaling = rk.RopeScaling("yarn", 4.0)
-    model = rk.load_model(mesh=rk.make_mesh(sp=args.devices), rope_scaling=scaling)
+    model = rk.load_model(mesh=rk.make_mesh(sp=args.devices), rope_scaling=scaling,
+                          dtype=args.dtype)
     row = corpus_ids(model.tokenizer.encode, args.long - 8)  # 8 slots left for decoding
     t0 = time.perf_counter()
     logits, cache = model.prefill([row], max_new_tokens=8)
@@ -156,15 +158,15 @@ def worker_rss32k(args):
 # ---------------------------------------------------------------------------------------------
 
 
-def spawn(kind: str, args, devices: int = 1) -> dict:
+def spawn(kind: str, args, devices: int = 1, dtype: str = "float32") -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="2")
     if devices > 1:
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    cmd = [sys.executable, __file__, "--worker", kind, "--devices", str(devices),
+    cmd = [sys.executable, __file__, "--worker", kind, "--devices", str(devices), "--dtype", dtype,
            "--repeats", str(args.repeats), "--lengths", *map(str, args.lengths),
            "--decode-context", str(args.decode_context), "--decode-steps",
            str(args.decode_steps), "--long", str(args.long)]
-    print(f"# {kind} on {devices} device(s) ...", flush=True)
+    print(f"# {kind} on {devices} device(s), {dtype} ...", flush=True)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode:
@@ -175,32 +177,46 @@ def spawn(kind: str, args, devices: int = 1) -> dict:
     return result
 
 
+RINGKIT_JOBS = [(1, "float32"), (8, "float32"), (1, "bfloat16"), (8, "bfloat16")]
+
+
+def _name(devices, dtype):
+    return f"ringkit_{devices}_{dtype}"
+
+
 def summarise(results: dict, args) -> str:
     med = statistics.median
-    hf, one, eight = results["transformers"], results["ringkit_1"], results["ringkit_8"]
-    lines = ["| measure | transformers fp32 (2 threads) | ringkit 1 device | ringkit 8 devices | "
-             "best ringkit / transformers |", "|---|---|---|---|---|"]
+    hf = results["transformers"]
+    jobs = [results[_name(*j)] for j in RINGKIT_JOBS]
+    head = " | ".join(f"ringkit {d} dev {t}" for d, t in RINGKIT_JOBS)
+    lines = [f"| measure | transformers fp32 (2 threads) | {head} | best fp32 / transformers | "
+             "best overall / transformers |", "|---|---|" + "---|" * (len(jobs) + 2)]
+
+    def row(label, values, fmt):
+        ref, ours = values[0], values[1:]
+        f32 = max(v for v, (_, t) in zip(ours, RINGKIT_JOBS) if t == "float32")
+        cells = " | ".join(fmt.format(v) for v in values)
+        return f"| {label} | {cells} | {f32 / ref:.2f}x | {max(ours) / ref:.2f}x |"
+
     for n in args.lengths:
         key = f"prefill_{n}"
-        rates = [n / med(r[key]) for r in (hf, one, eight)]
-        lines.append(f"| prefill {n // 1024}K tokens/s | {rates[0]:.0f} | {rates[1]:.0f} | "
-                     f"{rates[2]:.0f} | {max(rates[1:]) / rates[0]:.2f}x |")
-    rates = [1 / med(r["decode"]) for r in (hf, one, eight)]
-    lines.append(f"| decode tokens/s after {args.decode_context // 1024}K | {rates[0]:.1f} | "
-                 f"{rates[1]:.1f} | {rates[2]:.1f} | {max(rates[1:]) / rates[0]:.2f}x |")
-    lines.append(f"| peak RSS GB | {hf['rss_gb']:.2f} | {one['rss_gb']:.2f} | "
-                 f"{eight['rss_gb']:.2f} | |")
-    lines.append(f"| KV cache bytes per device (8K + decode room) | | "
-                 f"{one['kv_cache_bytes_per_device'] / 2**20:.0f} MiB | "
-                 f"{eight['kv_cache_bytes_per_device'] / 2**20:.0f} MiB | |")
+        lines.append(row(f"prefill {n} tokens/s", [n / med(r[key]) for r in [hf, *jobs]],
+                         "{:.0f}"))
+    lines.append(row(f"decode tokens/s after {args.decode_context}",
+                     [1 / med(r["decode"]) for r in [hf, *jobs]], "{:.1f}"))
+    lines.append("| peak RSS GB | " + " | ".join(f"{r['rss_gb']:.2f}" for r in [hf, *jobs])
+                 + " | | |")
+    lines.append("| KV cache MiB per device | | " + " | ".join(
+        f"{r['kv_cache_bytes_per_device'] / 2**20:.0f}" for r in jobs) + " | | |")
     text = "\n".join(lines)
-    text += (f"\n\nf32 matmul rate in this run: {med(one['matmul_gflops']):.0f} GFLOP/s "
-             f"(1-device job), {med(eight['matmul_gflops']):.0f} (8-device job).")
+    rates = ", ".join(f"{med(r['matmul_gflops']):.0f}" for r in jobs)
+    text += f"\n\nf32 matmul GFLOP/s measured by each ringkit job, in order: {rates}."
     if "rss32k" in results:
         r = results["rss32k"]
-        text += (f"\n\n32K-token prefill (YaRN x4, 8 devices): peak RSS {r['rss_gb']:.2f} GB, "
-                 f"{r['seconds_incl_compile']:.0f} s including compilation, KV cache "
-                 f"{r['kv_cache_bytes_per_device'] / 2**20:.0f} MiB per device.")
+        text += (f"\n\n{r['tokens']}-token prefill (YaRN x4, 8 devices, {args.long_dtype}): "
+                 f"peak RSS {r['rss_gb']:.2f} GB, {r['seconds_incl_compile']:.0f} s including "
+                 f"compilation, KV cache {r['kv_cache_bytes_per_device'] / 2**20:.0f} MiB per "
+                 f"device, next token {r['next_token']!r}.")
     return text
 
 
@@ -210,9 +226,11 @@ def main():
     parser.add_argument("--devices", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192])
-    parser.add_argument("--decode-context", type=int, default=8192)
+    parser.add_argument("--decode-context", type=int, default=8192 - 64)  # room to decode
     parser.add_argument("--decode-steps", type=int, default=16)
     parser.add_argument("--long", type=int, default=32768)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--long-dtype", default="float32")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-32k", action="store_true")
     args = parser.parse_args()
@@ -222,12 +240,13 @@ def main():
         print(json.dumps(fn(args)))
         return
     if args.quick:
-        args.lengths, args.repeats, args.decode_context, args.decode_steps = [2048], 2, 2048, 8
+        args.lengths, args.repeats, args.decode_context, args.decode_steps = [2048], 2, 2000, 8
         args.no_32k = True
-    results = {"transformers": spawn("transformers", args),
-               "ringkit_1": spawn("ringkit", args, 1), "ringkit_8": spawn("ringkit", args, 8)}
+    results = {"transformers": spawn("transformers", args)}
+    for devices, dtype in RINGKIT_JOBS:
+        results[_name(devices, dtype)] = spawn("ringkit", args, devices, dtype)
     if not args.no_32k:
-        results["rss32k"] = spawn("rss32k", args, 8)
+        results["rss32k"] = spawn("rss32k", args, 8, args.long_dtype)
     summary = summarise(results, args)
     print(summary)
     stamp = datetime.datetime.now().strftime("%Y-%m-%dT%H%M%S")

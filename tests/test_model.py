@@ -87,12 +87,23 @@ def test_logits_match_float64_reference(models, rng, cfg, sp, tp, scan):
                    mask > 0) < 1e-5
 
 
-def test_bfloat16_model_is_close(models, rng):
-    model = models(TINY, 4, 1, True, "bfloat16")
+@pytest.mark.parametrize("param_dtype", ["bfloat16", "float32"])
+def test_bfloat16_compute_is_close(models, rng, param_dtype):
+    """bfloat16 matmuls (float32 accumulation), weights stored in bf16 or (CPU default) f32;
+    decode steps compute in the stored dtype."""
+    base = models(TINY)
+    rt = Runtime(mesh(4), dtype="bfloat16", param_dtype=param_dtype)
+    shardings = param_shardings(abstract_variables(TINY, rt), rt.mesh)
+    model = Model(TINY, jax.device_put(jax.tree.map(lambda a: a.astype(param_dtype),
+                                                    base.variables), shardings), None, rt)
     ids, mask, seg, _ = batch_inputs(rng, TINY)
     got = model.logits(ids, attention_mask=mask)
-    ref = reference_logits(models(TINY).variables, TINY, ids, attention_mask=mask)
+    ref = reference_logits(base.variables, TINY, ids, attention_mask=mask)
     assert rel(got, ref, mask > 0) < 5e-2
+    logits, cache = model.prefill([ids[0, :30].tolist()], max_new_tokens=4)
+    assert cache.k.dtype == jnp.dtype(param_dtype)
+    step = model.step(cache, ids[:1, 30:32])
+    assert rel(step[0], ref[0, 31]) < 5e-2
 
 
 @pytest.mark.parametrize("sp", [1, 4])

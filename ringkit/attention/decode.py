@@ -7,8 +7,8 @@ prefill) lives on device ``c % sp`` at local slot ``base + c // sp``, so appends
 ring and nothing is ever resharded.
 
 A decode step never moves the cache: every device attends its own slots and the partial softmaxes
-``(max m, sum l, output o)`` are combined with one ``pmax`` and two ``psum`` over 'sp' (the
-log-sum-exp combination of tree attention). ``slot_pos [batch, slots]`` holds each slot's RoPE
+``(max m, sum l, output o)`` are combined by log-sum-exp after one all-gather over 'sp' (tree
+attention's combination, in a single collective per layer). ``slot_pos [batch, slots]`` holds each slot's RoPE
 position (-1: empty or padding); a query at position ``p`` sees the slots with ``0 <= pos <= p``.
 """
 
@@ -63,8 +63,10 @@ def _decode_local(q, k_new, v_new, cache_k, cache_v, layer, slot_pos, q_pos, cou
     g = hq // kvh
     idx = append_index(counter, t, sp, base, cache_k.shape[2])
     # Mixed advanced indexing puts the token axis first: values are [t, b, kv, hd].
-    cache_k = cache_k.at[layer, :, idx].set(jnp.swapaxes(k_new, 0, 1), mode="drop")
-    cache_v = cache_v.at[layer, :, idx].set(jnp.swapaxes(v_new, 0, 1), mode="drop")
+    cache_k = cache_k.at[layer, :, idx].set(jnp.swapaxes(k_new, 0, 1).astype(cache_k.dtype),
+                                            mode="drop")
+    cache_v = cache_v.at[layer, :, idx].set(jnp.swapaxes(v_new, 0, 1).astype(cache_v.dtype),
+                                            mode="drop")
     keys = lax.dynamic_index_in_dim(cache_k, layer, 0, keepdims=False)   # [b, s, kv, hd]
     values = lax.dynamic_index_in_dim(cache_v, layer, 0, keepdims=False)
     qg = (q.astype(jnp.float32) * scale).astype(q.dtype).reshape(b, t, kvh, g, d)
@@ -72,14 +74,23 @@ def _decode_local(q, k_new, v_new, cache_k, cache_v, layer, slot_pos, q_pos, cou
     visible = (slot_pos[:, None, :] >= 0) & (slot_pos[:, None, :] <= q_pos[:, :, None])  # [b,t,s]
     s = jnp.where(visible[:, None, None], s, -jnp.inf)
     m = s.max(axis=-1)                                                   # [b, kv, g, t]
-    m_all = lax.pmax(m, "sp")
-    m_all = jnp.where(m_all == -jnp.inf, 0.0, m_all)
-    p = jnp.exp(s - m_all[..., None])
-    l = lax.psum(p.sum(axis=-1), "sp")
+    m_safe = jnp.where(m == -jnp.inf, 0.0, m)
+    p = jnp.exp(s - m_safe[..., None])
+    l = p.sum(axis=-1)
     o = jnp.einsum("bkgts,bskd->btkgd", p.astype(values.dtype), values,
                    preferred_element_type=jnp.float32)
-    o = lax.psum(o, "sp")
-    l = jnp.moveaxis(l, -1, 1)[..., None]                                # [b, t, kv, g, 1]
+    # One all-gather of every device's (m, l, o), combined by log-sum-exp on each device: one
+    # collective per layer instead of a pmax and two psums.
+    packed = jnp.concatenate([m.reshape(b, -1), l.reshape(b, -1), o.reshape(b, -1)], axis=1)
+    packed = lax.all_gather(packed, "sp")                                # [sp, b, n]
+    n_m = m[0].size
+    m_all = packed[:, :, :n_m].reshape((-1,) + m.shape)
+    l_all = packed[:, :, n_m:2 * n_m].reshape((-1,) + l.shape)
+    o_all = packed[:, :, 2 * n_m:].reshape((-1,) + o.shape)
+    top = m_all.max(axis=0)
+    weight = jnp.exp(m_all - jnp.where(top == -jnp.inf, 0.0, top))      # 0 where m = -inf
+    l = jnp.moveaxis((weight * l_all).sum(axis=0), -1, 1)[..., None]     # [b, t, kv, g, 1]
+    o = (jnp.moveaxis(weight, -1, 2)[..., None] * o_all).sum(axis=0)     # [b, t, kv, g, d]
     out = jnp.where(l > 0, o / jnp.where(l > 0, l, 1.0), 0.0)
     return out.reshape(b, t, hq, d).astype(q.dtype), cache_k, cache_v
 

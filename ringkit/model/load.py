@@ -81,7 +81,8 @@ def _resolve(source) -> tuple[str, Path]:
     raise FormatError(f"{source} does not exist")
 
 
-def load_model(source=None, *, mesh=None, dtype: str | None = None, rope_scaling=None,
+def load_model(source=None, *, mesh=None, dtype: str | None = None,
+               param_dtype: str | None = None, rope_scaling=None,
                config: ModelConfig | str | None = None, layout: str = "zigzag",
                scan_layers: bool = True, remat: bool = False) -> Model:
     """Load a model and shard it onto ``mesh``.
@@ -91,7 +92,10 @@ def load_model(source=None, *, mesh=None, dtype: str | None = None, rope_scaling
         (config.json, safetensors, tokenizer files), an LWM directory (``params``, optional
         ``tokenizer.model``, ``config.json``), or an HF hub id (needs network).
       mesh: a ``ringkit.make_mesh`` mesh (default: every device on 'sp').
-      dtype: "float32" or "bfloat16" (default: float32 on CPU, bfloat16 on accelerators).
+      dtype: compute dtype, "float32" or "bfloat16" (default: float32 on CPU, bfloat16 on
+        accelerators). bfloat16 runs matmuls with float32 accumulation.
+      param_dtype: how weights are stored (default: float32 on CPU, where bfloat16
+        matrix-vector products are slow, else ``dtype``); decode steps compute in it.
       rope_scaling: a ``ringkit.model.RopeScaling`` to run past the trained context.
       config: a ``ModelConfig`` or preset name overriding what the checkpoint implies (LWM
         checkpoints store no RoPE theta: pass e.g. ``config="lwm-7b"``).
@@ -121,8 +125,12 @@ def load_model(source=None, *, mesh=None, dtype: str | None = None, rope_scaling
     config = _scaled(config or found, rope_scaling)
     if dtype is None:
         dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
-    if dtype not in ("float32", "bfloat16"):
-        raise ConfigError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
-    runtime = Runtime(make_mesh(sp=-1) if mesh is None else mesh, dtype=dtype, layout=layout,
+    if param_dtype is None:
+        param_dtype = "float32" if jax.default_backend() == "cpu" else dtype
+    for name, value in (("dtype", dtype), ("param_dtype", param_dtype)):
+        if value not in ("float32", "bfloat16"):
+            raise ConfigError(f"{name} must be 'float32' or 'bfloat16', got {value!r}")
+    runtime = Runtime(make_mesh(sp=-1) if mesh is None else mesh, dtype=dtype,
+                      param_dtype=param_dtype, layout=layout,
                       scan_layers=scan_layers, remat=remat)
     return Model(config, place(canonical, config, runtime), tokenizer, runtime)

@@ -20,7 +20,7 @@ from ringkit.attention import decode
 from ringkit.errors import ConfigError, ShapeError
 from ringkit.model.batch import Batch, pack, padded_length
 from ringkit.model.config import ModelConfig
-from ringkit.model.transformer import Runtime, Transformer
+from ringkit.model.transformer import Runtime, Transformer, spread
 
 _ROWS = P(("dp", "fsdp"), "sp")       # [b, S] inputs of a prefill
 _STEP = P(("dp", "fsdp"), None)       # [b, t] inputs of a decode step
@@ -94,7 +94,8 @@ class Model:
 
     def __repr__(self):
         return (f"Model({self.config.name}, {self.config.param_count() / 1e6:.1f}M params, "
-                f"mesh={dict(self.mesh.shape)}, dtype={self.runtime.dtype})")
+                f"mesh={dict(self.mesh.shape)}, dtype={self.runtime.dtype}, "
+                f"weights={self.runtime.weights_dtype})")
 
     # -- helpers -------------------------------------------------------------------------------
     def _put(self, x, spec):
@@ -165,8 +166,12 @@ class Model:
             gather = jnp.full((ids.shape[0], 1), last, jnp.int32)
             h, (k, v) = self._collect.apply(variables, ids, aux, gather=gather)
             logits = self._collect.apply(variables, h, method=Transformer.logits)[:, 0]
-            k = decode.extend_slots(k, extra, mesh=mesh, spec=decode.CACHE_SPEC, axis=2)
-            v = decode.extend_slots(v, extra, mesh=mesh, spec=decode.CACHE_SPEC, axis=2)
+            # The cache is kept in the dtype decode steps compute in (see Runtime).
+            cache_dtype = self.runtime.weights_dtype
+            k = decode.extend_slots(k.astype(cache_dtype), extra, mesh=mesh,
+                                    spec=decode.CACHE_SPEC, axis=2)
+            v = decode.extend_slots(v.astype(cache_dtype), extra, mesh=mesh,
+                                    spec=decode.CACHE_SPEC, axis=2)
             slot_pos = jnp.where(segment_ids >= 0, positions, -1)
             slot_pos = decode.extend_slots(slot_pos, extra, mesh=mesh, spec=decode.SLOT_SPEC,
                                            axis=1, value=-1)
@@ -179,7 +184,7 @@ class Model:
         room for ``max_new_tokens`` more per row. Returns ``(last logits [b, vocab], cache)``."""
         batch: Batch = pack(rows, sp=self.sp, layout=self.runtime.layout,
                             vision_rows=vision_rows)
-        self.check_length(batch.length + max_new_tokens)
+        self.check_length(batch.length + max_new_tokens - 1)  # the last new token is not fed
         extra = max(1, -(-max_new_tokens // self.sp))
         logits, k, v, slot_pos = self._prefill_fn(
             self.variables, self._put(batch.ids, _ROWS), self._put(batch.positions, _ROWS),
@@ -201,10 +206,24 @@ class Model:
             h, cache = self._plain.apply(variables, tokens, aux, cache=cache,
                                          gather=jnp.full((tokens.shape[0], 1), tokens.shape[1] - 1,
                                                          jnp.int32))
-            logits = self._plain.apply(variables, h, method=Transformer.logits)[:, 0]
+            logits = self._plain.apply(variables, h, method=Transformer.logits)
+            logits = spread(logits, mesh, {2: ("tp", "sp")})[:, 0]  # vocab split over devices
             return logits, cache["k"], cache["v"], slot_pos
 
         return jax.jit(fn, donate_argnums=(1, 2, 3))
+
+    @functools.cached_property
+    def _decode_variables(self):
+        """The weights as decode steps read them: features also split over 'sp' (a 1/sp slice
+        per device, made once; with sp = 1 the weights themselves)."""
+        if self.sp == 1:
+            return self.variables
+        from ringkit.model.transformer import param_shardings
+        from ringkit.model.weights.place import abstract_variables
+
+        shardings = param_shardings(abstract_variables(self.config, self.runtime), self.mesh,
+                                    decode=True)
+        return jax.jit(lambda v: v, out_shardings=shardings)(self.variables)
 
     def step(self, cache: KVCache, tokens) -> jax.Array:
         """Append ``tokens [b, t]`` to ``cache`` (in place) and return the logits ``[b, vocab]``
@@ -218,7 +237,7 @@ class Model:
         positions = cache.next_pos[:, None] + np.arange(t, dtype=np.int32)
         self.check_length(int(positions.max()) + 1)
         logits, cache.k, cache.v, cache.slot_pos = self._step_fn(
-            self.variables, cache.k, cache.v, cache.slot_pos, self._put(tokens, _STEP),
+            self._decode_variables, cache.k, cache.v, cache.slot_pos, self._put(tokens, _STEP),
             self._put(positions.astype(np.int32), _STEP), jnp.int32(cache.appended),
             jnp.int32(cache.base))
         cache.appended += t

@@ -19,6 +19,7 @@ refuses a tensor it has no rule for.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import flax.linen as nn
 import jax
@@ -44,12 +45,14 @@ PARAM_AXES: dict[str, tuple[str, ...]] = {
     "wq": ("embed", "heads", "head_dim"),
     "wk": ("embed", "kv_heads", "head_dim"),
     "wv": ("embed", "kv_heads", "head_dim"),
-    "wo": ("heads", "head_dim", "embed"),
+    "wo": ("heads", "head_dim_o", "embed"),  # head_dim of the output projection's input
     "w_gate": ("embed", "mlp"),
     "w_up": ("embed", "mlp"),
     "w_down": ("mlp", "embed"),
 }
-_RULES_EXTRA = (("norm", None),)
+_RULES_EXTRA = (("norm", None), ("head_dim_o", None))
+# Decode splits the output projection's input, the MLP and the vocabulary over 'sp' too.
+_DECODE_RULES = (("head_dim_o", "sp"), ("mlp", ("tp", "sp")), ("vocab", ("tp", "sp")))
 ACTIVATION = ("batch", "seq", None)        # prefill: the sequence is sharded over 'sp'
 DECODE_ACTIVATION = ("batch", None, None)  # decode: a few new tokens, replicated over 'sp'
 
@@ -58,13 +61,17 @@ DECODE_ACTIVATION = ("batch", None, None)  # decode: a few new tokens, replicate
 class Runtime:
     """How the model runs (not what it is): mesh, dtypes, ring layout, layer loop.
 
-    ``dtype`` is the compute and parameter dtype (float32 default; bfloat16 halves memory).
+    ``dtype`` is the prefill compute dtype (float32 default; bfloat16 runs matmuls at the fast
+    bf16 rate with float32 accumulation). ``param_dtype`` is how weights are stored (default:
+    ``dtype``); decode steps compute in it. On CPU keep float32 weights with bfloat16 compute:
+    XLA:CPU's bfloat16 matrix-vector products (every decode step) are ~9x slower than float32.
     ``scan_layers`` compiles one layer and loops over stacked weights; ``remat`` recomputes layer
     activations in the backward pass.
     """
 
     mesh: Mesh
     dtype: str = "float32"
+    param_dtype: str | None = None
     layout: str = "zigzag"
     impl: str = "xla"
     scan_layers: bool = True
@@ -76,9 +83,35 @@ class Runtime:
     def sp(self) -> int:
         return self.mesh.shape["sp"]
 
+    @property
+    def weights_dtype(self) -> str:
+        return self.param_dtype or self.dtype
+
 
 def _constrain(x, mesh: Mesh, names):
     return lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(names)))
+
+
+def spread(x, mesh: Mesh, dims: dict[int, tuple[str, ...]]):
+    """Constrain ``x`` (batch first) to be split along ``dims`` over the given mesh axes, dropping
+    axes whose product does not divide the dimension.
+
+    Decode uses it to split weight matmuls over 'sp' as well as 'tp': every device of the ring
+    holds all weights, so each computes a slice of the features and reads only its share of the
+    weights (a decode step is bound by reading weights), instead of all of them repeating it.
+    """
+    spec = [("dp", "fsdp")] + [None] * (x.ndim - 1)
+    for dim, axes in dims.items():
+        while axes and x.shape[dim] % math.prod(mesh.shape[a] for a in axes):
+            axes = axes[:-1]
+        spec[dim] = axes or None
+    return lax.with_sharding_constraint(x, NamedSharding(mesh, PartitionSpec(*spec)))
+
+
+def _mm(spec: str, a, b):
+    """Matmul accumulating and returning float32 (bfloat16 operands run at the fast rate: on
+    CPUs with bf16 dot instructions a bf16 x bf16 -> f32 product is 2x an f32 one)."""
+    return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
 
 
 def _rms_norm(x, scale, eps, dtype):
@@ -96,7 +129,7 @@ class Block(nn.Module):
     collect_kv: bool = False
 
     def _param(self, name, shape, init):
-        return self.param(name, init, shape, self.runtime.dtype)
+        return self.param(name, init, shape, self.runtime.weights_dtype)
 
     @nn.compact
     def __call__(self, x, aux, cache):
@@ -113,13 +146,19 @@ class Block(nn.Module):
         w_up = self._param("w_up", (d, f), dense)
         w_down = self._param("w_down", (f, d), dense)
 
+        decoding = cache is not None
+        dt = rt.weights_dtype if decoding else rt.dtype  # decode computes in the stored dtype
+        # In decode, split projections over ('tp', 'sp'): see ``spread``.
+        split = (lambda y, dims: spread(y, rt.mesh, dims)) if decoding else (lambda y, dims: y)
         rope = Rope(hd, cfg.rope_theta, cfg.context_length, cfg.rope_convention, cfg.rope_scaling)
-        n = _rms_norm(x, attn_norm, cfg.norm_eps, rt.dtype)
-        q = rope.apply(jnp.einsum("bsd,dhk->bshk", n, wq), aux["positions"])
-        k = rope.apply(jnp.einsum("bsd,dhk->bshk", n, wk), aux["positions"])
-        v = jnp.einsum("bsd,dhk->bshk", n, wv)
+        w = lambda a: a.astype(dt)
+        n = _rms_norm(x, attn_norm, cfg.norm_eps, dt)
+        # q, k, v stay whole per device (RoPE pairs features across any split of head_dim).
+        q = rope.apply(_mm("bsd,dhk->bshk", n, w(wq)), aux["positions"]).astype(dt)
+        k = rope.apply(_mm("bsd,dhk->bshk", n, w(wk)), aux["positions"]).astype(dt)
+        v = _mm("bsd,dhk->bshk", n, w(wv)).astype(dt)
         kv_out = None
-        if cache is None:
+        if not decoding:
             attn = ring_attention_permuted(
                 q, k, v, mesh=rt.mesh, causal=True, segment_ids=aux["segment_ids"],
                 layout=rt.layout, impl=rt.impl, block_q=rt.block_q, block_k=rt.block_k)
@@ -129,13 +168,13 @@ class Block(nn.Module):
                 q, k, v, cache["k"], cache["v"], cache["layer"], aux["slot_pos"],
                 aux["positions"], aux["counter"], aux["base"], mesh=rt.mesh)
             cache = dict(k=ck, v=cv, layer=cache["layer"] + 1)
-        names = ACTIVATION if cache is None else DECODE_ACTIVATION
-        x = x + jnp.einsum("bshk,hkd->bsd", attn, wo)
+        names = DECODE_ACTIVATION if decoding else ACTIVATION
+        x = x + _mm("bshk,hkd->bsd", split(attn, {2: ("tp",), 3: ("sp",)}), w(wo))
         x = _constrain(x, rt.mesh, names)
-        m = _rms_norm(x, mlp_norm, cfg.norm_eps, rt.dtype)
-        gate = jnp.einsum("bsd,df->bsf", m, w_gate)
-        up = jnp.einsum("bsd,df->bsf", m, w_up)
-        x = x + jnp.einsum("bsf,fd->bsd", nn.silu(gate) * up, w_down)
+        m = _rms_norm(x, mlp_norm, cfg.norm_eps, dt)
+        gate = split(_mm("bsd,df->bsf", m, w(w_gate)), {2: ("tp", "sp")})
+        up = split(_mm("bsd,df->bsf", m, w(w_up)), {2: ("tp", "sp")})
+        x = x + _mm("bsf,fd->bsd", (nn.silu(gate) * up).astype(dt), w(w_down))
         return _constrain(x, rt.mesh, names), cache, kv_out
 
 
@@ -174,16 +213,16 @@ class Transformer(nn.Module):
 
     def setup(self):
         cfg, rt = self.config, self.runtime
-        init = nn.initializers.normal(0.02)
-        self.embed = self.param("embed", init, (cfg.vocab_size, cfg.d_model), rt.dtype)
+        init, pd = nn.initializers.normal(0.02), rt.weights_dtype
+        self.embed = self.param("embed", init, (cfg.vocab_size, cfg.d_model), pd)
         if cfg.has_vision:
             self.vision_embed = self.param(
-                "vision_embed", init, (cfg.vision_vocab_size, cfg.d_model), rt.dtype)
+                "vision_embed", init, (cfg.vision_vocab_size, cfg.d_model), pd)
             self.vision_head = self.param(
-                "vision_head", init, (cfg.d_model, cfg.vision_vocab_size), rt.dtype)
+                "vision_head", init, (cfg.d_model, cfg.vision_vocab_size), pd)
         if not cfg.tie_embeddings:
-            self.lm_head = self.param("lm_head", init, (cfg.d_model, cfg.vocab_size), rt.dtype)
-        self.final_norm = self.param("final_norm", nn.initializers.ones, (cfg.d_model,), rt.dtype)
+            self.lm_head = self.param("lm_head", init, (cfg.d_model, cfg.vocab_size), pd)
+        self.final_norm = self.param("final_norm", nn.initializers.ones, (cfg.d_model,), pd)
         body = _ScanBody
         if rt.remat:
             body = nn.remat(body, prevent_cse=not rt.scan_layers)
@@ -206,7 +245,9 @@ class Transformer(nn.Module):
     def __call__(self, ids, aux, cache=None, gather=None):
         rt = self.runtime
         names = ACTIVATION if cache is None else DECODE_ACTIVATION
-        x = _constrain(self.embed_tokens(ids, aux.get("vision_mask")), rt.mesh, names)
+        # The residual stream is float32 whatever the weights' dtype.
+        x = self.embed_tokens(ids, aux.get("vision_mask")).astype(jnp.float32)
+        x = _constrain(x, rt.mesh, names)
         carry = (x, aux, cache)
         if rt.scan_layers:
             carry, kv = self.layers(carry, None)
@@ -219,15 +260,17 @@ class Transformer(nn.Module):
         x, _, cache = carry
         if gather is not None:
             x = jnp.take_along_axis(x, gather[..., None], axis=1)
-        h = _rms_norm(x, self.final_norm, self.config.norm_eps, rt.dtype)
+        h = _rms_norm(x, self.final_norm, self.config.norm_eps,
+                      rt.dtype if cache is None else rt.weights_dtype)
         return h, (kv if cache is None else cache)
 
     def logits(self, h, head: str = "text"):
         """Float32 logits ``[b, t, vocab]`` of final hidden states ``h`` (``head``: text/vision)."""
-        if head == "vision":
-            w = self.vision_head
-        else:
-            w = self.embed.T if self.config.tie_embeddings else self.lm_head
+        if head == "text" and self.config.tie_embeddings:
+            # Contract with the embedding as stored: a transposed copy would cost a full
+            # [d, vocab] copy per call (113 MB for SmolLM2, every decode step).
+            return jnp.einsum("btd,vd->btv", h, self.embed, preferred_element_type=jnp.float32)
+        w = self.vision_head if head == "vision" else self.lm_head
         return jnp.einsum("btd,dv->btv", h, w, preferred_element_type=jnp.float32)
 
 
@@ -247,11 +290,18 @@ def param_axes(path: tuple[str, ...], ndim: int) -> tuple[str | None, ...]:
     return axes
 
 
-def param_shardings(shapes, mesh: Mesh):
-    """``NamedSharding`` for every parameter of a params tree (arrays or ShapeDtypeStructs)."""
+def param_shardings(shapes, mesh: Mesh, *, decode: bool = False):
+    """``NamedSharding`` for every parameter of a params tree (arrays or ShapeDtypeStructs).
+
+    ``decode=True`` also splits the feature dimensions (head_dim, mlp, vocab) over 'sp': the
+    layout decode steps read (see ``spread``); each device keeps a 1/sp slice beside its
+    full copy, so a step never re-slices the weights.
+    """
     from ringkit.mesh import LOGICAL_AXIS_RULES
 
     rules = LOGICAL_AXIS_RULES + _RULES_EXTRA
+    if decode:
+        rules = rules + _DECODE_RULES  # later rules override earlier ones
 
     def one(path, leaf):
         names = tuple(getattr(p, "key", getattr(p, "name", str(p))) for p in path)
@@ -262,12 +312,11 @@ def param_shardings(shapes, mesh: Mesh):
 
 
 def _fit(spec: PartitionSpec, shape, mesh: Mesh) -> PartitionSpec:
-    """Replicate a dimension its mesh axes do not divide (e.g. 9 heads on tp=2)."""
+    """Drop trailing mesh axes of a dimension they do not divide (e.g. 9 heads on tp=2)."""
     out = []
     for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
         names = (axes,) if isinstance(axes, str) else tuple(axes or ())
-        size = 1
-        for a in names:
-            size *= mesh.shape[a]
-        out.append(axes if dim % size == 0 else None)
+        while names and dim % math.prod(mesh.shape[a] for a in names):
+            names = names[:-1]
+        out.append(None if not names else names[0] if len(names) == 1 else names)
     return PartitionSpec(*out)

@@ -65,7 +65,7 @@ def place(canonical: dict, config: ModelConfig, runtime: Runtime):
         raise ConfigError(
             f"checkpoint has tensors the {config.name} model does not use: {unexpected[:5]}; "
             "check that the checkpoint matches the configuration")
-    dtype = jnp.dtype(runtime.dtype)
+    dtype = jnp.dtype(runtime.weights_dtype)
 
     def build(path, leaf, sharding):
         label, layer = _canonical_name(tuple(getattr(p, "key", str(p)) for p in path))
