@@ -122,7 +122,7 @@ def worker_ringkit(args):
         if i:
             runs.append(time.perf_counter() - t0)
     out["decode"] = runs
-    out["kv_cache_bytes_per_device"] = cache.nbytes_per_device(model.sp)
+    out["kv_cache_bytes_per_device"] = cache.nbytes_per_device()
     out["kv_cache_slots"] = int(cache.k.shape[2])
     out["rss_gb"] = rss_gb()
     x = jnp.ones((4096, 4096), jnp.float32)
@@ -151,7 +151,7 @@ def worker_rss32k(args):
     jax.block_until_ready(logits)
     seconds = time.perf_counter() - t0
     return {"tokens": len(row), "seconds_incl_compile": seconds, "rss_gb": rss_gb(),
-            "kv_cache_bytes_per_device": cache.nbytes_per_device(model.sp),
+            "kv_cache_bytes_per_device": cache.nbytes_per_device(),
             "next_token": model.tokenizer.decode([int(logits[0].argmax())])}
 
 
@@ -213,7 +213,8 @@ def summarise(results: dict, args) -> str:
     text += f"\n\nf32 matmul GFLOP/s measured by each ringkit job, in order: {rates}."
     if "rss32k" in results:
         r = results["rss32k"]
-        text += (f"\n\n{r['tokens']}-token prefill (YaRN x4, 8 devices, {args.long_dtype}): "
+        text += (f"\n\n{r['tokens']}-token prefill (YaRN x4, {args.long_devices} devices, "
+                 f"{args.long_dtype}): "
                  f"peak RSS {r['rss_gb']:.2f} GB, {r['seconds_incl_compile']:.0f} s including "
                  f"compilation, KV cache {r['kv_cache_bytes_per_device'] / 2**20:.0f} MiB per "
                  f"device, next token {r['next_token']!r}.")
@@ -231,6 +232,7 @@ def main():
     parser.add_argument("--long", type=int, default=32768)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--long-dtype", default="float32")
+    parser.add_argument("--long-devices", type=int, default=8)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-32k", action="store_true")
     args = parser.parse_args()
@@ -242,17 +244,19 @@ def main():
     if args.quick:
         args.lengths, args.repeats, args.decode_context, args.decode_steps = [2048], 2, 2000, 8
         args.no_32k = True
-    results = {"transformers": spawn("transformers", args)}
-    for devices, dtype in RINGKIT_JOBS:
-        results[_name(devices, dtype)] = spawn("ringkit", args, devices, dtype)
-    if not args.no_32k:
-        results["rss32k"] = spawn("rss32k", args, 8, args.long_dtype)
-    summary = summarise(results, args)
-    print(summary)
     stamp = datetime.datetime.now().strftime("%Y-%m-%dT%H%M%S")
     out = HERE / "results" / f"model-{stamp}"
-    out.with_suffix(".json").write_text(json.dumps(
-        {"args": vars(args), "results": results}, indent=1))
+    results = {}
+    jobs = [("transformers", "transformers", 1, "float32")]
+    jobs += [(_name(d, t), "ringkit", d, t) for d, t in RINGKIT_JOBS]
+    if not args.no_32k:
+        jobs.append(("rss32k", "rss32k", args.long_devices, args.long_dtype))
+    for name, kind, devices, dtype in jobs:
+        results[name] = spawn(kind, args, devices, dtype)
+        out.with_suffix(".json").write_text(json.dumps(  # saved after every job
+            {"args": vars(args), "results": results}, indent=1))
+    summary = summarise(results, args)
+    print(summary)
     out.with_suffix(".md").write_text(f"# model benchmark {stamp}\n\n{summary}\n")
     print(f"wrote {out}.json/.md")
 

@@ -182,3 +182,18 @@ def test_hf_bad_inputs(tmp_path, tiny, byte_tokenizer):
         rk.load_model("someone/some-model")
     with pytest.raises(FormatError, match="does not exist"):
         rk.load_model(tmp_path / "nowhere")
+
+
+def test_weights_land_in_their_shards(tmp_path, tiny, byte_tokenizer):
+    """fsdp x tp mesh: every device holds only its slice of each weight."""
+    folder = write_hf_dir(tmp_path / "hf", tiny.variables, CFG, byte_tokenizer)
+    model = rk.load_model(folder, mesh=rk.make_mesh(fsdp=2, tp=2, sp=2))
+    wq = model.variables["params"]["layers"]["block"]["wq"]  # [L, d, heads, hd]
+    shard = wq.addressable_shards[0].data.shape
+    assert shard == (CFG.n_layers, CFG.d_model // 2, CFG.n_heads // 2, CFG.head_dim)
+    w_gate = model.variables["params"]["layers"]["block"]["w_gate"]
+    assert w_gate.addressable_shards[0].data.shape == (CFG.n_layers, CFG.d_model // 2,
+                                                       CFG.ffn_dim // 2)
+    ids = np.arange(2 * 16).reshape(2, 16) % CFG.vocab_size
+    ref = reference_logits(tiny.variables, CFG, ids)
+    assert np.abs(np.asarray(model.logits(ids)) - ref).max() <= 1e-5 * np.abs(ref).max()

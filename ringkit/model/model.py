@@ -46,8 +46,9 @@ class KVCache:
         """Tokens that can still be appended."""
         return decode.capacity(self.k.shape[2], sp, self.base) - self.appended
 
-    def nbytes_per_device(self, sp: int) -> int:
-        return (self.k.nbytes + self.v.nbytes) // sp
+    def nbytes_per_device(self) -> int:
+        """Bytes of keys and values held by one device."""
+        return 2 * self.k.addressable_shards[0].data.nbytes
 
 
 class Model:
@@ -66,7 +67,6 @@ class Model:
         self.config, self.variables, self.tokenizer, self.runtime = (
             config, variables, tokenizer, runtime)
         self._plain = Transformer(config, runtime)
-        self._collect = Transformer(config, runtime, collect_kv=True)
 
     @classmethod
     def init_random(cls, config: ModelConfig, runtime: Runtime, *, seed: int = 0,
@@ -162,16 +162,11 @@ class Model:
         mesh = self.mesh
 
         def fn(variables, ids, positions, segment_ids, vision_mask, last, extra):
+            module = Transformer(self.config, self.runtime, collect_kv=extra)
             aux = dict(positions=positions, segment_ids=segment_ids, vision_mask=vision_mask)
             gather = jnp.full((ids.shape[0], 1), last, jnp.int32)
-            h, (k, v) = self._collect.apply(variables, ids, aux, gather=gather)
-            logits = self._collect.apply(variables, h, method=Transformer.logits)[:, 0]
-            # The cache is kept in the dtype decode steps compute in (see Runtime).
-            cache_dtype = self.runtime.weights_dtype
-            k = decode.extend_slots(k.astype(cache_dtype), extra, mesh=mesh,
-                                    spec=decode.CACHE_SPEC, axis=2)
-            v = decode.extend_slots(v.astype(cache_dtype), extra, mesh=mesh,
-                                    spec=decode.CACHE_SPEC, axis=2)
+            h, (k, v) = module.apply(variables, ids, aux, gather=gather)
+            logits = module.apply(variables, h, method=Transformer.logits)[:, 0]
             slot_pos = jnp.where(segment_ids >= 0, positions, -1)
             slot_pos = decode.extend_slots(slot_pos, extra, mesh=mesh, spec=decode.SLOT_SPEC,
                                            axis=1, value=-1)

@@ -31,8 +31,8 @@ _SPLIT = 4096  # positions = hi * _SPLIT + lo
 class RopeScaling:
     """RoPE scaling by ``factor`` (>= 1) of kind "linear", "ntk" or "yarn".
 
-    ``original_max_position`` is the trained context (YaRN needs it; a model fills it from its
-    config). ``beta_fast`` and ``beta_slow`` bound YaRN's ramp, in rotations over that context.
+    ``original_max_position`` is the trained context (YaRN needs it; ``load_model`` fills it from
+    the model's config when it is None). ``beta_fast`` and ``beta_slow`` bound YaRN's ramp, in rotations over that context.
 
     Example: ``RopeScaling("yarn", 4.0, original_max_position=8192)`` runs SmolLM2 at 32K.
     """
@@ -48,8 +48,6 @@ class RopeScaling:
             raise ConfigError(f"unknown RoPE scaling {self.kind!r}; choose one of {SCALING_KINDS}")
         if not self.factor >= 1.0:
             raise ConfigError(f"RoPE scaling factor must be >= 1, got {self.factor}")
-        if self.kind == "yarn" and self.original_max_position is None:
-            raise ConfigError("YaRN scaling needs original_max_position (the trained context)")
 
 
 def inv_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None = None) -> np.ndarray:
@@ -62,6 +60,9 @@ def inv_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None = N
         return inv
     if scaling.kind == "linear":
         return inv / scaling.factor
+    if scaling.original_max_position is None:
+        raise ConfigError("YaRN scaling needs original_max_position (the trained context); "
+                          "ringkit.load_model fills it in from the model")
     # YaRN: dimensions that turn many times over the trained context keep their frequency,
     # those that turn less than once are interpolated, a linear ramp blends the ones between.
     def correction_dim(rotations):

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ringkit.attention.decode import decode_attention
+from ringkit.attention.decode import decode_attention, extend_slots
 from ringkit.attention.ring import ring_attention_permuted
 from ringkit.errors import ConfigError
 from ringkit.mesh import logical_to_spec
@@ -126,7 +126,7 @@ class Block(nn.Module):
 
     config: ModelConfig
     runtime: Runtime
-    collect_kv: bool = False
+    collect_kv: int | None = None
 
     def _param(self, name, shape, init):
         return self.param(name, init, shape, self.runtime.weights_dtype)
@@ -162,7 +162,11 @@ class Block(nn.Module):
             attn = ring_attention_permuted(
                 q, k, v, mesh=rt.mesh, causal=True, segment_ids=aux["segment_ids"],
                 layout=rt.layout, impl=rt.impl, block_q=rt.block_q, block_k=rt.block_k)
-            kv_out = (k, v) if self.collect_kv else None
+            if self.collect_kv is not None:  # this layer's slice of the KV cache, with room
+                kv_out = tuple(
+                    extend_slots(a.astype(rt.weights_dtype), self.collect_kv, mesh=rt.mesh,
+                                 spec=logical_to_spec(("batch", "seq", "kv_heads", "head_dim")),
+                                 axis=1) for a in (k, v))
         else:
             attn, ck, cv = decode_attention(
                 q, k, v, cache["k"], cache["v"], cache["layer"], aux["slot_pos"],
@@ -183,7 +187,7 @@ class _ScanBody(nn.Module):
 
     config: ModelConfig
     runtime: Runtime
-    collect_kv: bool = False
+    collect_kv: int | None = None
 
     @nn.compact
     def __call__(self, carry, _):
@@ -198,8 +202,9 @@ class Transformer(nn.Module):
 
     Call with ``ids [b, s]`` int32 and ``aux``, a dict of ``positions [b, s]`` (RoPE positions),
     ``segment_ids [b, s]`` or None (-1 marks padding) and ``vision_mask [b, s]`` (bool) or None.
-    Prefill: ``cache=None``; with ``collect_kv`` the second output is every layer's
-    ``(k, v) [layers, b, s, kv, hd]``. Decode: ``cache = dict(k=, v=, layer=0)`` with
+    Prefill: ``cache=None``; with ``collect_kv=E`` (an int) the second output is the KV cache
+    ``(k, v) [layers, b, slots, kv, hd]``: every layer's keys and values where they were computed,
+    each device's shard followed by E empty slots, in the weights' dtype (see ``Runtime``). Decode: ``cache = dict(k=, v=, layer=0)`` with
     ``[layers, b, slots, kv, hd]`` arrays, and ``aux`` adds ``slot_pos``, ``counter``, ``base``
     (``ringkit.attention.decode``); the second output is the extended cache.
     ``gather [b, t]`` keeps only those positions' final hidden states (the ones to score).
@@ -209,7 +214,7 @@ class Transformer(nn.Module):
 
     config: ModelConfig
     runtime: Runtime
-    collect_kv: bool = False
+    collect_kv: int | None = None
 
     def setup(self):
         cfg, rt = self.config, self.runtime
