@@ -123,7 +123,7 @@ def worker_ringkit(args):
             runs.append(time.perf_counter() - t0)
     out["decode"] = runs
     out["kv_cache_bytes_per_device"] = cache.nbytes_per_device()
-    out["kv_cache_slots"] = int(cache.k.shape[2])
+    out["kv_cache_slots"] = int(cache.k.shape[3])
     out["rss_gb"] = rss_gb()
     x = jnp.ones((4096, 4096), jnp.float32)
     f = jax.jit(lambda a: a @ a)

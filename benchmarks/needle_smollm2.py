@@ -49,7 +49,7 @@ def shakespeare_sentences() -> list[str]:
 def build_prompt(tok, sentences, start, length, depth, needle):
     """Chat prompt of about ``length`` tokens with ``needle`` at ``depth`` of the haystack."""
     shell = len(tok.apply_chat_template(QUESTION, tokenize=True))
-    budget = length - shell - len(tok.encode(needle)) - 8
+    budget = length - shell - len(tok.encode(needle)) - 48  # room for a 32-token answer
     chosen, used, i = [], 0, start
     while True:
         n = len(tok.encode(" " + sentences[i % len(sentences)]))
@@ -85,7 +85,7 @@ def main():
             rows.append(build_prompt(tok, sentences, start, length, depth, needle))
             numbers.append(number)
         t0 = time.perf_counter()
-        answers = model.generate(rows, max_new_tokens=16)
+        answers = model.generate(rows, max_new_tokens=32)
         seconds = time.perf_counter() - t0
         for depth, number, row, answer in zip(args.depths, numbers, rows, answers):
             ok = str(number) in answer

@@ -123,8 +123,8 @@ def test_prefill_and_decode_equal_full_logits(models, rng, sp):
         errs += [rel(logits[i], ref[i][n0[i] + done - 1]) for i in range(2)]
     assert max(errs) < 1e-5
     # The cache stays sharded along the sequence on 'sp' and never grew.
-    slots = cache.k.shape[2]
-    assert cache.k.sharding.shard_shape(cache.k.shape)[2] == slots // sp
+    slots = cache.k.shape[3]
+    assert cache.k.sharding.shard_shape(cache.k.shape)[3] == slots // sp
     with pytest.raises(ShapeError, match="room"):
         model.step(cache, np.zeros((2, 30), np.int32))
 

@@ -1,7 +1,8 @@
 """Decoding against a KV cache that stays sharded along the sequence on 'sp'.
 
-The cache of every layer is ``[layers, batch, slots, kv_heads, head_dim]`` with ``slots`` split
-evenly over 'sp'. Device ``d`` holds its prefill chunk (``base`` slots, in ring-layout order)
+The cache of every layer is ``[layers, batch, kv_heads, slots, head_dim]`` (heads-major, so a
+layer's keys feed the score matmul without a transposed copy) with ``slots`` split evenly over
+'sp'. Device ``d`` holds its prefill chunk (``base`` slots, in ring-layout order)
 followed by room for appended tokens. Appended token number ``c`` (counting from the end of the
 prefill) lives on device ``c % sp`` at local slot ``base + c // sp``, so appends spread over the
 ring and nothing is ever resharded.
@@ -25,7 +26,8 @@ from jax.sharding import Mesh, PartitionSpec as P
 from ringkit.errors import ShapeError
 
 _BATCH = ("dp", "fsdp")
-CACHE_SPEC = P(None, _BATCH, "sp", "tp", None)  # [layers, b, slots, kv, hd]
+CACHE_SPEC = P(None, _BATCH, "tp", "sp", None)  # [layers, b, kv, slots, hd]
+LAYER_SPEC = P(_BATCH, "tp", "sp", None)        # one layer's [b, kv, slots, hd]
 SLOT_SPEC = P(_BATCH, "sp")                      # [b, slots]
 _NEW_SPEC = P(_BATCH, None, "tp", None)          # [b, t, heads, hd], replicated over 'sp'
 _POS_SPEC = P(_BATCH, None)                      # [b, t]
@@ -61,23 +63,23 @@ def _decode_local(q, k_new, v_new, cache_k, cache_v, layer, slot_pos, q_pos, cou
     b, t, hq, d = q.shape
     kvh = k_new.shape[2]
     g = hq // kvh
-    idx = append_index(counter, t, sp, base, cache_k.shape[2])
+    idx = append_index(counter, t, sp, base, cache_k.shape[3])
     # Mixed advanced indexing puts the token axis first: values are [t, b, kv, hd].
-    cache_k = cache_k.at[layer, :, idx].set(jnp.swapaxes(k_new, 0, 1).astype(cache_k.dtype),
-                                            mode="drop")
-    cache_v = cache_v.at[layer, :, idx].set(jnp.swapaxes(v_new, 0, 1).astype(cache_v.dtype),
-                                            mode="drop")
-    keys = lax.dynamic_index_in_dim(cache_k, layer, 0, keepdims=False)   # [b, s, kv, hd]
+    cache_k = cache_k.at[layer, :, :, idx].set(jnp.swapaxes(k_new, 0, 1).astype(cache_k.dtype),
+                                               mode="drop")
+    cache_v = cache_v.at[layer, :, :, idx].set(jnp.swapaxes(v_new, 0, 1).astype(cache_v.dtype),
+                                               mode="drop")
+    keys = lax.dynamic_index_in_dim(cache_k, layer, 0, keepdims=False)   # [b, kv, s, hd]
     values = lax.dynamic_index_in_dim(cache_v, layer, 0, keepdims=False)
     qg = (q.astype(jnp.float32) * scale).astype(q.dtype).reshape(b, t, kvh, g, d)
-    s = jnp.einsum("btkgd,bskd->bkgts", qg, keys, preferred_element_type=jnp.float32)
+    s = jnp.einsum("btkgd,bksd->bkgts", qg, keys, preferred_element_type=jnp.float32)
     visible = (slot_pos[:, None, :] >= 0) & (slot_pos[:, None, :] <= q_pos[:, :, None])  # [b,t,s]
     s = jnp.where(visible[:, None, None], s, -jnp.inf)
     m = s.max(axis=-1)                                                   # [b, kv, g, t]
     m_safe = jnp.where(m == -jnp.inf, 0.0, m)
     p = jnp.exp(s - m_safe[..., None])
     l = p.sum(axis=-1)
-    o = jnp.einsum("bkgts,bskd->btkgd", p.astype(values.dtype), values,
+    o = jnp.einsum("bkgts,bksd->btkgd", p.astype(values.dtype), values,
                    preferred_element_type=jnp.float32)
     # One all-gather of every device's (m, l, o), combined by log-sum-exp on each device: one
     # collective per layer instead of a pmax and two psums.
@@ -102,7 +104,7 @@ def decode_attention(q, k_new, v_new, cache_k, cache_v, layer, slot_pos, q_pos, 
     Args:
       q: ``[b, t, q_heads, hd]`` new queries (RoPE applied).
       k_new, v_new: ``[b, t, kv_heads, hd]`` their keys and values.
-      cache_k, cache_v: ``[layers, b, slots, kv_heads, hd]``, slots sharded on 'sp'.
+      cache_k, cache_v: ``[layers, b, kv_heads, slots, hd]``, slots sharded on 'sp'.
       layer: which layer of the cache (int or traced scalar).
       slot_pos: ``int32 [b, slots]`` positions, already including the new tokens
         (``append_positions``).

@@ -30,7 +30,7 @@ _STEP = P(("dp", "fsdp"), None)       # [b, t] inputs of a decode step
 class KVCache:
     """Keys and values of every layer, sharded along the sequence on 'sp'.
 
-    ``k, v [layers, b, slots, kv_heads, hd]``; ``slot_pos [b, slots]`` (-1 = empty or padding);
+    ``k, v [layers, b, kv_heads, slots, hd]``; ``slot_pos [b, slots]`` (-1 = empty or padding);
     ``base`` prefill slots per device; ``appended`` tokens added since; ``next_pos [b]`` the RoPE
     position of each row's next token.
     """
@@ -44,7 +44,7 @@ class KVCache:
 
     def room(self, sp: int) -> int:
         """Tokens that can still be appended."""
-        return decode.capacity(self.k.shape[2], sp, self.base) - self.appended
+        return decode.capacity(self.k.shape[3], sp, self.base) - self.appended
 
     def nbytes_per_device(self) -> int:
         """Bytes of keys and values held by one device."""

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ringkit.attention.decode import decode_attention, extend_slots
+from ringkit.attention.decode import LAYER_SPEC, decode_attention, extend_slots
 from ringkit.attention.ring import ring_attention_permuted
 from ringkit.errors import ConfigError
 from ringkit.mesh import logical_to_spec
@@ -121,8 +121,9 @@ def _rms_norm(x, scale, eps, dtype):
 
 
 class Block(nn.Module):
-    """One decoder layer. ``mode`` is "prefill" (ring attention, returns this layer's k, v) or
-    "decode" (attends and extends this layer's sharded KV cache)."""
+    """One decoder layer. Prefill (``cache`` None): ring attention over the permuted sequence;
+    with ``collect_kv`` it also returns this layer's slice of the KV cache. Decode (``cache`` the
+    stacked cache and its layer index): attends to and extends the sequence-sharded cache."""
 
     config: ModelConfig
     runtime: Runtime
@@ -164,9 +165,9 @@ class Block(nn.Module):
                 layout=rt.layout, impl=rt.impl, block_q=rt.block_q, block_k=rt.block_k)
             if self.collect_kv is not None:  # this layer's slice of the KV cache, with room
                 kv_out = tuple(
-                    extend_slots(a.astype(rt.weights_dtype), self.collect_kv, mesh=rt.mesh,
-                                 spec=logical_to_spec(("batch", "seq", "kv_heads", "head_dim")),
-                                 axis=1) for a in (k, v))
+                    extend_slots(jnp.swapaxes(a, 1, 2).astype(rt.weights_dtype),
+                                 self.collect_kv, mesh=rt.mesh, spec=LAYER_SPEC, axis=2)
+                    for a in (k, v))  # [b, kv, slots, hd]
         else:
             attn, ck, cv = decode_attention(
                 q, k, v, cache["k"], cache["v"], cache["layer"], aux["slot_pos"],
@@ -203,9 +204,9 @@ class Transformer(nn.Module):
     Call with ``ids [b, s]`` int32 and ``aux``, a dict of ``positions [b, s]`` (RoPE positions),
     ``segment_ids [b, s]`` or None (-1 marks padding) and ``vision_mask [b, s]`` (bool) or None.
     Prefill: ``cache=None``; with ``collect_kv=E`` (an int) the second output is the KV cache
-    ``(k, v) [layers, b, slots, kv, hd]``: every layer's keys and values where they were computed,
+    ``(k, v) [layers, b, kv, slots, hd]``: every layer's keys and values where they were computed,
     each device's shard followed by E empty slots, in the weights' dtype (see ``Runtime``). Decode: ``cache = dict(k=, v=, layer=0)`` with
-    ``[layers, b, slots, kv, hd]`` arrays, and ``aux`` adds ``slot_pos``, ``counter``, ``base``
+    ``[layers, b, kv, slots, hd]`` arrays, and ``aux`` adds ``slot_pos``, ``counter``, ``base``
     (``ringkit.attention.decode``); the second output is the extended cache.
     ``gather [b, t]`` keeps only those positions' final hidden states (the ones to score).
 
