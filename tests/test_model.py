@@ -209,3 +209,22 @@ def test_remat_and_scan_give_the_same_gradients(models, rng):
     for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(rematted)):
         assert rel(a, b) < 1e-5
     assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(plain))
+
+
+def test_batch_not_dividing_the_batch_axes(models, rng):
+    """One prompt on a dp x fsdp mesh: rows are padded for the mesh and dropped again."""
+    ref_model = models(TINY, 1)
+    rt = Runtime(rk.make_mesh(dp=2, fsdp=2, sp=2))
+    shardings = param_shardings(abstract_variables(TINY, rt), rt.mesh)
+    model = Model(TINY, jax.device_put(ref_model.variables, shardings), None, rt)
+    row = rng.integers(0, 256, 21).tolist()
+    got = model.logits(row)
+    assert got.shape == (1, 21, TINY.vocab_size)
+    assert rel(got, ref_model.logits(row)) < 1e-5
+    logits, cache = model.prefill([row, row[:9], row[:15]], max_new_tokens=3)
+    assert logits.shape == (3, TINY.vocab_size)
+    step = model.step(cache, np.array([[1], [2], [3]]))
+    assert step.shape == (3, TINY.vocab_size)
+    assert rel(step[0], ref_model.logits(row + [1])[0, -1]) < 1e-5
+    with pytest.raises(ShapeError, match="rows"):
+        model.step(cache, np.array([[1], [2]]))

@@ -41,7 +41,7 @@ class Batch:
     vision_mask: np.ndarray | None
     order: np.ndarray        # int32 [S]: layout slot j holds natural index order[j]
     length: int              # L: common (left-padded) length of the real rows
-    lengths: np.ndarray      # int32 [b]: real tokens per row
+    lengths: np.ndarray      # int32 [b]: real tokens per row (0 for added padding rows)
 
     @property
     def last_slot(self) -> int:
@@ -50,14 +50,18 @@ class Batch:
 
 
 def pack(rows: Sequence[Sequence[int]], *, sp: int, layout: str, vision_rows=None,
-         segment_rows=None) -> Batch:
-    """Left-pad ``rows`` to a common length, right-pad for the ring, permute into ``layout``."""
+         segment_rows=None, row_multiple: int = 1) -> Batch:
+    """Left-pad ``rows`` to a common length, right-pad for the ring, permute into ``layout``.
+
+    ``row_multiple``: add all-padding rows so the batch divides the mesh's batch axes
+    (dp * fsdp); they come last and their outputs are to be dropped."""
     if len(rows) == 0 or any(len(r) == 0 for r in rows):
         raise ShapeError("every prompt must have at least one token (got an empty one)")
     lengths = np.array([len(r) for r in rows], np.int32)
     length = int(lengths.max())
     total = padded_length(length, sp, layout)
-    b = len(rows)
+    b = -(-len(rows) // row_multiple) * row_multiple
+    lengths = np.concatenate([lengths, np.zeros(b - len(rows), np.int32)])
     ids = np.zeros((b, total), np.int32)
     seg = np.full((b, total), -1, np.int32)
     pos = np.zeros((b, total), np.int32)

@@ -41,6 +41,7 @@ class KVCache:
     base: int
     appended: int
     next_pos: np.ndarray
+    rows: int  # the caller's rows; any after them pad the batch to the mesh's batch axes
 
     def room(self, sp: int) -> int:
         """Tokens that can still be appended."""
@@ -92,6 +93,10 @@ class Model:
     def sp(self) -> int:
         return self.runtime.sp
 
+    @property
+    def _batch_shards(self) -> int:
+        return self.mesh.shape["dp"] * self.mesh.shape["fsdp"]
+
     def __repr__(self):
         return (f"Model({self.config.name}, {self.config.param_count() / 1e6:.1f}M params, "
                 f"mesh={dict(self.mesh.shape)}, dtype={self.runtime.dtype}, "
@@ -142,7 +147,8 @@ class Model:
         seg = np.zeros((b, s), np.int32) if segment_ids is None else np.asarray(segment_ids)
         seg = np.where(mask, seg, -1).astype(np.int32)
         total = padded_length(s, self.sp, self.runtime.layout)
-        rows = lambda x, fill: np.pad(np.asarray(x), ((0, 0), (0, total - s)),
+        extra_rows = -b % self._batch_shards  # all-padding rows so the batch divides dp*fsdp
+        rows = lambda x, fill: np.pad(np.asarray(x), ((0, extra_rows), (0, total - s)),
                                       constant_values=fill)
         from ringkit.attention.layouts import layout_positions
 
@@ -154,7 +160,7 @@ class Model:
             self._put(lay(rows(positions, 0).astype(np.int32)), _ROWS),
             self._put(lay(rows(seg, -1)), _ROWS), vm, head)
         inverse = np.argsort(order)
-        return jnp.take(out, jnp.asarray(inverse[:s]), axis=1)
+        return jnp.take(out[:b], jnp.asarray(inverse[:s]), axis=1)
 
     # -- prefill and decode --------------------------------------------------------------------
     @functools.cached_property
@@ -178,7 +184,7 @@ class Model:
         """Run token ``rows`` (lists of ids) through the model, keeping a sharded KV cache with
         room for ``max_new_tokens`` more per row. Returns ``(last logits [b, vocab], cache)``."""
         batch: Batch = pack(rows, sp=self.sp, layout=self.runtime.layout,
-                            vision_rows=vision_rows)
+                            vision_rows=vision_rows, row_multiple=self._batch_shards)
         self.check_length(batch.length + max_new_tokens - 1)  # the last new token is not fed
         extra = max(1, -(-max_new_tokens // self.sp))
         logits, k, v, slot_pos = self._prefill_fn(
@@ -186,8 +192,8 @@ class Model:
             self._put(batch.segment_ids, _ROWS), self._put(batch.vision_mask, _ROWS),
             batch.last_slot, extra)
         cache = KVCache(k, v, slot_pos, base=batch.ids.shape[1] // self.sp, appended=0,
-                        next_pos=batch.lengths.copy())
-        return logits, cache
+                        next_pos=batch.lengths.copy(), rows=len(rows))
+        return logits[:len(rows)], cache
 
     @functools.cached_property
     def _step_fn(self):
@@ -225,6 +231,10 @@ class Model:
         after the last of them."""
         tokens = np.asarray(tokens, np.int32)
         tokens = tokens[:, None] if tokens.ndim == 1 else tokens
+        if tokens.shape[0] != cache.rows:
+            raise ShapeError(f"tokens have {tokens.shape[0]} rows but the cache holds "
+                             f"{cache.rows} prompts")
+        tokens = np.pad(tokens, ((0, len(cache.next_pos) - cache.rows), (0, 0)))
         t = tokens.shape[1]
         if t > cache.room(self.sp):
             raise ShapeError(f"the KV cache has room for {cache.room(self.sp)} more tokens, not "
@@ -237,7 +247,7 @@ class Model:
             jnp.int32(cache.base))
         cache.appended += t
         cache.next_pos = cache.next_pos + t
-        return logits
+        return logits[:cache.rows]
 
     def generate(self, prompts, **kwargs):
         """Generate text; see ``ringkit.generate.generate`` for the arguments."""
