@@ -50,7 +50,7 @@ class Batch:
 
 
 def pack(rows: Sequence[Sequence[int]], *, sp: int, layout: str, vision_rows=None,
-         segment_rows=None, row_multiple: int = 1) -> Batch:
+         row_multiple: int = 1) -> Batch:
     """Left-pad ``rows`` to a common length, right-pad for the ring, permute into ``layout``.
 
     ``row_multiple``: add all-padding rows so the batch divides the mesh's batch axes
@@ -69,7 +69,7 @@ def pack(rows: Sequence[Sequence[int]], *, sp: int, layout: str, vision_rows=Non
     for r, row in enumerate(rows):
         start = length - len(row)
         ids[r, start:length] = np.asarray(row, np.int32)
-        seg[r, start:length] = 0 if segment_rows is None else np.asarray(segment_rows[r])
+        seg[r, start:length] = 0
         pos[r, start:length] = np.arange(len(row), dtype=np.int32)
         if vm is not None:
             vm[r, start:length] = np.asarray(vision_rows[r], bool)
