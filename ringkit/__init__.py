@@ -5,7 +5,8 @@ The public API lives here; everything else is an implementation module.
 
 from ringkit import attention, errors, model
 from ringkit.attention import (
-    from_layout, layout_positions, pad_for_ring, ring_attention, ring_attention_permuted, to_layout)
+    BlockSizes, from_layout, layout_positions, pad_for_ring, ring_attention,
+    ring_attention_permuted, to_layout)
 from ringkit.errors import RingkitError
 from ringkit.mesh import (
     LOGICAL_AXIS_RULES, MeshConfig, initialize_distributed, logical_sharding, logical_to_spec,
@@ -15,7 +16,7 @@ from ringkit.model import Model, ModelConfig, RopeScaling, load_model
 __version__ = "0.1.0"
 
 __all__ = [
-    "LOGICAL_AXIS_RULES", "MeshConfig", "Model", "ModelConfig", "RingkitError", "RopeScaling",
+    "BlockSizes", "LOGICAL_AXIS_RULES", "MeshConfig", "Model", "ModelConfig", "RingkitError", "RopeScaling",
     "attention", "errors", "from_layout", "initialize_distributed", "layout_positions",
     "load_model", "logical_sharding", "logical_to_spec", "make_mesh", "model", "pad_for_ring",
     "ring_attention", "ring_attention_permuted", "to_layout",

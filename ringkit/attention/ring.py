@@ -9,19 +9,60 @@ final hop. Memory per device is O(seq / sp): nothing [seq, seq]-sized exists, fo
 from __future__ import annotations
 
 import functools
+import logging
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ringkit.attention import blockwise
+from ringkit.attention import blockwise, pallas_gpu
 from ringkit.attention.layouts import device_positions, relayout_local
-from ringkit.attention.spec import RingSpec, make_spec
+from ringkit.attention.spec import RingSpec, describe as describe_spec, make_spec
 from ringkit.mesh import logical_to_spec
 
 _QKV = logical_to_spec(("batch", "seq", "heads", "head_dim"))  # P(('dp','fsdp'), 'sp', 'tp', None)
 _SEG = logical_to_spec(("batch", "seq"))
 _LSE = logical_to_spec(("batch", "heads", "seq"))  # lse [b, kv_heads, seq * groups]
+_log = logging.getLogger("ringkit.attention")
+
+
+# ---------------------------------------------------------------------------------------------
+# The per-step kernels, chosen by spec.kernel.
+
+
+def _tpu():
+    from ringkit.attention import pallas_tpu  # imported only where it runs
+    return pallas_tpu
+
+
+def _fresh_carry(qh):
+    rows = qh.shape[:3]
+    return (jnp.zeros(qh.shape, jnp.float32), jnp.full(rows, -jnp.inf, jnp.float32),
+            jnp.zeros(rows, jnp.float32))
+
+
+def _fold(spec: RingSpec, qh, kh, vh, carry, q_pos, k_pos, seg_q, seg_k, final_dtype=None):
+    """Fold one KV block into ``carry`` (None: fresh); with ``final_dtype`` return ``(out, lse)``."""
+    if spec.kernel == "gpu":  # finishes inside the kernel, saving a pass over the carry
+        return pallas_gpu.fold_block(qh, kh, vh, carry, q_pos, k_pos, seg_q, seg_k, spec.tiles,
+                                     final_dtype=final_dtype, blocks=spec.blocks,
+                                     interpret=spec.interpret)
+    carry = _fresh_carry(qh) if carry is None else carry
+    if spec.kernel == "tpu":
+        carry = _tpu().fold_block(qh, kh, vh, carry, q_pos, k_pos, seg_q, seg_k, spec.tiles,
+                                  interpret=spec.interpret)
+    else:
+        carry = blockwise.fold_block(qh, kh, vh, carry, q_pos, k_pos, seg_q, seg_k, spec.tiles)
+    return carry if final_dtype is None else blockwise.finish(*carry, final_dtype)
+
+
+def _grad(spec: RingSpec, *args):
+    if spec.kernel == "gpu":
+        return pallas_gpu.grad_block(*args, spec.tiles, blocks=spec.blocks,
+                                     interpret=spec.interpret)
+    if spec.kernel == "tpu":
+        return _tpu().grad_block(*args, spec.tiles, interpret=spec.interpret)
+    return blockwise.grad_block(*args, spec.tiles)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,11 +107,11 @@ def _positions(spec: RingSpec, device, n: int):
     return device_positions(device, n, spec.sp, spec.layout)
 
 
-def _if_visible(spec, q_pos, k_pos, fn, state):
-    """Run ``fn(state)`` unless the causal mask hides the whole block pair (contiguous layout)."""
+def _if_visible(spec, q_pos, k_pos, fn, state, hidden=lambda s: s):
+    """``fn(state)``, or ``hidden(state)`` when the causal mask hides the whole block pair."""
     if not spec.causal:
         return fn(state)
-    return lax.cond(q_pos.max() >= k_pos.min(), fn, lambda s: s, state)
+    return lax.cond(q_pos.max() >= k_pos.min(), fn, hidden, state)
 
 
 def _forward_local(*args, spec: RingSpec):
@@ -81,24 +122,25 @@ def _forward_local(*args, spec: RingSpec):
     qh = _scaled_queries(q, spec)
     kv = (_heads_major(k, 1), _heads_major(v, 1), seg)
     q_pos = _positions(spec, me, n)
-    rows = qh.shape[:3]
-    carry = (jnp.zeros(qh.shape, jnp.float32), jnp.full(rows, -jnp.inf, jnp.float32),
-             jnp.zeros(rows, jnp.float32))
+    if sp == 1:  # one block, which a device always sees: no carry in or out
+        out, lse = _fold(spec, qh, kv[0], kv[1], None, q_pos, q_pos, seg, seg, q.dtype)
+        return _seq_major(out, g), lse
 
-    def fold(step, kv, carry):
+    def fold(step, kv, carry, final_dtype=None):
         kh, vh, seg_k = kv
         k_pos = _positions(spec, (me - step) % sp, n)
-        fn = lambda c: blockwise.fold_block(qh, kh, vh, c, q_pos, k_pos, seg, seg_k, spec.tiles)
-        return _if_visible(spec, q_pos, k_pos, fn, carry)
+        fn = lambda c: _fold(spec, qh, kh, vh, c, q_pos, k_pos, seg, seg_k, final_dtype)
+        hidden = (lambda c: c) if final_dtype is None else (
+            lambda c: blockwise.finish(*c, final_dtype))
+        return _if_visible(spec, q_pos, k_pos, fn, carry, hidden)
 
     def step(t, state):
         kv, carry = state
         incoming = _rotate(kv, sp)  # issued before the fold so transfer and compute overlap
         return incoming, fold(t, kv, carry)
 
-    kv, carry = lax.fori_loop(0, sp - 1, step, (kv, carry))
-    carry = fold(sp - 1, kv, carry)  # the last block is never sent on
-    out, lse = blockwise.finish(*carry, q.dtype)
+    kv, carry = lax.fori_loop(0, sp - 1, step, (kv, _fresh_carry(qh)))
+    out, lse = fold(sp - 1, kv, carry, q.dtype)  # the last block is never sent on
     return _seq_major(out, g), lse
 
 
@@ -119,8 +161,7 @@ def _backward_local(*args, spec: RingSpec):
     def grads(step, kv, dq, dkv):
         kh, vh, seg_k = kv
         k_pos = _positions(spec, (me - step) % sp, n)
-        fn = lambda gr: blockwise.grad_block(
-            qh, kh, vh, doh, lse, delta, gr, q_pos, k_pos, seg, seg_k, spec.tiles)
+        fn = lambda gr: _grad(spec, qh, kh, vh, doh, lse, delta, gr, q_pos, k_pos, seg, seg_k)
         dq, dk, dv = _if_visible(spec, q_pos, k_pos, fn, (dq, *dkv))
         return dq, (dk, dv)
 
@@ -201,20 +242,50 @@ def _natural(spec: RingSpec, *args):
     return _relayout(spec, _ring(spec, *args), inverse=True)
 
 
+def _spec(q, k, v, segment_ids, mesh, causal, layout, impl, interpret, block_q, block_k,
+          block_sizes, scale):
+    spec = make_spec(q, k, v, segment_ids, mesh=mesh, causal=causal, layout=layout, scale=scale,
+                     block_q=block_q, block_k=block_k, impl=impl, interpret=interpret,
+                     block_sizes=block_sizes)
+    _log_once(spec)
+    return spec
+
+
+@functools.lru_cache(maxsize=64)
+def _log_once(spec: RingSpec):
+    _log.info(describe_spec(spec))
+
+
+def describe(q, k, v, *, mesh, causal=True, segment_ids=None, layout="zigzag", impl="auto",
+             interpret=None, block_q=None, block_k=None, block_sizes=None, scale=None) -> str:
+    """Say what ``ring_attention`` would run for these arguments, without running it.
+
+    Example::
+
+        >>> rk.attention.describe(q, k, v, mesh=rk.make_mesh(sp=8))
+        'ring attention: XLA blockwise tiles on cpu, sp=8, layout=zigzag, causal, ...'
+
+    The same line is logged once per distinct call on the ``ringkit.attention`` logger (INFO).
+    """
+    return describe_spec(_spec(q, k, v, segment_ids, mesh, causal, layout, impl, interpret,
+                               block_q, block_k, block_sizes, scale))
+
+
 def ring_attention_permuted(q, k, v, *, mesh, causal=True, segment_ids=None, layout="zigzag",
-                            impl="xla", block_q=None, block_k=None, scale=None):
+                            impl="auto", interpret=None, block_q=None, block_k=None,
+                            block_sizes=None, scale=None):
     """``ring_attention`` on sequences already in ``layout`` order (see ``to_layout``).
 
     For models: permute tokens once per forward pass, use ``layout_positions`` for RoPE, and call
     this in every layer. Arguments and shapes as ``ring_attention``.
     """
-    spec = make_spec(q, k, v, segment_ids, mesh=mesh, causal=causal, layout=layout, scale=scale,
-                     block_q=block_q, block_k=block_k, impl=impl)
+    spec = _spec(q, k, v, segment_ids, mesh, causal, layout, impl, interpret, block_q, block_k,
+                 block_sizes, scale)
     return _permuted(spec, *_args(q, k, v, segment_ids))
 
 
-def ring_attention(q, k, v, *, mesh, causal=True, segment_ids=None, layout="zigzag", impl="xla",
-                   block_q=None, block_k=None, scale=None):
+def ring_attention(q, k, v, *, mesh, causal=True, segment_ids=None, layout="zigzag", impl="auto",
+                   interpret=None, block_q=None, block_k=None, block_sizes=None, scale=None):
     """Exact attention with the sequence sharded over the mesh axis 'sp'.
 
     Args:
@@ -225,8 +296,14 @@ def ring_attention(q, k, v, *, mesh, causal=True, segment_ids=None, layout="zigz
       causal: mask future positions.
       segment_ids: optional ``int [batch, seq]``; tokens attend only within their segment.
       layout: ``"zigzag"`` (balanced causal work) or ``"contiguous"``.
-      impl: ``"xla"`` (or ``"auto"``, which is ``"xla"`` in this version).
-      block_q, block_k: tile sizes per device (default: up to 512, dividing the layout chunk).
+      impl: the per-step kernel. ``"auto"`` (default) takes the Pallas kernels on GPU and TPU and
+        the XLA tiles on CPU; ``"xla"`` runs anywhere; ``"pallas"`` needs a GPU or TPU unless
+        ``interpret`` is given. ``describe(...)`` says which one a call runs.
+      interpret: ``"gpu"`` or ``"tpu"`` runs that backend's Pallas kernel in interpret mode (on
+        CPU, for tests); needs ``impl="pallas"``.
+      block_q, block_k: tile sizes per device for the XLA and TPU kernels (default: up to 256,
+        dividing the layout chunk).
+      block_sizes: ``ringkit.BlockSizes`` for the GPU kernels.
       scale: softmax scale, default ``1 / sqrt(head_dim)``.
 
     Returns:
@@ -237,6 +314,6 @@ def ring_attention(q, k, v, *, mesh, causal=True, segment_ids=None, layout="zigz
         mesh = ringkit.make_mesh(sp=8)
         out = ringkit.ring_attention(q, k, v, mesh=mesh, causal=True)
     """
-    spec = make_spec(q, k, v, segment_ids, mesh=mesh, causal=causal, layout=layout, scale=scale,
-                     block_q=block_q, block_k=block_k, impl=impl)
+    spec = _spec(q, k, v, segment_ids, mesh, causal, layout, impl, interpret, block_q, block_k,
+                 block_sizes, scale)
     return _natural(spec, *_args(q, k, v, segment_ids))

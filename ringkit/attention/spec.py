@@ -24,6 +24,93 @@ from ringkit.mesh import MESH_AXES, require_axes
 
 DEFAULT_BLOCK = 256  # tiles of 256 x 256 keep 8 CPU devices inside the caches (benchmarks/README.md)
 IMPLS = ("auto", "xla", "pallas")
+INTERPRET = (None, "gpu", "tpu")
+KERNELS = {"xla": "XLA blockwise tiles", "gpu": "Pallas GPU (Triton) kernels",
+           "tpu": "Pallas TPU (Mosaic) kernels"}
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSizes:
+    """Tiles and launch settings of the Pallas GPU kernels, in rows by keys.
+
+    A row is one query position of one query head in a GQA group (``rows = seq * q_heads /
+    kv_heads`` per KV head), so grouped heads share every KV tile. ``block_q, block_k`` tile the
+    forward kernel; ``block_q_dq, block_k_dq`` the dq kernel (default: the forward's);
+    ``block_q_dkv, block_k_dkv`` the dk/dv kernel. Powers of two >= 16 (Triton's matmul minimum);
+    a tile larger than what a device holds shrinks to fit. ``num_warps=None`` takes 4 up to
+    head_dim 64 and 8 above; ``num_stages`` is Triton's software-pipelining depth; the ``_bwd``
+    settings (default: the forward's) apply to both backward kernels.
+
+    Example::
+
+        rk.ring_attention(q, k, v, mesh=mesh, impl="pallas",
+                          block_sizes=rk.BlockSizes(block_q=128, block_k=128, num_warps=8))
+    """
+
+    block_q: int = 128
+    block_k: int = 64
+    block_q_dkv: int = 64
+    block_k_dkv: int = 128
+    block_q_dq: int | None = None
+    block_k_dq: int | None = None
+    num_warps: int | None = None
+    num_stages: int = 2
+    num_warps_bwd: int | None = None
+    num_stages_bwd: int | None = None
+
+    def __post_init__(self):
+        for name in ("block_q", "block_k", "block_q_dkv", "block_k_dkv", "block_q_dq",
+                     "block_k_dq"):
+            value = getattr(self, name)
+            if value is None and name.endswith("_dq"):
+                continue
+            if not isinstance(value, numbers.Integral) or value < 16 or value & (value - 1):
+                raise ConfigError(f"BlockSizes.{name}={value!r} must be a power of two >= 16")
+        for name in ("num_warps", "num_warps_bwd"):
+            if getattr(self, name) not in (None, 1, 2, 4, 8, 16):
+                raise ConfigError(f"BlockSizes.{name}={getattr(self, name)!r} must be 1, 2, 4, 8 "
+                                  "or 16")
+        for name in ("num_stages", "num_stages_bwd"):
+            value = getattr(self, name)
+            if value is None and name.endswith("_bwd"):
+                continue
+            if not isinstance(value, numbers.Integral) or value < 1:
+                raise ConfigError(f"BlockSizes.{name}={value!r} must be a positive integer")
+
+    def launch(self, head_dim: int, backward: bool = False) -> tuple[int, int]:
+        """``(num_warps, num_stages)`` of the forward or the backward kernels."""
+        warps = self.num_warps or (4 if head_dim <= 64 else 8)
+        if backward:
+            return self.num_warps_bwd or warps, self.num_stages_bwd or self.num_stages
+        return warps, self.num_stages
+
+    @property
+    def dq(self) -> tuple[int, int]:
+        return self.block_q_dq or self.block_q, self.block_k_dq or self.block_k
+
+
+def _platform(mesh: Mesh) -> str:
+    return mesh.devices.flat[0].platform
+
+
+def choose_kernel(impl: str, interpret, mesh: Mesh) -> str:
+    """Which per-step kernel runs: 'xla', 'gpu' or 'tpu' (decided at call time from the mesh)."""
+    if impl not in IMPLS:
+        raise ConfigError(f"unknown impl {impl!r}; choose one of {IMPLS}")
+    if interpret not in INTERPRET:
+        raise ConfigError(f"interpret={interpret!r} must be one of {INTERPRET}")
+    platform = _platform(mesh)
+    if interpret is not None:
+        if impl != "pallas":
+            raise ConfigError(f"interpret={interpret!r} runs a Pallas kernel; pass impl='pallas'")
+        return interpret
+    if impl == "xla" or (impl == "auto" and platform not in ("gpu", "tpu")):
+        return "xla"
+    if platform in ("gpu", "tpu"):
+        return platform
+    raise UnsupportedError(
+        f"impl='pallas' needs a GPU or TPU, but the mesh holds {platform} devices; use impl='xla' "
+        "(or 'auto'), or interpret='gpu' / interpret='tpu' to run a kernel in interpret mode")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +125,9 @@ class RingSpec:
     block_k: int
     groups: int
     has_segments: bool
+    kernel: str = "xla"  # 'xla', 'gpu' or 'tpu' (see choose_kernel)
+    interpret: bool = False
+    blocks: BlockSizes = BlockSizes()
 
     @property
     def sp(self) -> int:
@@ -71,16 +161,16 @@ def _block(name: str, value, local_len: int, chunk: int) -> int:
     return int(value)
 
 
-def make_spec(q, k, v, segment_ids, *, mesh, causal, layout, scale, block_q, block_k, impl):
+def make_spec(q, k, v, segment_ids, *, mesh, causal, layout, scale, block_q, block_k, impl,
+              interpret=None, block_sizes=None):
     """Validate a call and build its ``RingSpec``; every user mistake raises a ``RingkitError``."""
     if not isinstance(mesh, Mesh):
         raise ConfigError(f"mesh must be a jax.sharding.Mesh (ringkit.make_mesh(...)), got {mesh!r}")
     require_axes(mesh, MESH_AXES)
     check_layout(layout)
-    if impl not in IMPLS:
-        raise ConfigError(f"unknown impl {impl!r}; choose one of {IMPLS}")
-    if impl == "pallas":
-        raise UnsupportedError("impl='pallas' is not available in this version; use impl='xla'")
+    kernel = choose_kernel(impl, interpret, mesh)
+    if block_sizes is not None and not isinstance(block_sizes, BlockSizes):
+        raise ConfigError(f"block_sizes must be a ringkit.BlockSizes, got {block_sizes!r}")
     for name, x in (("q", q), ("k", k), ("v", v)):
         if x.ndim != 4:
             raise ShapeError(f"{name} must be [batch, seq, heads, head_dim], got shape {x.shape}")
@@ -116,8 +206,24 @@ def make_spec(q, k, v, segment_ids, *, mesh, causal, layout, scale, block_q, blo
         mesh=mesh, causal=bool(causal), layout=layout,
         scale=float(1.0 / math.sqrt(d) if scale is None else scale),
         block_q=_block("block_q", block_q, local, chunk), block_k=_block("block_k", block_k, local, chunk),
-        groups=hq // hkv, has_segments=segment_ids is not None,
+        groups=hq // hkv, has_segments=segment_ids is not None, kernel=kernel,
+        interpret=interpret is not None, blocks=block_sizes or BlockSizes(),
     )
+
+
+def describe(spec: RingSpec) -> str:
+    """One line saying what a ring-attention call runs: kernel, mesh, layout and tiles."""
+    if spec.kernel == "gpu":
+        b = spec.blocks
+        tiles = (f"rows x keys {b.block_q}x{b.block_k} (dq {b.dq[0]}x{b.dq[1]}, dk/dv "
+                 f"{b.block_q_dkv}x{b.block_k_dkv}), {b.num_warps or 'auto'} warps, "
+                 f"{b.num_stages} stages")
+    else:
+        tiles = f"tiles {spec.block_q}x{spec.block_k} positions"
+    mode = " in interpret mode" if spec.interpret else ""
+    return (f"ring attention: {KERNELS[spec.kernel]}{mode} on {_platform(spec.mesh)}, sp={spec.sp}, "
+            f"layout={spec.layout}, {'causal' if spec.causal else 'full'}, GQA groups="
+            f"{spec.groups}, {tiles}")
 
 
 def tiles_per_device(seq_len: int, sp: int, layout: str = "zigzag", *, causal: bool = True,

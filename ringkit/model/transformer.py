@@ -73,7 +73,7 @@ class Runtime:
     dtype: str = "float32"
     param_dtype: str | None = None
     layout: str = "zigzag"
-    impl: str = "xla"
+    impl: str = "auto"
     scan_layers: bool = True
     remat: bool = False
     block_q: int | None = None

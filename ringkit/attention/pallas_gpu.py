@@ -1,0 +1,393 @@
+"""The ring's block step as Pallas kernels for GPUs (the Triton backend).
+
+Drop-in replacements for ``blockwise.fold_block`` and ``blockwise.grad_block``, with the same
+heads-major shapes (one device; GQA folded into rows, so KV is never repeated):
+
+  q, o, do   [b, h, r, d]   r = n * g rows, row = pos * g + j; q arrives multiplied by the scale
+  k, v       [b, h, nk, d]
+  m, l, lse  [b, h, r]      float32
+  q_pos [n], k_pos [nk]     global positions; seg_q [b, n], seg_k [b, nk] (or None)
+
+Each program owns one tile of rows (forward, dq) or of keys (dk, dv) and loops over the other
+side. Tile visibility is decided outside the kernel from position bounds: per row tile, the loop
+runs first over the leading run of fully visible key tiles without a mask, then up to the last
+visible tile with the mask. For sorted positions (both ring layouts hold sorted positions on every
+device) that computes exactly the visible tiles and never touches a hidden one; for any other
+order it stays exact and merely computes some masked tiles.
+
+Scores, softmax statistics and accumulators are float32; matmul operands keep the input dtype
+(bf16 operands run on the tensor cores). Inside the kernels the running max and lse are kept in
+base 2, so each score costs one fused multiply-add and one ``exp2``; the carry stays in natural
+units, as ``blockwise`` keeps it. Triton needs power-of-two tiles: head dims that are not a
+power of two are zero-padded on the way in.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from ringkit.attention import blockwise
+from ringkit.attention.spec import BlockSizes
+from ringkit.errors import ConfigError
+
+
+def _fit(block: int, n: int, what: str) -> int:
+    """The largest power of two <= ``block`` dividing ``n``; refuse below 16."""
+    while block > 16 and n % block:
+        block //= 2
+    if n % block:
+        raise ConfigError(
+            f"the GPU kernel tiles {what} in powers of two >= 16, but {what} = {n} has none; "
+            "pad the sequence to a multiple of 16 per device (ringkit.pad_for_ring)")
+    return block
+
+
+LOG2E, LN2 = 1.4426950408889634, 0.6931471805599453
+
+
+def _dot(a, b, contract_a: int, contract_b: int):
+    """2-D matmul contracting the given dims, float32 accumulation (IEEE for float32 operands:
+    Triton's default there is TF32, ~1e-3 off)."""
+    precision = lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
+    return lax.dot_general(a, b, (((contract_a,), (contract_b,)), ((), ())),
+                           precision=precision, preferred_element_type=jnp.float32)
+
+
+def _visible(qp, kp, sq, sk, causal: bool, keys_first=False):
+    """Visibility ``[rows, keys]`` of a tile (``keys_first``: ``[keys, rows]``, built in that
+    order rather than transposed), or None when every pair is visible."""
+    if keys_first:
+        qx, kx = (lambda x: x[None, :]), (lambda x: x[:, None])
+    else:
+        qx, kx = (lambda x: x[:, None]), (lambda x: x[None, :])
+    mask = (qx(qp) >= kx(kp)) if causal else None
+    if sq is not None:
+        same = qx(sq) == kx(sk)
+        mask = same if mask is None else mask & same
+    return mask
+
+
+# ---------------------------------------------------------------------------------------------
+# Loop bounds per tile, from position bounds (XLA, outside the kernels).
+
+
+def _row_bounds(q_rows, k_pos, block_r, block_k, causal):
+    """Per row tile: end of the leading run of fully visible key tiles, and end of visibility."""
+    nk_tiles = k_pos.shape[0] // block_k
+    if not causal:
+        full = jnp.full((q_rows.shape[0] // block_r,), nk_tiles, jnp.int32)
+        return full, full
+    kind = blockwise.tile_kind(*(b[:, None] for b in blockwise.tile_bounds(q_rows, block_r)),
+                               *(b[None, :] for b in blockwise.tile_bounds(k_pos, block_k)))
+    lead_full = jnp.cumprod(kind == blockwise.FULL, axis=1).sum(axis=1)
+    last_seen = jnp.max(jnp.where(kind != blockwise.SKIP, jnp.arange(nk_tiles) + 1, 0), axis=1)
+    return lead_full.astype(jnp.int32), jnp.maximum(last_seen, lead_full).astype(jnp.int32)
+
+
+def _key_bounds(q_rows, k_pos, block_r, block_k, causal):
+    """Per key tile: first row tile to mask, and start of the trailing run of fully visible ones."""
+    nr_tiles = q_rows.shape[0] // block_r
+    if not causal:
+        zero = jnp.zeros((k_pos.shape[0] // block_k,), jnp.int32)
+        return zero, zero
+    kind = blockwise.tile_kind(*(b[None, :] for b in blockwise.tile_bounds(q_rows, block_r)),
+                               *(b[:, None] for b in blockwise.tile_bounds(k_pos, block_k)))
+    trail_full = jnp.cumprod((kind == blockwise.FULL)[:, ::-1], axis=1).sum(axis=1)
+    full_from = nr_tiles - trail_full
+    first_seen = jnp.min(jnp.where(kind != blockwise.SKIP, jnp.arange(nr_tiles), nr_tiles), axis=1)
+    return jnp.minimum(first_seen, full_from).astype(jnp.int32), full_from.astype(jnp.int32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Launch order. The GPU starts programs with the first grid axis fastest, so row tiles (the last
+# axis) go out in order; under a causal mask the last row tiles carry the most key tiles, and
+# running them last leaves the card idle behind a few long programs. Row tiles therefore run
+# last-first: program t owns tile n - 1 - t, in the kernels and in their index maps alike.
+
+
+def _heavy_first(axis: int):
+    return pl.num_programs(axis) - 1 - pl.program_id(axis)
+
+
+def _rev(n_tiles: int):
+    """Index map piece for a reversed tile axis (``_heavy_first`` outside the kernel)."""
+    return lambda t: n_tiles - 1 - t
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels. Refs carry one (batch, head) slice: rows [block, d] or the device's whole KV [nk, d].
+
+
+def _fold_kernel(*refs, causal, has_seg, fresh, final, block_k):
+    it = iter(refs)
+    q_ref, k_ref, v_ref, qp_ref, kp_ref = (next(it) for _ in range(5))
+    sq_ref, sk_ref = (next(it), next(it)) if has_seg else (None, None)
+    lead_ref, end_ref = next(it), next(it)
+    carry_in = () if fresh else (next(it), next(it), next(it))
+    out_refs = tuple(it)
+
+    i = _heavy_first(2)
+    q, qp = q_ref[...], qp_ref[...]
+    sq = sq_ref[...] if has_seg else None
+    rows, d = q.shape
+    if fresh:
+        carry = (jnp.zeros((rows, d), jnp.float32), jnp.full((rows,), -jnp.inf, jnp.float32),
+                 jnp.zeros((rows,), jnp.float32))
+    else:
+        o_in, m_in, l_in = carry_in
+        carry = (o_in[...], m_in[...] * LOG2E, l_in[...])  # running max in base 2 inside
+
+    def step(masked):
+        def body(j, carry):
+            o, m2, l = carry
+            keys = pl.ds(j * block_k, block_k)
+            s = _dot(q, k_ref[keys, :], 1, 1)  # [rows, block_k]
+            mask = _visible(qp, kp_ref[keys], sq, sk_ref[keys] if has_seg else None,
+                            causal and masked)
+            if mask is not None:
+                s = jnp.where(mask, s, -jnp.inf)
+            m_new = jnp.maximum(m2, s.max(axis=1) * LOG2E)
+            # Rows with nothing visible yet keep a -inf max; only a mask can leave them so.
+            m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new) if mask is not None else m_new
+            p = jnp.exp2(s * LOG2E - m_safe[:, None])
+            alpha = jnp.exp2(m2 - m_safe)
+            v = v_ref[keys, :]
+            o = alpha[:, None] * o + _dot(p.astype(v.dtype), v, 1, 0)
+            return o, m_new, alpha * l + p.sum(axis=1)
+
+        return body
+
+    lead = lead_ref[i]
+    carry = lax.fori_loop(0, lead, step(False), carry)
+    o, m2, l = lax.fori_loop(lead, end_ref[i], step(True), carry)
+    if final:
+        out_ref, lse_ref = out_refs
+        seen = l > 0
+        safe_l = jnp.where(seen, l, 1.0)
+        out_ref[...] = jnp.where(seen[:, None], o / safe_l[:, None], 0.0).astype(out_ref.dtype)
+        lse_ref[...] = jnp.where(seen, (m2 + jnp.log2(safe_l)) * LN2, -jnp.inf)
+    else:
+        for ref, x in zip(out_refs, (o, m2 * LN2, l)):
+            ref[...] = x
+
+
+def _dq_kernel(*refs, causal, has_seg, block_k):
+    it = iter(refs)
+    q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qp_ref, kp_ref = (next(it) for _ in range(8))
+    sq_ref, sk_ref = (next(it), next(it)) if has_seg else (None, None)
+    lead_ref, end_ref, dq_in, dq_out = it
+
+    i = _heavy_first(2)
+    q, do, qp = q_ref[...], do_ref[...], qp_ref[...]
+    lse2, delta = lse_ref[...] * LOG2E, delta_ref[...]
+    sq = sq_ref[...] if has_seg else None
+
+    def step(masked):
+        def body(j, dq):
+            keys = pl.ds(j * block_k, block_k)
+            k, v = k_ref[keys, :], v_ref[keys, :]
+            s = _dot(q, k, 1, 1)
+            mask = _visible(qp, kp_ref[keys], sq, sk_ref[keys] if has_seg else None,
+                            causal and masked)
+            if mask is not None:
+                s = jnp.where(mask, s, -jnp.inf)
+            p = jnp.exp2(s * LOG2E - lse2[:, None])
+            ds = p * (_dot(do, v, 1, 1) - delta[:, None])
+            return dq + _dot(ds.astype(k.dtype), k, 1, 0)
+
+        return body
+
+    lead = lead_ref[i]
+    dq = lax.fori_loop(0, lead, step(False), dq_in[...])
+    dq_out[...] = lax.fori_loop(lead, end_ref[i], step(True), dq)
+
+
+def _dkv_kernel(*refs, causal, has_seg, block_r):
+    it = iter(refs)
+    q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qp_ref, kp_ref = (next(it) for _ in range(8))
+    sq_ref, sk_ref = (next(it), next(it)) if has_seg else (None, None)
+    first_ref, full_ref, dk_in, dv_in, dk_out, dv_out = it
+
+    j = pl.program_id(2)
+    k, v, kp = k_ref[...], v_ref[...], kp_ref[...]
+    sk = sk_ref[...] if has_seg else None
+
+    def step(masked):
+        # Transposed scores [keys, rows]: dk and dv then come out of plain products.
+        def body(i, grads):
+            dk, dv = grads
+            rows = pl.ds(i * block_r, block_r)
+            q, do = q_ref[rows, :], do_ref[rows, :]
+            st = _dot(k, q, 1, 1)
+            mask = _visible(qp_ref[rows], kp, sq_ref[rows] if has_seg else None, sk,
+                            causal and masked, keys_first=True)
+            if mask is not None:
+                st = jnp.where(mask, st, -jnp.inf)
+            pt = jnp.exp2(st * LOG2E - (lse_ref[rows] * LOG2E)[None, :])
+            dv = dv + _dot(pt.astype(do.dtype), do, 1, 0)
+            dst = pt * (_dot(v, do, 1, 1) - delta_ref[rows][None, :])
+            return dk + _dot(dst.astype(q.dtype), q, 1, 0), dv
+
+        return body
+
+    full_from = full_ref[j]
+    grads = lax.fori_loop(first_ref[j], full_from, step(True), (dk_in[...], dv_in[...]))
+    dk, dv = lax.fori_loop(full_from, q_ref.shape[0] // block_r, step(False), grads)
+    dk_out[...], dv_out[...] = dk, dv
+
+
+# ---------------------------------------------------------------------------------------------
+# Wrappers: pallas_call set-up shared by the three kernels.
+
+
+def _pad_head_dim(*xs):
+    """Zero-pad the last dim to a power of two (zeros change no score and no output column)."""
+    d = xs[0].shape[-1]
+    padded = max(16, 1 << (d - 1).bit_length())
+    if padded == d:
+        return xs
+    return tuple(None if x is None else jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, padded - d)])
+                 for x in xs)
+
+
+def _row_inputs(q_pos, seg_q, groups):
+    """Positions and segments per row (row = pos * g + j)."""
+    q_rows = jnp.repeat(q_pos.astype(jnp.int32), groups)
+    seg_rows = None if seg_q is None else jnp.repeat(seg_q.astype(jnp.int32), groups, axis=1)
+    return q_rows, seg_rows
+
+
+def _specs(b_idx, shape_tail):
+    """BlockSpec over [b, h, ...] with the batch and head dims squeezed."""
+    return pl.BlockSpec((None, None, *shape_tail), b_idx)
+
+
+def _call(kernel, grid, in_specs, out_specs, out_shape, args, aliases, launch, interpret, name):
+    warps, stages = launch
+    return pl.pallas_call(
+        kernel, grid=grid, in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
+        input_output_aliases=aliases, interpret=interpret, name=name,
+        compiler_params=plgpu.CompilerParams(num_warps=warps, num_stages=stages),
+    )(*args)
+
+
+def fold_block(q, k, v, carry, q_pos, k_pos, seg_q, seg_k, spec: blockwise.TileSpec, *,
+               final_dtype=None, blocks: BlockSizes | None = None, interpret=False):
+    """Fold the KV block ``k, v`` into ``carry = (o, m, l)`` (None: a fresh carry).
+
+    Same contract as ``blockwise.fold_block``. With ``final_dtype`` the kernel also finishes the
+    softmax and returns ``(out [b, h, r, d] in final_dtype, lse [b, h, r])`` like
+    ``blockwise.finish``, saving a pass over the carry on the ring's last step.
+    """
+    blocks = blocks or BlockSizes()
+    b, h, r, d = q.shape
+    nk = k.shape[2]
+    br, bk = _fit(blocks.block_q, r, "rows per device"), _fit(blocks.block_k, nk, "keys per device")
+    q_rows, seg_rows = _row_inputs(q_pos, seg_q, spec.groups)
+    lead, end = _row_bounds(q_rows, k_pos.astype(jnp.int32), br, bk, spec.causal)
+    has_seg, fresh = seg_q is not None, carry is None
+    q, k, v, o_in = _pad_head_dim(q, k, v, None if fresh else carry[0])
+    dp = q.shape[-1]
+
+    n_tiles = r // br
+    tile = _rev(n_tiles)
+    row = lambda bi, hi, i: (bi, hi, tile(i), 0)
+    whole = lambda bi, hi, i: (bi, hi, 0, 0)
+    row_vec = lambda bi, hi, i: (bi, hi, tile(i))
+    in_specs = [_specs(row, (br, dp)), _specs(whole, (nk, dp)), _specs(whole, (nk, dp)),
+                pl.BlockSpec((br,), lambda bi, hi, i: (tile(i),)),
+                pl.BlockSpec((nk,), lambda bi, hi, i: (0,))]
+    args = [q, k, v, q_rows, k_pos.astype(jnp.int32)]
+    if has_seg:
+        in_specs += [pl.BlockSpec((None, br), lambda bi, hi, i: (bi, tile(i))),
+                     pl.BlockSpec((None, nk), lambda bi, hi, i: (bi, 0))]
+        args += [seg_rows, seg_k.astype(jnp.int32)]
+    in_specs += [pl.BlockSpec((n_tiles,), lambda bi, hi, i: (0,))] * 2
+    args += [lead, end]
+    carry_specs = [_specs(row, (br, dp)), _specs(row_vec, (br,)), _specs(row_vec, (br,))]
+    if final_dtype is None:
+        out_specs = carry_specs
+        out_shape = [jax.ShapeDtypeStruct((b, h, r, dp), jnp.float32),
+                     jax.ShapeDtypeStruct((b, h, r), jnp.float32),
+                     jax.ShapeDtypeStruct((b, h, r), jnp.float32)]
+    else:
+        out_specs = carry_specs[:2]
+        out_shape = [jax.ShapeDtypeStruct((b, h, r, dp), final_dtype),
+                     jax.ShapeDtypeStruct((b, h, r), jnp.float32)]
+    aliases = {}
+    if not fresh:
+        aliases = {len(args) + i: i for i in range(3)} if final_dtype is None else {}
+        in_specs += carry_specs
+        args += [o_in, carry[1], carry[2]]
+    kernel = functools.partial(_fold_kernel, causal=spec.causal, has_seg=has_seg, fresh=fresh,
+                               final=final_dtype is not None, block_k=bk)
+    outs = _call(kernel, (b, h, n_tiles), in_specs, out_specs, out_shape, args, aliases,
+                 blocks.launch(d), interpret, "ring_fold")
+    first = outs[0][..., :d] if dp != d else outs[0]
+    return (first, *outs[1:])
+
+
+def grad_block(q, k, v, do, lse, delta, grads, q_pos, k_pos, seg_q, seg_k,
+               spec: blockwise.TileSpec, *, blocks: BlockSizes | None = None, interpret=False):
+    """Add this KV block's share to ``grads = (dq, dk, dv)``; contract of ``blockwise.grad_block``."""
+    blocks = blocks or BlockSizes()
+    b, h, r, d = q.shape
+    nk = k.shape[2]
+    q_rows, seg_rows = _row_inputs(q_pos, seg_q, spec.groups)
+    k_pos = k_pos.astype(jnp.int32)
+    lse = jnp.where(lse == -jnp.inf, 0.0, lse)  # empty rows: all scores -inf, p = 0
+    has_seg = seg_q is not None
+    q, k, v, do, dq, dk, dv = _pad_head_dim(q, k, v, do, *grads)
+    dp = q.shape[-1]
+
+    whole = lambda bi, hi, t: (bi, hi, 0, 0)
+    whole_vec = lambda bi, hi, t: (bi, hi, 0)
+    common = [q, k, v, do, lse, delta, q_rows, k_pos]
+    seg_args = [seg_rows, seg_k.astype(jnp.int32)] if has_seg else []
+
+    # dq: one program per row tile, looping over key tiles.
+    br, bk = _fit(blocks.dq[0], r, "rows per device"), _fit(blocks.dq[1], nk, "keys per device")
+    lead, end = _row_bounds(q_rows, k_pos, br, bk, spec.causal)
+    tile = _rev(r // br)
+    row = lambda bi, hi, i: (bi, hi, tile(i), 0)
+    row_vec = lambda bi, hi, i: (bi, hi, tile(i))
+    specs = [_specs(row, (br, dp)), _specs(whole, (nk, dp)), _specs(whole, (nk, dp)),
+             _specs(row, (br, dp)), _specs(row_vec, (br,)), _specs(row_vec, (br,)),
+             pl.BlockSpec((br,), lambda bi, hi, i: (tile(i),)), pl.BlockSpec((nk,), lambda *_: (0,))]
+    if has_seg:
+        specs += [pl.BlockSpec((None, br), lambda bi, hi, i: (bi, tile(i))),
+                  pl.BlockSpec((None, nk), lambda bi, hi, i: (bi, 0))]
+    specs += [pl.BlockSpec((r // br,), lambda *_: (0,))] * 2 + [_specs(row, (br, dp))]
+    args = common + seg_args + [lead, end, dq]
+    kernel = functools.partial(_dq_kernel, causal=spec.causal, has_seg=has_seg, block_k=bk)
+    dq = _call(kernel, (b, h, r // br), specs, _specs(row, (br, dp)),
+               jax.ShapeDtypeStruct(dq.shape, jnp.float32), args, {len(args) - 1: 0},
+               blocks.launch(d, backward=True), interpret, "ring_grad_dq")
+
+    # dk, dv: one program per key tile, looping over row tiles.
+    br, bk = (_fit(blocks.block_q_dkv, r, "rows per device"),
+              _fit(blocks.block_k_dkv, nk, "keys per device"))
+    first, full_from = _key_bounds(q_rows, k_pos, br, bk, spec.causal)
+    key = lambda bi, hi, j: (bi, hi, j, 0)
+    specs = [_specs(whole, (r, dp)), _specs(key, (bk, dp)), _specs(key, (bk, dp)),
+             _specs(whole, (r, dp)), _specs(whole_vec, (r,)), _specs(whole_vec, (r,)),
+             pl.BlockSpec((r,), lambda *_: (0,)), pl.BlockSpec((bk,), lambda bi, hi, j: (j,))]
+    if has_seg:
+        specs += [pl.BlockSpec((None, r), lambda bi, hi, j: (bi, 0)),
+                  pl.BlockSpec((None, bk), lambda bi, hi, j: (bi, j))]
+    specs += [pl.BlockSpec((nk // bk,), lambda *_: (0,))] * 2 + [_specs(key, (bk, dp))] * 2
+    args = common + seg_args + [first, full_from, dk, dv]
+    kernel = functools.partial(_dkv_kernel, causal=spec.causal, has_seg=has_seg, block_r=br)
+    shape = jax.ShapeDtypeStruct(dk.shape, jnp.float32)
+    dk, dv = _call(kernel, (b, h, nk // bk), specs, [_specs(key, (bk, dp))] * 2, [shape, shape],
+                   args, {len(args) - 2: 0, len(args) - 1: 1}, blocks.launch(d, backward=True),
+                   interpret, "ring_grad_dkv")
+    if dp != d:
+        dq, dk, dv = dq[..., :d], dk[..., :d], dv[..., :d]
+    return dq, dk, dv

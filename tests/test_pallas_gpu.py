@@ -1,0 +1,148 @@
+"""The Pallas GPU (Triton) kernels on CPU: interpret mode against the float64 reference and the XLA
+tiles, forward and gradients; Triton lowering checked without a GPU; bad options."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import ringkit as rk
+from ringkit.attention import attention_reference, blockwise, pallas_gpu
+from ringkit.attention.layouts import device_positions
+from ringkit.errors import ConfigError, UnsupportedError
+from helpers import f64, qkv, rel_err, segments
+
+SMALL = rk.BlockSizes(block_q=32, block_k=16, block_q_dkv=16, block_k_dkv=32)
+OTHER = rk.BlockSizes(block_q=16, block_k=32, block_q_dkv=32, block_k_dkv=16, block_q_dq=64,
+                      block_k_dq=16)
+
+# (sp, batch, seq, q_heads, kv_heads, head_dim, causal, layout, segments, blocks)
+CASES = [
+    (1, 1, 128, 4, 2, 64, True, "zigzag", False, SMALL),
+    (2, 2, 128, 3, 1, 48, False, "contiguous", True, SMALL),  # head_dim padded to 64
+    (4, 1, 256, 6, 2, 64, True, "zigzag", True, OTHER),
+    (4, 1, 256, 2, 2, 128, True, "contiguous", False, SMALL),
+    (8, 1, 256, 8, 1, 64, True, "zigzag", False, OTHER),
+]
+
+
+def _ids(case):
+    sp, b, s, hq, hkv, d, causal, layout, seg, blocks = case
+    return (f"sp{sp}-b{b}-s{s}-g{hq // hkv}-d{d}-{'causal' if causal else 'full'}-{layout}"
+            f"{'-seg' if seg else ''}-q{blocks.block_q}")
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_interpret_matches_reference_and_xla(case, rng):
+    sp, b, s, hq, hkv, d, causal, layout, seg, blocks = case
+    mesh = rk.make_mesh(sp=sp, devices=jax.devices()[:sp])
+    q, k, v = qkv(rng, b, s, hq, hkv, d)
+    seg_ids = segments(rng, b, s) if seg else None
+    cot = jnp.asarray(rng.standard_normal(q.shape), jnp.float32)
+
+    def run(impl, **kw):
+        fn = lambda q, k, v: rk.ring_attention(q, k, v, mesh=mesh, causal=causal, layout=layout,
+                                               segment_ids=seg_ids, impl=impl, **kw)
+        out, pull = jax.vjp(fn, q, k, v)
+        return (out, *pull(cot))
+
+    got = run("pallas", interpret="gpu", block_sizes=blocks)
+    xla = run("xla")
+    out_ref, pull_ref = jax.vjp(
+        lambda q, k, v: attention_reference(q, k, v, causal=causal, segment_ids=seg_ids),
+        *f64(q, k, v))
+    ref = (out_ref, *pull_ref(jnp.asarray(cot, jnp.float64)))
+    for name, g, x, r in zip(("out", "dq", "dk", "dv"), got, xla, ref):
+        assert rel_err(g, r) < 1e-5, (name, rel_err(g, r))
+        assert rel_err(g, x) < 1e-5, (name, rel_err(g, x))
+
+
+def test_fold_into_a_running_carry(rng):
+    """The device's own zigzag KV block (tile kinds of all three sorts) folded into a non-fresh
+    carry."""
+    sp, n, g, d = 4, 128, 3, 64
+    spec = blockwise.TileSpec(True, g, 32, 32)
+    q_pos = k_pos = device_positions(2, n, sp, "zigzag")
+    kinds = blockwise.tile_kind(*(x[:, None] for x in blockwise.tile_bounds(jnp.repeat(q_pos, g), 32)),
+                                *(x[None, :] for x in blockwise.tile_bounds(k_pos, 16)))
+    assert set(np.unique(np.asarray(kinds))) == {blockwise.SKIP, blockwise.FULL, blockwise.DIAGONAL}
+    shape_q, shape_k, rows = (2, 2, n * g, d), (2, 2, n, d), (2, 2, n * g)
+    q = jnp.asarray(rng.standard_normal(shape_q) / 8, jnp.float32)
+    k, v = (jnp.asarray(rng.standard_normal(shape_k), jnp.float32) for _ in range(2))
+    seg_q = jnp.asarray(np.sort(rng.integers(-1, 2, (2, n)), 1), jnp.int32)
+    seg_k = jnp.asarray(np.sort(rng.integers(-1, 2, (2, n)), 1), jnp.int32)
+    carry = (jnp.asarray(rng.standard_normal(shape_q), jnp.float32),
+             jnp.asarray(rng.standard_normal(rows), jnp.float32),
+             jnp.asarray(rng.random(rows) + 0.5, jnp.float32))
+    args = (q, k, v, carry, q_pos, k_pos, seg_q, seg_k, spec)
+    want = blockwise.fold_block(*args)
+    got = pallas_gpu.fold_block(*args, blocks=SMALL, interpret=True)
+    for g_, w in zip(got, want):
+        assert rel_err(g_, w) < 1e-5
+    # The kernel saw the block: a different key changes the result.
+    other = pallas_gpu.fold_block(q, k.at[:, :, 0].add(1.0), *args[2:], blocks=SMALL,
+                                  interpret=True)
+    assert rel_err(other[0], got[0]) > 1e-4
+
+    do = jnp.asarray(rng.standard_normal(shape_q), jnp.float32)
+    lse = jnp.asarray(rng.standard_normal(rows), jnp.float32).at[0, 0, :5].set(-jnp.inf)
+    delta = jnp.asarray(rng.standard_normal(rows), jnp.float32)
+    grads = tuple(jnp.asarray(rng.standard_normal(x.shape), jnp.float32) for x in (q, k, v))
+    gargs = (q, k, v, do, lse, delta, grads, q_pos, k_pos, seg_q, seg_k, spec)
+    for g_, w in zip(pallas_gpu.grad_block(*gargs, blocks=OTHER, interpret=True),
+                     blockwise.grad_block(*gargs)):
+        assert rel_err(g_, w) < 1e-5
+
+
+def test_bfloat16(rng):
+    mesh = rk.make_mesh(sp=2, devices=jax.devices()[:2])
+    q, k, v = qkv(rng, 1, 128, 4, 2, 64, jnp.bfloat16)
+    out = rk.ring_attention(q, k, v, mesh=mesh, impl="pallas", interpret="gpu", block_sizes=SMALL)
+    ref = attention_reference(*f64(q, k, v))
+    assert out.dtype == jnp.bfloat16
+    assert rel_err(out, ref) < 2e-2
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
+def test_kernels_lower_to_triton_without_a_gpu(dtype):
+    """Lowering for CUDA runs Pallas' Triton lowering: non-power-of-two tiles or an op Triton
+    lacks fail here, on CPU, before any GPU sees the kernels."""
+    b, h, n, d, g = 1, 2, 256, 128, 2
+    spec = blockwise.TileSpec(True, g, 128, 128)
+    pos = jnp.arange(n, dtype=jnp.int32)
+    q = jax.ShapeDtypeStruct((b, h, n * g, d), dtype)
+    k = jax.ShapeDtypeStruct((b, h, n, d), dtype)
+    seg = jax.ShapeDtypeStruct((b, n), jnp.int32)
+
+    def both(q, k, v, seg):
+        out, lse = pallas_gpu.fold_block(q, k, v, None, pos, pos, seg, seg, spec, final_dtype=dtype)
+        carry = pallas_gpu.fold_block(q, k, v, (out.astype(jnp.float32), lse, lse), pos, pos,
+                                      None, None, spec)
+        grads = (carry[0], jnp.zeros(k.shape, jnp.float32), jnp.zeros(k.shape, jnp.float32))
+        return pallas_gpu.grad_block(q, k, v, out, lse, lse, grads, pos, pos, seg, seg, spec)
+
+    text = jax.jit(both).trace(q, k, k, seg).lower(lowering_platforms=("cuda",)).as_text()
+    assert text.count("__gpu$xla.gpu.triton") == 4  # forward twice, dq, dk/dv
+
+
+def test_choice_and_bad_options():
+    mesh = rk.make_mesh(sp=2, devices=jax.devices()[:2])
+    x = jnp.zeros((1, 64, 2, 64), jnp.float32)
+    assert "XLA" in rk.attention.describe(x, x, x, mesh=mesh)  # auto on CPU
+    line = rk.attention.describe(x, x, x, mesh=mesh, impl="pallas", interpret="gpu")
+    assert "Pallas GPU (Triton) kernels in interpret mode" in line and "sp=2" in line
+    with pytest.raises(UnsupportedError, match="needs a GPU or TPU.*interpret='gpu'"):
+        rk.ring_attention(x, x, x, mesh=mesh, impl="pallas")
+    with pytest.raises(ConfigError, match="interpret='gpu' runs a Pallas kernel"):
+        rk.ring_attention(x, x, x, mesh=mesh, interpret="gpu")
+    with pytest.raises(ConfigError, match="interpret='cuda' must be one of"):
+        rk.ring_attention(x, x, x, mesh=mesh, impl="pallas", interpret="cuda")
+    with pytest.raises(ConfigError, match="block_k=48 must be a power of two"):
+        rk.BlockSizes(block_k=48)
+    with pytest.raises(ConfigError, match="num_warps=3"):
+        rk.BlockSizes(num_warps=3)
+    with pytest.raises(ConfigError, match="must be a ringkit.BlockSizes"):
+        rk.ring_attention(x, x, x, mesh=mesh, block_sizes=(64, 64))
+    odd = jnp.zeros((1, 40, 2, 64), jnp.float32)  # 20 keys per device: no power-of-two tile
+    with pytest.raises(ConfigError, match="per device = 20"):
+        rk.ring_attention(odd, odd, odd, mesh=mesh, impl="pallas", interpret="gpu")
