@@ -11,7 +11,8 @@
    - the kernels alone on heads-major inputs (``pallas_gpu.fold_block`` / ``grad_block``),
    - ``ringkit.ring_attention(impl="pallas")`` as a user calls it (sp = 1, layout permutes and
      head transposes included), and ``impl="xla"`` where it runs in reasonable time,
-   - ``jax.nn.dot_product_attention(implementation="cudnn")``.
+   - ``jax.nn.dot_product_attention(implementation="cudnn")``, and JAX's own Pallas Triton
+     flash attention (``pallas.ops.gpu.attention.mha``, forward) as a same-toolchain yardstick.
    Flops: forward ``4 * b * h * S^2 * d / 2`` (causal triangle), backward 2.5x that.
 Writes ``attention-gpu-<timestamp>.json`` and ``.md`` into ``--out``. ``--interpret`` runs the
 same script on CPU in interpret mode at toy sizes (a dry run before spending GPU time).
@@ -219,6 +220,11 @@ def user_times(key, s, impl, repeats, blocks=None, backward=True):
     if impl == "cudnn":
         fn = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True,
                                                           implementation="cudnn")
+    elif impl == "jax-pallas":  # JAX's own Pallas Triton flash attention, a same-run yardstick
+        from jax.experimental.pallas.ops.gpu import attention as mha_ops
+
+        fn = lambda q, k, v: mha_ops.mha(q, k, v, None, sm_scale=1 / math.sqrt(D), causal=True,
+                                         block_sizes=mha_ops.BlockSizes(block_q=128, block_k=64))
     else:
         mesh = rk.make_mesh(sp=1, devices=jax.devices()[:1])
         interpret = "gpu" if INTERPRET and impl == "pallas" else None
@@ -328,6 +334,10 @@ def main():
                 row["cudnn_fwd_s"], row["cudnn_fwdbwd_s"] = user_times(key, s, "cudnn", reps)
             row["ring_fwd_s"], row["ring_fwdbwd_s"] = user_times(key, s, "pallas", reps,
                                                                  ring_blocks)
+            try:
+                row["jaxpallas_fwd_s"], _ = user_times(key, s, "jax-pallas", reps, backward=False)
+            except Exception as e:
+                log(f"jax's Pallas mha at S={s} failed: {type(e).__name__}: {str(e)[:200]}")
             if s <= args.xla_max:
                 row["xla_fwd_s"], row["xla_fwdbwd_s"] = user_times(
                     key, s, "xla", 3, backward=s <= args.xla_max // 2)
@@ -342,7 +352,8 @@ def main():
         log(f"S={s:6d} TFLOP/s  kernel fwd {tf('kernel_fwd_s')} bwd {tf('kernel_bwd_s', 2.5)} | "
             f"cudnn fwd {tf('cudnn_fwd_s')} bwd {tf('cudnn_bwd_s', 2.5)} | ring(pallas) fwd "
             f"{tf('ring_fwd_s')} fwd+bwd {tf('ring_fwdbwd_s', 3.5)} | ring(xla) fwd "
-            f"{tf('xla_fwd_s')} fwd+bwd {tf('xla_fwdbwd_s', 3.5)}")
+            f"{tf('xla_fwd_s')} fwd+bwd {tf('xla_fwdbwd_s', 3.5)} | jax's pallas mha fwd "
+            f"{tf('jaxpallas_fwd_s')}")
         result["table"] = table
         write(result, lines, args.out)
     result["table"] = table

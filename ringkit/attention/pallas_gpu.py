@@ -33,7 +33,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from ringkit.attention import blockwise
-from ringkit.attention.spec import BlockSizes
+from ringkit.attention.spec import BlockSizes, gpu_defaults
 from ringkit.errors import ConfigError
 
 
@@ -246,6 +246,10 @@ def _dkv_kernel(*refs, causal, has_seg, block_r):
 # Wrappers: pallas_call set-up shared by the three kernels.
 
 
+def _blocks(blocks: BlockSizes | None, head_dim: int, dtype) -> BlockSizes:
+    return (blocks or BlockSizes()).filled(gpu_defaults(head_dim, jnp.dtype(dtype).itemsize))
+
+
 def _pad_head_dim(*xs):
     """Zero-pad the last dim to a power of two (zeros change no score and no output column)."""
     d = xs[0].shape[-1]
@@ -285,8 +289,8 @@ def fold_block(q, k, v, carry, q_pos, k_pos, seg_q, seg_k, spec: blockwise.TileS
     softmax and returns ``(out [b, h, r, d] in final_dtype, lse [b, h, r])`` like
     ``blockwise.finish``, saving a pass over the carry on the ring's last step.
     """
-    blocks = blocks or BlockSizes()
     b, h, r, d = q.shape
+    blocks = _blocks(blocks, d, q.dtype)
     nk = k.shape[2]
     br, bk = _fit(blocks.block_q, r, "rows per device"), _fit(blocks.block_k, nk, "keys per device")
     q_rows, seg_rows = _row_inputs(q_pos, seg_q, spec.groups)
@@ -328,7 +332,7 @@ def fold_block(q, k, v, carry, q_pos, k_pos, seg_q, seg_k, spec: blockwise.TileS
     kernel = functools.partial(_fold_kernel, causal=spec.causal, has_seg=has_seg, fresh=fresh,
                                final=final_dtype is not None, block_k=bk)
     outs = _call(kernel, (b, h, n_tiles), in_specs, out_specs, out_shape, args, aliases,
-                 blocks.launch(d), interpret, "ring_fold")
+                 blocks.launch(), interpret, "ring_fold")
     first = outs[0][..., :d] if dp != d else outs[0]
     return (first, *outs[1:])
 
@@ -336,8 +340,8 @@ def fold_block(q, k, v, carry, q_pos, k_pos, seg_q, seg_k, spec: blockwise.TileS
 def grad_block(q, k, v, do, lse, delta, grads, q_pos, k_pos, seg_q, seg_k,
                spec: blockwise.TileSpec, *, blocks: BlockSizes | None = None, interpret=False):
     """Add this KV block's share to ``grads = (dq, dk, dv)``; contract of ``blockwise.grad_block``."""
-    blocks = blocks or BlockSizes()
     b, h, r, d = q.shape
+    blocks = _blocks(blocks, d, q.dtype)
     nk = k.shape[2]
     q_rows, seg_rows = _row_inputs(q_pos, seg_q, spec.groups)
     k_pos = k_pos.astype(jnp.int32)
@@ -352,7 +356,8 @@ def grad_block(q, k, v, do, lse, delta, grads, q_pos, k_pos, seg_q, seg_k,
     seg_args = [seg_rows, seg_k.astype(jnp.int32)] if has_seg else []
 
     # dq: one program per row tile, looping over key tiles.
-    br, bk = _fit(blocks.dq[0], r, "rows per device"), _fit(blocks.dq[1], nk, "keys per device")
+    br, bk = (_fit(blocks.block_q_dq, r, "rows per device"),
+              _fit(blocks.block_k_dq, nk, "keys per device"))
     lead, end = _row_bounds(q_rows, k_pos, br, bk, spec.causal)
     tile = _rev(r // br)
     row = lambda bi, hi, i: (bi, hi, tile(i), 0)
@@ -368,7 +373,7 @@ def grad_block(q, k, v, do, lse, delta, grads, q_pos, k_pos, seg_q, seg_k,
     kernel = functools.partial(_dq_kernel, causal=spec.causal, has_seg=has_seg, block_k=bk)
     dq = _call(kernel, (b, h, r // br), specs, _specs(row, (br, dp)),
                jax.ShapeDtypeStruct(dq.shape, jnp.float32), args, {len(args) - 1: 0},
-               blocks.launch(d, backward=True), interpret, "ring_grad_dq")
+               blocks.launch(backward=True), interpret, "ring_grad_dq")
 
     # dk, dv: one program per key tile, looping over row tiles.
     br, bk = (_fit(blocks.block_q_dkv, r, "rows per device"),
@@ -386,7 +391,7 @@ def grad_block(q, k, v, do, lse, delta, grads, q_pos, k_pos, seg_q, seg_k,
     kernel = functools.partial(_dkv_kernel, causal=spec.causal, has_seg=has_seg, block_r=br)
     shape = jax.ShapeDtypeStruct(dk.shape, jnp.float32)
     dk, dv = _call(kernel, (b, h, nk // bk), specs, [_specs(key, (bk, dp))] * 2, [shape, shape],
-                   args, {len(args) - 2: 0, len(args) - 1: 1}, blocks.launch(d, backward=True),
+                   args, {len(args) - 2: 0, len(args) - 1: 1}, blocks.launch(backward=True),
                    interpret, "ring_grad_dkv")
     if dp != d:
         dq, dk, dv = dq[..., :d], dk[..., :d], dv[..., :d]

@@ -41,27 +41,25 @@ def _fresh_carry(qh):
             jnp.zeros(rows, jnp.float32))
 
 
+def _kernels(spec: RingSpec):
+    return pallas_gpu if spec.kernel == "gpu" else _tpu()
+
+
 def _fold(spec: RingSpec, qh, kh, vh, carry, q_pos, k_pos, seg_q, seg_k, final_dtype=None):
     """Fold one KV block into ``carry`` (None: fresh); with ``final_dtype`` return ``(out, lse)``."""
-    if spec.kernel == "gpu":  # finishes inside the kernel, saving a pass over the carry
-        return pallas_gpu.fold_block(qh, kh, vh, carry, q_pos, k_pos, seg_q, seg_k, spec.tiles,
-                                     final_dtype=final_dtype, blocks=spec.blocks,
-                                     interpret=spec.interpret)
+    if spec.kernel in ("gpu", "tpu"):  # they finish inside the kernel, saving a pass over the carry
+        return _kernels(spec).fold_block(qh, kh, vh, carry, q_pos, k_pos, seg_q, seg_k, spec.tiles,
+                                          final_dtype=final_dtype, blocks=spec.blocks,
+                                          interpret=spec.interpret)
     carry = _fresh_carry(qh) if carry is None else carry
-    if spec.kernel == "tpu":
-        carry = _tpu().fold_block(qh, kh, vh, carry, q_pos, k_pos, seg_q, seg_k, spec.tiles,
-                                  interpret=spec.interpret)
-    else:
-        carry = blockwise.fold_block(qh, kh, vh, carry, q_pos, k_pos, seg_q, seg_k, spec.tiles)
+    carry = blockwise.fold_block(qh, kh, vh, carry, q_pos, k_pos, seg_q, seg_k, spec.tiles)
     return carry if final_dtype is None else blockwise.finish(*carry, final_dtype)
 
 
 def _grad(spec: RingSpec, *args):
-    if spec.kernel == "gpu":
-        return pallas_gpu.grad_block(*args, spec.tiles, blocks=spec.blocks,
-                                     interpret=spec.interpret)
-    if spec.kernel == "tpu":
-        return _tpu().grad_block(*args, spec.tiles, interpret=spec.interpret)
+    if spec.kernel in ("gpu", "tpu"):
+        return _kernels(spec).grad_block(*args, spec.tiles, blocks=spec.blocks,
+                                         interpret=spec.interpret)
     return blockwise.grad_block(*args, spec.tiles)
 
 

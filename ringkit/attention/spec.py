@@ -31,30 +31,33 @@ KERNELS = {"xla": "XLA blockwise tiles", "gpu": "Pallas GPU (Triton) kernels",
 
 @dataclasses.dataclass(frozen=True)
 class BlockSizes:
-    """Tiles and launch settings of the Pallas GPU kernels, in rows by keys.
+    """Tiles and launch settings of the Pallas kernels, in rows by keys.
 
     A row is one query position of one query head in a GQA group (``rows = seq * q_heads /
     kv_heads`` per KV head), so grouped heads share every KV tile. ``block_q, block_k`` tile the
-    forward kernel; ``block_q_dq, block_k_dq`` the dq kernel (default: the forward's);
-    ``block_q_dkv, block_k_dkv`` the dk/dv kernel. Powers of two >= 16 (Triton's matmul minimum);
-    a tile larger than what a device holds shrinks to fit. ``num_warps=None`` takes 4 up to
-    head_dim 64 and 8 above; ``num_stages`` is Triton's software-pipelining depth; the ``_bwd``
-    settings (default: the forward's) apply to both backward kernels.
+    forward kernel, ``block_q_dq, block_k_dq`` the dq kernel, ``block_q_dkv, block_k_dkv`` the
+    dk/dv kernel. Powers of two >= 16 (Triton's matmul minimum; the TPU kernels also need key
+    tiles of >= 128). A tile larger than what a device holds shrinks to fit. ``num_warps`` and
+    ``num_stages`` (Triton's software-pipelining depth) launch the GPU forward kernel, the
+    ``_bwd`` pair both GPU backward kernels; the TPU kernels ignore them.
+
+    Every field left ``None`` takes the kernel's tuned default for the head dim and dtype
+    (``gpu_defaults`` / ``tpu_defaults``), so ``BlockSizes(num_stages=2)`` changes that alone.
 
     Example::
 
         rk.ring_attention(q, k, v, mesh=mesh, impl="pallas",
-                          block_sizes=rk.BlockSizes(block_q=128, block_k=128, num_warps=8))
+                          block_sizes=rk.BlockSizes(block_q=64, block_k=128, num_warps=4))
     """
 
-    block_q: int = 128
-    block_k: int = 64
-    block_q_dkv: int = 64
-    block_k_dkv: int = 128
+    block_q: int | None = None
+    block_k: int | None = None
+    block_q_dkv: int | None = None
+    block_k_dkv: int | None = None
     block_q_dq: int | None = None
     block_k_dq: int | None = None
     num_warps: int | None = None
-    num_stages: int = 2
+    num_stages: int | None = None
     num_warps_bwd: int | None = None
     num_stages_bwd: int | None = None
 
@@ -62,9 +65,8 @@ class BlockSizes:
         for name in ("block_q", "block_k", "block_q_dkv", "block_k_dkv", "block_q_dq",
                      "block_k_dq"):
             value = getattr(self, name)
-            if value is None and name.endswith("_dq"):
-                continue
-            if not isinstance(value, numbers.Integral) or value < 16 or value & (value - 1):
+            if value is not None and (not isinstance(value, numbers.Integral) or value < 16
+                                      or value & (value - 1)):
                 raise ConfigError(f"BlockSizes.{name}={value!r} must be a power of two >= 16")
         for name in ("num_warps", "num_warps_bwd"):
             if getattr(self, name) not in (None, 1, 2, 4, 8, 16):
@@ -72,21 +74,37 @@ class BlockSizes:
                                   "or 16")
         for name in ("num_stages", "num_stages_bwd"):
             value = getattr(self, name)
-            if value is None and name.endswith("_bwd"):
-                continue
-            if not isinstance(value, numbers.Integral) or value < 1:
+            if value is not None and (not isinstance(value, numbers.Integral) or value < 1):
                 raise ConfigError(f"BlockSizes.{name}={value!r} must be a positive integer")
 
-    def launch(self, head_dim: int, backward: bool = False) -> tuple[int, int]:
-        """``(num_warps, num_stages)`` of the forward or the backward kernels."""
-        warps = self.num_warps or (4 if head_dim <= 64 else 8)
-        if backward:
-            return self.num_warps_bwd or warps, self.num_stages_bwd or self.num_stages
-        return warps, self.num_stages
+    def filled(self, defaults: "BlockSizes") -> "BlockSizes":
+        """These sizes with every ``None`` taken from ``defaults``."""
+        return BlockSizes(**{f.name: getattr(defaults, f.name) if getattr(self, f.name) is None
+                             else getattr(self, f.name) for f in dataclasses.fields(self)})
 
-    @property
-    def dq(self) -> tuple[int, int]:
-        return self.block_q_dq or self.block_q, self.block_k_dq or self.block_k
+    def launch(self, backward: bool = False) -> tuple[int, int]:
+        """``(num_warps, num_stages)`` of the GPU forward or backward kernels (filled sizes)."""
+        return ((self.num_warps_bwd, self.num_stages_bwd) if backward
+                else (self.num_warps, self.num_stages))
+
+
+def gpu_defaults(head_dim: int, itemsize: int) -> BlockSizes:
+    """Tuned GPU sizes. 16-bit inputs up to head_dim 128: the best of a sweep on an H100 at
+    S = 16K, head_dim 128 (benchmarks/README.md). float32 tiles take twice the shared memory,
+    so they stay smaller; above head_dim 128 the tiles halve for the same reason."""
+    warps = 4 if head_dim <= 64 else 8
+    if itemsize <= 2 and head_dim <= 128:
+        return BlockSizes(128, 128, 64, 128, 128, 128, warps, 3, warps, 2)
+    if head_dim <= 128:
+        return BlockSizes(128, 64, 64, 128, 128, 64, warps, 2, warps, 2)
+    return BlockSizes(64, 64, 32, 64, 64, 64, 8, 2, 8, 2)
+
+
+def tpu_defaults(head_dim: int, itemsize: int) -> BlockSizes:
+    """TPU sizes: 128-row by 512-key forward tiles; 128 x 128 backward tiles (not yet tuned on a
+    TPU; lane-dense key tiles are what Mosaic needs)."""
+    del head_dim, itemsize
+    return BlockSizes(128, 512, 128, 128, 128, 128)
 
 
 def _platform(mesh: Mesh) -> str:
@@ -127,7 +145,7 @@ class RingSpec:
     has_segments: bool
     kernel: str = "xla"  # 'xla', 'gpu' or 'tpu' (see choose_kernel)
     interpret: bool = False
-    blocks: BlockSizes = BlockSizes()
+    blocks: BlockSizes = BlockSizes()  # filled for the kernel, head dim and dtype
 
     @property
     def sp(self) -> int:
@@ -207,17 +225,25 @@ def make_spec(q, k, v, segment_ids, *, mesh, causal, layout, scale, block_q, blo
         scale=float(1.0 / math.sqrt(d) if scale is None else scale),
         block_q=_block("block_q", block_q, local, chunk), block_k=_block("block_k", block_k, local, chunk),
         groups=hq // hkv, has_segments=segment_ids is not None, kernel=kernel,
-        interpret=interpret is not None, blocks=block_sizes or BlockSizes(),
+        interpret=interpret is not None, blocks=_filled(kernel, block_sizes, d, q.dtype),
     )
+
+
+def _filled(kernel: str, block_sizes, head_dim: int, dtype) -> BlockSizes:
+    blocks = block_sizes or BlockSizes()
+    defaults = {"gpu": gpu_defaults, "tpu": tpu_defaults}.get(kernel)
+    return blocks.filled(defaults(head_dim, jnp.dtype(dtype).itemsize)) if defaults else blocks
 
 
 def describe(spec: RingSpec) -> str:
     """One line saying what a ring-attention call runs: kernel, mesh, layout and tiles."""
-    if spec.kernel == "gpu":
+    if spec.kernel in ("gpu", "tpu"):
         b = spec.blocks
-        tiles = (f"rows x keys {b.block_q}x{b.block_k} (dq {b.dq[0]}x{b.dq[1]}, dk/dv "
-                 f"{b.block_q_dkv}x{b.block_k_dkv}), {b.num_warps or 'auto'} warps, "
-                 f"{b.num_stages} stages")
+        tiles = (f"rows x keys {b.block_q}x{b.block_k} (dq {b.block_q_dq}x{b.block_k_dq}, dk/dv "
+                 f"{b.block_q_dkv}x{b.block_k_dkv})")
+        if spec.kernel == "gpu":
+            tiles += (f", {b.num_warps} warps x {b.num_stages} stages forward, "
+                      f"{b.num_warps_bwd} x {b.num_stages_bwd} backward")
     else:
         tiles = f"tiles {spec.block_q}x{spec.block_k} positions"
     mode = " in interpret mode" if spec.interpret else ""
