@@ -8,6 +8,7 @@ from ringkit.attention import (
     BlockSizes, from_layout, layout_positions, pad_for_ring, ring_attention,
     ring_attention_permuted, to_layout)
 from ringkit.errors import RingkitError
+from ringkit.inputs import Document, ingest
 from ringkit.mesh import (
     LOGICAL_AXIS_RULES, MeshConfig, initialize_distributed, logical_sharding, logical_to_spec,
     make_mesh)
@@ -16,8 +17,9 @@ from ringkit.model import Model, ModelConfig, RopeScaling, load_model
 __version__ = "0.1.0"
 
 __all__ = [
-    "BlockSizes", "LOGICAL_AXIS_RULES", "MeshConfig", "Model", "ModelConfig", "RingkitError", "RopeScaling",
-    "attention", "errors", "from_layout", "initialize_distributed", "layout_positions",
+    "BlockSizes", "Document", "LOGICAL_AXIS_RULES", "MeshConfig", "Model", "ModelConfig",
+    "RingkitError", "RopeScaling", "attention", "errors", "from_layout", "ingest",
+    "initialize_distributed", "layout_positions",
     "load_model", "logical_sharding", "logical_to_spec", "make_mesh", "model", "pad_for_ring",
     "ring_attention", "ring_attention_permuted", "to_layout",
 ]

@@ -27,3 +27,7 @@ class FormatError(RingkitError, ValueError):
 
 class MissingDependencyError(RingkitError, ImportError):
     """An optional package or data file is not installed; the message names the command."""
+
+
+class SourceError(RingkitError, ValueError):
+    """A source to read that is missing, empty, unreadable or of a kind ringkit does not read."""

@@ -1,0 +1,68 @@
+"""``Document``: what ingest read, in order, with where every piece came from."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+FRAME_SIZE = 256  # frames are uint8 [256, 256, 3], LWM's VQGAN input
+
+
+@dataclasses.dataclass(frozen=True)
+class TextSegment:
+    """A piece of text and its provenance: ``source`` (a path, relative inside a repository),
+    ``span`` (``(first_line, last_line)``, 1-based and inclusive, or None) and ``title`` (a
+    chapter or file header shown to the model, or None)."""
+
+    text: str
+    source: str
+    span: tuple[int, int] | None = None
+    title: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+    """A path ingest left out on purpose, and why (a binary, a secret, a symlink out of the root)."""
+
+    path: str
+    reason: str
+
+
+@dataclasses.dataclass
+class Document:
+    """Ordered segments read from one or more sources.
+
+    ``doc.text`` joins every text segment; ``doc.files`` lists the relative paths a repository
+    contributed; ``doc.skipped`` the ``(path, reason)`` pairs left out; ``doc.frames`` is uint8
+    ``[T, 256, 256, 3]`` (T = 0 for text-only sources) with ``doc.frame_times`` in seconds.
+
+    Example::
+
+        doc = rk.ingest(["notes.md", "src/"])
+        print(len(doc.text), doc.files[:3], doc.skipped[:3])
+    """
+
+    segments: list[TextSegment] = dataclasses.field(default_factory=list)
+    skipped: list[Skipped] = dataclasses.field(default_factory=list)
+    files: list[str] = dataclasses.field(default_factory=list)
+    frames: np.ndarray = dataclasses.field(
+        default_factory=lambda: np.zeros((0, FRAME_SIZE, FRAME_SIZE, 3), np.uint8))
+    frame_times: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0,), np.float64))
+
+    @property
+    def text(self) -> str:
+        return "\n\n".join(s.text for s in self.segments)
+
+    def extend(self, other: "Document") -> None:
+        """Append ``other``'s segments, files and skips after this document's (order kept)."""
+        self.segments.extend(other.segments)
+        self.skipped.extend(other.skipped)
+        self.files.extend(other.files)
+        if len(other.frames):
+            self.frames = np.concatenate([self.frames, other.frames])
+            self.frame_times = np.concatenate([self.frame_times, other.frame_times])
+
+    def __repr__(self):
+        return (f"Document({len(self.segments)} text segments, {len(self.text):,} characters, "
+                f"{len(self.files)} files, {len(self.frames)} frames, {len(self.skipped)} skipped)")

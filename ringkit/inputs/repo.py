@@ -1,0 +1,184 @@
+"""Source trees: a directory or a git checkout read as one document, file by file.
+
+What is read: every text file that git would track (``git ls-files --cached --others
+--exclude-standard`` in a checkout; the tree's ``.gitignore`` files through ``pathspec``
+elsewhere), in sorted path order, each introduced by a header line with its relative path.
+What is left out, each with its reason in ``doc.skipped``: vendored and generated folders and
+files, binaries, files over ``max_file_bytes``, files that may hold secrets (``.env``, private
+keys, credentials; ``include_secrets=True`` reads them) and symlinks (one pointing out of the root
+is never followed; one inside it is read under its target's own path).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+
+from ringkit.errors import SourceError
+from ringkit.inputs.book import decode_text, looks_binary
+from ringkit.inputs.document import Document, Skipped, TextSegment
+
+MAX_FILE_BYTES = 1_000_000
+SKIP_DIRS = {
+    ".git", ".hg", ".svn", "node_modules", "bower_components", "vendor", "third_party",
+    "__pycache__", ".venv", "venv", ".tox", ".nox", ".mypy_cache", ".pytest_cache",
+    ".ruff_cache", ".ipynb_checkpoints", "dist", "build", "target", ".eggs", ".gradle", "Pods",
+    "site-packages", ".idea",
+}
+GENERATED = ("*.min.js", "*.min.css", "*.map", "*.pyc", "*.pyo", "*.so", "*.o", "*.a",
+             "package-lock.json", "yarn.lock", "pnpm-lock.yaml", "poetry.lock", "Cargo.lock",
+             "uv.lock", "*.egg-info")
+SECRETS = (".env", ".env.*", "*.pem", "*.key", "*.p12", "*.pfx", "*.jks", "*.keystore",
+           "id_rsa", "id_dsa", "id_ecdsa", "id_ed25519", ".netrc", ".pgpass", ".htpasswd",
+           ".npmrc", ".pypirc", "credentials", "credentials.*", "*.credentials",
+           "secrets.*", "*service-account*.json")
+SECRET_OK = (".env.example", ".env.sample", ".env.template")
+HEADER = "===== {path} ====="
+_PRIVATE_KEY = re.compile(rb"^-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----", re.MULTILINE)
+
+
+def _matches(name: str, patterns) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _git_files(root: pathlib.Path) -> list[str] | None:
+    """Paths git would track under ``root`` (a checkout), or None if git cannot say."""
+    if shutil.which("git") is None or not (root / ".git").exists():
+        return None
+    proc = subprocess.run(
+        ["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        capture_output=True, check=False)
+    if proc.returncode:
+        return None
+    return [p for p in proc.stdout.decode("utf-8", "surrogateescape").split("\0") if p]
+
+
+def _walk_files(root: pathlib.Path) -> list[str]:
+    """Paths under ``root`` not ignored by the tree's .gitignore files (nearest file decides)."""
+    import pathspec
+
+    out = []
+    specs: dict[str, pathspec.GitIgnoreSpec] = {}
+
+    def ignored(rel: str, is_dir: bool) -> bool:
+        parts = rel.split("/")
+        for depth in range(len(parts) - 1, -1, -1):  # the nearest .gitignore first
+            base = "/".join(parts[:depth])
+            spec = specs.get(base)
+            if spec is None:
+                continue
+            sub = "/".join(parts[depth:]) + ("/" if is_dir else "")
+            result = spec.check_file(sub)
+            if result.include is not None:
+                return bool(result.include)
+        return False
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        rel_dir = pathlib.Path(dirpath).relative_to(root).as_posix()
+        rel_dir = "" if rel_dir == "." else rel_dir
+        gi = pathlib.Path(dirpath) / ".gitignore"
+        if gi.is_file():
+            specs[rel_dir] = pathspec.GitIgnoreSpec.from_lines(
+                gi.read_text(errors="replace").splitlines())
+        join = (lambda n: f"{rel_dir}/{n}") if rel_dir else (lambda n: n)
+        out += [join(f) for f in filenames if not ignored(join(f), False)]
+        keep = []
+        for d in dirnames:
+            if (pathlib.Path(dirpath) / d).is_symlink():
+                out.append(join(d))  # judged by the symlink rules, never walked
+            elif ignored(join(d), True):
+                continue
+            elif _vendored(d):
+                out.append(join(d) + "/")  # reported once, never walked
+            else:
+                keep.append(d)
+        dirnames[:] = keep
+    return out
+
+
+def _vendored(dirname: str) -> bool:
+    return dirname in SKIP_DIRS or dirname.endswith(".egg-info")
+
+
+def _skip_reason(root: pathlib.Path, rel: str, include_secrets: bool) -> str | None:
+    """Why ``rel`` is left out by name or kind (before reading it), or None."""
+    parts = rel.split("/")
+    name = parts[-1]
+    path = root / rel
+    if path.is_symlink():
+        target = path.resolve()
+        if not target.is_relative_to(root):
+            return "symlink to a path outside the repository (not followed)"
+        return f"symlink to {target.relative_to(root).as_posix()} (read under that path)"
+    if _matches(name, GENERATED):
+        return "generated file"
+    if not include_secrets and _matches(name, SECRETS) and name not in SECRET_OK:
+        return "may hold secrets (pass include_secrets=True to read it)"
+    return None
+
+
+def read_repo(root: pathlib.Path, *, max_file_bytes: int = MAX_FILE_BYTES,
+              include_secrets: bool = False, name: str | None = None) -> Document:
+    """A source tree as a ``Document``: one segment per file, headed by its relative path."""
+    root = root.resolve()
+    name = name or str(root)
+    paths = _git_files(root)
+    if paths is None:
+        paths = _walk_files(root)
+    doc = Document()
+    folders = set()
+    for rel in sorted(set(paths)):
+        parts = rel.rstrip("/").split("/")
+        # Vendored and generated folders: one entry per folder, however many files git tracks.
+        cut = next((i for i, p in enumerate(parts[:-1] if not rel.endswith("/") else parts)
+                    if _vendored(p)), None)
+        if cut is not None:
+            folder = "/".join(parts[:cut + 1]) + "/"
+            if folder not in folders:
+                folders.add(folder)
+                doc.skipped.append(Skipped(folder, "vendored or generated folder"))
+            continue
+        path = root / rel
+        if not path.exists() and not path.is_symlink():
+            continue  # tracked but deleted in the work tree
+        reason = _skip_reason(root, rel, include_secrets)
+        if reason is None and path.is_dir():
+            continue  # a submodule or nested checkout: listed by git as a directory
+        if reason is None:
+            size = path.stat().st_size
+            if size > max_file_bytes:
+                reason = f"{size:,} bytes, over max_file_bytes={max_file_bytes:,}"
+            elif size == 0:
+                reason = "empty"
+        text = None
+        if reason is None:
+            try:
+                data = path.read_bytes()
+            except OSError as e:
+                reason = f"unreadable ({e.strerror or e})"
+            else:
+                if looks_binary(data):
+                    reason = "binary"
+                elif not include_secrets and _PRIVATE_KEY.search(data):
+                    reason = "holds a private key (pass include_secrets=True to read it)"
+                else:
+                    try:
+                        text = decode_text(data, rel)
+                    except SourceError as e:
+                        reason = str(e).removeprefix(f"{rel} ")
+        if reason is not None:
+            doc.skipped.append(Skipped(rel, reason))
+            continue
+        body = text.rstrip("\n")
+        doc.segments.append(TextSegment(text=f"{HEADER.format(path=rel)}\n{body}", source=rel,
+                                        span=(1, body.count("\n") + 1), title=rel))
+        doc.files.append(rel)
+    if not doc.segments:
+        why = "; ".join(f"{s.path}: {s.reason}" for s in doc.skipped[:5])
+        raise SourceError(f"{name} has no readable text files"
+                          + (f" ({len(doc.skipped)} skipped: {why})" if why else " (it is empty)"))
+    return doc

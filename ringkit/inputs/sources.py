@@ -1,0 +1,93 @@
+"""``ingest``: any source (a path or a list of them) -> one ``Document``, kinds in their order."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+from ringkit.errors import FormatError, SourceError, UnsupportedError
+from ringkit.inputs.book import BOOK_SUFFIXES, decode_text, read_book
+from ringkit.inputs.document import Document, Skipped, TextSegment
+from ringkit.inputs.repo import MAX_FILE_BYTES, read_repo
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp")
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v")
+SUPPORTED = ("a directory or git checkout, and files: " + ", ".join(BOOK_SUFFIXES)
+             + ", or any other UTF-8 text file")
+
+
+def _read_one(source, *, max_file_bytes: int, include_secrets: bool) -> Document:
+    path = pathlib.Path(os.fspath(source)).expanduser()
+    name = str(source)
+    if not path.exists():
+        raise SourceError(f"no such file or directory: {name}")
+    if path.is_dir():
+        return read_repo(path, max_file_bytes=max_file_bytes, include_secrets=include_secrets,
+                         name=name)
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
+        raise UnsupportedError(f"{name}: images and videos are not read yet; supported: "
+                               f"{SUPPORTED}")
+    try:
+        if path.stat().st_size == 0:
+            raise SourceError(f"{name} is empty")
+        if suffix in BOOK_SUFFIXES:
+            return read_book(path, name)
+        text = decode_text(path.read_bytes(), name)  # any other text file (code, data)
+    except PermissionError:
+        raise SourceError(f"{name} cannot be read (permission denied)") from None
+    except SourceError as e:
+        if "binary" in str(e):
+            raise SourceError(f"{name} is binary; supported: {SUPPORTED}") from None
+        raise
+    if not text.strip():
+        raise SourceError(f"{name} holds no text")
+    return Document(segments=[TextSegment(text, name, (1, text.count("\n") + 1))])
+
+
+def ingest(source, *, max_file_bytes: int = MAX_FILE_BYTES,
+           include_secrets: bool = False) -> Document:
+    """Read a book, a source tree or a text file (or a list of them, kept in order).
+
+    Args:
+      source: a path (str or ``os.PathLike``) or a list of paths. Directories are read as
+        repositories (see ``ringkit.inputs.repo``); files by their suffix (.txt, .md, .html,
+        .epub, any other UTF-8 text).
+      max_file_bytes: files in a repository above this size are skipped (listed in
+        ``doc.skipped``).
+      include_secrets: also read ``.env`` files, private keys and credentials.
+
+    Returns a ``Document``: ``doc.text``, ``doc.segments`` (text with provenance),
+    ``doc.files``, ``doc.skipped``, ``doc.frames`` / ``doc.frame_times``.
+
+    In a list, a source that cannot be read is recorded in ``doc.skipped`` with the reason and
+    the others are kept; a single bad source, or a list where nothing could be read, raises a
+    ``RingkitError`` (``SourceError``, ``FormatError`` or ``UnsupportedError``).
+
+    Example::
+
+        doc = rk.ingest(["README.md", "ringkit/"])
+        print(doc)                 # Document(57 text segments, 412,330 characters, ...)
+        doc.skipped[:3]            # [Skipped(path='.env', reason='may hold secrets ...'), ...]
+    """
+    options = dict(max_file_bytes=max_file_bytes, include_secrets=include_secrets)
+    if isinstance(source, (str, os.PathLike)):
+        return _read_one(source, **options)
+    sources = list(source)
+    if not sources:
+        raise SourceError("nothing to read: the list of sources is empty")
+    doc, errors = Document(), []
+    for item in sources:
+        try:
+            doc.extend(_read_one(item, **options))
+        except (SourceError, FormatError, UnsupportedError) as e:
+            errors.append(e)
+            doc.skipped.append(Skipped(str(item), str(e)))
+    if not doc.segments and not len(doc.frames):
+        first = errors[0] if errors else None
+        raise SourceError("none of the sources could be read: "
+                          + "; ".join(str(e) for e in errors)) from first
+    return doc
+
+
+

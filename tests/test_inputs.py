@@ -1,0 +1,206 @@
+"""rk.ingest on real files: books (txt, md, html, epub, encodings), source trees (git checkout and
+plain directory: .gitignore, binaries, secrets, vendored folders, symlinks), lists, bad input."""
+
+import os
+import pathlib
+import shutil
+import subprocess
+import zipfile
+
+import pytest
+
+import ringkit as rk
+from ringkit.errors import FormatError, RingkitError, SourceError, UnsupportedError
+from ringkit.inputs.repo import HEADER
+
+SONNET = ("Shall I compare thee to a summer's day?\nThou art more lovely and more temperate:\n"
+          "Rough winds do shake the darling buds of May,\n")
+
+
+def test_text_markdown_and_encodings(tmp_path):
+    (tmp_path / "a.txt").write_text(SONNET, encoding="utf-8")
+    (tmp_path / "b.md").write_text("# Title\n\nCafé, naïve — “quoted”\n", encoding="utf-8")
+    latin = "Le cœur a ses raisons que la raison ne connaît point. " * 20
+    (tmp_path / "c.txt").write_bytes(latin.encode("cp1252"))
+    (tmp_path / "d.txt").write_bytes("Grüße aus Köln\n".encode("utf-16"))  # with a BOM
+    doc = rk.ingest([tmp_path / n for n in ("a.txt", "b.md", "c.txt", "d.txt")])
+    assert [s.source for s in doc.segments] == [str(tmp_path / n) for n in
+                                                 ("a.txt", "b.md", "c.txt", "d.txt")]
+    assert doc.segments[0].text == SONNET and doc.segments[0].span == (1, 4)
+    assert "Café, naïve — “quoted”" in doc.text
+    assert latin.strip() in doc.text  # decoded, not mojibake
+    assert "Grüße aus Köln" in doc.text
+    assert doc.files == [] and doc.frames.shape == (0, 256, 256, 3)
+
+
+def test_undecodable_text_is_refused_not_garbled(tmp_path):
+    bad = tmp_path / "noise.txt"
+    bad.write_bytes(bytes(range(128, 256)) * 40)
+    with pytest.raises(SourceError, match="encoding could not be told|binary"):
+        rk.ingest(bad)
+
+
+def test_html_keeps_text_and_paragraphs(tmp_path):
+    page = ("<html><head><title>T</title><style>p{color:red}</style></head><body>"
+            "<h1>Chapter I</h1><p>It was the best of times,</p><p>it was the worst&nbsp;of "
+            "times.</p><script>var x = 'hidden';</script></body></html>")
+    (tmp_path / "book.html").write_text(page)
+    doc = rk.ingest(tmp_path / "book.html")
+    assert doc.text == "Chapter I\n\nIt was the best of times,\n\nit was the worst of times."
+    assert doc.segments[0].title == "Chapter I"
+
+
+def _epub(path: pathlib.Path, chapters):
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("mimetype", "application/epub+zip")
+        z.writestr("META-INF/container.xml",
+                   '<?xml version="1.0"?><container xmlns="urn:oasis:names:tc:opendocument:xmlns:'
+                   'container" version="1.0"><rootfiles><rootfile full-path="OEBPS/content.opf" '
+                   'media-type="application/oebps-package+xml"/></rootfiles></container>')
+        items = "".join(f'<item id="c{i}" href="text/ch{i}.xhtml" '
+                        'media-type="application/xhtml+xml"/>' for i in range(len(chapters)))
+        # The spine lists chapters in reverse file order: reading order is the spine's.
+        spine = "".join(f'<itemref idref="c{i}"/>' for i in reversed(range(len(chapters))))
+        z.writestr("OEBPS/content.opf",
+                   '<?xml version="1.0"?><package xmlns="http://www.idpf.org/2007/opf" '
+                   f'version="3.0"><manifest>{items}</manifest><spine>{spine}</spine></package>')
+        for i, (title, body) in enumerate(chapters):
+            z.writestr(f"OEBPS/text/ch{i}.xhtml",
+                       f'<html xmlns="http://www.w3.org/1999/xhtml"><body><h2>{title}</h2>'
+                       f"<p>{body}</p></body></html>")
+
+
+def test_epub_chapters_in_spine_order(tmp_path):
+    _epub(tmp_path / "b.epub", [("Two", "Second chapter."), ("One", "First chapter.")])
+    doc = rk.ingest(tmp_path / "b.epub")
+    assert [s.title for s in doc.segments] == ["One", "Two"]
+    assert doc.text == "One\n\nFirst chapter.\n\nTwo\n\nSecond chapter."
+    assert doc.segments[0].source.endswith("b.epub#text/ch1.xhtml")
+
+
+def test_corrupt_epub(tmp_path):
+    (tmp_path / "bad.epub").write_bytes(b"PK\x03\x04 definitely not a zip")
+    with pytest.raises(FormatError, match="not a valid EPUB"):
+        rk.ingest(tmp_path / "bad.epub")
+    with zipfile.ZipFile(tmp_path / "nocontainer.epub", "w") as z:
+        z.writestr("mimetype", "application/epub+zip")
+    with pytest.raises(FormatError, match="container.xml is missing"):
+        rk.ingest(tmp_path / "nocontainer.epub")
+
+
+def _tree(root: pathlib.Path, outside: pathlib.Path):
+    """A small project with everything ingest must leave out."""
+    (root / "src").mkdir(parents=True)
+    (root / "src" / "main.py").write_text("def main():\n    return 42\n")
+    (root / "src" / "util.py").write_text("X = 1\n")
+    (root / "README.md").write_text("# Demo\n")
+    (root / ".gitignore").write_text("*.log\nout/\n!keep.log\n")
+    (root / "debug.log").write_text("noise\n")
+    (root / "keep.log").write_text("kept on purpose\n")
+    (root / "out").mkdir()
+    (root / "out" / "result.txt").write_text("generated\n")
+    (root / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(64))
+    (root / ".env").write_text("API_KEY=sk-live-123\n")
+    (root / ".env.example").write_text("API_KEY=\n")
+    (root / "deploy.txt").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n")
+    (root / "node_modules" / "lib").mkdir(parents=True)
+    (root / "node_modules" / "lib" / "index.js").write_text("module.exports = 1\n")
+    (root / "big.txt").write_text("x" * 2000)
+    (root / "empty.txt").write_text("")
+    outside.write_text("secret outside the repository\n")
+    os.symlink(outside, root / "escape.txt")
+    os.symlink(root / "src" / "util.py", root / "alias.py")
+
+
+EXPECTED_FILES = [".env.example", ".gitignore", "README.md", "keep.log", "src/main.py",
+                  "src/util.py"]
+
+
+def _check_tree(doc):
+    assert doc.files == EXPECTED_FILES
+    reasons = {s.path: s.reason for s in doc.skipped}
+    assert "secrets" in reasons[".env"]
+    assert "private key" in reasons["deploy.txt"]
+    assert reasons["logo.png"] == "binary"
+    assert "outside the repository" in reasons["escape.txt"]
+    assert reasons["alias.py"] == "symlink to src/util.py (read under that path)"
+    assert "max_file_bytes" in reasons["big.txt"]
+    assert reasons["empty.txt"] == "empty"
+    assert reasons["node_modules/"] == "vendored or generated folder"
+    assert "debug.log" not in reasons and "out/result.txt" not in reasons  # ignored, silently
+    assert "secret outside" not in doc.text and "sk-live" not in doc.text
+    main = doc.segments[EXPECTED_FILES.index("src/main.py")]
+    assert main.text == HEADER.format(path="src/main.py") + "\ndef main():\n    return 42"
+    assert main.span == (1, 2) and main.source == "src/main.py"
+
+
+def test_plain_directory_honours_gitignore(tmp_path):
+    _tree(tmp_path / "proj", tmp_path / "outside.txt")
+    _check_tree(rk.ingest(tmp_path / "proj", max_file_bytes=1000))
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_git_checkout(tmp_path):
+    root = tmp_path / "proj"
+    _tree(root, tmp_path / "outside.txt")
+    git = lambda *a: subprocess.run(["git", "-C", str(root), *a], check=True, capture_output=True)
+    git("init", "-q")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    (root / "src" / "new.py").write_text("NEW = True\n")  # untracked, not ignored: read
+    doc = rk.ingest(root, max_file_bytes=1000)
+    assert "src/new.py" in doc.files
+    doc.files.remove("src/new.py")
+    doc.segments = [s for s in doc.segments if s.source != "src/new.py"]
+    _check_tree(doc)
+    # Deterministic: the same tree reads the same way twice.
+    assert rk.ingest(root, max_file_bytes=1000).text == rk.ingest(root, max_file_bytes=1000).text
+
+
+def test_secrets_on_request(tmp_path):
+    _tree(tmp_path / "proj", tmp_path / "outside.txt")
+    doc = rk.ingest(tmp_path / "proj", include_secrets=True)
+    assert ".env" in doc.files and "deploy.txt" in doc.files
+    assert "escape.txt" not in doc.files  # never follows a symlink out of the root
+
+
+def test_lists_keep_order_and_survive_bad_items(tmp_path):
+    (tmp_path / "a.txt").write_text("alpha\n")
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "m.py").write_text("beta = 2\n")
+    (tmp_path / "z.md").write_text("gamma\n")
+    (tmp_path / "bad.epub").write_bytes(b"nope")
+    doc = rk.ingest([tmp_path / "z.md", tmp_path / "missing.txt", tmp_path / "code",
+                     tmp_path / "bad.epub", str(tmp_path / "a.txt")])
+    assert [s.text.splitlines()[-1] for s in doc.segments] == ["gamma", "beta = 2", "alpha"]
+    assert doc.files == ["m.py"]
+    assert [s.path for s in doc.skipped] == [str(tmp_path / "missing.txt"),
+                                             str(tmp_path / "bad.epub")]
+
+
+def test_bad_input(tmp_path):
+    with pytest.raises(SourceError, match="no such file or directory"):
+        rk.ingest(tmp_path / "missing.txt")
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(SourceError, match="is empty"):
+        rk.ingest(tmp_path / "empty.txt")
+    (tmp_path / "emptydir").mkdir()
+    with pytest.raises(SourceError, match="has no readable text files.*empty"):
+        rk.ingest(tmp_path / "emptydir")
+    with pytest.raises(SourceError, match="list of sources is empty"):
+        rk.ingest([])
+    (tmp_path / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
+    with pytest.raises(UnsupportedError, match="videos are not read yet"):
+        rk.ingest(tmp_path / "clip.mp4")
+    (tmp_path / "blob.bin").write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(SourceError, match="binary; supported:"):
+        rk.ingest(tmp_path / "blob.bin")
+    with pytest.raises(SourceError, match="none of the sources could be read"):
+        rk.ingest([tmp_path / "missing.txt", tmp_path / "empty.txt"])
+    if os.geteuid() != 0:  # root reads anything
+        locked = tmp_path / "locked.txt"
+        locked.write_text("x")
+        locked.chmod(0)
+        with pytest.raises(SourceError, match="permission denied"):
+            rk.ingest(locked)
+    assert issubclass(SourceError, RingkitError)
