@@ -23,8 +23,9 @@ from ringkit.inputs.book import decode_text, looks_binary
 from ringkit.inputs.document import Document, Skipped, TextSegment
 
 MAX_FILE_BYTES = 1_000_000
+VCS_DIRS = {".git", ".hg", ".svn"}  # left out silently
 SKIP_DIRS = {
-    ".git", ".hg", ".svn", "node_modules", "bower_components", "vendor", "third_party",
+    "node_modules", "bower_components", "vendor", "third_party",
     "__pycache__", ".venv", "venv", ".tox", ".nox", ".mypy_cache", ".pytest_cache",
     ".ruff_cache", ".ipynb_checkpoints", "dist", "build", "target", ".eggs", ".gradle", "Pods",
     "site-packages", ".idea",
@@ -46,8 +47,13 @@ def _matches(name: str, patterns) -> bool:
 
 
 def _git_files(root: pathlib.Path) -> list[str] | None:
-    """Paths git would track under ``root`` (a checkout), or None if git cannot say."""
-    if shutil.which("git") is None or not (root / ".git").exists():
+    """Paths git would track under ``root`` (a checkout or a folder inside one; relative to
+    ``root``), or None if git cannot say."""
+    if shutil.which("git") is None:
+        return None
+    inside = subprocess.run(["git", "-C", str(root), "rev-parse", "--is-inside-work-tree"],
+                            capture_output=True, check=False)
+    if inside.returncode or inside.stdout.strip() != b"true":
         return None
     proc = subprocess.run(
         ["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
@@ -90,7 +96,7 @@ def _walk_files(root: pathlib.Path) -> list[str]:
         for d in dirnames:
             if (pathlib.Path(dirpath) / d).is_symlink():
                 out.append(join(d))  # judged by the symlink rules, never walked
-            elif ignored(join(d), True):
+            elif d in VCS_DIRS or ignored(join(d), True):
                 continue
             elif _vendored(d):
                 out.append(join(d) + "/")  # reported once, never walked
