@@ -22,6 +22,16 @@ class TextSegment:
 
 
 @dataclasses.dataclass(frozen=True)
+class FramesSegment:
+    """Frames ``first .. first + count - 1`` of ``doc.frames`` (with ``doc.frame_times``), read
+    from ``source`` (a video or an image)."""
+
+    source: str
+    first: int
+    count: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Skipped:
     """A path ingest left out on purpose, and why (a binary, a secret, a symlink out of the root)."""
 
@@ -43,7 +53,7 @@ class Document:
         print(len(doc.text), doc.files[:3], doc.skipped[:3])
     """
 
-    segments: list[TextSegment] = dataclasses.field(default_factory=list)
+    segments: list[TextSegment | FramesSegment] = dataclasses.field(default_factory=list)
     skipped: list[Skipped] = dataclasses.field(default_factory=list)
     files: list[str] = dataclasses.field(default_factory=list)
     frames: np.ndarray = dataclasses.field(
@@ -52,11 +62,13 @@ class Document:
 
     @property
     def text(self) -> str:
-        return "\n\n".join(s.text for s in self.segments)
+        return "\n\n".join(s.text for s in self.segments if isinstance(s, TextSegment))
 
     def extend(self, other: "Document") -> None:
-        """Append ``other``'s segments, files and skips after this document's (order kept)."""
-        self.segments.extend(other.segments)
+        """Append ``other``'s segments, files, skips and frames after this document's."""
+        offset = len(self.frames)
+        self.segments.extend(dataclasses.replace(s, first=s.first + offset)
+                             if isinstance(s, FramesSegment) else s for s in other.segments)
         self.skipped.extend(other.skipped)
         self.files.extend(other.files)
         if len(other.frames):
@@ -64,5 +76,6 @@ class Document:
             self.frame_times = np.concatenate([self.frame_times, other.frame_times])
 
     def __repr__(self):
-        return (f"Document({len(self.segments)} text segments, {len(self.text):,} characters, "
+        n_text = sum(isinstance(s, TextSegment) for s in self.segments)
+        return (f"Document({n_text} text segments, {len(self.text):,} characters, "
                 f"{len(self.files)} files, {len(self.frames)} frames, {len(self.skipped)} skipped)")

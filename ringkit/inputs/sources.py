@@ -9,14 +9,17 @@ from ringkit.errors import FormatError, SourceError, UnsupportedError
 from ringkit.inputs.book import BOOK_SUFFIXES, decode_text, read_book
 from ringkit.inputs.document import Document, Skipped, TextSegment
 from ringkit.inputs.repo import MAX_FILE_BYTES, read_repo
+from ringkit.inputs.video import read_image, read_video
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp")
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v")
-SUPPORTED = ("a directory or git checkout, and files: " + ", ".join(BOOK_SUFFIXES)
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".mpg", ".mpeg", ".ts")
+SUPPORTED = ("a directory or git checkout, and files: "
+             + ", ".join(BOOK_SUFFIXES + VIDEO_SUFFIXES + IMAGE_SUFFIXES)
              + ", or any other UTF-8 text file")
 
 
-def _read_one(source, *, max_file_bytes: int, include_secrets: bool) -> Document:
+def _read_one(source, *, max_file_bytes: int, include_secrets: bool, fps: float,
+              max_frames: int | None, backend: str) -> Document:
     path = pathlib.Path(os.fspath(source)).expanduser()
     name = str(source)
     if not path.exists():
@@ -25,10 +28,11 @@ def _read_one(source, *, max_file_bytes: int, include_secrets: bool) -> Document
         return read_repo(path, max_file_bytes=max_file_bytes, include_secrets=include_secrets,
                          name=name)
     suffix = path.suffix.lower()
-    if suffix in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
-        raise UnsupportedError(f"{name}: images and videos are not read yet; supported: "
-                               f"{SUPPORTED}")
     try:
+        if suffix in VIDEO_SUFFIXES:
+            return read_video(path, name, fps=fps, max_frames=max_frames, backend=backend)
+        if suffix in IMAGE_SUFFIXES:
+            return read_image(path, name)
         if path.stat().st_size == 0:
             raise SourceError(f"{name} is empty")
         if suffix in BOOK_SUFFIXES:
@@ -45,17 +49,21 @@ def _read_one(source, *, max_file_bytes: int, include_secrets: bool) -> Document
     return Document(segments=[TextSegment(text, name, (1, text.count("\n") + 1))])
 
 
-def ingest(source, *, max_file_bytes: int = MAX_FILE_BYTES,
-           include_secrets: bool = False) -> Document:
-    """Read a book, a source tree or a text file (or a list of them, kept in order).
+def ingest(source, *, max_file_bytes: int = MAX_FILE_BYTES, include_secrets: bool = False,
+           fps: float = 1.0, max_frames: int | None = None, backend: str = "av") -> Document:
+    """Read books, source trees, text files, videos and images (a path or a list, kept in order).
 
     Args:
       source: a path (str or ``os.PathLike``) or a list of paths. Directories are read as
-        repositories (see ``ringkit.inputs.repo``); files by their suffix (.txt, .md, .html,
-        .epub, any other UTF-8 text).
+        repositories (``ringkit.inputs.repo``); files by their suffix: books (.txt, .md, .html,
+        .epub), videos (.mp4, .mkv, .webm, ...) and images (.png, .jpg, ...) as 256 x 256 frames
+        (``ringkit.inputs.video``), any other UTF-8 text as text.
       max_file_bytes: files in a repository above this size are skipped (listed in
         ``doc.skipped``).
       include_secrets: also read ``.env`` files, private keys and credentials.
+      fps: video frames kept per second (the first frame at or after each 1/fps s).
+      max_frames: instead of ``fps``, LWM's uniform sampling of this many frames per video.
+      backend: video decoder, ``"av"`` (PyAV, default) or ``"decord"``.
 
     Returns a ``Document``: ``doc.text``, ``doc.segments`` (text with provenance),
     ``doc.files``, ``doc.skipped``, ``doc.frames`` / ``doc.frame_times``.
@@ -70,7 +78,8 @@ def ingest(source, *, max_file_bytes: int = MAX_FILE_BYTES,
         print(doc)                 # Document(57 text segments, 412,330 characters, ...)
         doc.skipped[:3]            # [Skipped(path='.env', reason='may hold secrets ...'), ...]
     """
-    options = dict(max_file_bytes=max_file_bytes, include_secrets=include_secrets)
+    options = dict(max_file_bytes=max_file_bytes, include_secrets=include_secrets, fps=fps,
+                   max_frames=max_frames, backend=backend)
     if isinstance(source, (str, os.PathLike)):
         return _read_one(source, **options)
     sources = list(source)

@@ -1,0 +1,197 @@
+"""Videos and images -> uint8 frames ``[T, 256, 256, 3]`` with timestamps (LWM's preprocessing).
+
+Each kept frame is scaled so its shorter side is 256 (by the decoder's own scaler, from the
+decoded picture: no full-resolution RGB copy is made) and centre-cropped to 256 x 256.
+
+Sampling: ``fps`` keeps the first frame at or after every ``1 / fps`` seconds (default 1.0);
+``max_frames`` instead keeps LWM's uniform ``linspace(0, n - 1, max_frames)`` frame indices.
+The output array is preallocated from the stream's duration, so an hour at 1 fps holds ~700 MB
+and nothing else of that size.
+
+Backends: PyAV (``backend="av"``, default) and decord (``backend="decord"``, optional). A video
+whose decoding breaks off after some frames keeps them and records the break in ``doc.skipped``;
+one that yields no frame raises ``FormatError``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import pathlib
+
+import numpy as np
+
+from ringkit.errors import FormatError, MissingDependencyError, SourceError, UnsupportedError
+from ringkit.inputs.document import FRAME_SIZE, Document, FramesSegment, Skipped
+
+BACKENDS = ("av", "decord")
+
+
+def scaled_size(width: int, height: int, size: int = FRAME_SIZE) -> tuple[int, int]:
+    """``(w, h)`` with the shorter side ``size`` and the aspect ratio kept."""
+    if width <= height:
+        return size, max(size, round(height * size / width))
+    return max(size, round(width * size / height)), size
+
+
+def center_crop(rgb: np.ndarray, size: int = FRAME_SIZE) -> np.ndarray:
+    """Centre ``size x size`` crop of ``[h, w, 3]``."""
+    h, w = rgb.shape[:2]
+    top, left = (h - size) // 2, (w - size) // 2
+    return rgb[top:top + size, left:left + size]
+
+
+class _Frames:
+    """A growable, preallocated ``[n, 256, 256, 3]`` uint8 buffer with timestamps."""
+
+    def __init__(self, expected: int):
+        self.data = np.empty((max(1, expected), FRAME_SIZE, FRAME_SIZE, 3), np.uint8)
+        self.times: list[float] = []
+
+    def add(self, rgb: np.ndarray, t: float):
+        n = len(self.times)
+        if n == len(self.data):
+            self.data = np.concatenate([self.data, np.empty_like(self.data)])
+        self.data[n] = center_crop(rgb)
+        self.times.append(t)
+
+    def result(self):
+        n = len(self.times)
+        data = self.data if n == len(self.data) else self.data[:n].copy()
+        return data, np.asarray(self.times, np.float64)
+
+
+def _check_sampling(fps, max_frames):
+    if max_frames is not None:
+        if not isinstance(max_frames, int) or max_frames < 1:
+            raise SourceError(f"max_frames={max_frames!r} must be a positive integer")
+        return
+    if not (isinstance(fps, (int, float)) and fps > 0 and math.isfinite(fps)):
+        raise SourceError(f"fps={fps!r} must be a positive number of frames per second")
+
+
+def _uniform(n: int, max_frames: int) -> set[int]:
+    return set(np.linspace(0, n - 1, min(max_frames, n)).round().astype(int).tolist())
+
+
+def _read_av(path: pathlib.Path, name: str, fps: float, max_frames: int | None):
+    import av
+
+    try:
+        container = av.open(str(path))
+    except av.error.InvalidDataError as e:
+        raise FormatError(f"{name} is not a readable video (corrupt or not a video: {e})") from None
+    except av.FFmpegError as e:
+        raise FormatError(f"{name} cannot be opened as a video: {e}") from None
+    broke = None
+    with container:
+        if not container.streams.video:
+            raise SourceError(f"{name} has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        if stream.codec_context is None or stream.codec_context.codec is None:
+            raise UnsupportedError(f"{name}: its video codec is not supported by this FFmpeg")
+        duration = (float(stream.duration * stream.time_base) if stream.duration
+                    else (container.duration or 0) / 1e6)
+        rate = float(stream.average_rate or stream.guessed_rate or 25)
+        n_total = stream.frames or int(round(duration * rate))
+        if max_frames is not None:
+            keep = _uniform(max(n_total, 1), max_frames)
+            expected = len(keep)
+        else:
+            expected = int(duration * fps) + 1
+        out = _Frames(expected)
+        next_t, size = 0.0, None
+        try:
+            for index, frame in enumerate(container.decode(stream)):
+                t = float(frame.time) if frame.time is not None else index / rate
+                if max_frames is not None:
+                    if index not in keep:
+                        continue
+                elif t + 1e-6 < next_t:
+                    continue
+                else:
+                    next_t = (math.floor(t * fps + 1e-6) + 1) / fps
+                size = size or scaled_size(frame.width, frame.height)
+                out.add(frame.to_ndarray(width=size[0], height=size[1], format="rgb24"), t)
+        except av.FFmpegError as e:
+            broke = f"decoding stopped after {len(out.times)} kept frames: {e}"
+    frames, times = out.result()
+    return frames, times, broke
+
+
+def _read_decord(path: pathlib.Path, name: str, fps: float, max_frames: int | None):
+    try:
+        import decord
+    except ImportError:
+        raise MissingDependencyError(
+            "backend='decord' needs decord: pip install decord (or use the default backend='av')"
+        ) from None
+    try:
+        probe = decord.VideoReader(str(path))
+        h, w = probe[0].shape[:2] if len(probe) else (0, 0)
+        n, rate = len(probe), probe.get_avg_fps() or 25.0
+        del probe
+    except decord.DECORDError as e:
+        raise FormatError(f"{name} is not a readable video: {e}") from None
+    if n == 0:
+        raise FormatError(f"{name} has no video frames")
+    sw, sh = scaled_size(w, h)
+    reader = decord.VideoReader(str(path), width=sw, height=sh)
+    if max_frames is not None:
+        indices = sorted(_uniform(n, max_frames))
+    else:
+        times = np.arange(0, n / rate, 1 / fps)
+        indices = sorted(set(np.minimum(np.ceil(times * rate - 1e-6), n - 1).astype(int).tolist()))
+    out = _Frames(len(indices))
+    for start in range(0, len(indices), 64):  # bounded memory: 64 frames per batch
+        chunk = indices[start:start + 64]
+        for i, rgb in zip(chunk, reader.get_batch(chunk).asnumpy()):
+            out.add(rgb, i / rate)
+    frames, times = out.result()
+    return frames, times, None
+
+
+def read_video(path: pathlib.Path, name: str | None = None, *, fps: float = 1.0,
+               max_frames: int | None = None, backend: str = "av") -> Document:
+    """One video as a ``Document`` of frames (see the module docstring for the sampling)."""
+    name = name or str(path)
+    _check_sampling(fps, max_frames)
+    if backend not in BACKENDS:
+        raise SourceError(f"unknown video backend {backend!r}; choose one of {BACKENDS}")
+    reader = _read_av if backend == "av" else _read_decord
+    if backend == "av" and importlib.util.find_spec("av") is None:
+        raise MissingDependencyError(
+            "reading videos needs PyAV: pip install 'ringkit[video]' (or pip install av)")
+    frames, times, broke = reader(path, name, fps, max_frames)
+    if not len(frames):
+        raise FormatError(f"{name} has no decodable video frames"
+                          + (f" ({broke})" if broke else ""))
+    doc = Document(segments=[FramesSegment(name, 0, len(frames))], frames=frames,
+                   frame_times=times)
+    if broke:
+        doc.skipped.append(Skipped(f"{name}@{times[-1]:.1f}s", broke))
+    return doc
+
+
+def read_image(path: pathlib.Path, name: str | None = None) -> Document:
+    """One image as a single 256 x 256 frame (time 0)."""
+    name = name or str(path)
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise MissingDependencyError(
+            "reading images needs Pillow: pip install 'ringkit[video]' (or pip install pillow)"
+        ) from None
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            w, h = scaled_size(*im.size)
+            rgb = np.asarray(im.resize((w, h), Image.Resampling.BICUBIC))
+    except UnidentifiedImageError:
+        raise FormatError(f"{name} is not a readable image") from None
+    except OSError as e:
+        raise FormatError(f"{name} is not a readable image (corrupt or truncated: {e})") from None
+    frames = center_crop(rgb)[None].copy()
+    return Document(segments=[FramesSegment(name, 0, 1)], frames=frames,
+                    frame_times=np.zeros((1,), np.float64))

