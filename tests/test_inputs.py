@@ -10,7 +10,7 @@ import zipfile
 import pytest
 
 import ringkit as rk
-from ringkit.errors import FormatError, RingkitError, SourceError, UnsupportedError
+from ringkit.errors import FormatError, RingkitError, SourceError
 from ringkit.inputs.repo import HEADER
 
 SONNET = ("Shall I compare thee to a summer's day?\nThou art more lovely and more temperate:\n"
@@ -189,8 +189,8 @@ def test_bad_input(tmp_path):
         rk.ingest(tmp_path / "emptydir")
     with pytest.raises(SourceError, match="list of sources is empty"):
         rk.ingest([])
-    (tmp_path / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
-    with pytest.raises(UnsupportedError, match="videos are not read yet"):
+    (tmp_path / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")  # a header, no video
+    with pytest.raises(FormatError, match="clip.mp4"):
         rk.ingest(tmp_path / "clip.mp4")
     (tmp_path / "blob.bin").write_bytes(bytes(range(256)) * 4)
     with pytest.raises(SourceError, match="binary; supported:"):
@@ -204,3 +204,21 @@ def test_bad_input(tmp_path):
         with pytest.raises(SourceError, match="permission denied"):
             rk.ingest(locked)
     assert issubclass(SourceError, RingkitError)
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_folder_ignored_by_an_enclosing_repository(tmp_path):
+    """site-packages inside a git-managed ~/.pyenv: read on its own terms, not as nothing."""
+    outer = tmp_path / "outer"
+    (outer / "lib" / "pkg").mkdir(parents=True)
+    (outer / ".gitignore").write_text("/lib\n")
+    (outer / "lib" / "pkg" / "mod.py").write_text("A = 1\n")
+    (outer / "lib" / "pkg" / ".gitignore").write_text("*.tmp\n")
+    (outer / "lib" / "pkg" / "x.tmp").write_text("scratch\n")
+    subprocess.run(["git", "-C", str(outer), "init", "-q"], check=True)
+    doc = rk.ingest(outer / "lib" / "pkg")
+    assert doc.files == [".gitignore", "mod.py"]
+    # A folder the repository tracks goes through git, paths relative to the folder.
+    (outer / "src").mkdir()
+    (outer / "src" / "b.py").write_text("B = 2\n")
+    assert rk.ingest(outer / "src").files == ["b.py"]

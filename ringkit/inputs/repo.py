@@ -55,6 +55,11 @@ def _git_files(root: pathlib.Path) -> list[str] | None:
                             capture_output=True, check=False)
     if inside.returncode or inside.stdout.strip() != b"true":
         return None
+    # A folder that its enclosing repository ignores (a virtualenv, site-packages) is read on
+    # its own terms, not as the nothing that repository would track there.
+    if subprocess.run(["git", "-C", str(root), "check-ignore", "-q", "."],
+                      capture_output=True, check=False).returncode == 0:
+        return None
     proc = subprocess.run(
         ["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
         capture_output=True, check=False)
@@ -186,5 +191,6 @@ def read_repo(root: pathlib.Path, *, max_file_bytes: int = MAX_FILE_BYTES,
     if not doc.segments:
         why = "; ".join(f"{s.path}: {s.reason}" for s in doc.skipped[:5])
         raise SourceError(f"{name} has no readable text files"
-                          + (f" ({len(doc.skipped)} skipped: {why})" if why else " (it is empty)"))
+                          + (f" ({len(doc.skipped)} skipped: {why})" if why
+                             else " (it is empty, or .gitignore rules leave nothing)"))
     return doc
