@@ -6,13 +6,14 @@ import os
 import pathlib
 
 from ringkit.errors import FormatError, SourceError, UnsupportedError
-from ringkit.inputs.book import BOOK_SUFFIXES, decode_text, read_book
+from ringkit.inputs.book import BOOK_SUFFIXES, decode_text, looks_binary, read_book
 from ringkit.inputs.document import Document, Skipped, TextSegment
 from ringkit.inputs.repo import MAX_FILE_BYTES, read_repo
 from ringkit.inputs.video import read_image, read_video
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp")
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".mpg", ".mpeg", ".ts")
+# Not ".ts": MPEG transport streams share it with TypeScript sources, which are far more common.
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".mpg", ".mpeg")
 SUPPORTED = ("a directory or git checkout, and files: "
              + ", ".join(BOOK_SUFFIXES + VIDEO_SUFFIXES + IMAGE_SUFFIXES)
              + ", or any other UTF-8 text file")
@@ -37,13 +38,12 @@ def _read_one(source, *, max_file_bytes: int, include_secrets: bool, fps: float,
             raise SourceError(f"{name} is empty")
         if suffix in BOOK_SUFFIXES:
             return read_book(path, name)
-        text = decode_text(path.read_bytes(), name)  # any other text file (code, data)
+        data = path.read_bytes()  # any other file: text (code, data) or refused
     except PermissionError:
         raise SourceError(f"{name} cannot be read (permission denied)") from None
-    except SourceError as e:
-        if "binary" in str(e):
-            raise SourceError(f"{name} is binary; supported: {SUPPORTED}") from None
-        raise
+    if looks_binary(data):
+        raise SourceError(f"{name} is binary; supported: {SUPPORTED}")
+    text = decode_text(data, name)
     if not text.strip():
         raise SourceError(f"{name} holds no text")
     return Document(segments=[TextSegment(text, name, (1, text.count("\n") + 1))])
