@@ -98,7 +98,7 @@ def _read_av(path: pathlib.Path, name: str, fps: float, max_frames: int | None):
         n_total = stream.frames or int(round(duration * rate))
         if max_frames is not None:
             keep = _uniform(max(n_total, 1), max_frames)
-            expected = len(keep)
+            expected, last = len(keep), max(keep)
         else:
             expected = int(duration * fps) + 1
         out = _Frames(expected)
@@ -107,6 +107,8 @@ def _read_av(path: pathlib.Path, name: str, fps: float, max_frames: int | None):
             for index, frame in enumerate(container.decode(stream)):
                 t = float(frame.time) if frame.time is not None else index / rate
                 if max_frames is not None:
+                    if index > last:
+                        break  # every uniform index is kept: no need to decode the rest
                     if index not in keep:
                         continue
                 elif t + 1e-6 < next_t:
