@@ -249,6 +249,15 @@ class Model:
         cache.next_pos = cache.next_pos + t
         return logits[:cache.rows]
 
+    def tokenize(self, doc, question: str | None = None, *, vqgan=None):
+        """``doc`` (a ``ringkit.Document``) and ``question`` as prompt tokens for this model:
+        ``Tokens`` with ``ids``, ``vision`` (modality mask), ``positions`` and ``counts``; see
+        ``ringkit.tokenize.prompts``. Example: ``model.tokenize(rk.ingest("book.txt"), "Who?")``.
+        """
+        from ringkit.tokenize.prompts import tokenize
+
+        return tokenize(doc, self, question, vqgan=vqgan)
+
     def generate(self, prompts, **kwargs):
         """Generate text; see ``ringkit.generate.generate`` for the arguments."""
         from ringkit.generate import generate
