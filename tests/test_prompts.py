@@ -32,7 +32,7 @@ def test_chatml_for_text(smollm2, tmp_path):
     tokens = smollm2.tokenize(doc, "How many barrels?")
     text = smollm2.tokenizer.decode(tokens.ids, skip_special_tokens=False)
     assert "<|im_start|>user\nThe ship sailed at dawn." in text
-    assert text.endswith("forty barrels of oil.\n\n\nHow many barrels?<|im_end|>\n"
+    assert text.endswith("forty barrels of oil.\n\nHow many barrels?<|im_end|>\n"
                          "<|im_start|>assistant\n")
     assert tokens.counts == {"text": len(tokens), "vision": 0}
     assert tokens.positions.tolist() == list(range(len(tokens)))

@@ -81,7 +81,8 @@ def tokenize(doc: Document, model, question: str | None = None, *, vqgan=None) -
     if not frames:
         if not doc.text.strip():
             raise SourceError("the document holds no text to read")
-        content = doc.text if question is None else f"{doc.text}\n\n{question}"
+        body = doc.text.rstrip()
+        content = body if question is None else f"{body}\n\n{question.strip()}"
         return _text_tokens(tok.apply_chat_template(
             [{"role": "user", "content": content}], tokenize=True,
             add_generation_prompt=question is not None))
