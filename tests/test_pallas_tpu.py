@@ -11,7 +11,7 @@ import ringkit as rk
 from ringkit.attention import attention_reference, blockwise, pallas_tpu
 from ringkit.attention.layouts import device_positions
 from ringkit.errors import ConfigError
-from helpers import f64, qkv, rel_err, segments
+from helpers import check_interpreted_ring, f64, qkv, rel_err, ring_case_id
 
 # Key tiles are lane-dense (multiples of 128); rows go down to 8.
 SMALL = rk.BlockSizes(block_q=64, block_k=128, block_q_dq=32, block_k_dq=128, block_q_dkv=64,
@@ -28,35 +28,9 @@ CASES = [
 ]
 
 
-def _ids(case):
-    sp, b, s, hq, hkv, d, causal, layout, seg, blocks = case
-    return (f"sp{sp}-b{b}-s{s}-g{hq // hkv}-d{d}-{'causal' if causal else 'full'}-{layout}"
-            f"{'-seg' if seg else ''}-k{blocks.block_k}")
-
-
-@pytest.mark.parametrize("case", CASES, ids=_ids)
+@pytest.mark.parametrize("case", CASES, ids=ring_case_id)
 def test_interpret_matches_reference_and_xla(case, rng):
-    sp, b, s, hq, hkv, d, causal, layout, seg, blocks = case
-    mesh = rk.make_mesh(sp=sp, devices=jax.devices()[:sp])
-    q, k, v = qkv(rng, b, s, hq, hkv, d)
-    seg_ids = segments(rng, b, s) if seg else None
-    cot = jnp.asarray(rng.standard_normal(q.shape), jnp.float32)
-
-    def run(impl, **kw):
-        fn = lambda q, k, v: rk.ring_attention(q, k, v, mesh=mesh, causal=causal, layout=layout,
-                                               segment_ids=seg_ids, impl=impl, **kw)
-        out, pull = jax.vjp(fn, q, k, v)
-        return (out, *pull(cot))
-
-    got = run("pallas", interpret="tpu", block_sizes=blocks)
-    xla = run("xla")
-    out_ref, pull_ref = jax.vjp(
-        lambda q, k, v: attention_reference(q, k, v, causal=causal, segment_ids=seg_ids),
-        *f64(q, k, v))
-    ref = (out_ref, *pull_ref(jnp.asarray(cot, jnp.float64)))
-    for name, g, x, r in zip(("out", "dq", "dk", "dv"), got, xla, ref):
-        assert rel_err(g, r) < 1e-5, (name, rel_err(g, r))
-        assert rel_err(g, x) < 1e-5, (name, rel_err(g, x))
+    check_interpreted_ring(case, rng, interpret="tpu")
 
 
 def test_visit_lists_skip_hidden_tiles():
