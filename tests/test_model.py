@@ -9,6 +9,7 @@ import pytest
 import ringkit as rk
 from ringkit.errors import ConfigError, ShapeError
 from ringkit.model import Model, ModelConfig, RopeScaling, Runtime
+from ringkit.model.model import unstack_layers
 from ringkit.model.transformer import param_shardings
 from ringkit.model.weights.place import abstract_variables
 from model_reference import reference_logits
@@ -43,11 +44,7 @@ def models():
             rt = Runtime(mesh(sp, tp), dtype=dtype, scan_layers=scan)
             variables = jax.tree.map(lambda a: a.astype(dtype), base.variables)
             if not scan:
-                p = dict(variables["params"])
-                stacked = p.pop("layers")["block"]
-                for i in range(cfg.n_layers):
-                    p[f"layers_{i}"] = {"block": jax.tree.map(lambda a: a[i], stacked)}
-                variables = {"params": p}
+                variables = unstack_layers(variables, cfg.n_layers)
             shardings = param_shardings(abstract_variables(cfg, rt), rt.mesh)
             cache[key] = Model(cfg, jax.device_put(variables, shardings), None, rt)
         return cache[key]
@@ -101,7 +98,7 @@ def test_bfloat16_compute_is_close(models, rng, param_dtype):
     ref = reference_logits(base.variables, TINY, ids, attention_mask=mask)
     assert rel(got, ref, mask > 0) < 5e-2
     logits, cache = model.prefill([ids[0, :30].tolist()], max_new_tokens=4)
-    assert cache.k.dtype == jnp.dtype(param_dtype)
+    assert all(a.dtype == jnp.dtype(param_dtype) for a in cache.k + cache.v)
     step = model.step(cache, ids[:1, 30:32])
     assert rel(step[0], ref[0, 31]) < 5e-2
 
@@ -123,10 +120,29 @@ def test_prefill_and_decode_equal_full_logits(models, rng, sp):
         errs += [rel(logits[i], ref[i][n0[i] + done - 1]) for i in range(2)]
     assert max(errs) < 1e-5
     # The cache stays sharded along the sequence on 'sp' and never grew.
-    slots = cache.k.shape[3]
-    assert cache.k.sharding.shard_shape(cache.k.shape)[3] == slots // sp
+    slots = cache.slots
+    assert len(cache.k) == TINY_TIED.n_layers
+    assert all(a.sharding.shard_shape(a.shape)[2] == slots // sp for a in cache.k + cache.v)
     with pytest.raises(ShapeError, match="room"):
         model.step(cache, np.zeros((2, 30), np.int32))
+
+
+@pytest.mark.parametrize("sp,steps", [(2, (3, 3)), (4, (5, 4, 3))])
+def test_decode_fills_the_cache_to_the_last_slot(models, rng, sp, steps):
+    """Steps of t > sp tokens up to the cache's capacity: each device writes a fixed-length run
+    of slots whose unowned tail must neither run off the end nor clobber a token."""
+    model = models(TINY, sp)
+    n0, new = 11, sum(steps)
+    full = rng.integers(0, 256, n0 + new).tolist()
+    ref = np.asarray(model.logits(full)[0])
+    logits, cache = model.prefill([full[:n0]], max_new_tokens=new)
+    assert cache.room(sp) == new
+    done, errs = n0, [rel(logits[0], ref[n0 - 1])]
+    for t in steps:
+        logits = model.step(cache, np.array([full[done:done + t]]))
+        done += t
+        errs.append(rel(logits[0], ref[done - 1]))
+    assert cache.room(sp) == 0 and max(errs) < 1e-5
 
 
 def test_greedy_generation_equals_argmax_chain(models, rng):

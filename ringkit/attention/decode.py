@@ -1,16 +1,22 @@
 """Decoding against a KV cache that stays sharded along the sequence on 'sp'.
 
-The cache of every layer is ``[layers, batch, kv_heads, slots, head_dim]`` (heads-major, so a
-layer's keys feed the score matmul without a transposed copy) with ``slots`` split evenly over
-'sp'. Device ``d`` holds its prefill chunk (``base`` slots, in ring-layout order)
-followed by room for appended tokens. Appended token number ``c`` (counting from the end of the
-prefill) lives on device ``c % sp`` at local slot ``base + c // sp``, so appends spread over the
-ring and nothing is ever resharded.
+Each layer's cache is ``[batch, kv_heads, slots, head_dim]`` (heads-major, so keys feed the score
+matmul without a transposed copy) with ``slots`` split evenly over 'sp'. Device ``d`` holds its
+prefill chunk (``base`` slots, in ring-layout order) followed by room for appended tokens and one
+spare slot. Appended token number ``c`` (counting from the end of the prefill) lives on device
+``c % sp`` at local slot ``base + c // sp``, so appends spread over the ring and nothing is ever
+resharded.
 
 A decode step never moves the cache: every device attends its own slots and the partial softmaxes
 ``(max m, sum l, output o)`` are combined by log-sum-exp after one all-gather over 'sp' (tree
-attention's combination, in a single collective per layer). ``slot_pos [batch, slots]`` holds each slot's RoPE
-position (-1: empty or padding); a query at position ``p`` sees the slots with ``0 <= pos <= p``.
+attention's combination, in a single collective per layer); the new tokens' own keys and values
+(replicated over 'sp') are folded in after it. ``slot_pos [batch, slots]`` holds each slot's
+RoPE position (-1: empty or padding); a query at position ``p`` sees the slots with
+``0 <= pos <= p``.
+
+The cache is read before the new tokens are written, and the write waits on the attention output
+through a data dependency: without it XLA cannot prove the read comes first and copies the whole
+cache twice per layer and step (measured on CPU: 360 -> 155 ms per SmolLM2 step at 8K).
 """
 
 from __future__ import annotations
@@ -26,11 +32,11 @@ from jax.sharding import Mesh, PartitionSpec as P
 from ringkit.errors import ShapeError
 
 _BATCH = ("dp", "fsdp")
-CACHE_SPEC = P(None, _BATCH, "tp", "sp", None)  # [layers, b, kv, slots, hd]
 LAYER_SPEC = P(_BATCH, "tp", "sp", None)        # one layer's [b, kv, slots, hd]
 SLOT_SPEC = P(_BATCH, "sp")                      # [b, slots]
 _NEW_SPEC = P(_BATCH, None, "tp", None)          # [b, t, heads, hd], replicated over 'sp'
 _POS_SPEC = P(_BATCH, None)                      # [b, t]
+SPARE_SLOTS = 1  # per device, so a fixed-length write (``_write_new``) never runs off the end
 
 
 def append_index(counter, t: int, sp: int, base: int, slots_local: int):
@@ -43,7 +49,7 @@ def append_index(counter, t: int, sp: int, base: int, slots_local: int):
 
 def capacity(slots: int, sp: int, base: int) -> int:
     """How many tokens can be appended to a cache of ``slots`` after a ``base``-slot prefill."""
-    return (slots // sp - base) * sp
+    return (slots // sp - base - SPARE_SLOTS) * sp
 
 
 def _append_positions_local(slot_pos, q_pos, counter, base, *, sp):
@@ -58,28 +64,46 @@ def append_positions(slot_pos, q_pos, counter, base, *, mesh: Mesh):
                          out_specs=SLOT_SPEC, check_vma=False)(slot_pos, q_pos, counter, base)
 
 
-def _decode_local(q, k_new, v_new, cache_k, cache_v, layer, slot_pos, q_pos, counter, base, *,
+def _after(x, ready):
+    """``x`` unchanged, but computed only once ``ready`` (any array) is: ``(r < 0) & (r >= 0)``
+    is false for every value, NaN included, and XLA does not fold it away."""
+    r = ready.ravel()[0]
+    return x + ((r < 0) & (r >= 0)).astype(x.dtype)
+
+
+def _write_new(cache, new, counter, base, ready, *, sp):
+    """Write this device's share of ``t`` new tokens ``new [b, kv, t, hd]`` into ``cache``.
+
+    The tokens it owns are every ``sp``-th one from ``j0`` and go to consecutive local slots; a
+    run of ``ceil(t / sp)`` slots is written (one dynamic-update-slice, done in place), its
+    entries past the last owned token rewritten with the values already there.
+    """
+    t = new.shape[2]
+    n = -(-t // sp)
+    j0 = (lax.axis_index("sp") - counter) % sp
+    j = j0 + sp * jnp.arange(n, dtype=jnp.int32)
+    start = _after(base + (counter + j0) // sp, ready)
+    old = lax.dynamic_slice_in_dim(cache, start, n, axis=2)
+    vals = jnp.take(new, jnp.minimum(j, t - 1), axis=2).astype(cache.dtype)
+    vals = jnp.where((j < t)[None, None, :, None], vals, old)
+    return lax.dynamic_update_slice_in_dim(cache, vals, start, axis=2)
+
+
+def _decode_local(q, k_new, v_new, cache_k, cache_v, slot_pos, q_pos, counter, base, *,
                   sp, scale):
     b, t, hq, d = q.shape
     kvh = k_new.shape[2]
     g = hq // kvh
-    idx = append_index(counter, t, sp, base, cache_k.shape[3])
-    # Mixed advanced indexing puts the token axis first: values are [t, b, kv, hd].
-    cache_k = cache_k.at[layer, :, :, idx].set(jnp.swapaxes(k_new, 0, 1).astype(cache_k.dtype),
-                                               mode="drop")
-    cache_v = cache_v.at[layer, :, :, idx].set(jnp.swapaxes(v_new, 0, 1).astype(cache_v.dtype),
-                                               mode="drop")
-    keys = lax.dynamic_index_in_dim(cache_k, layer, 0, keepdims=False)   # [b, kv, s, hd]
-    values = lax.dynamic_index_in_dim(cache_v, layer, 0, keepdims=False)
     qg = (q.astype(jnp.float32) * scale).astype(q.dtype).reshape(b, t, kvh, g, d)
-    s = jnp.einsum("btkgd,bksd->bkgts", qg, keys, preferred_element_type=jnp.float32)
+    # This device's slots (the new tokens are not in the cache yet).
+    s = jnp.einsum("btkgd,bksd->bkgts", qg, cache_k, preferred_element_type=jnp.float32)
     visible = (slot_pos[:, None, :] >= 0) & (slot_pos[:, None, :] <= q_pos[:, :, None])  # [b,t,s]
     s = jnp.where(visible[:, None, None], s, -jnp.inf)
     m = s.max(axis=-1)                                                   # [b, kv, g, t]
     m_safe = jnp.where(m == -jnp.inf, 0.0, m)
     p = jnp.exp(s - m_safe[..., None])
     l = p.sum(axis=-1)
-    o = jnp.einsum("bkgts,bksd->btkgd", p.astype(values.dtype), values,
+    o = jnp.einsum("bkgts,bksd->bkgtd", p.astype(cache_v.dtype), cache_v,
                    preferred_element_type=jnp.float32)
     # One all-gather of every device's (m, l, o), combined by log-sum-exp on each device: one
     # collective per layer instead of a pmax and two psums.
@@ -89,29 +113,42 @@ def _decode_local(q, k_new, v_new, cache_k, cache_v, layer, slot_pos, q_pos, cou
     m_all = packed[:, :, :n_m].reshape((-1,) + m.shape)
     l_all = packed[:, :, n_m:2 * n_m].reshape((-1,) + l.shape)
     o_all = packed[:, :, 2 * n_m:].reshape((-1,) + o.shape)
-    top = m_all.max(axis=0)
-    weight = jnp.exp(m_all - jnp.where(top == -jnp.inf, 0.0, top))      # 0 where m = -inf
-    l = jnp.moveaxis((weight * l_all).sum(axis=0), -1, 1)[..., None]     # [b, t, kv, g, 1]
-    o = (jnp.moveaxis(weight, -1, 2)[..., None] * o_all).sum(axis=0)     # [b, t, kv, g, d]
-    out = jnp.where(l > 0, o / jnp.where(l > 0, l, 1.0), 0.0)
-    return out.reshape(b, t, hq, d).astype(q.dtype), cache_k, cache_v
+    # The new tokens among themselves (causal), the same on every device.
+    s_new = jnp.einsum("btkgd,bukd->bkgtu", qg, k_new, preferred_element_type=jnp.float32)
+    s_new = jnp.where(jnp.tril(jnp.ones((t, t), bool)), s_new, -jnp.inf)
+    top = jnp.maximum(m_all.max(axis=0), s_new.max(axis=-1))            # [b, kv, g, t]
+    weight = jnp.exp(m_all - top)                                        # 0 where m = -inf
+    p_new = jnp.exp(s_new - top[..., None])
+    l = (weight * l_all).sum(axis=0) + p_new.sum(axis=-1)
+    o = (weight[..., None] * o_all).sum(axis=0) + jnp.einsum(
+        "bkgtu,bukd->bkgtd", p_new, v_new.astype(jnp.float32))
+    out = jnp.moveaxis(o / l[..., None], 3, 1).reshape(b, t, hq, d).astype(q.dtype)
+    # Writes wait for ``out``, which read both caches: they can then happen in place.
+    cache_k = _write_new(cache_k, jnp.swapaxes(k_new, 1, 2), counter, base, out, sp=sp)
+    cache_v = _write_new(cache_v, jnp.swapaxes(v_new, 1, 2), counter, base, out, sp=sp)
+    return out, cache_k, cache_v
 
 
-def decode_attention(q, k_new, v_new, cache_k, cache_v, layer, slot_pos, q_pos, counter, base, *,
+def decode_attention(q, k_new, v_new, cache_k, cache_v, slot_pos, q_pos, counter, base, *,
                      mesh: Mesh, scale: float | None = None):
-    """Attend ``t`` new queries to a sequence-sharded KV cache, appending their keys and values.
+    """Attend ``t`` new queries to one layer's sequence-sharded KV cache and to each other
+    (causally), then append their keys and values to the cache.
 
     Args:
-      q: ``[b, t, q_heads, hd]`` new queries (RoPE applied).
+      q: ``[b, t, q_heads, hd]`` new queries (RoPE applied), at consecutive positions.
       k_new, v_new: ``[b, t, kv_heads, hd]`` their keys and values.
-      cache_k, cache_v: ``[layers, b, kv_heads, slots, hd]``, slots sharded on 'sp'.
-      layer: which layer of the cache (int or traced scalar).
-      slot_pos: ``int32 [b, slots]`` positions, already including the new tokens
-        (``append_positions``).
+      cache_k, cache_v: ``[b, kv_heads, slots, hd]``, slots sharded on 'sp'.
+      slot_pos: ``int32 [b, slots]`` positions of the cached tokens (before these ``t``).
       q_pos: ``int32 [b, t]`` positions of the new tokens; counter: appended tokens so far
         (scalar); base: prefill slots per device (scalar).
 
-    Returns ``(out [b, t, q_heads, hd], cache_k, cache_v)``; the caches keep their sharding.
+    Returns ``(out [b, t, q_heads, hd], cache_k, cache_v)``; the caches keep their sharding and,
+    when donated, their buffers.
+
+    Example::
+
+        out, ck, cv = decode_attention(q, k, v, ck, cv, slot_pos, pos, counter, base, mesh=mesh)
+        slot_pos = append_positions(slot_pos, pos, counter, base, mesh=mesh)
     """
     if q.shape[2] % k_new.shape[2]:
         raise ShapeError(f"q_heads={q.shape[2]} must be a multiple of kv_heads={k_new.shape[2]}")
@@ -119,10 +156,10 @@ def decode_attention(q, k_new, v_new, cache_k, cache_v, layer, slot_pos, q_pos, 
     fn = functools.partial(_decode_local, sp=mesh.shape["sp"], scale=scale)
     return jax.shard_map(
         fn, mesh=mesh,
-        in_specs=(_NEW_SPEC, _NEW_SPEC, _NEW_SPEC, CACHE_SPEC, CACHE_SPEC, P(), SLOT_SPEC,
+        in_specs=(_NEW_SPEC, _NEW_SPEC, _NEW_SPEC, LAYER_SPEC, LAYER_SPEC, SLOT_SPEC,
                   _POS_SPEC, P(), P()),
-        out_specs=(_NEW_SPEC, CACHE_SPEC, CACHE_SPEC), check_vma=False,
-    )(q, k_new, v_new, cache_k, cache_v, layer, slot_pos, q_pos, counter, base)
+        out_specs=(_NEW_SPEC, LAYER_SPEC, LAYER_SPEC), check_vma=False,
+    )(q, k_new, v_new, cache_k, cache_v, slot_pos, q_pos, counter, base)
 
 
 def _extend_local(x, *, extra: int, axis: int, value):

@@ -30,13 +30,14 @@ _STEP = P(("dp", "fsdp"), None)       # [b, t] inputs of a decode step
 class KVCache:
     """Keys and values of every layer, sharded along the sequence on 'sp'.
 
-    ``k, v [layers, b, kv_heads, slots, hd]``; ``slot_pos [b, slots]`` (-1 = empty or padding);
+    ``k, v``: one ``[b, kv_heads, slots, hd]`` array per layer; ``slot_pos [b, slots]`` (-1 =
+    empty or padding);
     ``base`` prefill slots per device; ``appended`` tokens added since; ``next_pos [b]`` the RoPE
     position of each row's next token.
     """
 
-    k: jax.Array
-    v: jax.Array
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
     slot_pos: jax.Array
     base: int
     appended: int
@@ -45,11 +46,16 @@ class KVCache:
 
     def room(self, sp: int) -> int:
         """Tokens that can still be appended."""
-        return decode.capacity(self.k.shape[3], sp, self.base) - self.appended
+        return decode.capacity(self.slots, sp, self.base) - self.appended
+
+    @property
+    def slots(self) -> int:
+        """Slots per row over all devices (prefill chunks, room to append, spares)."""
+        return self.k[0].shape[2]
 
     def nbytes_per_device(self) -> int:
         """Bytes of keys and values held by one device."""
-        return 2 * self.k.addressable_shards[0].data.nbytes
+        return sum(a.addressable_shards[0].data.nbytes for a in self.k + self.v)
 
 
 class Model:
@@ -68,6 +74,9 @@ class Model:
         self.config, self.variables, self.tokenizer, self.runtime = (
             config, variables, tokenizer, runtime)
         self._plain = Transformer(config, runtime)
+        # Decode steps run the layers unrolled (see ``Transformer``), on ``_decode_variables``.
+        self._decoder = Transformer(
+            config, dataclasses.replace(runtime, scan_layers=False, remat=False))
 
     @classmethod
     def init_random(cls, config: ModelConfig, runtime: Runtime, *, seed: int = 0,
@@ -174,8 +183,8 @@ class Model:
             h, (k, v) = module.apply(variables, ids, aux, gather=gather)
             logits = module.apply(variables, h, method=Transformer.logits)[:, 0]
             slot_pos = jnp.where(segment_ids >= 0, positions, -1)
-            slot_pos = decode.extend_slots(slot_pos, extra, mesh=mesh, spec=decode.SLOT_SPEC,
-                                           axis=1, value=-1)
+            slot_pos = decode.extend_slots(slot_pos, extra + decode.SPARE_SLOTS, mesh=mesh,
+                                           spec=decode.SLOT_SPEC, axis=1, value=-1)
             return logits, k, v, slot_pos
 
         return jax.jit(fn, static_argnums=(5, 6))
@@ -200,31 +209,33 @@ class Model:
         mesh = self.mesh
 
         def fn(variables, k, v, slot_pos, tokens, positions, counter, base):
-            slot_pos = decode.append_positions(slot_pos, positions, counter, base, mesh=mesh)
             aux = dict(positions=positions, slot_pos=slot_pos, counter=counter, base=base,
                        vision_mask=None)
-            cache = dict(k=k, v=v, layer=jnp.zeros((), jnp.int32))
-            h, cache = self._plain.apply(variables, tokens, aux, cache=cache,
-                                         gather=jnp.full((tokens.shape[0], 1), tokens.shape[1] - 1,
-                                                         jnp.int32))
-            logits = self._plain.apply(variables, h, method=Transformer.logits)
+            h, cache = self._decoder.apply(
+                variables, tokens, aux, cache=dict(k=k, v=v),
+                gather=jnp.full((tokens.shape[0], 1), tokens.shape[1] - 1, jnp.int32))
+            logits = self._decoder.apply(variables, h, method=Transformer.logits)
             logits = spread(logits, mesh, {2: ("tp", "sp")})[:, 0]  # vocab split over devices
+            slot_pos = decode.append_positions(slot_pos, positions, counter, base, mesh=mesh)
             return logits, cache["k"], cache["v"], slot_pos
 
         return jax.jit(fn, donate_argnums=(1, 2, 3))
 
     @functools.cached_property
     def _decode_variables(self):
-        """The weights as decode steps read them: features also split over 'sp' (a 1/sp slice
-        per device, made once; with sp = 1 the weights themselves)."""
-        if self.sp == 1:
+        """The weights as decode steps read them: one array per layer (unstacked once when the
+        layers are scanned) and, with sp > 1, features also split over 'sp' (a 1/sp slice per
+        device beside its full copy). An unscanned model on sp = 1 reuses its own weights."""
+        if self.sp == 1 and not self.runtime.scan_layers:
             return self.variables
         from ringkit.model.transformer import param_shardings
         from ringkit.model.weights.place import abstract_variables
 
-        shardings = param_shardings(abstract_variables(self.config, self.runtime), self.mesh,
+        runtime = self._decoder.runtime
+        shardings = param_shardings(abstract_variables(self.config, runtime), self.mesh,
                                     decode=True)
-        return jax.jit(lambda v: v, out_shardings=shardings)(self.variables)
+        return jax.jit(functools.partial(unstack_layers, n=self.config.n_layers),
+                       out_shardings=shardings)(self.variables)
 
     def step(self, cache: KVCache, tokens) -> jax.Array:
         """Append ``tokens [b, t]`` to ``cache`` (in place) and return the logits ``[b, vocab]``
@@ -263,3 +274,14 @@ class Model:
         from ringkit.generate import generate
 
         return generate(self, prompts, **kwargs)
+
+
+def unstack_layers(variables, n: int):
+    """Params with layers stacked under ``layers/block`` (scanned) -> ``layers_<i>/block``."""
+    params = dict(variables["params"])
+    if "layers" not in params:
+        return variables
+    stacked = params.pop("layers")["block"]
+    for i in range(n):
+        params[f"layers_{i}"] = {"block": jax.tree.map(lambda a, i=i: a[i], stacked)}
+    return {**variables, "params": params}

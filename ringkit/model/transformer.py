@@ -27,9 +27,9 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ringkit.attention.decode import LAYER_SPEC, decode_attention, extend_slots
+from ringkit.attention.decode import LAYER_SPEC, SPARE_SLOTS, decode_attention, extend_slots
 from ringkit.attention.ring import ring_attention_permuted
-from ringkit.errors import ConfigError
+from ringkit.errors import ConfigError, UnsupportedError
 from ringkit.mesh import logical_to_spec
 from ringkit.model.config import ModelConfig
 from ringkit.model.rope import Rope
@@ -122,8 +122,8 @@ def _rms_norm(x, scale, eps, dtype):
 
 class Block(nn.Module):
     """One decoder layer. Prefill (``cache`` None): ring attention over the permuted sequence;
-    with ``collect_kv`` it also returns this layer's slice of the KV cache. Decode (``cache`` the
-    stacked cache and its layer index): attends to and extends the sequence-sharded cache."""
+    with ``collect_kv`` it also returns this layer's slice of the KV cache. Decode (``cache`` this
+    layer's ``dict(k=, v=)``): attends to and extends the sequence-sharded cache."""
 
     config: ModelConfig
     runtime: Runtime
@@ -166,13 +166,14 @@ class Block(nn.Module):
             if self.collect_kv is not None:  # this layer's slice of the KV cache, with room
                 kv_out = tuple(
                     extend_slots(jnp.swapaxes(a, 1, 2).astype(rt.weights_dtype),
-                                 self.collect_kv, mesh=rt.mesh, spec=LAYER_SPEC, axis=2)
+                                 self.collect_kv + SPARE_SLOTS, mesh=rt.mesh, spec=LAYER_SPEC,
+                                 axis=2)
                     for a in (k, v))  # [b, kv, slots, hd]
         else:
             attn, ck, cv = decode_attention(
-                q, k, v, cache["k"], cache["v"], cache["layer"], aux["slot_pos"],
-                aux["positions"], aux["counter"], aux["base"], mesh=rt.mesh)
-            cache = dict(k=ck, v=cv, layer=cache["layer"] + 1)
+                q, k, v, cache["k"], cache["v"], aux["slot_pos"], aux["positions"],
+                aux["counter"], aux["base"], mesh=rt.mesh)
+            cache = dict(k=ck, v=cv)
         names = DECODE_ACTIVATION if decoding else ACTIVATION
         x = x + _mm("bshk,hkd->bsd", split(attn, {2: ("tp",), 3: ("sp",)}), w(wo))
         x = _constrain(x, rt.mesh, names)
@@ -204,9 +205,10 @@ class Transformer(nn.Module):
     Call with ``ids [b, s]`` int32 and ``aux``, a dict of ``positions [b, s]`` (RoPE positions),
     ``segment_ids [b, s]`` or None (-1 marks padding) and ``vision_mask [b, s]`` (bool) or None.
     Prefill: ``cache=None``; with ``collect_kv=E`` (an int) the second output is the KV cache
-    ``(k, v) [layers, b, kv, slots, hd]``: every layer's keys and values where they were computed,
-    each device's shard followed by E empty slots, in the weights' dtype (see ``Runtime``). Decode: ``cache = dict(k=, v=, layer=0)`` with
-    ``[layers, b, kv, slots, hd]`` arrays, and ``aux`` adds ``slot_pos``, ``counter``, ``base``
+    ``(k, v)``, tuples with one ``[b, kv, slots, hd]`` array per layer: the keys and values
+    where they were computed, each device's shard followed by E + ``SPARE_SLOTS`` empty slots, in
+    the weights' dtype (see ``Runtime``). Decode (unscanned layers only): ``cache = dict(k=, v=)``
+    with such tuples, and ``aux`` adds ``slot_pos``, ``counter``, ``base``
     (``ringkit.attention.decode``); the second output is the extended cache.
     ``gather [b, t]`` keeps only those positions' final hidden states (the ones to score).
 
@@ -254,21 +256,32 @@ class Transformer(nn.Module):
         # The residual stream is float32 whatever the weights' dtype.
         x = self.embed_tokens(ids, aux.get("vision_mask")).astype(jnp.float32)
         x = _constrain(x, rt.mesh, names)
-        carry = (x, aux, cache)
-        if rt.scan_layers:
-            carry, kv = self.layers(carry, None)
+        if cache is not None:
+            # Decode runs unrolled over per-layer weights and caches: sliced out of stacked
+            # arrays, each layer's weights and cache would be copied every step.
+            if rt.scan_layers:
+                raise UnsupportedError("decode steps need a runtime with scan_layers=False "
+                                       "(Model.step builds one)")
+            ks, vs = list(cache["k"]), list(cache["v"])
+            for i, layer in enumerate(self.layers):
+                (x, _, c), _ = layer((x, aux, dict(k=ks[i], v=vs[i])), None)
+                ks[i], vs[i] = c["k"], c["v"]
+            kv = dict(k=tuple(ks), v=tuple(vs))
+        elif rt.scan_layers:
+            (x, _, _), kv = self.layers((x, aux, None), None)
+            if kv is not None:  # [layers, ...] -> one array per layer
+                kv = tuple(tuple(a[i] for i in range(self.config.n_layers)) for a in kv)
         else:
             outs = []
             for layer in self.layers:
-                carry, kv = layer(carry, None)
-                outs.append(kv)
-            kv = None if outs[0] is None else jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
-        x, _, cache = carry
+                (x, _, _), out = layer((x, aux, None), None)
+                outs.append(out)
+            kv = None if outs[0] is None else tuple(zip(*outs))
         if gather is not None:
             x = jnp.take_along_axis(x, gather[..., None], axis=1)
         h = _rms_norm(x, self.final_norm, self.config.norm_eps,
                       rt.dtype if cache is None else rt.weights_dtype)
-        return h, (kv if cache is None else cache)
+        return h, kv
 
     def logits(self, h, head: str = "text"):
         """Float32 logits ``[b, t, vocab]`` of final hidden states ``h`` (``head``: text/vision)."""
