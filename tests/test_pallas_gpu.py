@@ -26,7 +26,12 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=ring_case_id)
+# The default run keeps cases 0 and 2; the rest run with ``pytest -m slow`` (interpret mode is slow on CPU).
+DEFAULT = (0, 2)
+
+
+@pytest.mark.parametrize("case", [c if i in DEFAULT else pytest.param(c, marks=pytest.mark.slow)
+                                  for i, c in enumerate(CASES)], ids=ring_case_id)
 def test_interpret_matches_reference_and_xla(case, rng):
     check_interpreted_ring(case, rng, interpret="gpu")
 

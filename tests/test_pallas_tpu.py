@@ -28,7 +28,12 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=ring_case_id)
+# The default run keeps the first case; the rest run with ``pytest -m slow`` (interpret mode is slow on CPU).
+DEFAULT = (0,)
+
+
+@pytest.mark.parametrize("case", [c if i in DEFAULT else pytest.param(c, marks=pytest.mark.slow)
+                                  for i, c in enumerate(CASES)], ids=ring_case_id)
 def test_interpret_matches_reference_and_xla(case, rng):
     check_interpreted_ring(case, rng, interpret="tpu")
 
