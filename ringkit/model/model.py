@@ -260,14 +260,20 @@ class Model:
         cache.next_pos = cache.next_pos + t
         return logits[:cache.rows]
 
-    def tokenize(self, doc, question: str | None = None, *, vqgan=None):
+    def tokenize(self, doc, question: str | None = None, *, vqgan=None, cache=None):
         """``doc`` (a ``ringkit.Document``) and ``question`` as prompt tokens for this model:
-        ``Tokens`` with ``ids``, ``vision`` (modality mask), ``positions`` and ``counts``; see
-        ``ringkit.tokenize.prompts``. Example: ``model.tokenize(rk.ingest("book.txt"), "Who?")``.
+        ``Tokens`` with ``ids``, ``vision`` (modality mask), ``segment`` (provenance),
+        ``positions``, ``counts`` and ``summary(model)``, read from or saved to the token store
+        (``cache``); see ``ringkit.tokenize.prompts``.
+
+        Example::
+
+            tokens = model.tokenize(rk.ingest("book.txt"), "Who is the narrator?")
+            print(tokens.summary(model))
         """
         from ringkit.tokenize.prompts import tokenize
 
-        return tokenize(doc, self, question, vqgan=vqgan)
+        return tokenize(doc, self, question, vqgan=vqgan, cache=cache)
 
     def generate(self, prompts, **kwargs):
         """Generate text; see ``ringkit.generate.generate`` for the arguments."""

@@ -7,8 +7,12 @@
   the segments in order, each frames segment as ``<vision>`` + 257 tokens per frame (256 VQGAN
   codes, then ``<eof>`` = 8192, or ``<eov>`` = 8193 after the last frame) + ``</vision>``; the
   modality mask is True on the codes and markers, which index the vision vocabulary.
-- Frames for a text-only model raise: reading a video's subtitles and on-screen text for such
-  models is not implemented yet.
+- For a text-only model a video contributes its text segments (sidecar subtitles, see
+  ``ringkit.inputs.subtitles``) and its frames are left out; frames without any text raise
+  (reading on-screen text by OCR is not implemented yet).
+
+Every token records the document segment it came from (``Tokens.segment``), and results go to
+the token store (``ringkit.tokenize.store``), so the same input tokenizes once.
 
 Example::
 
@@ -25,6 +29,7 @@ import numpy as np
 
 from ringkit.errors import ConfigError, SourceError, UnsupportedError
 from ringkit.inputs.document import Document, FramesSegment, TextSegment
+from ringkit.tokenize.store import NO_SEGMENT, TokenStore
 
 EOF_ID, EOV_ID = 8192, 8193  # LWM's end-of-frame and end-of-vision ids (vision vocabulary)
 SYSTEM = "You are a helpful assistant."
@@ -32,10 +37,20 @@ SYSTEM = "You are a helpful assistant."
 
 @dataclasses.dataclass(frozen=True)
 class Tokens:
-    """``ids`` int32 ``[n]`` and ``vision`` bool ``[n]`` (True: an id of the vision vocabulary)."""
+    """A tokenized prompt.
+
+    ``ids`` int32 ``[n]``; ``vision`` bool ``[n]`` (True: an id of the vision vocabulary);
+    ``segment`` uint32 ``[n]``, the index in ``doc.segments`` each token came from
+    (``NO_SEGMENT`` for the prompt's own text: template, question); ``sources`` the provenance
+    of each of ``doc.segments`` (source, and line span or frame range); ``cached`` whether it was
+    read back from the token store. ``summary(model)`` says what a run on it will hold.
+    """
 
     ids: np.ndarray
     vision: np.ndarray
+    segment: np.ndarray | None = None
+    sources: tuple[dict, ...] = ()
+    cached: bool = False
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -48,6 +63,30 @@ class Tokens:
     def counts(self) -> dict[str, int]:
         n_vision = int(self.vision.sum())
         return {"text": len(self.ids) - n_vision, "vision": n_vision}
+
+    @property
+    def frames(self) -> int:
+        """Frames in the prompt (one ``<eof>`` or ``<eov>`` marker each)."""
+        return int(np.count_nonzero(self.vision & ((self.ids == EOF_ID) | (self.ids == EOV_ID))))
+
+    def source_of(self, i: int) -> dict | None:
+        """Provenance of token ``i`` (None for the prompt's own text)."""
+        seg = None if self.segment is None else int(self.segment[i])
+        return None if seg is None or seg == NO_SEGMENT else self.sources[seg]
+
+    def summary(self, model=None, *, mesh=None, max_new_tokens: int = 256) -> str:
+        """Tokens by modality and frames; with ``model`` (and optionally another ``mesh``) the
+        estimated memory per device of a prefill plus ``max_new_tokens`` of decoding (see
+        ``ringkit.model.memory.estimate``)."""
+        c = self.counts
+        lines = [f"{len(self):,} tokens: {c['text']:,} text, {c['vision']:,} vision "
+                 f"({self.frames:,} frames) from {len(self.sources)} segments"
+                 + (" (read from the token store)" if self.cached else "")]
+        if model is not None:
+            from ringkit.model.memory import estimate
+
+            lines.append(estimate(model, len(self) + max_new_tokens, mesh=mesh).describe())
+        return "\n".join(lines)
 
 
 def vision_tokens(codes) -> np.ndarray:
@@ -62,57 +101,139 @@ def vision_tokens(codes) -> np.ndarray:
     return np.concatenate([flat, markers], axis=1).reshape(-1)
 
 
-def _text_tokens(ids) -> Tokens:
-    ids = np.asarray(ids, np.int32)
-    return Tokens(ids, np.zeros(len(ids), bool))
+_SENTINEL = "\x00ringkit-document\x00"
 
 
-def tokenize(doc: Document, model, question: str | None = None, *, vqgan=None) -> Tokens:
-    """Token ids and modality mask of ``doc`` (and ``question``) for ``model``'s prompt format.
+def _sources(doc: Document) -> tuple[dict, ...]:
+    out = []
+    for seg in doc.segments:
+        if isinstance(seg, TextSegment):
+            out.append({"kind": "text", "source": seg.source, "lines": seg.span,
+                        "title": seg.title})
+        else:
+            times = doc.frame_times[seg.first:seg.first + seg.count]
+            out.append({"kind": "frames", "source": seg.source,
+                        "frames": [seg.first, seg.first + seg.count],
+                        "seconds": [float(times[0]), float(times[-1])] if len(times) else None})
+    return tuple(out)
+
+
+def _store(cache) -> TokenStore | None:
+    if cache is False:
+        return None
+    return TokenStore.default() if cache in (None, True) else TokenStore(cache)
+
+
+def _cached(store, key, sources, compute) -> Tokens:
+    """The stored tokens under ``key``, or ``compute()``'s (ids, vision, segment), stored."""
+    hit = store.get(key) if store else None
+    if hit is not None:
+        return Tokens(hit.ids.view(np.int32), hit.vision.astype(bool), hit.segment, sources,
+                      cached=True)
+    ids, vision, segment = compute()
+    if store:
+        store.put(key, ids, vision, segment, {"counts": {"vision": int(np.sum(vision))},
+                                              "segments": list(sources)})
+    return Tokens(np.asarray(ids, np.int32), np.asarray(vision, bool),
+                  np.asarray(segment, np.uint32), sources)
+
+
+def _text_prompt(doc: Document, tok, question, store, sources) -> Tokens:
+    """The chat template around the document (and question), encoded in one piece; each token's
+    segment found from its character offset."""
+    body = doc.text.strip()
+    content = body if question is None else f"{body}\n\n{question.strip()}"
+    render = lambda c: tok.apply_chat_template([{"role": "user", "content": c}],
+                                               add_generation_prompt=question is not None)
+    shell = render(_SENTINEL)
+    if shell.count(_SENTINEL) == 1:
+        before, after = shell.split(_SENTINEL)
+        prompt = before + content + after
+    else:  # a template that alters its content: locate the body in the rendered prompt
+        prompt = render(content)
+        before = prompt[:max(prompt.find(body), 0)]
+
+    def compute():
+        ids, starts = tok.encode_with_offsets(prompt)
+        # Character start of every text segment inside the prompt (doc.text joins with "\n\n").
+        lead = len(doc.text) - len(doc.text.lstrip())
+        seg_index, seg_start, pos = [], [], len(before) - lead
+        for i, seg in enumerate(doc.segments):
+            if isinstance(seg, TextSegment):
+                seg_index.append(i)
+                seg_start.append(pos)
+                pos += len(seg.text) + 2
+        which = np.searchsorted(np.asarray(seg_start), starts, side="right") - 1
+        inside = (starts >= len(before)) & (starts < len(before) + len(body)) & (which >= 0)
+        segment = np.where(inside, np.asarray(seg_index, np.int64)[np.maximum(which, 0)],
+                           NO_SEGMENT)
+        return ids, np.zeros(len(ids), bool), segment
+
+    key = TokenStore.key("text", tok.digest, prompt)
+    return _cached(store, key, sources, compute)
+
+
+def tokenize(doc: Document, model, question: str | None = None, *, vqgan=None,
+             cache=None) -> Tokens:
+    """Token ids, modality mask and provenance of ``doc`` (and ``question``) in ``model``'s
+    prompt format.
 
     ``model`` needs ``.tokenizer`` and ``.config`` (a ``ringkit.Model``). ``vqgan`` (a
     ``ringkit.tokenize.vqgan.VQGAN``) turns frames into codes for vision models. Without a
-    question the prompt stops after the document (no generation prompt).
+    question the prompt stops after the document (no generation prompt). ``cache``: the token
+    store to read and fill (``None``/``True``: ``ringkit.tokenize.store.cache_root()``; a path;
+    ``False``: none), keyed by the tokenizer, VQGAN and exact input, so the same document and
+    question tokenize once.
     """
     if question is not None and not question.strip():
         raise SourceError("the question is empty; ask something")
     tok = model.tokenizer
+    store, sources = _store(cache), _sources(doc)
     frames = [s for s in doc.segments if isinstance(s, FramesSegment)]
-    if not frames:
+    if not frames or not model.config.has_vision:
+        # A text-only model reads the text segments (a video's subtitles among them) and
+        # leaves the frames out.
         if not doc.text.strip():
+            if frames:
+                raise UnsupportedError(
+                    f"{model.config.name} reads text only, and this document holds "
+                    f"{len(doc.frames)} frames and no text: put the video's subtitles beside it "
+                    "(talk.srt or talk.vtt for talk.mp4), or use a vision model (an LWM vision "
+                    "checkpoint with its vqgan); reading on-screen text (OCR) is not "
+                    "implemented yet")
             raise SourceError("the document holds no text to read")
-        body = doc.text.rstrip()
-        content = body if question is None else f"{body}\n\n{question.strip()}"
-        return _text_tokens(tok.apply_chat_template(
-            [{"role": "user", "content": content}], tokenize=True,
-            add_generation_prompt=question is not None))
-    if not model.config.has_vision:
-        raise UnsupportedError(
-            f"{model.config.name} reads text only, and this document holds {len(doc.frames)} "
-            "frames; use a vision model (an LWM vision checkpoint with its vqgan) or ingest only "
-            "the text (reading subtitles and on-screen text for text-only models is not "
-            "implemented yet)")
+        return _text_prompt(doc, tok, question, store, sources)
     if vqgan is None:
         raise ConfigError("frames become vision tokens through LWM's VQGAN: pass "
                           "vqgan=ringkit.tokenize.vqgan.VQGAN.load('<checkpoint>/vqgan')")
-    ids, vision = [], []
 
-    def text(s: str, bos: bool = False):
-        piece = tok.encode(s, add_bos=bos)
-        ids.extend(piece)
-        vision.extend([False] * len(piece))
+    def compute():
+        ids, vision, segment = [], [], []
 
-    text(f"{SYSTEM} USER: " + (f"{question}\n" if question else ""), bos=True)
-    for seg in doc.segments:
-        if isinstance(seg, TextSegment):
-            text(seg.text + "\n")
-        else:
-            codes = vqgan.encode(doc.frames[seg.first:seg.first + seg.count])
-            text("<vision>")
-            block = vision_tokens(codes)
-            ids.extend(block.tolist())
-            vision.extend([True] * len(block))
-            text("</vision>")
-    if question is not None:
-        text(" ASSISTANT:")
-    return Tokens(np.asarray(ids, np.int32), np.asarray(vision, bool))
+        def text(s: str, seg=NO_SEGMENT, bos: bool = False):
+            piece = tok.encode(s, add_bos=bos)
+            ids.extend(piece)
+            vision.extend([False] * len(piece))
+            segment.extend([seg] * len(piece))
+
+        text(f"{SYSTEM} USER: " + (f"{question}\n" if question else ""), bos=True)
+        for i, seg in enumerate(doc.segments):
+            if isinstance(seg, TextSegment):
+                text(seg.text + "\n", i)
+            else:
+                codes = vqgan.encode(doc.frames[seg.first:seg.first + seg.count])
+                text("<vision>", i)
+                block = vision_tokens(codes)
+                ids.extend(block.tolist())
+                vision.extend([True] * len(block))
+                segment.extend([i] * len(block))
+                text("</vision>", i)
+        if question is not None:
+            text(" ASSISTANT:")
+        return ids, vision, segment
+
+    texts = [s.text if isinstance(s, TextSegment) else f"{s.first}:{s.count}"
+             for s in doc.segments]
+    key = TokenStore.key("video", tok.digest, vqgan.digest, question or "", "\x00".join(texts),
+                         doc.frames, doc.frame_times)
+    return _cached(store, key, sources, compute)

@@ -190,6 +190,15 @@ class VQGAN:
         return cls(load_vqgan_params(path), **kwargs)
 
     @functools.cached_property
+    def digest(self) -> str:
+        """SHA-256 of the weights (a key of the token store)."""
+        from ringkit.tokenize.store import digest
+
+        flat = jax.tree_util.tree_flatten_with_path(self.params)[0]
+        return digest(*[part for path, leaf in flat
+                        for part in (jax.tree_util.keystr(path), np.asarray(leaf))])
+
+    @functools.cached_property
     def _encode_fn(self):
         def fn(params, frames):
             x = frames.astype(jnp.float32) / 127.5 - 1.0  # LWM's _process_frame
@@ -212,9 +221,15 @@ class VQGAN:
 
         return jax.jit(fn)
 
-    def _batched(self, fn, x):
-        outs = [fn(self.params, x[i:i + self.batch]) for i in range(0, len(x), self.batch)]
-        return jax.tree.map(lambda *a: np.concatenate([np.asarray(b) for b in a]), *outs)
+    def _batched(self, fn, x, desc: str):
+        from ringkit.progress import bar
+
+        outs = []
+        with bar(len(x), desc, "frame", threshold=8 * self.batch) as progress:
+            for i in range(0, len(x), self.batch):
+                outs.append(jax.tree.map(np.asarray, fn(self.params, x[i:i + self.batch])))
+                progress.update(min(self.batch, len(x) - i))
+        return jax.tree.map(lambda *a: np.concatenate(a), *outs)
 
     def encode(self, frames, *, return_latents: bool = False):
         """uint8 frames ``[T, H, W, 3]`` -> int32 codes ``[T, H/f, W/f]`` (f = 16 for LWM's
@@ -223,9 +238,9 @@ class VQGAN:
         if frames.ndim != 4 or frames.shape[-1] != self.config.num_channels:
             raise FormatError(f"frames must be [T, H, W, {self.config.num_channels}], got "
                               f"{frames.shape}")
-        z, quantized, codes = self._batched(self._encode_fn, frames)
+        z, quantized, codes = self._batched(self._encode_fn, frames, "VQGAN encode")
         return (codes, z, quantized) if return_latents else codes
 
     def decode(self, codes):
         """int32 codes ``[T, h, w]`` -> float32 frames ``[T, h*f, w*f, 3]`` in [-1, 1]."""
-        return self._batched(self._decode_fn, np.asarray(codes, np.int32))
+        return self._batched(self._decode_fn, np.asarray(codes, np.int32), "VQGAN decode")

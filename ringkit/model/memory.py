@@ -1,0 +1,71 @@
+"""How much memory a prefill and decode of ``n`` tokens needs per device, before running it.
+
+An estimate from shapes alone (no compilation): weights as stored on each device, the decode-side
+weight copy, the KV cache, and the largest per-layer activations of the prefill. It is what
+``Tokens.summary(model)`` prints, so a user sees whether a million-token prompt fits a mesh before
+the model runs.
+
+Example::
+
+    est = estimate(model, 1_000_000, mesh=rk.make_mesh(sp=8))
+    print(est.describe())        # "per device on mesh {...}: weights 540 MB, KV cache ..."
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes per device. ``kv_cache`` is the cache a decode keeps; ``prefill_peak`` adds the
+    transient of a prefill (the scanned layers' stacked keys and values before they are split
+    per layer, and one layer's activations)."""
+
+    mesh: dict
+    tokens: int
+    weights: int
+    decode_weights: int
+    kv_cache: int
+    activations: int
+
+    @property
+    def prefill_peak(self) -> int:
+        return self.weights + self.decode_weights + 2 * self.kv_cache + self.activations
+
+    def describe(self) -> str:
+        gb = lambda b: f"{b / 1e9:.2f} GB" if b >= 1e8 else f"{b / 1e6:.0f} MB"
+        return (f"about {gb(self.prefill_peak)} per device at the prefill's peak on mesh "
+                f"{self.mesh} for {self.tokens:,} tokens: weights {gb(self.weights)} (+ "
+                f"{gb(self.decode_weights)} decode copy), KV cache {gb(self.kv_cache)}, "
+                f"activations {gb(self.activations)}")
+
+
+def estimate(model, tokens: int, *, mesh=None, batch: int = 1) -> MemoryEstimate:
+    """Per-device memory of ``model`` (a ``ringkit.Model``) prefilling ``tokens`` (prompt plus
+    room to generate) on ``mesh`` (default: the model's own)."""
+    cfg, rt = model.config, model.runtime
+    shape = dict((mesh or model.mesh).shape)
+    sp, tp = shape.get("sp", 1), shape.get("tp", 1)
+    fsdp, dp = shape.get("fsdp", 1), shape.get("dp", 1)
+    w_item = np.dtype(rt.weights_dtype).itemsize
+    c_item = np.dtype(rt.dtype).itemsize
+    weights = cfg.param_count() * w_item // (fsdp * tp)
+    # Decode reads per-layer weights: unstacked once when layers are scanned, and with sp > 1
+    # features also split over 'sp' (see Model._decode_variables).
+    decode_weights = 0 if (sp == 1 and not rt.scan_layers) else weights // sp
+    rows = math.ceil(batch / (dp * fsdp))
+    local = rows * math.ceil(tokens / sp)
+    kv_heads = math.ceil(cfg.n_kv_heads / min(tp, cfg.n_kv_heads))
+    kv_cache = 2 * cfg.n_layers * kv_heads * cfg.head_dim * local * w_item
+    heads = math.ceil(cfg.n_heads / tp)
+    ffn = math.ceil(cfg.ffn_dim / tp)
+    activations = local * (
+        2 * cfg.d_model * 4                                   # residual stream and norm (f32)
+        + (heads + 2 * kv_heads) * cfg.head_dim * c_item * 2  # q, k, v and the KV in flight
+        + heads * cfg.head_dim * 4                            # attention accumulator (f32)
+        + ffn * (2 * 4 + c_item))                             # gate, up (f32) and their product
+    return MemoryEstimate(shape, tokens, weights, decode_weights, kv_cache, activations)
