@@ -21,6 +21,7 @@ import subprocess
 from ringkit.errors import SourceError
 from ringkit.inputs.book import decode_text, looks_binary
 from ringkit.inputs.document import Document, Skipped, TextSegment
+from ringkit.progress import bar
 
 MAX_FILE_BYTES = 1_000_000
 VCS_DIRS = {".git", ".hg", ".svn"}  # left out silently
@@ -142,52 +143,56 @@ def read_repo(root: pathlib.Path, *, max_file_bytes: int = MAX_FILE_BYTES,
         paths = _walk_files(root)
     doc = Document()
     folders = set()
-    for rel in sorted(set(paths)):
-        parts = rel.rstrip("/").split("/")
-        # Vendored and generated folders: one entry per folder, however many files git tracks.
-        cut = next((i for i, p in enumerate(parts[:-1] if not rel.endswith("/") else parts)
-                    if _vendored(p)), None)
-        if cut is not None:
-            folder = "/".join(parts[:cut + 1]) + "/"
-            if folder not in folders:
-                folders.add(folder)
-                doc.skipped.append(Skipped(folder, "vendored or generated folder"))
-            continue
-        path = root / rel
-        if not path.exists() and not path.is_symlink():
-            continue  # tracked but deleted in the work tree
-        reason = _skip_reason(root, rel, include_secrets)
-        if reason is None and path.is_dir():
-            continue  # a submodule or nested checkout: listed by git as a directory
-        if reason is None:
-            size = path.stat().st_size
-            if size > max_file_bytes:
-                reason = f"{size:,} bytes, over max_file_bytes={max_file_bytes:,}"
-            elif size == 0:
-                reason = "empty"
-        text = None
-        if reason is None:
-            try:
-                data = path.read_bytes()
-            except OSError as e:
-                reason = f"unreadable ({e.strerror or e})"
-            else:
-                if looks_binary(data):
-                    reason = "binary"
-                elif not include_secrets and _PRIVATE_KEY.search(data):
-                    reason = "holds a private key (pass include_secrets=True to read it)"
+    ordered = sorted(set(paths))
+    with bar(len(ordered), f"reading {pathlib.Path(name).name}", "file",
+             threshold=5000) as progress:
+        for rel in ordered:
+            progress.update()
+            parts = rel.rstrip("/").split("/")
+            # Vendored and generated folders: one entry per folder, however many files git tracks.
+            cut = next((i for i, p in enumerate(parts[:-1] if not rel.endswith("/") else parts)
+                        if _vendored(p)), None)
+            if cut is not None:
+                folder = "/".join(parts[:cut + 1]) + "/"
+                if folder not in folders:
+                    folders.add(folder)
+                    doc.skipped.append(Skipped(folder, "vendored or generated folder"))
+                continue
+            path = root / rel
+            if not path.exists() and not path.is_symlink():
+                continue  # tracked but deleted in the work tree
+            reason = _skip_reason(root, rel, include_secrets)
+            if reason is None and path.is_dir():
+                continue  # a submodule or nested checkout: listed by git as a directory
+            if reason is None:
+                size = path.stat().st_size
+                if size > max_file_bytes:
+                    reason = f"{size:,} bytes, over max_file_bytes={max_file_bytes:,}"
+                elif size == 0:
+                    reason = "empty"
+            text = None
+            if reason is None:
+                try:
+                    data = path.read_bytes()
+                except OSError as e:
+                    reason = f"unreadable ({e.strerror or e})"
                 else:
-                    try:
-                        text = decode_text(data, rel)
-                    except SourceError as e:
-                        reason = str(e).removeprefix(f"{rel} ")
-        if reason is not None:
-            doc.skipped.append(Skipped(rel, reason))
-            continue
-        body = text.rstrip("\n")
-        doc.segments.append(TextSegment(text=f"{HEADER.format(path=rel)}\n{body}", source=rel,
-                                        span=(1, body.count("\n") + 1), title=rel))
-        doc.files.append(rel)
+                    if looks_binary(data):
+                        reason = "binary"
+                    elif not include_secrets and _PRIVATE_KEY.search(data):
+                        reason = "holds a private key (pass include_secrets=True to read it)"
+                    else:
+                        try:
+                            text = decode_text(data, rel)
+                        except SourceError as e:
+                            reason = str(e).removeprefix(f"{rel} ")
+            if reason is not None:
+                doc.skipped.append(Skipped(rel, reason))
+                continue
+            body = text.rstrip("\n")
+            doc.segments.append(TextSegment(text=f"{HEADER.format(path=rel)}\n{body}", source=rel,
+                                            span=(1, body.count("\n") + 1), title=rel))
+            doc.files.append(rel)
     if not doc.segments:
         why = "; ".join(f"{s.path}: {s.reason}" for s in doc.skipped[:5])
         raise SourceError(f"{name} has no readable text files"

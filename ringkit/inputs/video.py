@@ -23,6 +23,7 @@ import numpy as np
 
 from ringkit.errors import FormatError, MissingDependencyError, SourceError, UnsupportedError
 from ringkit.inputs.document import FRAME_SIZE, Document, FramesSegment, Skipped
+from ringkit.progress import bar
 
 BACKENDS = ("av", "decord")
 
@@ -103,22 +104,25 @@ def _read_av(path: pathlib.Path, name: str, fps: float, max_frames: int | None):
             expected = int(duration * fps) + 1
         out = _Frames(expected)
         next_t, size = 0.0, None
-        try:
-            for index, frame in enumerate(container.decode(stream)):
-                t = float(frame.time) if frame.time is not None else index / rate
-                if max_frames is not None:
-                    if index > last:
-                        break  # every uniform index is kept: no need to decode the rest
-                    if index not in keep:
+        label = f"decoding {pathlib.Path(name).name}"
+        with bar(expected, label, "frame", threshold=300) as progress:
+            try:
+                for index, frame in enumerate(container.decode(stream)):
+                    t = float(frame.time) if frame.time is not None else index / rate
+                    if max_frames is not None:
+                        if index > last:
+                            break  # every uniform index is kept: no need to decode the rest
+                        if index not in keep:
+                            continue
+                    elif t + 1e-6 < next_t:
                         continue
-                elif t + 1e-6 < next_t:
-                    continue
-                else:
-                    next_t = (math.floor(t * fps + 1e-6) + 1) / fps
-                size = size or scaled_size(frame.width, frame.height)
-                out.add(frame.to_ndarray(width=size[0], height=size[1], format="rgb24"), t)
-        except av.FFmpegError as e:
-            broke = f"decoding stopped after {len(out.times)} kept frames: {e}"
+                    else:
+                        next_t = (math.floor(t * fps + 1e-6) + 1) / fps
+                    size = size or scaled_size(frame.width, frame.height)
+                    out.add(frame.to_ndarray(width=size[0], height=size[1], format="rgb24"), t)
+                    progress.update()
+            except av.FFmpegError as e:
+                broke = f"decoding stopped after {len(out.times)} kept frames: {e}"
     frames, times = out.result()
     return frames, times, broke
 
@@ -147,10 +151,13 @@ def _read_decord(path: pathlib.Path, name: str, fps: float, max_frames: int | No
         times = np.arange(0, n / rate, 1 / fps)
         indices = sorted(set(np.minimum(np.ceil(times * rate - 1e-6), n - 1).astype(int).tolist()))
     out = _Frames(len(indices))
-    for start in range(0, len(indices), 64):  # bounded memory: 64 frames per batch
-        chunk = indices[start:start + 64]
-        for i, rgb in zip(chunk, reader.get_batch(chunk).asnumpy()):
-            out.add(rgb, i / rate)
+    with bar(len(indices), f"decoding {pathlib.Path(name).name}", "frame",
+             threshold=300) as progress:
+        for start in range(0, len(indices), 64):  # bounded memory: 64 frames per batch
+            chunk = indices[start:start + 64]
+            for i, rgb in zip(chunk, reader.get_batch(chunk).asnumpy()):
+                out.add(rgb, i / rate)
+            progress.update(len(chunk))
     frames, times = out.result()
     return frames, times, None
 
