@@ -127,3 +127,56 @@ def test_bad_videos(tmp_path):
     doc = rk.ingest([tmp_path / "noise.mp4", tmp_path / "good.mp4", tmp_path / "cut.mp4"])
     assert len(doc.frames) == 3 and [s.path for s in doc.skipped] == [
         str(tmp_path / "noise.mp4"), str(tmp_path / "cut.mp4")]
+
+
+SRT = ("\ufeff1\r\n00:00:00,500 --> 00:00:01,900\r\n<i>The crates</i> are on\r\nthe quay.\r\n\r\n"
+       "2\r\n00:00:02,000 --> 00:00:02,500\r\n{\\an8}The crates are on the quay.\r\n\r\n"
+       "3\r\n01:02:03,250 --> 01:02:04,000\r\nNine of them.\r\n")
+VTT = ("WEBVTT - talk\n\nNOTE written by hand\n\nSTYLE\n::cue { color: red }\n\n"
+       "intro\n00:01.000 --> 00:02.000 align:start position:10%\n<v Ann>Hello, <b>harbour</b>.\n\n"
+       "00:03.5 --> 00:04.000\nGoodbye.\n")
+
+
+def test_subtitles_parse_srt_and_vtt(tmp_path):
+    from ringkit.inputs.subtitles import parse
+
+    cues = parse(SRT.lstrip("\ufeff"))
+    assert cues == [(0.5, 1.9, "The crates are on the quay."),
+                    (2.0, 2.5, "The crates are on the quay."), (3723.25, 3724.0, "Nine of them.")]
+    assert parse(VTT) == [(1.0, 2.0, "Hello, harbour."), (3.5, 4.0, "Goodbye.")]
+    (tmp_path / "t.srt").write_text(SRT, newline="")
+    doc = rk.ingest(tmp_path / "t.srt")  # the repeated cue is dropped
+    assert doc.text == "[00:00:00] The crates are on the quay.\n[01:02:03] Nine of them."
+    (tmp_path / "empty.vtt").write_text("WEBVTT\n\n")
+    with pytest.raises(SourceError, match="no subtitle cues"):
+        rk.ingest(tmp_path / "empty.vtt")
+
+
+def test_video_reads_its_sidecar_subtitles_for_text_models(tmp_path):
+    from types import SimpleNamespace
+
+    from ringkit.errors import UnsupportedError
+    from ringkit.tokenize.prompts import tokenize
+    from ringkit.tokenize.text import Tokenizer
+
+    write_video(tmp_path / "talk.mp4", seconds=2)
+    (tmp_path / "talk.en.vtt").write_text(VTT)
+    (tmp_path / "talk.srt").write_text(SRT)
+    (tmp_path / "talkative.srt").write_text(SRT)  # another video's
+    doc = rk.ingest(tmp_path / "talk.mp4")
+    assert len(doc.frames) == 2
+    assert [s.source.rsplit("/", 1)[-1] for s in doc.segments[1:]] == ["talk.en.vtt", "talk.srt"]
+    assert "[00:00:01] Hello, harbour." in doc.text and "Nine of them." in doc.text
+    assert not rk.ingest(tmp_path / "talk.mp4", subtitles=False).text
+    # A text-only model gets the subtitles (frames left out); with no text it is told why.
+    from ringkit.model.load import _resolve
+    from ringkit.model.weights.gguf import _reader, read_fields
+
+    tok = Tokenizer.from_gguf_fields(read_fields(_reader(_resolve(None)[1])))
+    model = SimpleNamespace(tokenizer=tok, config=rk.ModelConfig.preset("smollm2-135m"))
+    tokens = tokenize(doc, model, "What is on the quay?", cache=False)
+    assert "Hello, harbour." in tok.decode(tokens.ids) and tokens.counts["vision"] == 0
+    assert tokens.source_of(int(np.flatnonzero(tokens.segment == 2)[0]))["source"].endswith(
+        "talk.srt")
+    with pytest.raises(UnsupportedError, match="talk.srt or talk.vtt"):
+        tokenize(rk.ingest(tmp_path / "talk.mp4", subtitles=False), model, "Why?", cache=False)

@@ -9,18 +9,19 @@ from ringkit.errors import FormatError, SourceError, UnsupportedError
 from ringkit.inputs.book import BOOK_SUFFIXES, decode_text, looks_binary, read_book
 from ringkit.inputs.document import Document, Skipped, TextSegment
 from ringkit.inputs.repo import MAX_FILE_BYTES, read_repo
+from ringkit.inputs.subtitles import SUBTITLE_SUFFIXES, read_subtitles, sidecars
 from ringkit.inputs.video import read_image, read_video
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp")
 # Not ".ts": MPEG transport streams share it with TypeScript sources, which are far more common.
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".mpg", ".mpeg")
 SUPPORTED = ("a directory or git checkout, and files: "
-             + ", ".join(BOOK_SUFFIXES + VIDEO_SUFFIXES + IMAGE_SUFFIXES)
+             + ", ".join(BOOK_SUFFIXES + VIDEO_SUFFIXES + SUBTITLE_SUFFIXES + IMAGE_SUFFIXES)
              + ", or any other UTF-8 text file")
 
 
 def _read_one(source, *, max_file_bytes: int, include_secrets: bool, fps: float,
-              max_frames: int | None, backend: str) -> Document:
+              max_frames: int | None, backend: str, subtitles: bool) -> Document:
     path = pathlib.Path(os.fspath(source)).expanduser()
     name = str(source)
     if not path.exists():
@@ -31,7 +32,12 @@ def _read_one(source, *, max_file_bytes: int, include_secrets: bool, fps: float,
     suffix = path.suffix.lower()
     try:
         if suffix in VIDEO_SUFFIXES:
-            return read_video(path, name, fps=fps, max_frames=max_frames, backend=backend)
+            doc = read_video(path, name, fps=fps, max_frames=max_frames, backend=backend)
+            for sub in sidecars(path) if subtitles else ():
+                doc.extend(read_subtitles(sub, str(pathlib.Path(name).parent / sub.name)))
+            return doc
+        if suffix in SUBTITLE_SUFFIXES:
+            return read_subtitles(path, name)
         if suffix in IMAGE_SUFFIXES:
             return read_image(path, name)
         if path.stat().st_size == 0:
@@ -50,7 +56,8 @@ def _read_one(source, *, max_file_bytes: int, include_secrets: bool, fps: float,
 
 
 def ingest(source, *, max_file_bytes: int = MAX_FILE_BYTES, include_secrets: bool = False,
-           fps: float = 1.0, max_frames: int | None = None, backend: str = "av") -> Document:
+           fps: float = 1.0, max_frames: int | None = None, backend: str = "av",
+           subtitles: bool = True) -> Document:
     """Read books, source trees, text files, videos and images (a path or a list, kept in order).
 
     Args:
@@ -64,6 +71,9 @@ def ingest(source, *, max_file_bytes: int = MAX_FILE_BYTES, include_secrets: boo
       fps: video frames kept per second (the first frame at or after each 1/fps s).
       max_frames: instead of ``fps``, LWM's uniform sampling of this many frames per video.
       backend: video decoder, ``"av"`` (PyAV, default) or ``"decord"``.
+      subtitles: read a video's sidecar subtitles (``talk.srt``, ``talk.en.vtt`` beside
+        ``talk.mp4``) as a timestamped text segment after its frames
+        (``ringkit.inputs.subtitles``); .srt / .vtt files given directly are always read so.
 
     Returns a ``Document``: ``doc.text``, ``doc.segments`` (text with provenance),
     ``doc.files``, ``doc.skipped``, ``doc.frames`` / ``doc.frame_times``.
@@ -79,7 +89,7 @@ def ingest(source, *, max_file_bytes: int = MAX_FILE_BYTES, include_secrets: boo
         doc.skipped[:3]            # [Skipped(path='.env', reason='may hold secrets ...'), ...]
     """
     options = dict(max_file_bytes=max_file_bytes, include_secrets=include_secrets, fps=fps,
-                   max_frames=max_frames, backend=backend)
+                   max_frames=max_frames, backend=backend, subtitles=subtitles)
     if isinstance(source, (str, os.PathLike)):
         return _read_one(source, **options)
     sources = list(source)
