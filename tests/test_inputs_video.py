@@ -180,3 +180,47 @@ def test_video_reads_its_sidecar_subtitles_for_text_models(tmp_path):
         "talk.srt")
     with pytest.raises(UnsupportedError, match="talk.srt or talk.vtt"):
         tokenize(rk.ingest(tmp_path / "talk.mp4", subtitles=False), model, "Why?", cache=False)
+
+
+def test_onscreen_text_of_slides(tmp_path):
+    """Two slides of 2 s each at 1 fps: one line per slide, with its time; images too."""
+    pytest.importorskip("tesserocr", reason="OCR needs pip install 'ringkit[ocr]'")
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=44)
+
+    def slide(text):
+        img = Image.new("RGB", (640, 360), (250, 250, 250))
+        ImageDraw.Draw(img).text((140, 150), text, fill=(10, 10, 10), font=font)
+        return np.asarray(img)
+
+    slides = [slide("NINE CRATES"), slide("FORTY BARRELS")]
+    with av.open(str(tmp_path / "talk.mp4"), "w") as out:
+        stream = out.add_stream("libx264", rate=5)
+        stream.width, stream.height, stream.pix_fmt = 640, 360, "yuv420p"
+        for i in range(20):
+            frame = av.VideoFrame.from_ndarray(slides[i // 10], format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    doc = rk.ingest(tmp_path / "talk.mp4", ocr=True)
+    assert len(doc.frames) == 4 and doc.segments[-1].title == "on-screen text"
+    assert doc.segments[-1].text == "[00:00:00] NINE CRATES\n[00:00:02] FORTY BARRELS"
+    assert rk.ingest(tmp_path / "talk.mp4").text == ""  # OCR only on request
+    Image.fromarray(slides[1]).save(tmp_path / "slide.png")
+    assert rk.ingest(tmp_path / "slide.png", ocr=True).text == "[00:00:00] FORTY BARRELS"
+
+
+def test_ocr_without_tesseract_names_the_extra(tmp_path, monkeypatch):
+    import sys
+
+    from PIL import Image
+
+    from ringkit.errors import MissingDependencyError
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
+    monkeypatch.setitem(sys.modules, "tesserocr", None)  # import fails as if not installed
+    with pytest.raises(MissingDependencyError, match=r"ringkit\[ocr\]"):
+        rk.ingest(tmp_path / "a.png", ocr=True)

@@ -21,7 +21,7 @@ SUPPORTED = ("a directory or git checkout, and files: "
 
 
 def _read_one(source, *, max_file_bytes: int, include_secrets: bool, fps: float,
-              max_frames: int | None, backend: str, subtitles: bool) -> Document:
+              max_frames: int | None, backend: str, subtitles: bool, ocr: bool) -> Document:
     path = pathlib.Path(os.fspath(source)).expanduser()
     name = str(source)
     if not path.exists():
@@ -35,11 +35,12 @@ def _read_one(source, *, max_file_bytes: int, include_secrets: bool, fps: float,
             doc = read_video(path, name, fps=fps, max_frames=max_frames, backend=backend)
             for sub in sidecars(path) if subtitles else ():
                 doc.extend(read_subtitles(sub, str(pathlib.Path(name).parent / sub.name)))
-            return doc
+            return _with_onscreen_text(doc, name) if ocr else doc
         if suffix in SUBTITLE_SUFFIXES:
             return read_subtitles(path, name)
         if suffix in IMAGE_SUFFIXES:
-            return read_image(path, name)
+            doc = read_image(path, name)
+            return _with_onscreen_text(doc, name) if ocr else doc
         if path.stat().st_size == 0:
             raise SourceError(f"{name} is empty")
         if suffix in BOOK_SUFFIXES:
@@ -55,9 +56,18 @@ def _read_one(source, *, max_file_bytes: int, include_secrets: bool, fps: float,
     return Document(segments=[TextSegment(text, name, (1, text.count("\n") + 1))])
 
 
+def _with_onscreen_text(doc: Document, name: str) -> Document:
+    from ringkit.inputs.ocr import read_onscreen_text
+
+    segment = read_onscreen_text(doc.frames, doc.frame_times, name)
+    if segment is not None:
+        doc.segments.append(segment)
+    return doc
+
+
 def ingest(source, *, max_file_bytes: int = MAX_FILE_BYTES, include_secrets: bool = False,
            fps: float = 1.0, max_frames: int | None = None, backend: str = "av",
-           subtitles: bool = True) -> Document:
+           subtitles: bool = True, ocr: bool = False) -> Document:
     """Read books, source trees, text files, videos and images (a path or a list, kept in order).
 
     Args:
@@ -74,6 +84,8 @@ def ingest(source, *, max_file_bytes: int = MAX_FILE_BYTES, include_secrets: boo
       subtitles: read a video's sidecar subtitles (``talk.srt``, ``talk.en.vtt`` beside
         ``talk.mp4``) as a timestamped text segment after its frames
         (``ringkit.inputs.subtitles``); .srt / .vtt files given directly are always read so.
+      ocr: also read the on-screen text of videos' kept frames and of images (Tesseract,
+        ``pip install 'ringkit[ocr]'``; ``ringkit.inputs.ocr``), as a timestamped text segment.
 
     Returns a ``Document``: ``doc.text``, ``doc.segments`` (text with provenance),
     ``doc.files``, ``doc.skipped``, ``doc.frames`` / ``doc.frame_times``.
@@ -89,7 +101,8 @@ def ingest(source, *, max_file_bytes: int = MAX_FILE_BYTES, include_secrets: boo
         doc.skipped[:3]            # [Skipped(path='.env', reason='may hold secrets ...'), ...]
     """
     options = dict(max_file_bytes=max_file_bytes, include_secrets=include_secrets, fps=fps,
-                   max_frames=max_frames, backend=backend, subtitles=subtitles)
+                   max_frames=max_frames, backend=backend, subtitles=subtitles,
+                   ocr=ocr)
     if isinstance(source, (str, os.PathLike)):
         return _read_one(source, **options)
     sources = list(source)

@@ -7,9 +7,9 @@
   the segments in order, each frames segment as ``<vision>`` + 257 tokens per frame (256 VQGAN
   codes, then ``<eof>`` = 8192, or ``<eov>`` = 8193 after the last frame) + ``</vision>``; the
   modality mask is True on the codes and markers, which index the vision vocabulary.
-- For a text-only model a video contributes its text segments (sidecar subtitles, see
-  ``ringkit.inputs.subtitles``) and its frames are left out; frames without any text raise
-  (reading on-screen text by OCR is not implemented yet).
+- For a text-only model a video contributes its text segments (sidecar subtitles, on-screen
+  text read with ``ingest(..., ocr=True)``) and its frames are left out; frames without any
+  text raise.
 
 Every token records the document segment it came from (``Tokens.segment``), and results go to
 the token store (``ringkit.tokenize.store``), so the same input tokenizes once.
@@ -198,9 +198,9 @@ def tokenize(doc: Document, model, question: str | None = None, *, vqgan=None,
                 raise UnsupportedError(
                     f"{model.config.name} reads text only, and this document holds "
                     f"{len(doc.frames)} frames and no text: put the video's subtitles beside it "
-                    "(talk.srt or talk.vtt for talk.mp4), or use a vision model (an LWM vision "
-                    "checkpoint with its vqgan); reading on-screen text (OCR) is not "
-                    "implemented yet")
+                    "(talk.srt or talk.vtt for talk.mp4), ingest it with ocr=True to read its "
+                    "on-screen text, or use a vision model (an LWM vision checkpoint with its "
+                    "vqgan)")
             raise SourceError("the document holds no text to read")
         return _text_prompt(doc, tok, question, store, sources)
     if vqgan is None:
