@@ -7,6 +7,7 @@ from ringkit import attention, errors, model
 from ringkit.attention import (
     BlockSizes, from_layout, layout_positions, pad_for_ring, ring_attention,
     ring_attention_permuted, to_layout)
+from ringkit.context import Context, ask, read
 from ringkit.errors import RingkitError
 from ringkit.inputs import Document, ingest
 from ringkit.mesh import (
@@ -17,9 +18,9 @@ from ringkit.model import Model, ModelConfig, RopeScaling, load_model
 __version__ = "0.1.0"
 
 __all__ = [
-    "BlockSizes", "Document", "LOGICAL_AXIS_RULES", "MeshConfig", "Model", "ModelConfig",
-    "RingkitError", "RopeScaling", "attention", "errors", "from_layout", "ingest",
+    "BlockSizes", "Context", "Document", "LOGICAL_AXIS_RULES", "MeshConfig", "Model", "ModelConfig",
+    "RingkitError", "RopeScaling", "ask", "attention", "errors", "from_layout", "ingest",
     "initialize_distributed", "layout_positions",
     "load_model", "logical_sharding", "logical_to_spec", "make_mesh", "model", "pad_for_ring",
-    "ring_attention", "ring_attention_permuted", "to_layout",
+    "read", "ring_attention", "ring_attention_permuted", "to_layout",
 ]

@@ -31,3 +31,7 @@ class MissingDependencyError(RingkitError, ImportError):
 
 class SourceError(RingkitError, ValueError):
     """A source to read that is missing, empty, unreadable or of a kind ringkit does not read."""
+
+
+class ResourceError(RingkitError, MemoryError):
+    """Work that would not fit in the memory the devices have; the message says what would."""

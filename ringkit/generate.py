@@ -60,16 +60,29 @@ def generate_ids(model, rows: Sequence[Sequence[int]], *, max_new_tokens: int = 
                  stop: Sequence[str] = (), stream: Callable[[str, int], None] | None = None,
                  vision_rows=None) -> list[list[int]]:
     """Generate from token ``rows``; returns the new ids of each row (stop text cut off)."""
+    check_sampling(max_new_tokens, temperature, top_p)
+    logits, cache = model.prefill(rows, max_new_tokens=max_new_tokens, vision_rows=vision_rows)
+    return decode(model, logits, cache, max_new_tokens=max_new_tokens, temperature=temperature,
+                  top_p=top_p, seed=seed, stop=stop, stream=stream)
+
+
+def check_sampling(max_new_tokens: int, temperature: float, top_p: float) -> None:
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if not temperature >= 0 or not 0 < top_p <= 1:
         raise ConfigError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+
+
+def decode(model, logits, cache, *, max_new_tokens: int, temperature: float = 0.0,
+           top_p: float = 1.0, seed: int = 0, stop: Sequence[str] = (),
+           stream: Callable[[str, int], None] | None = None) -> list[list[int]]:
+    """Sample from ``logits [b, vocab]`` and step ``cache`` until every row ends: the decode
+    loop of ``generate_ids``, also used to answer on top of a prefilled context."""
     tok = model.tokenizer
     eos = set(tok.eos_ids)
     filler = next(iter(eos), 0)
-    logits, cache = model.prefill(rows, max_new_tokens=max_new_tokens, vision_rows=vision_rows)
     key = jax.random.key(seed)
-    b = len(rows)
+    b = logits.shape[0]
     out: list[list[int]] = [[] for _ in range(b)]
     texts = [""] * b
     done = np.zeros(b, bool)

@@ -24,6 +24,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import numpy as np
 
@@ -138,19 +139,30 @@ def _cached(store, key, sources, compute) -> Tokens:
                   np.asarray(segment, np.uint32), sources)
 
 
-def _text_prompt(doc: Document, tok, question, store, sources) -> Tokens:
+def _chat_shell(tok, generation_prompt: bool) -> tuple[str, str] | None:
+    """The chat template's text before and after the user's content, or None for a template
+    that alters its content."""
+    shell = tok.apply_chat_template([{"role": "user", "content": _SENTINEL}],
+                                    add_generation_prompt=generation_prompt)
+    return tuple(shell.split(_SENTINEL)) if shell.count(_SENTINEL) == 1 else None
+
+
+def _text_prompt(doc: Document, tok, question, store, sources, *, open_end=False) -> Tokens:
     """The chat template around the document (and question), encoded in one piece; each token's
-    segment found from its character offset."""
+    segment found from its character offset. ``open_end``: stop right after the document (the
+    prefix of a ``context_prompt``)."""
     body = doc.text.strip()
     content = body if question is None else f"{body}\n\n{question.strip()}"
-    render = lambda c: tok.apply_chat_template([{"role": "user", "content": c}],
-                                               add_generation_prompt=question is not None)
-    shell = render(_SENTINEL)
-    if shell.count(_SENTINEL) == 1:
-        before, after = shell.split(_SENTINEL)
-        prompt = before + content + after
+    parts = _chat_shell(tok, question is not None or open_end)
+    if parts is not None:
+        before, after = parts
+        prompt = before + content + ("" if open_end else after)
     else:  # a template that alters its content: locate the body in the rendered prompt
-        prompt = render(content)
+        if open_end:
+            raise UnsupportedError("this model's chat template alters the user's text, so a "
+                                   "document cannot be prefilled apart from its question")
+        prompt = tok.apply_chat_template([{"role": "user", "content": content}],
+                                         add_generation_prompt=question is not None)
         before = prompt[:max(prompt.find(body), 0)]
 
     def compute():
@@ -185,8 +197,43 @@ def tokenize(doc: Document, model, question: str | None = None, *, vqgan=None,
     ``False``: none), keyed by the tokenizer, VQGAN and exact input, so the same document and
     question tokenize once.
     """
+    _check_question(question)
+    return _prompt(doc, model, question, vqgan, cache, open_end=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class ContextPrompt:
+    """A document's prompt cut where a question goes: ``prefix`` (``Tokens``, prefilled once)
+    and ``question_ids(q)``, the int32 tokens that follow it for one question, up to the
+    generation prompt. For SmolLM2's ChatML, prefix + question ids equal ``tokenize(doc, model,
+    q).ids``; LWM video prompts put the question after the video here (LWM's own put it first,
+    which would leave nothing to reuse)."""
+
+    prefix: Tokens
+    suffix: Callable[[str], list[int]]
+
+    def question_ids(self, question: str) -> np.ndarray:
+        _check_question(question)
+        return np.asarray(self.suffix(question.strip()), np.int32)
+
+
+def context_prompt(doc: Document, model, *, vqgan=None, cache=None) -> ContextPrompt:
+    """``doc``'s prompt for ``model`` split into a reusable prefix and per-question tokens (what
+    ``ringkit.read`` prefills once and questions many times)."""
+    tok = model.tokenizer
+    prefix = _prompt(doc, model, None, vqgan, cache, open_end=True)
+    if prefix.counts["vision"]:
+        return ContextPrompt(prefix, lambda q: tok.encode(f"\n{q} ASSISTANT:", add_bos=False))
+    after = _chat_shell(tok, True)[1]
+    return ContextPrompt(prefix, lambda q: tok.encode(f"\n\n{q}{after}", add_bos=False))
+
+
+def _check_question(question: str | None) -> None:
     if question is not None and not question.strip():
         raise SourceError("the question is empty; ask something")
+
+
+def _prompt(doc: Document, model, question, vqgan, cache, *, open_end: bool) -> Tokens:
     tok = model.tokenizer
     store, sources = _store(cache), _sources(doc)
     frames = [s for s in doc.segments if isinstance(s, FramesSegment)]
@@ -202,7 +249,7 @@ def tokenize(doc: Document, model, question: str | None = None, *, vqgan=None,
                     "on-screen text, or use a vision model (an LWM vision checkpoint with its "
                     "vqgan)")
             raise SourceError("the document holds no text to read")
-        return _text_prompt(doc, tok, question, store, sources)
+        return _text_prompt(doc, tok, question, store, sources, open_end=open_end)
     if vqgan is None:
         raise ConfigError("frames become vision tokens through LWM's VQGAN: pass "
                           "vqgan=ringkit.tokenize.vqgan.VQGAN.load('<checkpoint>/vqgan')")

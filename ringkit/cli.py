@@ -1,0 +1,107 @@
+"""The ``ringkit`` command: ask a question of a source, or see what reading it would take.
+
+    ringkit ask book.txt "Who is the narrator?"
+    ringkit ask ./repo "Which file implements ring attention?" --max-new-tokens 64
+    ringkit info talk.mp4 --ocr --mesh 1,1,1,8
+
+A ``RingkitError`` (a missing file, an empty question, a source too long for the model or for
+memory, a mesh that does not fit the devices) prints one line and exits with status 2; ``--debug``
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+_MESH_HELP = ("device mesh as LWM's 'dp,fsdp,tp,sp' sizes, one of them -1 for the remaining "
+              "devices (default: every device on the sequence axis 'sp')")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ringkit", description="Ask questions of whole books, source trees and videos with "
+        "a long-context model run by ring attention over a JAX device mesh.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(p):
+        p.add_argument("source", nargs="+", metavar="SOURCE",
+                       help="a book (.txt .md .html .epub), a directory or git checkout, a video "
+                       "or image, or several of them")
+        p.add_argument("--model", help="a .gguf file, an HF or LWM checkpoint directory, or an "
+                       "HF hub id (default: the embedded SmolLM2-135M-Instruct)")
+        p.add_argument("--mesh", help=_MESH_HELP)
+        p.add_argument("--dtype", choices=["float32", "bfloat16"],
+                       help="compute dtype (default: float32 on CPU, bfloat16 on accelerators)")
+        p.add_argument("--fps", type=float, default=1.0, help="video frames kept per second")
+        p.add_argument("--ocr", action="store_true",
+                       help="also read on-screen text of frames and images (ringkit[ocr])")
+        p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+
+    ask = sub.add_parser("ask", help="answer a question about SOURCE",
+                         description="Read SOURCE, prefill it, and print the answer to QUESTION "
+                         "as it is generated (greedy).")
+    common(ask)
+    ask.add_argument("question", metavar="QUESTION", help="the question, quoted")
+    ask.add_argument("--max-new-tokens", type=int, default=256,
+                     help="at most this many answer tokens (default 256)")
+    info = sub.add_parser("info", help="what reading SOURCE would take",
+                          description="Show what would be read from SOURCE, what was left out "
+                          "and why, its tokens by modality, and the estimated memory per device.")
+    common(info)
+    return parser
+
+
+def _model(args):
+    import ringkit as rk
+
+    mesh = rk.make_mesh(args.mesh) if args.mesh else None
+    if args.model is None and args.dtype is None:
+        from ringkit.context import default_model
+
+        return default_model(mesh)
+    return rk.load_model(args.model, mesh=mesh, dtype=args.dtype)
+
+
+def _run(args) -> None:
+    import ringkit as rk
+    from ringkit.errors import SourceError
+
+    if args.command == "ask" and not args.question.strip():
+        raise SourceError("the question is empty; ask something")
+    # Read the sources first: a typo fails before a model loads.
+    sources = args.source if len(args.source) > 1 else args.source[0]
+    doc = rk.ingest(sources, fps=args.fps, ocr=args.ocr)
+    model = _model(args)
+    if args.command == "ask":
+        rk.ask(doc, args.question, model=model, max_new_tokens=args.max_new_tokens, stream=True)
+        return
+    from ringkit.tokenize.prompts import context_prompt
+
+    tokens = context_prompt(doc, model).prefix
+    print(doc)
+    for skipped in doc.skipped[:20]:
+        print(f"  skipped {skipped.path}: {skipped.reason}")
+    if len(doc.skipped) > 20:
+        print(f"  ... and {len(doc.skipped) - 20} more skipped")
+    print(tokens.summary(model))
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    from ringkit.errors import RingkitError
+
+    try:
+        _run(args)
+    except RingkitError as err:
+        if args.debug:
+            raise
+        print(f"ringkit: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""``ringkit.read`` and ``ringkit.ask``: a document prefilled once, then questioned many times.
+
+``read`` ingests a source, tokenizes it in the model's prompt format up to where a question goes
+(``ringkit.tokenize.prompts.context_prompt``) and prefills it into a KV cache sharded along the
+sequence on 'sp'. ``Context.ask`` feeds the question's tokens on top of that cache, generates the
+answer, then rewinds the cache to the document (slot positions and counters restored; the slots
+the question and answer used are masked and later overwritten), so every question sees the same
+document state and costs only its own tokens.
+
+Example::
+
+    ctx = ringkit.read("hamlet.txt")
+    print(ctx)                                  # tokens, mesh, memory per device, sources
+    ctx.ask("Who kills Polonius?")
+    ctx.ask("Where is the play set?", stream=True)   # prints the answer as it is generated
+    ringkit.ask("talk.mp4", "What does the speaker announce?")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from typing import Callable
+
+import jax.numpy as jnp
+
+from ringkit.errors import ResourceError, ShapeError, SourceError
+from ringkit.generate import check_sampling, decode
+from ringkit.inputs.document import Document
+from ringkit.inputs.sources import ingest
+
+DEFAULT_ROOM = 1024  # question + answer tokens a context keeps room for
+_MODELS: dict = {}
+
+
+def default_model(mesh=None):
+    """The embedded SmolLM2 on ``mesh`` (default: every device on 'sp'), loaded once per mesh."""
+    from ringkit.mesh import make_mesh
+    from ringkit.model import load_model
+
+    mesh = mesh if mesh is not None else make_mesh()
+    key = (tuple(mesh.shape.items()), tuple(d.id for d in mesh.devices.flat))
+    if key not in _MODELS:
+        _MODELS[key] = load_model(mesh=mesh)
+    return _MODELS[key]
+
+
+def _streamer(stream) -> Callable[[str, int], None] | None:
+    if stream is None or stream is False:
+        return None
+    if stream is True:
+        return lambda piece, row: (sys.stdout.write(piece), sys.stdout.flush())
+    return lambda piece, row: stream(piece)
+
+
+@dataclasses.dataclass
+class Context:
+    """A prefilled document: ``model``, ``doc``, ``prompt`` (its ``ContextPrompt``), ``cache``
+    (the sequence-sharded KV cache) and ``room`` (question + answer tokens it can take).
+    ``prefill_seconds`` is what reading it cost. Build one with ``ringkit.read``."""
+
+    model: object
+    doc: Document
+    prompt: object
+    cache: object
+    room: int
+    prefill_seconds: float
+    _slot_pos: object = dataclasses.field(repr=False)
+    _next_pos: object = dataclasses.field(repr=False)
+
+    @property
+    def tokens(self):
+        """The document's prompt tokens (``Tokens``: ids, modality mask, provenance)."""
+        return self.prompt.prefix
+
+    def ask(self, question: str, *, max_new_tokens: int = 256, stream=None,
+            temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+            stop=()) -> str:
+        """Answer ``question`` about the document (greedy by default).
+
+        ``stream``: True prints the answer as it is generated, a callable receives each text
+        piece. The cache is rewound afterwards: the next question sees only the document.
+        """
+        check_sampling(max_new_tokens, temperature, top_p)
+        ids = self.prompt.question_ids(question)
+        need = len(ids) + max_new_tokens - 1
+        if need > self.room:
+            raise ShapeError(
+                f"the question ({len(ids)} tokens) and up to {max_new_tokens} answer tokens need "
+                f"{need} tokens of room; this context keeps {self.room}: ask for fewer new "
+                f"tokens or read it again with ringkit.read(..., room={need})")
+        try:
+            logits = self.model.step(self.cache, ids[None])
+            stop = (stop,) if isinstance(stop, str) else tuple(stop)
+            out = decode(self.model, logits, self.cache, max_new_tokens=max_new_tokens,
+                         temperature=temperature, top_p=top_p, seed=seed, stop=stop,
+                         stream=_streamer(stream))
+        finally:
+            self._rewind()
+        if stream is True:
+            print()
+        text = self.model.tokenizer.decode(out[0])
+        cut = min((text.find(s) for s in (stop or ()) if s in text), default=-1)
+        return text if cut < 0 else text[:cut]
+
+    def _rewind(self) -> None:
+        self.cache.slot_pos = jnp.copy(self._slot_pos)
+        self.cache.appended = 0
+        self.cache.next_pos = self._next_pos.copy()
+
+    def summary(self) -> str:
+        """Tokens by modality, sources, mesh and memory per device."""
+        files = sorted({s["source"] for s in self.tokens.sources})
+        shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+        return (f"Context: {self.tokens.summary(self.model, max_new_tokens=self.room)}\n"
+                f"read from {shown} in {self.prefill_seconds:.1f} s; KV cache "
+                f"{self.cache.nbytes_per_device() / 1e6:,.0f} MB per device, sharded over "
+                f"sp={self.model.sp}; room for {self.room:,} question + answer tokens")
+
+    def __repr__(self) -> str:
+        return self.summary()
+
+    def _repr_html_(self) -> str:
+        import html
+
+        return f"<pre>{html.escape(self.summary())}</pre>"
+
+
+def _host_available() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _check_memory(model, tokens: int) -> None:
+    """Refuse a prompt whose estimated prefill peak exceeds the memory the devices have."""
+    from ringkit.model.memory import estimate
+
+    est = estimate(model, tokens)
+    devices = list(model.mesh.devices.flat)
+    if devices[0].platform == "cpu":  # simulated CPU devices share the host's memory
+        have, need = _host_available(), est.prefill_peak * len(devices)
+    else:
+        stats = devices[0].memory_stats() or {}
+        have, need = stats.get("bytes_limit"), est.prefill_peak
+    if have and need > have:
+        raise ResourceError(
+            f"{tokens:,} tokens need about {need / 1e9:.1f} GB "
+            f"({'all devices' if devices[0].platform == 'cpu' else 'per device'}) and "
+            f"{have / 1e9:.1f} GB is available: use a mesh with more devices on 'sp' "
+            f"(ringkit.make_mesh(sp=...)), or read less of the source")
+
+
+def read(source, *, model=None, mesh=None, room: int = DEFAULT_ROOM, vqgan=None, cache=None,
+         **ingest_options) -> Context:
+    """Ingest ``source`` (a path, a list, or a ``Document``) and prefill it for questions.
+
+    Args:
+      model: a ``ringkit.Model`` (default: the embedded SmolLM2 on ``mesh``).
+      mesh: where the default model runs (default: every device on 'sp').
+      room: question + answer tokens each ``ask`` may use.
+      vqgan: LWM's VQGAN, for vision models reading frames.
+      cache: the token store (see ``ringkit.tokenize.prompts.tokenize``).
+      ingest_options: passed to ``ringkit.ingest`` (``fps``, ``ocr``, ``max_file_bytes``, ...).
+
+    Returns a ``Context``; ``ctx.ask(question)`` answers. Raises a ``RingkitError`` for a
+    missing or unreadable source, a prompt longer than the model's context (the message
+    suggests RoPE scaling) or than memory allows.
+
+    Example::
+
+        ctx = ringkit.read(["README.md", "ringkit/"])
+        ctx.ask("Which file implements ring attention?")
+    """
+    from ringkit.tokenize.prompts import context_prompt
+
+    if room < 1:
+        raise ShapeError(f"room must be >= 1 token, got {room}")
+    model = model if model is not None else default_model(mesh)
+    doc = source if isinstance(source, Document) else ingest(source, **ingest_options)
+    prompt = context_prompt(doc, model, vqgan=vqgan, cache=cache)
+    n = len(prompt.prefix)
+    model.check_length(n + room)
+    _check_memory(model, n + room)
+    t0 = time.perf_counter()
+    vision = [prompt.prefix.vision] if prompt.prefix.counts["vision"] else None
+    _, kv = model.prefill([prompt.prefix.ids.tolist()], max_new_tokens=room + 1,
+                          vision_rows=vision)
+    kv.k[0].block_until_ready()
+    seconds = time.perf_counter() - t0
+    return Context(model, doc, prompt, kv, room, seconds, jnp.copy(kv.slot_pos),
+                   kv.next_pos.copy())
+
+
+def ask(source, question: str, *, model=None, mesh=None, max_new_tokens: int = 256,
+        stream=None, **options) -> str:
+    """Ask one question of ``source`` (a book, a source tree, a video, a list, a ``Document``).
+
+    ``stream=True`` prints the answer as it is generated (a callable receives each piece).
+    ``options`` go to ``ringkit.read`` (``vqgan``, ``cache``, ingest options) or to
+    ``Context.ask`` (``temperature``, ``top_p``, ``seed``, ``stop``).
+
+    Example::
+
+        ringkit.ask("sonnets.txt", "What is the poem's main image?")
+    """
+    sampling = {k: options.pop(k) for k in ("temperature", "top_p", "seed", "stop")
+                if k in options}
+    if not isinstance(question, str) or not question.strip():
+        raise SourceError("the question is empty; ask something")
+    model = model if model is not None else default_model(mesh)
+    room = max_new_tokens + len(model.tokenizer.encode(question)) + 32  # + the template's
+    ctx = read(source, model=model, room=room, **options)
+    return ctx.ask(question, max_new_tokens=max_new_tokens, stream=stream, **sampling)

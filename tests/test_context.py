@@ -1,0 +1,113 @@
+"""rk.read / Context.ask / rk.ask: a document prefilled once and questioned many times, with the
+embedded SmolLM2 on a 2-device ring."""
+
+import types
+
+import jax
+import numpy as np
+import pytest
+
+import ringkit as rk
+from ringkit.errors import ResourceError, ShapeError, SourceError
+from ringkit.tokenize.prompts import context_prompt, tokenize
+
+STORY = ("The harbour master of Port Ellery kept a ledger of every ship. On the first of March "
+         "the Gannet arrived from Lisbon with nine crates of oranges. On the fourth the Kestrel "
+         "left for Bergen carrying forty barrels of oil. The ledger was kept in a blue box.\n")
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return rk.load_model(mesh=rk.make_mesh(sp=2, devices=jax.devices()[:2]))
+
+
+@pytest.fixture
+def story(tmp_path):
+    (tmp_path / "ledger.txt").write_text(STORY * 3)
+    return rk.ingest(tmp_path / "ledger.txt")
+
+
+def test_prefix_plus_question_is_the_whole_prompt(smollm2, story):
+    prompt = context_prompt(story, smollm2, cache=False)
+    for q in ("What did the Gannet carry?", "  Where was the ledger kept? "):
+        whole = tokenize(story, smollm2, q, cache=False).ids
+        assert np.concatenate([prompt.prefix.ids, prompt.question_ids(q)]).tolist() \
+            == whole.tolist()
+
+
+def test_questions_see_the_same_document(smollm2, story):
+    ctx = rk.read(story, model=smollm2, room=64)
+    assert ctx.cache.slots >= len(ctx.tokens) + 64 and "sp=2" in repr(ctx)
+    q1, q2 = "What did the Gannet carry?", "Where did the Kestrel go?"
+    first = ctx.ask(q1, max_new_tokens=12)
+    pieces = []
+    second = ctx.ask(q2, max_new_tokens=12, stream=pieces.append)
+    assert "".join(pieces) == second and second != first
+    assert ctx.ask(q1, max_new_tokens=12) == first  # the cache was rewound to the document
+    # The same greedy answer as generating from the whole prompt in one prefill.
+    ids = tokenize(story, smollm2, q1, cache=False).ids.tolist()
+    assert smollm2.generate(ids, max_new_tokens=12) == first
+    assert "orange" in first.lower() or "crate" in first.lower()
+
+
+def test_ask_one_question(smollm2, tmp_path):
+    (tmp_path / "note.txt").write_text(STORY)
+    out = rk.ask(tmp_path / "note.txt", "What did the Gannet carry?", model=smollm2,
+                 max_new_tokens=10)
+    assert isinstance(out, str) and out
+
+
+def test_bad_input(smollm2, story, tmp_path, monkeypatch):
+    ctx = rk.read(story, model=smollm2, room=24)
+    with pytest.raises(SourceError, match="question is empty"):
+        ctx.ask("   ")
+    with pytest.raises(ShapeError, match="room=.*"):
+        ctx.ask("What did the Gannet carry?", max_new_tokens=40)
+    assert ctx.ask("What did the Gannet carry?", max_new_tokens=4)  # still usable
+    with pytest.raises(SourceError, match="no such file"):
+        rk.read(tmp_path / "missing.txt", model=smollm2)
+    with pytest.raises(SourceError, match="question is empty"):
+        rk.ask(tmp_path / "missing.txt", "", model=smollm2)
+    (tmp_path / "long.txt").write_text("word " * 9000)
+    with pytest.raises(ShapeError, match="rope_scaling"):
+        rk.read(tmp_path / "long.txt", model=smollm2)
+    import ringkit.context
+
+    monkeypatch.setattr(ringkit.context, "_host_available", lambda: 10_000_000)
+    with pytest.raises(ResourceError, match="GB is available.*make_mesh"):
+        rk.read(story, model=smollm2)
+
+
+def test_memory_check_counts_simulated_devices():
+    from ringkit.context import _check_memory
+
+    model = types.SimpleNamespace(
+        config=rk.ModelConfig.preset("smollm2-135m"), runtime=rk.model.Runtime(rk.make_mesh()),
+        mesh=rk.make_mesh(), sp=8)
+    _check_memory(model, 4096)  # fits this machine
+    with pytest.raises(ResourceError):
+        _check_memory(model, 50_000_000)
+
+
+def test_cli(smollm2, tmp_path, monkeypatch, capsys):
+    from ringkit import cli, context
+
+    monkeypatch.setattr(context, "default_model", lambda mesh=None: smollm2)
+    (tmp_path / "note.txt").write_text(STORY)
+    assert cli.main(["ask", str(tmp_path / "note.txt"), "What did the Gannet carry?",
+                     "--max-new-tokens", "8"]) == 0
+    out = capsys.readouterr().out
+    assert out.strip() and out.endswith("\n")
+    assert cli.main(["info", str(tmp_path / "note.txt"), str(tmp_path / "missing.txt")]) == 0
+    out = capsys.readouterr().out
+    assert "skipped" in out and "missing.txt" in out and "tokens:" in out and "per device" in out
+    # Errors: one line on stderr, status 2, no traceback.
+    assert cli.main(["ask", str(tmp_path / "missing.txt"), "Why?"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ringkit: error: no such file") and err.count("\n") == 1
+    assert cli.main(["ask", str(tmp_path / "note.txt"), " "]) == 2
+    assert "question is empty" in capsys.readouterr().err
+    assert cli.main(["info", str(tmp_path / "note.txt"), "--mesh", "3,1,1,1"]) == 2
+    assert "ringkit: error:" in capsys.readouterr().err
+    with pytest.raises(SourceError):
+        cli.main(["ask", str(tmp_path / "missing.txt"), "Why?", "--debug"])
