@@ -2,6 +2,7 @@
 
     python benchmarks/model.py                     # 2K/8K prefill, decode after 8K, 32K RSS
     python benchmarks/model.py --quick             # 2K only, fewer repeats (a smoke run)
+    python benchmarks/model.py --paired            # transformers alternating inside each job
 
 Each measurement runs in its own process (a device count is fixed when JAX starts, and peak RSS
 must be per job): transformers fp32 on torch CPU with 2 threads, first and again last (its runs
@@ -138,6 +139,61 @@ def worker_ringkit(args):
     return out
 
 
+def worker_paired(args):
+    """transformers and ringkit in one process, their runs alternating, so both see the same
+    machine (a shared VM's steal time drifts by minutes): per-config ratios from paired runs."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+    import transformers
+
+    import ringkit as rk
+
+    torch.set_num_threads(2)
+    path = rk.model.embedded_model_path()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+    model = rk.load_model(mesh=rk.make_mesh(sp=args.devices), dtype=args.dtype)
+    encode = model.tokenizer.encode
+    clock = time.perf_counter
+
+    def timed(fn):
+        t0 = clock()
+        fn()
+        return clock() - t0
+
+    out = {}
+    with torch.no_grad():
+        for n in args.lengths:
+            row = corpus_ids(encode, n)
+            ids = torch.tensor([row])
+            hf_run = lambda: hf(ids, logits_to_keep=1)
+            rk_run = lambda: jax.block_until_ready(model.prefill([row], max_new_tokens=1)[0])
+            hf_run(), rk_run()  # warm-up and compilation
+            pairs = [(timed(hf_run), timed(rk_run)) for _ in range(args.repeats)]
+            out[f"hf_prefill_{n}"], out[f"prefill_{n}"] = map(list, zip(*pairs))
+        row = corpus_ids(encode, args.decode_context)
+        res = hf(torch.tensor([row]), logits_to_keep=1, use_cache=True)
+        past, nxt = res.past_key_values, res.logits[:, -1].argmax(-1, keepdim=True)
+        logits, cache = model.prefill([row], max_new_tokens=args.decode_steps + 2)
+        hf_steps, rk_steps = [], []
+        for i in range(args.decode_steps + 1):
+            t0 = clock()
+            res = hf(nxt, past_key_values=past, use_cache=True)
+            past, nxt = res.past_key_values, res.logits[:, -1].argmax(-1, keepdim=True)
+            t1 = clock()
+            tok = np.asarray(jnp.argmax(logits, -1))
+            logits = model.step(cache, tok)
+            jax.block_until_ready(logits)
+            if i:  # the first steps warm up (and compile)
+                hf_steps.append(t1 - t0)
+                rk_steps.append(clock() - t1)
+        out["hf_decode"], out["decode"] = hf_steps, rk_steps
+    out["rss_gb"] = rss_gb()
+    return out
+
+
 def worker_rss32k(args):
     import jax
 
@@ -233,9 +289,41 @@ def summarise(results: dict, args) -> str:
     return text
 
 
+def summarise_paired(results: dict, args) -> str:
+    med = statistics.median
+    lines = ["| ringkit job | " + " | ".join(
+        f"prefill {n} tok/s (transformers) | ratio" for n in args.lengths)
+        + f" | decode tok/s after {args.decode_context} (transformers) | ratio | peak RSS GB |",
+        "|---|" + "---|---|" * (len(args.lengths) + 1) + "---|"]
+    measures = [(f"prefill_{n}", n) for n in args.lengths] + [("decode", 1)]
+    best = {key: 0.0 for key, _ in measures}
+    for d, t in RINGKIT_JOBS:
+        r = results.get(_name(d, t))
+        if r is None:
+            continue
+        cells = []
+        for key, count in measures:
+            ours, theirs = count / med(r[key]), count / med(r["hf_" + key])
+            best[key] = max(best[key], ours / theirs)
+            fmt = "{:.0f}" if count > 1 else "{:.1f}"
+            cells += [f"{fmt.format(ours)} ({fmt.format(theirs)})", f"{ours / theirs:.2f}x"]
+        lines.append(f"| {d} dev {t} | " + " | ".join(cells) + f" | {r['rss_gb']:.2f} |")
+    lines.append("| best | " + " | ".join(f" | **{best[key]:.2f}x**" for key, _ in measures)
+                 + " | |")
+    text = "\n".join(lines) + ("\n\nEach job ran transformers fp32 (2 threads) and ringkit in one "
+                               "process, alternating run by run; ratios are ringkit / transformers.")
+    if "rss32k" in results:
+        r = results["rss32k"]
+        text += (f"\n\n{r['tokens']}-token prefill (YaRN x4, {args.long_devices} devices, "
+                 f"{args.long_dtype}): peak RSS {r['rss_gb']:.2f} GB, "
+                 f"{r['seconds_incl_compile']:.0f} s including compilation, KV cache "
+                 f"{r['kv_cache_bytes_per_device'] / 2**20:.0f} MiB per device.")
+    return text
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--worker", choices=["transformers", "ringkit", "rss32k"])
+    parser.add_argument("--worker", choices=["transformers", "ringkit", "rss32k", "paired"])
     parser.add_argument("--devices", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192])
@@ -247,10 +335,12 @@ def main():
     parser.add_argument("--long-devices", type=int, default=8)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-32k", action="store_true")
+    parser.add_argument("--paired", action="store_true",
+                        help="transformers inside every ringkit job, runs alternating")
     args = parser.parse_args()
     if args.worker:
         fn = {"transformers": worker_transformers, "ringkit": worker_ringkit,
-              "rss32k": worker_rss32k}[args.worker]
+              "rss32k": worker_rss32k, "paired": worker_paired}[args.worker]
         print(json.dumps(fn(args)))
         return
     if args.quick:
@@ -259,16 +349,19 @@ def main():
     stamp = datetime.datetime.now().strftime("%Y-%m-%dT%H%M%S")
     out = HERE / "results" / f"model-{stamp}"
     results = {}
-    jobs = [("transformers", "transformers", 1, "float32")]
-    jobs += [(_name(d, t), "ringkit", d, t) for d, t in RINGKIT_JOBS]
-    jobs.append(("transformers_end", "transformers", 1, "float32"))
+    if args.paired:
+        jobs = [(_name(d, t), "paired", d, t) for d, t in RINGKIT_JOBS]
+    else:
+        jobs = [("transformers", "transformers", 1, "float32")]
+        jobs += [(_name(d, t), "ringkit", d, t) for d, t in RINGKIT_JOBS]
+        jobs.append(("transformers_end", "transformers", 1, "float32"))
     if not args.no_32k:
         jobs.append(("rss32k", "rss32k", args.long_devices, args.long_dtype))
     for name, kind, devices, dtype in jobs:
         results[name] = spawn(kind, args, devices, dtype)
         out.with_suffix(".json").write_text(json.dumps(  # saved after every job
             {"args": vars(args), "results": results}, indent=1))
-    summary = summarise(results, args)
+    summary = (summarise_paired if args.paired else summarise)(results, args)
     print(summary)
     out.with_suffix(".md").write_text(f"# model benchmark {stamp}\n\n{summary}\n")
     print(f"wrote {out}.json/.md")

@@ -92,7 +92,13 @@ class Context:
                 f"{need} tokens of room; this context keeps {self.room}: ask for fewer new "
                 f"tokens or read it again with ringkit.read(..., room={need})")
         try:
-            logits = self.model.step(self.cache, ids[None])
+            # The question in power-of-two pieces (21 = 16 + 4 + 1): a decode step compiles
+            # once per piece size, not once per question length.
+            start = 0
+            for bit in reversed(range(len(ids).bit_length())):
+                if len(ids) & (1 << bit):
+                    logits = self.model.step(self.cache, ids[None, start:start + (1 << bit)])
+                    start += 1 << bit
             stop = (stop,) if isinstance(stop, str) else tuple(stop)
             out = decode(self.model, logits, self.cache, max_new_tokens=max_new_tokens,
                          temperature=temperature, top_p=top_p, seed=seed, stop=stop,

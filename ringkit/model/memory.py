@@ -46,9 +46,11 @@ class MemoryEstimate:
 
 def estimate(model, tokens: int, *, mesh=None, batch: int = 1) -> MemoryEstimate:
     """Per-device memory of ``model`` (a ``ringkit.Model``) prefilling ``tokens`` (prompt plus
-    room to generate) on ``mesh`` (default: the model's own)."""
+    room to generate) on ``mesh``: a mesh, or axis sizes such as ``{"sp": 64}`` for one not at
+    hand (default: the model's own)."""
     cfg, rt = model.config, model.runtime
-    shape = dict((mesh or model.mesh).shape)
+    mesh = model.mesh if mesh is None else mesh
+    shape = dict(mesh.shape) if hasattr(mesh, "shape") else dict(mesh)
     sp, tp = shape.get("sp", 1), shape.get("tp", 1)
     fsdp, dp = shape.get("fsdp", 1), shape.get("dp", 1)
     w_item = np.dtype(rt.weights_dtype).itemsize

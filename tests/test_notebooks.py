@@ -1,0 +1,32 @@
+"""The notebooks under notebooks/ run top to bottom on CPU (a fresh kernel each, 1 device unless
+the notebook sets its own), with outputs cleared in git and markdown before every code cell.
+
+Each takes 1.5-2 minutes here (a model load, compilation, a prefill): they run with the slow
+tests, ``pytest -m slow``."""
+
+import pathlib
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat", reason="notebook tests need nbclient (pip install "
+                               "-e '.[dev]')")
+nbclient = pytest.importorskip("nbclient", reason="notebook tests need nbclient")
+
+NOTEBOOKS = sorted((pathlib.Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs(path, monkeypatch, tmp_path):
+    nb = nbformat.read(path, as_version=4)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            assert not cell.outputs and cell.execution_count is None, "outputs left in git"
+            assert i > 0 and nb.cells[i - 1].cell_type == "markdown", f"cell {i}: no markdown"
+    monkeypatch.delenv("XLA_FLAGS", raising=False)  # the kernel sees this machine's devices
+    monkeypatch.setenv("RINGKIT_PROGRESS", "0")
+    client = nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
+                                     resources={"metadata": {"path": str(tmp_path)}})
+    client.execute()
+    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors
