@@ -335,6 +335,8 @@ def main():
     parser.add_argument("--long-devices", type=int, default=8)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-32k", action="store_true")
+    parser.add_argument("--jobs", nargs="+", metavar="DEVICES:DTYPE",
+                        help="ringkit jobs to run, e.g. 1:float32 8:bfloat16 (default: all six)")
     parser.add_argument("--paired", action="store_true",
                         help="transformers inside every ringkit job, runs alternating")
     args = parser.parse_args()
@@ -349,6 +351,8 @@ def main():
     stamp = datetime.datetime.now().strftime("%Y-%m-%dT%H%M%S")
     out = HERE / "results" / f"model-{stamp}"
     results = {}
+    if args.jobs:
+        RINGKIT_JOBS[:] = [(int(j.split(":")[0]), j.split(":")[1]) for j in args.jobs]
     if args.paired:
         jobs = [(_name(d, t), "paired", d, t) for d, t in RINGKIT_JOBS]
     else:

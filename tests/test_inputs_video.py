@@ -224,3 +224,38 @@ def test_ocr_without_tesseract_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tesserocr", None)  # import fails as if not installed
     with pytest.raises(MissingDependencyError, match=r"ringkit\[ocr\]"):
         rk.ingest(tmp_path / "a.png", ocr=True)
+
+
+def test_embedded_subtitle_streams(tmp_path):
+    """A Matroska file with two text subtitle streams (SubRip, WebVTT; one tagged 'fra')."""
+    path = tmp_path / "film.mkv"
+    cues = {"subrip": [(500, 1500, "<i>Nine</i> crates."), (2000, 2600, "Forty barrels.")],
+            "webvtt": [(700, 1200, "Neuf caisses.")]}
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=10)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        subs = {}
+        for codec in cues:
+            subs[codec] = out.add_stream(codec)
+            subs[codec].time_base = fractions.Fraction(1, 1000)
+            subs[codec].codec_context.subtitle_header = b"[Script Info]\nScriptType: v4.00+\n"
+        subs["webvtt"].metadata["language"] = "fra"
+        for i in range(30):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 8 * i, np.uint8), "rgb24")
+            for packet in video.encode(frame):
+                out.mux(packet)
+        for codec, items in cues.items():
+            for start, end, text in items:
+                packet = av.Packet(text.encode())
+                packet.stream, packet.time_base = subs[codec], subs[codec].time_base
+                packet.pts = packet.dts = start
+                packet.duration = end - start
+                out.mux(packet)
+        for packet in video.encode():
+            out.mux(packet)
+    doc = rk.ingest(path)
+    assert len(doc.frames) == 3
+    texts = {s.source: s.text for s in doc.segments[1:]}
+    assert texts == {f"{path} (subtitles #1)": "[00:00:00] Nine crates.\n[00:00:02] Forty barrels.",
+                     f"{path} (subtitles #2, fra)": "[00:00:00] Neuf caisses."}
+    assert len(rk.ingest(path, subtitles=False).segments) == 1

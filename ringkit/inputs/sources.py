@@ -9,7 +9,7 @@ from ringkit.errors import FormatError, SourceError, UnsupportedError
 from ringkit.inputs.book import BOOK_SUFFIXES, decode_text, looks_binary, read_book
 from ringkit.inputs.document import Document, Skipped, TextSegment
 from ringkit.inputs.repo import MAX_FILE_BYTES, read_repo
-from ringkit.inputs.subtitles import SUBTITLE_SUFFIXES, read_subtitles, sidecars
+from ringkit.inputs.subtitles import SUBTITLE_SUFFIXES, embedded, read_subtitles, sidecars
 from ringkit.inputs.video import read_image, read_video
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp")
@@ -33,8 +33,10 @@ def _read_one(source, *, max_file_bytes: int, include_secrets: bool, fps: float,
     try:
         if suffix in VIDEO_SUFFIXES:
             doc = read_video(path, name, fps=fps, max_frames=max_frames, backend=backend)
-            for sub in sidecars(path) if subtitles else ():
-                doc.extend(read_subtitles(sub, str(pathlib.Path(name).parent / sub.name)))
+            if subtitles:
+                doc.segments.extend(embedded(path, name) if backend == "av" else [])
+                for sub in sidecars(path):
+                    doc.extend(read_subtitles(sub, str(pathlib.Path(name).parent / sub.name)))
             return _with_onscreen_text(doc, name) if ocr else doc
         if suffix in SUBTITLE_SUFFIXES:
             return read_subtitles(path, name)
@@ -81,9 +83,10 @@ def ingest(source, *, max_file_bytes: int = MAX_FILE_BYTES, include_secrets: boo
       fps: video frames kept per second (the first frame at or after each 1/fps s).
       max_frames: instead of ``fps``, LWM's uniform sampling of this many frames per video.
       backend: video decoder, ``"av"`` (PyAV, default) or ``"decord"``.
-      subtitles: read a video's sidecar subtitles (``talk.srt``, ``talk.en.vtt`` beside
-        ``talk.mp4``) as a timestamped text segment after its frames
-        (``ringkit.inputs.subtitles``); .srt / .vtt files given directly are always read so.
+      subtitles: read a video's text subtitle streams and its sidecar subtitle files
+        (``talk.srt``, ``talk.en.vtt`` beside ``talk.mp4``), each as a timestamped text segment
+        after its frames (``ringkit.inputs.subtitles``); .srt / .vtt files given directly are
+        always read so.
       ocr: also read the on-screen text of videos' kept frames and of images (Tesseract,
         ``pip install 'ringkit[ocr]'``; ``ringkit.inputs.ocr``), as a timestamped text segment.
 

@@ -1,9 +1,10 @@
-"""Subtitles (SubRip ``.srt``, WebVTT ``.vtt``) as timestamped text.
+"""Subtitles (SubRip ``.srt``, WebVTT ``.vtt``, a video's own text streams) as timestamped text.
 
-A video's sidecar subtitle files (``talk.srt``, ``talk.en.vtt`` beside ``talk.mp4``) are read with
-it: they are what a text-only model gets of the video. Each cue becomes a line
+A video's text subtitle streams (SubRip, WebVTT, mov_text, ASS inside the container) and its
+sidecar subtitle files (``talk.srt``, ``talk.en.vtt`` beside ``talk.mp4``) are read with it: they
+are what a text-only model gets of what the video says. Each cue becomes a line
 ``[hh:mm:ss] text`` (markup such as ``<i>`` and ``{\\an8}`` removed, a cue repeating the one
-before it dropped), one text segment per file.
+before it dropped), one text segment per stream or file.
 
 Example::
 
@@ -60,16 +61,70 @@ def read_subtitles(path: pathlib.Path, name: str | None = None) -> Document:
         text = decode_text(path.read_bytes(), name)
     except OSError as e:
         raise SourceError(f"{name} cannot be read ({e.strerror or e})") from None
+    segment = cue_segment(parse(text), name)
+    if segment is None:
+        raise SourceError(f"{name} holds no subtitle cues (expected SubRip or WebVTT "
+                          "'00:00:01,000 --> 00:00:02,000' lines)")
+    return Document(segments=[segment])
+
+
+def cue_segment(cues, source: str) -> TextSegment | None:
+    """Cues ``(start_s, end_s, text)`` as one text segment of ``[hh:mm:ss] text`` lines, a cue
+    repeating the one before it dropped; None when there are none."""
     lines, previous = [], None
-    for start, _, body in parse(text):
+    for start, _, body in cues:
         if body != previous:
             lines.append(f"[{stamp(start)}] {body}")
         previous = body
     if not lines:
-        raise SourceError(f"{name} holds no subtitle cues (expected SubRip or WebVTT "
-                          "'00:00:01,000 --> 00:00:02,000' lines)")
-    return Document(segments=[TextSegment("\n".join(lines), name, (1, len(lines)),
-                                          title="subtitles")])
+        return None
+    return TextSegment("\n".join(lines), source, (1, len(lines)), title="subtitles")
+
+
+def embedded(path: pathlib.Path, name: str) -> list[TextSegment]:
+    """The text subtitle streams inside a video file (SubRip, WebVTT, mov_text, ASS), one
+    segment each, read with PyAV without decoding the pictures. Bitmap subtitles (DVD, PGS)
+    carry no text and are left out."""
+    import av
+
+    segments = []
+    with av.open(str(path)) as container:
+        streams = [s for s in container.streams.subtitles
+                   if s.codec_context is not None and s.codec_context.name not in _BITMAP]
+        if not streams:
+            return []
+        cues: dict[int, list] = {s.index: [] for s in streams}
+        try:
+            for packet in container.demux(*streams):
+                if packet.pts is None:
+                    continue
+                start = float(packet.pts * packet.time_base)
+                end = start + float((packet.duration or 0) * packet.time_base)
+                for sub in packet.decode():
+                    body = _subtitle_text(sub)
+                    if body:
+                        cues[packet.stream.index].append((start, end, body))
+        except av.FFmpegError:
+            pass  # keep the cues read before a damaged packet
+        for stream in streams:
+            language = stream.metadata.get("language")
+            label = f"{name} (subtitles #{stream.index}" + (f", {language})" if language else ")")
+            segment = cue_segment(sorted(cues[stream.index]), label)
+            if segment is not None:
+                segments.append(segment)
+    return segments
+
+
+_BITMAP = {"dvd_subtitle", "hdmv_pgs_subtitle", "dvb_subtitle", "xsub"}
+
+
+def _subtitle_text(sub) -> str:
+    raw = getattr(sub, "dialogue", b"") or b""
+    if not raw and getattr(sub, "ass", None):
+        raw = sub.ass.split(b",", 8)[-1]  # ASS event: ReadOrder,Layer,Style,...,Text
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw or "")
+    text = _MARKUP.sub("", text.replace("\\N", " ").replace("\\n", " "))
+    return re.sub(r"\s+", " ", text).strip()
 
 
 def sidecars(video: pathlib.Path) -> list[pathlib.Path]:
