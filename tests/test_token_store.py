@@ -102,6 +102,7 @@ def test_store_round_trip_and_provenance(smollm2_like, tmp_path):
     assert not tokenize(doc, smollm2_like, "How many crates?", cache=store).cached
     assert tokenize(doc, smollm2_like, "How many crates?", cache=store).cached
     assert not tokenize(doc, smollm2_like, "How many crates?", cache=False).cached
+    assert tokenize(doc, smollm2_like, "How many crates?", cache=str(store)).cached
 
 
 def test_store_key_follows_the_tokenizer(tok):

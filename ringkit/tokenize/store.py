@@ -75,6 +75,9 @@ class TokenStore:
 
     root: Path
 
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root).expanduser())  # str paths too
+
     @classmethod
     def default(cls) -> "TokenStore":
         return cls(cache_root())
