@@ -107,6 +107,7 @@ class TokenStore:
         arrays are returned as they are, since caching is an optimisation."""
         arrays = [np.asarray(a).astype(np.uint32) for a in (ids, vision, segment)]
         meta = {**meta, "format": FORMAT, "tokens": len(arrays[0])}
+        tmp = None
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{key[:16]}-", dir=self.root))
@@ -118,6 +119,7 @@ class TokenStore:
                 shutil.rmtree(target, ignore_errors=True)
             os.replace(tmp, target)
         except OSError:
-            shutil.rmtree(locals().get("tmp", self.root / ".none"), ignore_errors=True)
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
             return Entry(*arrays, meta)
         return self.get(key) or Entry(*arrays, meta)
