@@ -14,6 +14,7 @@ from ringkit.mesh import (
     LOGICAL_AXIS_RULES, MeshConfig, initialize_distributed, logical_sharding, logical_to_spec,
     make_mesh)
 from ringkit.model import Model, ModelConfig, RopeScaling, load_model
+from ringkit.persist import load_context
 
 __version__ = "0.1.0"
 
@@ -21,6 +22,6 @@ __all__ = [
     "BlockSizes", "Context", "Document", "LOGICAL_AXIS_RULES", "MeshConfig", "Model", "ModelConfig",
     "RingkitError", "RopeScaling", "ask", "attention", "errors", "from_layout", "ingest",
     "initialize_distributed", "layout_positions",
-    "load_model", "logical_sharding", "logical_to_spec", "make_mesh", "model", "pad_for_ring",
+    "load_context", "load_model", "logical_sharding", "logical_to_spec", "make_mesh", "model", "pad_for_ring",
     "read", "ring_attention", "ring_attention_permuted", "to_layout",
 ]

@@ -22,11 +22,12 @@ import dataclasses
 import os
 import sys
 import time
+import warnings
 from typing import Callable
 
 import jax.numpy as jnp
 
-from ringkit.errors import ResourceError, ShapeError, SourceError
+from ringkit.errors import ConfigError, FitWarning, ResourceError, ShapeError, SourceError
 from ringkit.generate import check_sampling, decode
 from ringkit.inputs.document import Document
 from ringkit.inputs.sources import ingest
@@ -59,7 +60,8 @@ def _streamer(stream) -> Callable[[str, int], None] | None:
 class Context:
     """A prefilled document: ``model``, ``doc``, ``prompt`` (its ``ContextPrompt``), ``cache``
     (the sequence-sharded KV cache) and ``room`` (question + answer tokens it can take).
-    ``prefill_seconds`` is what reading it cost. Build one with ``ringkit.read``."""
+    ``prefill_seconds`` is what reading it cost; ``fitted`` says how a source tree too long for
+    the model was read as its outline (None: read whole). Build one with ``ringkit.read``."""
 
     model: object
     doc: Document
@@ -69,6 +71,7 @@ class Context:
     prefill_seconds: float
     _slot_pos: object = dataclasses.field(repr=False)
     _next_pos: object = dataclasses.field(repr=False)
+    fitted: str | None = None  # how the source was shortened to fit, if it was
 
     @property
     def tokens(self):
@@ -111,6 +114,19 @@ class Context:
         cut = min((text.find(s) for s in (stop or ()) if s in text), default=-1)
         return text if cut < 0 else text[:cut]
 
+    def save(self, path) -> None:
+        """Write this context to the new directory ``path``; ``ringkit.load_context(path)``
+        reads it back, on this mesh or another (see ``ringkit.persist``).
+
+        Example::
+
+            ctx.save("hamlet.ctx")
+            ctx = ringkit.load_context("hamlet.ctx")
+        """
+        from ringkit.persist import save_context
+
+        save_context(self, path)
+
     def _rewind(self) -> None:
         self.cache.slot_pos = jnp.copy(self._slot_pos)
         self.cache.appended = 0
@@ -120,10 +136,11 @@ class Context:
         """Tokens by modality, sources, mesh and memory per device."""
         files = sorted({s["source"] for s in self.tokens.sources})
         shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+        note = f"\n{self.fitted}" if self.fitted else ""
         return (f"Context: {self.tokens.summary(self.model, max_new_tokens=self.room)}\n"
                 f"read from {shown} in {self.prefill_seconds:.1f} s; KV cache "
                 f"{self.cache.nbytes_per_device() / 1e6:,.0f} MB per device, sharded over "
-                f"sp={self.model.sp}; room for {self.room:,} question + answer tokens")
+                f"sp={self.model.sp}; room for {self.room:,} question + answer tokens{note}")
 
     def __repr__(self) -> str:
         return self.summary()
@@ -164,14 +181,47 @@ def _check_memory(model, tokens: int) -> None:
             f"(ringkit.make_mesh(sp=...)), or read less of the source")
 
 
-def read(source, *, model=None, mesh=None, room: int = DEFAULT_ROOM, vqgan=None, cache=None,
-         **ingest_options) -> Context:
+def _fit(doc: Document, prompt, model, room: int, fit: str, vqgan, cache):
+    """``(doc, prompt, note)``: the document as it will be read under ``fit`` (see ``read``)."""
+    from ringkit.inputs.outline import fit_outline
+    from ringkit.tokenize.prompts import context_prompt
+
+    limit = model.config.context_length
+    whole = len(prompt.prefix)
+    if fit == "outline" and not doc.files:
+        raise ConfigError("fit='outline' reads a source tree's outline, and this source has no "
+                          "source-tree files: use fit='auto' or 'whole'")
+    if fit == "whole" or (fit == "auto" and (whole + room <= limit or not doc.files)):
+        return doc, prompt, None
+    count = lambda d: len(context_prompt(d, model, vqgan=vqgan, cache=False).prefix)
+    found = fit_outline(doc, count, limit - room)
+    if found is None:
+        raise ShapeError(
+            f"even the list of the {len(doc.files):,} files' paths exceeds the "
+            f"{limit:,}-token context of {model.config.name} (less {room:,} tokens of room): "
+            "read a part of the tree, or load the model with RoPE scaling")
+    small, detail = found
+    prompt = context_prompt(small, model, vqgan=vqgan, cache=cache)
+    kind = {2: "docstrings and definitions", 1: "one line", 0: "paths only"}[detail]
+    note = (f"read as an outline ({kind} per file, {len(prompt.prefix):,} tokens): the whole "
+            f"source is {whole:,} tokens and {model.config.name} reads {limit:,}; for all of "
+            "it, use a longer-context model or RoPE scaling with fit='whole'")
+    return small, prompt, note
+
+
+def read(source, *, model=None, mesh=None, room: int = DEFAULT_ROOM, fit: str = "auto",
+         vqgan=None, cache=None, **ingest_options) -> Context:
     """Ingest ``source`` (a path, a list, or a ``Document``) and prefill it for questions.
 
     Args:
       model: a ``ringkit.Model`` (default: the embedded SmolLM2 on ``mesh``).
       mesh: where the default model runs (default: every device on 'sp').
       room: question + answer tokens each ``ask`` may use.
+      fit: what to do with a source longer than the model's context. ``"auto"`` (default)
+        reads a source tree that does not fit as its outline (paths, and what each file holds:
+        ``ringkit.inputs.outline``), says so in a warning and in ``ctx.fitted``, and refuses
+        anything else; ``"whole"`` always reads everything (or refuses); ``"outline"`` reads
+        the outline of the tree's files even when the whole would fit.
       vqgan: LWM's VQGAN, for vision models reading frames.
       cache: the token store (see ``ringkit.tokenize.prompts.tokenize``).
       ingest_options: passed to ``ringkit.ingest`` (``fps``, ``ocr``, ``max_file_bytes``, ...).
@@ -189,9 +239,14 @@ def read(source, *, model=None, mesh=None, room: int = DEFAULT_ROOM, vqgan=None,
 
     if room < 1:
         raise ShapeError(f"room must be >= 1 token, got {room}")
+    if fit not in ("auto", "whole", "outline"):
+        raise ConfigError(f"fit must be 'auto', 'whole' or 'outline', got {fit!r}")
     model = model if model is not None else default_model(mesh)
     doc = source if isinstance(source, Document) else ingest(source, **ingest_options)
     prompt = context_prompt(doc, model, vqgan=vqgan, cache=cache)
+    doc, prompt, note = _fit(doc, prompt, model, room, fit, vqgan, cache)
+    if note and fit == "auto":
+        warnings.warn(f"ringkit.read: {note}", FitWarning, stacklevel=2)
     n = len(prompt.prefix)
     model.check_length(n + room)
     _check_memory(model, n + room)
@@ -202,7 +257,7 @@ def read(source, *, model=None, mesh=None, room: int = DEFAULT_ROOM, vqgan=None,
     kv.k[0].block_until_ready()
     seconds = time.perf_counter() - t0
     return Context(model, doc, prompt, kv, room, seconds, jnp.copy(kv.slot_pos),
-                   kv.next_pos.copy())
+                   kv.next_pos.copy(), fitted=note)
 
 
 def ask(source, question: str, *, model=None, mesh=None, max_new_tokens: int = 256,
@@ -210,7 +265,7 @@ def ask(source, question: str, *, model=None, mesh=None, max_new_tokens: int = 2
     """Ask one question of ``source`` (a book, a source tree, a video, a list, a ``Document``).
 
     ``stream=True`` prints the answer as it is generated (a callable receives each piece).
-    ``options`` go to ``ringkit.read`` (``vqgan``, ``cache``, ingest options) or to
+    ``options`` go to ``ringkit.read`` (``fit``, ``vqgan``, ``cache``, ingest options) or to
     ``Context.ask`` (``temperature``, ``top_p``, ``seed``, ``stop``).
 
     Example::

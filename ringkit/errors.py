@@ -35,3 +35,7 @@ class SourceError(RingkitError, ValueError):
 
 class ResourceError(RingkitError, MemoryError):
     """Work that would not fit in the memory the devices have; the message says what would."""
+
+
+class FitWarning(UserWarning):
+    """A source was shortened to fit the model (``ringkit.read(..., fit="auto")``)."""

@@ -1,6 +1,7 @@
 """rk.read / Context.ask / rk.ask: a document prefilled once and questioned many times, with the
 embedded SmolLM2 on a 2-device ring."""
 
+import dataclasses
 import types
 
 import jax
@@ -104,3 +105,47 @@ def test_cli(smollm2, tmp_path, monkeypatch, capsys):
     assert "ringkit: error:" in capsys.readouterr().err
     with pytest.raises(SourceError):
         cli.main(["ask", str(tmp_path / "missing.txt"), "Why?", "--debug"])
+
+
+def _tiny(tokenizer, sp):
+    runtime = rk.model.Runtime(rk.make_mesh(sp=sp, devices=jax.devices()[:sp]))
+    config = dataclasses.replace(rk.ModelConfig.preset("tiny"), vocab_size=tokenizer.vocab_size)
+    return rk.model.Model.init_random(config, runtime, seed=3, tokenizer=tokenizer)
+
+
+def test_save_and_load_on_the_same_and_another_ring(smollm2, story, tmp_path):
+    # A tiny random model with SmolLM2's tokenizer: quick to compile; the same seed gives the
+    # same weights on every mesh.
+    model = _tiny(smollm2.tokenizer, 2)
+    ctx = rk.read(story, model=model, room=32)
+    q = "What did the Gannet carry?"
+    answer = ctx.ask(q, max_new_tokens=10)
+    ctx.save(tmp_path / "ledger.ctx")
+    with pytest.raises(SourceError, match="already exists"):
+        ctx.save(tmp_path / "ledger.ctx")
+    assert ctx.ask(q, max_new_tokens=10) == answer  # saving left the context as it was
+
+    again = rk.load_context(tmp_path / "ledger.ctx", model=model)
+    assert again.doc.text == story.text and again.tokens.ids.tolist() == ctx.tokens.ids.tolist()
+    assert again.tokens.source_of(len(again.tokens) // 2) == ctx.tokens.source_of(
+        len(ctx.tokens) // 2)
+    assert again.ask(q, max_new_tokens=10) == answer
+
+    # Another ring (sp=4): the cache is laid out afresh; the answer is the same.
+    moved = rk.load_context(tmp_path / "ledger.ctx", model=_tiny(smollm2.tokenizer, 4))
+    assert moved.cache.base * 4 >= len(ctx.tokens) and moved.model.sp == 4
+    assert moved.ask(q, max_new_tokens=10) == answer
+
+
+def test_load_context_refuses_what_it_cannot_use(smollm2, story, tmp_path):
+    from ringkit.errors import ConfigError, FormatError
+
+    with pytest.raises(SourceError, match="not a context saved"):
+        rk.load_context(tmp_path / "nothing.ctx", model=smollm2)
+    ctx = rk.read(story, model=smollm2, room=64)
+    ctx.save(tmp_path / "a.ctx")
+    with pytest.raises(ConfigError, match="another model"):
+        rk.load_context(tmp_path / "a.ctx", model=_tiny(smollm2.tokenizer, 2))
+    (tmp_path / "a.ctx" / "arrays.npz").write_bytes(b"not an npz")
+    with pytest.raises(FormatError, match="corrupt"):
+        rk.load_context(tmp_path / "a.ctx", model=smollm2)

@@ -133,4 +133,6 @@ def load_model(source=None, *, mesh=None, dtype: str | None = None,
     runtime = Runtime(make_mesh(sp=-1) if mesh is None else mesh, dtype=dtype,
                       param_dtype=param_dtype, layout=layout,
                       scan_layers=scan_layers, remat=remat)
-    return Model(config, place(canonical, config, runtime), tokenizer, runtime)
+    model = Model(config, place(canonical, config, runtime), tokenizer, runtime)
+    model.source = None if source is None else str(path)
+    return model

@@ -61,7 +61,8 @@ class KVCache:
 class Model:
     """A transformer with weights on a mesh and its tokenizer (``ringkit.load_model`` builds one).
 
-    Attributes: ``config`` (``ModelConfig``), ``tokenizer``, ``mesh``, ``runtime``, ``variables``.
+    Attributes: ``config`` (``ModelConfig``), ``tokenizer``, ``mesh``, ``runtime``, ``variables``,
+    ``source`` (the checkpoint path it was loaded from; None for the embedded model).
 
     Example::
 
@@ -73,6 +74,7 @@ class Model:
     def __init__(self, config: ModelConfig, variables, tokenizer, runtime: Runtime):
         self.config, self.variables, self.tokenizer, self.runtime = (
             config, variables, tokenizer, runtime)
+        self.source: str | None = None
         self._plain = Transformer(config, runtime)
         # Decode steps run the layers unrolled (see ``Transformer``), on ``_decode_variables``.
         self._decoder = Transformer(

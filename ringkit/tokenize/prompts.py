@@ -24,7 +24,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
 
 import numpy as np
 
@@ -205,16 +204,19 @@ def tokenize(doc: Document, model, question: str | None = None, *, vqgan=None,
 class ContextPrompt:
     """A document's prompt cut where a question goes: ``prefix`` (``Tokens``, prefilled once)
     and ``question_ids(q)``, the int32 tokens that follow it for one question, up to the
-    generation prompt. For SmolLM2's ChatML, prefix + question ids equal ``tokenize(doc, model,
-    q).ids``; LWM video prompts put the question after the video here (LWM's own put it first,
-    which would leave nothing to reuse)."""
+    generation prompt: ``template`` (text around ``{question}``) tokenized by ``tokenizer``. For
+    SmolLM2's ChatML, prefix + question ids equal ``tokenize(doc, model, q).ids``; LWM video
+    prompts put the question after the video here (LWM's own put it first, which would leave
+    nothing to reuse)."""
 
     prefix: Tokens
-    suffix: Callable[[str], list[int]]
+    template: str
+    tokenizer: object = dataclasses.field(repr=False, compare=False)
 
     def question_ids(self, question: str) -> np.ndarray:
         _check_question(question)
-        return np.asarray(self.suffix(question.strip()), np.int32)
+        text = self.template.replace("{question}", question.strip())
+        return np.asarray(self.tokenizer.encode(text, add_bos=False), np.int32)
 
 
 def context_prompt(doc: Document, model, *, vqgan=None, cache=None) -> ContextPrompt:
@@ -223,9 +225,9 @@ def context_prompt(doc: Document, model, *, vqgan=None, cache=None) -> ContextPr
     tok = model.tokenizer
     prefix = _prompt(doc, model, None, vqgan, cache, open_end=True)
     if prefix.counts["vision"]:
-        return ContextPrompt(prefix, lambda q: tok.encode(f"\n{q} ASSISTANT:", add_bos=False))
+        return ContextPrompt(prefix, "\n{question} ASSISTANT:", tok)
     after = _chat_shell(tok, True)[1]
-    return ContextPrompt(prefix, lambda q: tok.encode(f"\n\n{q}{after}", add_bos=False))
+    return ContextPrompt(prefix, "\n\n{question}" + after, tok)
 
 
 def _check_question(question: str | None) -> None:

@@ -1,0 +1,265 @@
+"""Prefilled contexts on disk: ``Context.save(path)`` and ``ringkit.load_context(path)``.
+
+A saved context is a directory::
+
+    context.json    format version, model identity, mesh, cache bookkeeping, the question template
+    document.json   the document's text segments, skipped paths, files
+    arrays.npz      prompt tokens (ids, modality, provenance) and the document's frames
+    cache/          the KV cache and slot positions, written by orbax from their shards
+
+Reloaded on a mesh with the same 'sp', every device reads its own cache shards (no gather).
+On another 'sp' the cache is read on the host and laid out for the new ring: exact, but it holds
+one full copy of the cache in host memory while it does.
+
+Example::
+
+    ctx = ringkit.read("hamlet.txt")
+    ctx.save("hamlet.ctx")
+    # ... after a kernel restart ...
+    ctx = ringkit.load_context("hamlet.ctx")
+    ctx.ask("Who kills Polonius?")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, SingleDeviceSharding
+
+from ringkit.errors import ConfigError, FormatError, SourceError
+
+FORMAT = 1
+_ARRAYS, _META, _DOC, _CACHE = "arrays.npz", "context.json", "document.json", "cache"
+
+
+def _checkpointer():
+    try:
+        import orbax.checkpoint as ocp
+    except ImportError as e:  # a core dependency; only a broken install lacks it
+        raise ConfigError("saving a context needs orbax: pip install orbax-checkpoint") from e
+    return ocp.StandardCheckpointer()
+
+
+# -- the document ---------------------------------------------------------------------------
+
+def _doc_json(doc) -> dict:
+    from ringkit.inputs.document import TextSegment
+
+    segments = [dict(kind="text", text=s.text, source=s.source, span=s.span, title=s.title)
+                if isinstance(s, TextSegment) else
+                dict(kind="frames", source=s.source, first=s.first, count=s.count)
+                for s in doc.segments]
+    return dict(segments=segments, files=list(doc.files),
+                skipped=[[s.path, s.reason] for s in doc.skipped])
+
+
+def _doc_from(data: dict, frames, frame_times):
+    from ringkit.inputs.document import Document, FramesSegment, Skipped, TextSegment
+
+    segments = []
+    for s in data["segments"]:
+        if s["kind"] == "text":
+            span = tuple(s["span"]) if s["span"] is not None else None
+            segments.append(TextSegment(s["text"], s["source"], span, s["title"]))
+        else:
+            segments.append(FramesSegment(s["source"], s["first"], s["count"]))
+    return Document(segments=segments, files=list(data["files"]),
+                    skipped=[Skipped(p, r) for p, r in data["skipped"]],
+                    frames=frames, frame_times=frame_times)
+
+
+# -- save -----------------------------------------------------------------------------------
+
+def _model_identity(model) -> dict:
+    cfg = model.config
+    return dict(name=cfg.name, source=getattr(model, "source", None),
+                n_layers=cfg.n_layers, n_kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim,
+                vocab_size=cfg.vocab_size, weights_dtype=model.runtime.weights_dtype,
+                layout=model.runtime.layout, tokenizer=model.tokenizer.digest,
+                rope_scaling=repr(cfg.rope_scaling), context_length=cfg.context_length)
+
+
+def save_context(ctx, path) -> pathlib.Path:
+    """Write ``ctx`` (a ``ringkit.Context``) to the directory ``path`` (which must not exist).
+
+    The write goes to a temporary sibling first and is renamed at the end: an interrupted save
+    leaves no half-written context behind.
+    """
+    path = pathlib.Path(path).expanduser().absolute()
+    if path.exists():
+        raise SourceError(f"{path} already exists: choose a new path or remove it first")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ctx._rewind()
+    cache, tokens, doc = ctx.cache, ctx.tokens, ctx.doc
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        with _checkpointer() as ckpt:
+            ckpt.save(tmp / _CACHE, dict(k=list(cache.k), v=list(cache.v),
+                                         slot_pos=ctx._slot_pos))
+            ckpt.wait_until_finished()
+        segment = tokens.segment if tokens.segment is not None else np.zeros(0, np.uint32)
+        np.savez(tmp / _ARRAYS, ids=tokens.ids, vision=tokens.vision, segment=segment,
+                 has_segment=np.bool_(tokens.segment is not None),
+                 frames=doc.frames, frame_times=doc.frame_times)
+        (tmp / _DOC).write_text(json.dumps(_doc_json(doc)))
+        meta = dict(format=FORMAT, model=_model_identity(ctx.model),
+                    mesh=dict(ctx.model.mesh.shape), sp=ctx.model.sp, base=cache.base,
+                    slots=cache.slots,
+                    next_pos=[int(p) for p in ctx._next_pos], rows=cache.rows, room=ctx.room,
+                    template=ctx.prompt.template, prefill_seconds=ctx.prefill_seconds)
+        (tmp / _META).write_text(json.dumps(meta, indent=1))
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+# -- load -----------------------------------------------------------------------------------
+
+def _read_meta(path: pathlib.Path) -> dict:
+    if not (path / _META).is_file():
+        what = "does not exist" if not path.exists() else f"has no {_META}"
+        raise SourceError(f"{path} {what}: it is not a context saved by Context.save")
+    try:
+        meta = json.loads((path / _META).read_text())
+    except (OSError, ValueError) as e:
+        raise FormatError(f"{path / _META} is unreadable or corrupt ({e})") from e
+    if meta.get("format") != FORMAT:
+        raise FormatError(f"{path} was saved in context format {meta.get('format')}; this "
+                          f"ringkit reads format {FORMAT}: read the source again")
+    return meta
+
+
+def _check_model(model, saved: dict, path) -> None:
+    mine = _model_identity(model)
+    keys = ("name", "n_layers", "n_kv_heads", "head_dim", "vocab_size", "weights_dtype",
+            "layout", "tokenizer", "rope_scaling", "context_length")
+    diff = [f"{k}: saved {saved[k]!r}, given {mine[k]!r}" for k in keys if saved[k] != mine[k]]
+    if diff:
+        raise ConfigError(f"{path} was prefilled by another model ({'; '.join(diff)}): pass "
+                          f"that model, e.g. ringkit.load_context(path, model=ringkit.load_model("
+                          f"{saved['source']!r}))")
+
+
+def _default_model_for(saved: dict, mesh):
+    from ringkit.context import default_model
+    from ringkit.model import load_model
+
+    if saved["source"] is None:
+        return default_model(mesh)
+    if not pathlib.Path(saved["source"]).exists():
+        raise SourceError(f"the context was prefilled by {saved['source']}, which is gone: "
+                          "pass model=ringkit.load_model(...) with the same checkpoint")
+    return load_model(saved["source"], mesh=mesh)
+
+
+def relayout_cache(k, slot_pos, *, sp: int, base: int, layout: str, extra: int):
+    """Lay a cache read on the host out for a ring of ``sp`` devices.
+
+    ``k [b, kv, slots, hd]`` (any previous layout) and ``slot_pos [b, slots]`` (-1 = empty) ->
+    the prefill layout for ``sp``: ``base`` slots per device in ``layout`` order, then ``extra``
+    empty ones. Returns ``(k, slot_pos)`` as numpy arrays.
+    """
+    from ringkit.attention.layouts import layout_positions
+
+    b, kv, _, hd = k.shape
+    total = base * sp
+    natural_k = np.zeros((b, kv, total, hd), k.dtype)
+    natural_pos = np.full((b, total), -1, np.int32)
+    for r in range(b):
+        filled = np.flatnonzero(slot_pos[r] >= 0)
+        natural_k[r][:, slot_pos[r, filled]] = k[r][:, filled]
+        natural_pos[r, slot_pos[r, filled]] = slot_pos[r, filled]
+    order = layout_positions(total, sp, layout)
+    k_out = natural_k[:, :, order].reshape(b, kv, sp, base, hd)
+    pos_out = natural_pos[:, order].reshape(b, sp, base)
+    k_out = np.pad(k_out, ((0, 0), (0, 0), (0, 0), (0, extra), (0, 0)))
+    pos_out = np.pad(pos_out, ((0, 0), (0, 0), (0, extra)), constant_values=-1)
+    return k_out.reshape(b, kv, sp * (base + extra), hd), pos_out.reshape(b, -1)
+
+
+def load_context(path, *, model=None, mesh=None):
+    """A context saved by ``Context.save``, ready for questions.
+
+    Args:
+      path: the saved context's directory.
+      model: the model that prefilled it (default: the embedded model, or the checkpoint the
+        context was prefilled from, loaded on ``mesh``). A different model is refused.
+      mesh: where the default model runs (default: every device on 'sp'); any 'sp' works.
+
+    Example::
+
+        ctx = ringkit.load_context("hamlet.ctx", mesh=ringkit.make_mesh(sp=8))
+        ctx.ask("Where is the play set?")
+    """
+    from ringkit.attention.decode import LAYER_SPEC, SLOT_SPEC, SPARE_SLOTS
+    from ringkit.context import Context
+    from ringkit.model.batch import padded_length
+    from ringkit.model.model import KVCache
+    from ringkit.tokenize.prompts import ContextPrompt, Tokens, _sources
+
+    path = pathlib.Path(path).expanduser().absolute()
+    meta = _read_meta(path)
+    saved = meta["model"]
+    model = model if model is not None else _default_model_for(saved, mesh)
+    _check_model(model, saved, path)
+    try:
+        with np.load(path / _ARRAYS) as z:
+            arrays = {name: z[name] for name in z.files}
+        doc = _doc_from(json.loads((path / _DOC).read_text()), arrays["frames"],
+                        arrays["frame_times"])
+    except (OSError, ValueError, KeyError) as e:
+        raise FormatError(f"{path} is corrupt or incomplete ({e}): read the source again") from e
+    segment = arrays["segment"] if bool(arrays["has_segment"]) else None
+    tokens = Tokens(arrays["ids"], arrays["vision"], segment, _sources(doc))
+
+    dtype = jnp.dtype(saved["weights_dtype"])
+    rows, slots = len(meta["next_pos"]), meta["slots"]
+    shape = (rows, saved["n_kv_heads"], slots, saved["head_dim"])
+    same_ring = meta["sp"] == model.sp
+    shards = model.mesh.shape["dp"] * model.mesh.shape["fsdp"]
+    if rows % shards:
+        raise ConfigError(f"the context holds {rows} rows, which the mesh's batch axes "
+                          f"(dp * fsdp = {shards}) do not divide: use a mesh with dp * fsdp "
+                          f"dividing {rows}")
+    # The same ring: every device restores its own shards. Another: restore on the host.
+    host = SingleDeviceSharding(jax.devices()[0])
+    layer = NamedSharding(model.mesh, LAYER_SPEC) if same_ring else host
+    slot = NamedSharding(model.mesh, SLOT_SPEC) if same_ring else host
+    kv_target = [jax.ShapeDtypeStruct(shape, dtype, sharding=layer)] * saved["n_layers"]
+    target = dict(k=kv_target, v=kv_target,
+                  slot_pos=jax.ShapeDtypeStruct((rows, slots), jnp.int32, sharding=slot))
+    try:
+        with _checkpointer() as ckpt:
+            restored = ckpt.restore(path / _CACHE, target)
+    except Exception as e:  # orbax raises several kinds for missing or damaged files
+        raise FormatError(f"{path / _CACHE} could not be read ({type(e).__name__}: {e}): read "
+                          "the source again") from e
+    k, v, slot_pos, base = restored["k"], restored["v"], restored["slot_pos"], meta["base"]
+    if not same_ring:
+        sp = model.sp
+        base = padded_length(int(max(meta["next_pos"])), sp, saved["layout"]) // sp
+        extra = max(1, -(-(meta["room"] + 1) // sp)) + SPARE_SLOTS  # as ``Model.prefill``
+        old_pos = np.asarray(slot_pos)
+        lay = lambda a: relayout_cache(np.asarray(a), old_pos, sp=sp, base=base,
+                                       layout=saved["layout"], extra=extra)
+        layer, slot = NamedSharding(model.mesh, LAYER_SPEC), NamedSharding(model.mesh, SLOT_SPEC)
+        k = [jax.device_put(lay(a)[0], layer) for a in k]
+        v = [jax.device_put(lay(a)[0], layer) for a in v]
+        slot_pos = jax.device_put(lay(np.zeros((rows, 1, slots, 1), np.float32))[1], slot)
+    next_pos = np.asarray(meta["next_pos"], np.int32)
+    cache = KVCache(tuple(k), tuple(v), slot_pos, base=base, appended=0, next_pos=next_pos,
+                    rows=meta["rows"])
+    prompt = ContextPrompt(tokens, meta["template"], model.tokenizer)
+    return Context(model, doc, prompt, cache, meta["room"], meta["prefill_seconds"],
+                   jnp.copy(slot_pos), next_pos.copy())
+
+
