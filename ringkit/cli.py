@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 _MESH_HELP = ("device mesh as LWM's 'dp,fsdp,tp,sp' sizes, one of them -1 for the remaining "
               "devices (default: every device on the sequence axis 'sp')")
@@ -36,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--fps", type=float, default=1.0, help="video frames kept per second")
         p.add_argument("--ocr", action="store_true",
                        help="also read on-screen text of frames and images (ringkit[ocr])")
+        p.add_argument("--fit", choices=["auto", "whole", "outline"], default="auto",
+                       help="a source tree longer than the model's context: 'auto' (default) "
+                       "reads its outline (paths and what each file holds) and says so, 'whole' "
+                       "refuses, 'outline' always reads the outline")
         p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 
     ask = sub.add_parser("ask", help="answer a question about SOURCE",
@@ -74,25 +79,42 @@ def _run(args) -> None:
     doc = rk.ingest(sources, fps=args.fps, ocr=args.ocr)
     model = _model(args)
     if args.command == "ask":
-        rk.ask(doc, args.question, model=model, max_new_tokens=args.max_new_tokens, stream=True)
+        rk.ask(doc, args.question, model=model, max_new_tokens=args.max_new_tokens, stream=True,
+               fit=args.fit)
         return
+    from ringkit.context import DEFAULT_ROOM, _fit
     from ringkit.tokenize.prompts import context_prompt
 
-    tokens = context_prompt(doc, model).prefix
+    prompt = context_prompt(doc, model)
+    whole = prompt.prefix
+    _, prompt, note = _fit(doc, prompt, model, DEFAULT_ROOM, args.fit, None, None)
+    tokens = prompt.prefix
     print(doc)
     for skipped in doc.skipped[:20]:
         print(f"  skipped {skipped.path}: {skipped.reason}")
     if len(doc.skipped) > 20:
         print(f"  ... and {len(doc.skipped) - 20} more skipped")
     print(tokens.summary(model))
+    if note:
+        print(f"{len(whole):,} tokens read whole; {note}")
 
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    from ringkit.errors import RingkitError
+    from ringkit.errors import FitWarning, RingkitError
 
     try:
-        _run(args)
+        with warnings.catch_warnings():
+            show = warnings.showwarning
+
+            def note(message, category, *rest, **kw):
+                if not issubclass(category, FitWarning):
+                    return show(message, category, *rest, **kw)
+                text = str(message).removeprefix("ringkit.read: ")
+                print(f"ringkit: note: {text}", file=sys.stderr, flush=True)
+
+            warnings.showwarning = note
+            _run(args)
     except RingkitError as err:
         if args.debug:
             raise
