@@ -143,12 +143,28 @@ class Context:
                 f"sp={self.model.sp}; room for {self.room:,} question + answer tokens{note}")
 
     def __repr__(self) -> str:
-        return self.summary()
+        from ringkit.display import sharding_text
+
+        n = len(self.tokens)
+        frames = len(self.doc.frames)
+        strip = ""
+        if frames:
+            times = self.doc.frame_times
+            strip = (f"\n{frames:,} frames from {times[0]:.0f} s to {times[-1]:.0f} s"
+                     if len(times) else f"\n{frames:,} frames")
+        return (f"{self.summary()}{strip}\n"
+                f"{sharding_text(n, self.model.sp, self.model.runtime.layout)}")
 
     def _repr_html_(self) -> str:
         import html
 
-        return f"<pre>{html.escape(self.summary())}</pre>"
+        from ringkit.display import frame_strip_html, sharding_html
+
+        n = len(self.tokens)
+        return (f"<pre>{html.escape(self.summary())}</pre>"
+                + frame_strip_html(self.doc.frames, self.doc.frame_times)
+                + sharding_html(n, self.model.sp, self.model.runtime.layout,
+                                self.tokens.vision))
 
 
 def _host_available() -> int:

@@ -14,7 +14,10 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import os
+
+_REPORTING: list = []  # bars that compiled code reports to through ``tick`` (innermost last)
 
 
 class _Silent:
@@ -28,16 +31,35 @@ class _Silent:
         pass
 
 
-def bar(total: int, desc: str, unit: str, *, show: bool | None = None, threshold: int = 1):
+def bar(total: int, desc: str, unit: str, *, show: bool | None = None, threshold: int = 1,
+        amount: int | None = None):
     """A context manager with ``.update(n)``: a tqdm bar over ``total`` units, or a silent one
-    (``show=False``, too little work, ``RINGKIT_PROGRESS=0``)."""
+    (``show=False``, too little work: ``amount`` (default ``total``) under ``threshold``,
+    ``RINGKIT_PROGRESS=0``)."""
     env = os.environ.get("RINGKIT_PROGRESS")
     if env is not None and show is None:
         show = env not in ("0", "false", "no", "")
     if show is None:
-        show = total >= threshold
+        show = (total if amount is None else amount) >= threshold
     if not show:
         return _Silent()
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
+
+
+@contextlib.contextmanager
+def reporting(progress):
+    """Send ``tick`` calls made by compiled code (``jax.debug.callback``) to ``progress``."""
+    _REPORTING.append(progress)
+    try:
+        yield progress
+    finally:
+        _REPORTING.pop()
+
+
+def tick(*_) -> None:
+    """Advance the bar compiled code reports to, if any: a host callback, e.g. once per layer
+    of a prefill (``jax.debug.callback(tick, x)``; ``x`` orders it after the layer's work)."""
+    if _REPORTING:
+        _REPORTING[-1].update(1)

@@ -39,6 +39,7 @@ def test_prefix_plus_question_is_the_whole_prompt(smollm2, story):
 def test_questions_see_the_same_document(smollm2, story):
     ctx = rk.read(story, model=smollm2, room=64)
     assert ctx.cache.slots >= len(ctx.tokens) + 64 and "sp=2" in repr(ctx)
+    assert "device 1: tokens" in repr(ctx) and ">device 1<" in ctx._repr_html_()
     q1, q2 = "What did the Gannet carry?", "Where did the Kestrel go?"
     first = ctx.ask(q1, max_new_tokens=12)
     pieces = []

@@ -21,9 +21,11 @@ from ringkit.errors import ConfigError, ShapeError
 from ringkit.model.batch import Batch, pack, padded_length
 from ringkit.model.config import ModelConfig
 from ringkit.model.transformer import Runtime, Transformer, spread
+from ringkit.progress import _Silent, bar, reporting
 
 _ROWS = P(("dp", "fsdp"), "sp")       # [b, S] inputs of a prefill
 _STEP = P(("dp", "fsdp"), None)       # [b, t] inputs of a decode step
+PREFILL_BAR_TOKENS = 4096             # prefills of at least this many tokens show a bar per layer
 
 
 @dataclasses.dataclass
@@ -198,10 +200,14 @@ class Model:
                             vision_rows=vision_rows, row_multiple=self._batch_shards)
         self.check_length(batch.length + max_new_tokens - 1)  # the last new token is not fed
         extra = max(1, -(-max_new_tokens // self.sp))
-        logits, k, v, slot_pos = self._prefill_fn(
-            self.variables, self._put(batch.ids, _ROWS), self._put(batch.positions, _ROWS),
-            self._put(batch.segment_ids, _ROWS), self._put(batch.vision_mask, _ROWS),
-            batch.last_slot, extra)
+        with bar(self.config.n_layers, "prefill", "layer", threshold=PREFILL_BAR_TOKENS,
+                 amount=batch.ids.size) as progress, reporting(progress):
+            logits, k, v, slot_pos = self._prefill_fn(
+                self.variables, self._put(batch.ids, _ROWS), self._put(batch.positions, _ROWS),
+                self._put(batch.segment_ids, _ROWS), self._put(batch.vision_mask, _ROWS),
+                batch.last_slot, extra)
+            if not isinstance(progress, _Silent):
+                jax.block_until_ready(logits)  # the bar stays until the last layer is done
         cache = KVCache(k, v, slot_pos, base=batch.ids.shape[1] // self.sp, appended=0,
                         next_pos=batch.lengths.copy(), rows=len(rows))
         return logits[:len(rows)], cache
