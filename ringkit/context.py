@@ -197,9 +197,9 @@ def _check_memory(model, tokens: int) -> None:
             f"(ringkit.make_mesh(sp=...)), or read less of the source")
 
 
-def _fit(doc: Document, prompt, model, room: int, fit: str, vqgan, cache):
+def _fit(doc: Document, prompt, model, room: int, fit: str, vqgan, cache, focus=None):
     """``(doc, prompt, note)``: the document as it will be read under ``fit`` (see ``read``)."""
-    from ringkit.inputs.outline import fit_outline
+    from ringkit.inputs.outline import fit_focused, fit_outline
     from ringkit.tokenize.prompts import context_prompt
 
     limit = model.config.context_length
@@ -210,23 +210,26 @@ def _fit(doc: Document, prompt, model, room: int, fit: str, vqgan, cache):
     if fit == "whole" or (fit == "auto" and (whole + room <= limit or not doc.files)):
         return doc, prompt, None
     count = lambda d: len(context_prompt(d, model, vqgan=vqgan, cache=False).prefix)
-    found = fit_outline(doc, count, limit - room)
+    found = (fit_outline(doc, count, limit - room) if focus is None
+             else fit_focused(doc, focus, count, limit - room))
     if found is None:
         raise ShapeError(
             f"even the list of the {len(doc.files):,} files' paths exceeds the "
             f"{limit:,}-token context of {model.config.name} (less {room:,} tokens of room): "
             "read a part of the tree, or load the model with RoPE scaling")
-    small, detail = found
+    small, detail, *read_whole = found
     prompt = context_prompt(small, model, vqgan=vqgan, cache=cache)
     kind = {2: "docstrings and definitions", 1: "one line", 0: "paths only"}[detail]
-    note = (f"read as an outline ({kind} per file, {len(prompt.prefix):,} tokens): the whole "
-            f"source is {whole:,} tokens and {model.config.name} reads {limit:,}; for all of "
-            "it, use a longer-context model or RoPE scaling with fit='whole'")
+    focused = (f", the {read_whole[0]} files most relevant to the question read whole and "
+               "placed last" if read_whole and read_whole[0] else "")
+    note = (f"read as an outline ({kind} per file{focused}; {len(prompt.prefix):,} tokens): "
+            f"the whole source is {whole:,} tokens and {model.config.name} reads {limit:,}; "
+            "for all of it, use a longer-context model or RoPE scaling with fit='whole'")
     return small, prompt, note
 
 
 def read(source, *, model=None, mesh=None, room: int = DEFAULT_ROOM, fit: str = "auto",
-         vqgan=None, cache=None, **ingest_options) -> Context:
+         focus: str | None = None, vqgan=None, cache=None, **ingest_options) -> Context:
     """Ingest ``source`` (a path, a list, or a ``Document``) and prefill it for questions.
 
     Args:
@@ -238,6 +241,10 @@ def read(source, *, model=None, mesh=None, room: int = DEFAULT_ROOM, fit: str = 
         ``ringkit.inputs.outline``), says so in a warning and in ``ctx.fitted``, and refuses
         anything else; ``"whole"`` always reads everything (or refuses); ``"outline"`` reads
         the outline of the tree's files even when the whole would fit.
+      focus: a question to fit an outline around (``ringkit.ask`` passes its own): files are
+        ordered by their relevance to it (BM25 over paths and outlines), the most relevant
+        last, and the most relevant are read whole while they fit
+        (``ringkit.inputs.outline.fit_focused``).
       vqgan: LWM's VQGAN, for vision models reading frames.
       cache: the token store (see ``ringkit.tokenize.prompts.tokenize``).
       ingest_options: passed to ``ringkit.ingest`` (``fps``, ``ocr``, ``max_file_bytes``, ...).
@@ -260,7 +267,7 @@ def read(source, *, model=None, mesh=None, room: int = DEFAULT_ROOM, fit: str = 
     model = model if model is not None else default_model(mesh)
     doc = source if isinstance(source, Document) else ingest(source, **ingest_options)
     prompt = context_prompt(doc, model, vqgan=vqgan, cache=cache)
-    doc, prompt, note = _fit(doc, prompt, model, room, fit, vqgan, cache)
+    doc, prompt, note = _fit(doc, prompt, model, room, fit, vqgan, cache, focus)
     if note and fit == "auto":
         warnings.warn(f"ringkit.read: {note}", FitWarning, stacklevel=2)
     n = len(prompt.prefix)
@@ -294,5 +301,5 @@ def ask(source, question: str, *, model=None, mesh=None, max_new_tokens: int = 2
         raise SourceError("the question is empty; ask something")
     model = model if model is not None else default_model(mesh)
     room = max_new_tokens + len(model.tokenizer.encode(question)) + 32  # + the template's
-    ctx = read(source, model=model, room=room, **options)
+    ctx = read(source, model=model, room=room, focus=question, **options)
     return ctx.ask(question, max_new_tokens=max_new_tokens, stream=stream, **sampling)

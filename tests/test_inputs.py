@@ -11,7 +11,7 @@ import pytest
 
 import ringkit as rk
 from ringkit.errors import FormatError, RingkitError, SourceError
-from ringkit.inputs.repo import HEADER
+from ringkit.inputs.repo import FOOTER, HEADER
 
 SONNET = ("Shall I compare thee to a summer's day?\nThou art more lovely and more temperate:\n"
           "Rough winds do shake the darling buds of May,\n")
@@ -130,7 +130,8 @@ def _check_tree(doc):
     assert "debug.log" not in reasons and "out/result.txt" not in reasons  # ignored, silently
     assert "secret outside" not in doc.text and "sk-live" not in doc.text
     main = doc.segments[EXPECTED_FILES.index("src/main.py")]
-    assert main.text == HEADER.format(path="src/main.py") + "\ndef main():\n    return 42"
+    assert main.text == (HEADER.format(path="src/main.py") + "\ndef main():\n    return 42\n"
+                         + FOOTER.format(path="src/main.py"))
     assert main.span == (1, 2) and main.source == "src/main.py"
 
 
@@ -172,7 +173,9 @@ def test_lists_keep_order_and_survive_bad_items(tmp_path):
     (tmp_path / "bad.epub").write_bytes(b"nope")
     doc = rk.ingest([tmp_path / "z.md", tmp_path / "missing.txt", tmp_path / "code",
                      tmp_path / "bad.epub", str(tmp_path / "a.txt")])
-    assert [s.text.splitlines()[-1] for s in doc.segments] == ["gamma", "beta = 2", "alpha"]
+    assert [s.text.splitlines()[-1] for s in doc.segments] == [
+        "gamma", "===== end of m.py =====", "alpha"]
+    assert "beta = 2" in doc.segments[1].text
     assert doc.files == ["m.py"]
     assert [s.path for s in doc.skipped] == [str(tmp_path / "missing.txt"),
                                              str(tmp_path / "bad.epub")]

@@ -55,7 +55,8 @@ def test_outline_levels(tree):
     text = outline(doc, 2).text
     assert "shop/ledger.py\n    Ledger arithmetic" in text and "filler" not in text
     assert "prices.json" in text and "oranges\": 3" not in text
-    paths = outline(doc, 0).text.split("\n\n")
+    intro, *paths = outline(doc, 0).text.split("\n\n")
+    assert intro.startswith("An outline of a source tree of 4 files")
     assert sorted(paths) == sorted(doc.files)
 
 
@@ -87,3 +88,24 @@ def test_a_tree_too_long_is_read_as_its_outline(tree, tokenizer, tmp_path):
         rk.read(tmp_path / "book.txt", model=model, room=64, fit="outline", cache=False)
     with pytest.raises(ShapeError, match="paths exceeds"):
         rk.read(tree, model=_small_model(tokenizer, 80), room=64, cache=False)
+
+
+def test_focus_puts_the_relevant_file_last_and_whole(tree):
+    from ringkit.inputs.outline import fit_focused, focused, relevance
+
+    (tree / "shop" / "till.py").write_text('"""The till: rings up sales and prints receipts."""\n'
+                                           + "x = 1\n" * 50)
+    doc = rk.ingest(tree)
+    scores = relevance(doc, "Which file prints the receipts?")
+    assert max(scores, key=scores.get) == "shop/till.py"
+    assert scores["shop/ledger.py"] == 0  # no word of the question (stop words left out)
+    small = focused(doc, "Which file prints the receipts?", 1, 1)
+    assert small.segments[-1].source == "shop/till.py"
+    assert small.segments[-1].text.startswith("===== shop/till.py =====")  # read whole
+    assert "chosen to answer this question: Which file prints" in small.segments[0].text
+    count = lambda d: len(d.text.split())
+    fitted, detail, whole = fit_focused(doc, "Which file prints the receipts?", count, 260)
+    assert (detail, whole) == (2, 1) and count(fitted) <= 260
+    # A tighter budget gives up outline detail before the relevant file's text.
+    assert fit_focused(doc, "Which file prints the receipts?", count, 225)[1:] == (0, 1)
+    assert fit_focused(doc, "receipts", count, 5) is None  # not even the paths fit

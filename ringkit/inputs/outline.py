@@ -23,11 +23,12 @@ Example::
 from __future__ import annotations
 
 import ast
+import math
 import dataclasses
 import re
 
 from ringkit.inputs.document import Document, TextSegment
-from ringkit.inputs.repo import HEADER
+from ringkit.inputs.repo import FOOTER, HEADER
 
 DETAILS = (2, 1, 0)
 _FIRST_LINES = 3
@@ -37,9 +38,11 @@ DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".npy", ".npz", ".lock", ".s
 
 
 def _body(seg: TextSegment) -> str:
-    """A file segment's text without its ``===== path =====`` header line."""
-    header = HEADER.format(path=seg.source)
-    return seg.text[len(header) + 1:] if seg.text.startswith(header) else seg.text
+    """A file segment's text without its header and footer lines."""
+    text = seg.text
+    header, footer = HEADER.format(path=seg.source), FOOTER.format(path=seg.source)
+    text = text[len(header) + 1:] if text.startswith(header + "\n") else text
+    return text[:-len(footer) - 1] if text.endswith("\n" + footer) else text
 
 
 def _clip(line: str) -> str:
@@ -115,7 +118,20 @@ def outline(doc: Document, detail: int = 2) -> Document:
             segments.append(dataclasses.replace(seg, text=text))
         else:
             segments.append(seg)
-    return dataclasses.replace(doc, segments=segments)
+    return dataclasses.replace(doc, segments=[_intro(len(files), detail, 0)] + segments)
+
+
+def _intro(files: int, detail: int, whole: int, query: str | None = None) -> TextSegment:
+    """A first line telling the model what it is reading and, when the outline was fitted
+    around a question, which question (small models answer far better given both)."""
+    what = "each file's path" + (", then what the file holds" if detail else "")
+    text = f"An outline of a source tree of {files:,} files: {what}."
+    if query:
+        text += f" It was chosen to answer this question: {query}"
+    if whole:
+        text += (f" The {whole} files most relevant to the question follow in full, each "
+                 "between a '===== path =====' and a '===== end of path =====' line.")
+    return TextSegment(text=text, source="outline")
 
 
 def fit_outline(doc: Document, count_tokens, budget: int) -> tuple[Document, int] | None:
@@ -125,4 +141,80 @@ def fit_outline(doc: Document, count_tokens, budget: int) -> tuple[Document, int
         small = outline(doc, detail)
         if count_tokens(small) <= budget:
             return small, detail
+    return None
+
+
+_WORD = re.compile(r"[a-z0-9]+")
+# Words of a question that say nothing about which file it is about.
+_STOP = frozenset("""a an and are as at be by can code do does file files for from has have how
+i in is it its me of on or repo repository that the this to what when where which who why
+with""".split())
+
+
+def _words(text: str) -> list[str]:
+    # Split identifiers too: ring_attention -> ring, attention; camelCase is lowered whole.
+    return _WORD.findall(text.lower().replace("_", " "))
+
+
+def relevance(doc: Document, query: str, *, k1: float = 1.2, b: float = 0.75) -> dict[str, float]:
+    """BM25 score of every source-tree file of ``doc`` for ``query``, over what the file says it
+    is about: its path (twice) and its detailed outline (docstring, definitions, heading), not
+    its whole text, where incidental mentions (examples, tests' inputs) would drown it."""
+    files = [s for s in doc.segments if isinstance(s, TextSegment) and s.source in set(doc.files)]
+    terms = set(_words(query)) - _STOP
+    if not files or not terms:
+        return {s.source: 0.0 for s in files}
+    counts, lengths = [], []
+    for seg in files:
+        about = " ".join(describe_file(seg.source, _body(seg), 2))
+        words = _words(seg.source) * 2 + _words(about)
+        lengths.append(len(words))
+        bag: dict[str, int] = {}
+        for w in words:
+            if w in terms:
+                bag[w] = bag.get(w, 0) + 1
+        counts.append(bag)
+    n, mean = len(files), sum(lengths) / len(files)
+    df = {t: sum(t in c for c in counts) for t in terms}
+    idf = {t: math.log(1 + (n - df[t] + 0.5) / (df[t] + 0.5)) for t in terms}
+    scores = {}
+    for seg, bag, length in zip(files, counts, lengths):
+        norm = k1 * (1 - b + b * length / max(mean, 1))
+        scores[seg.source] = sum(idf[t] * f * (k1 + 1) / (f + norm) for t, f in bag.items())
+    return scores
+
+
+def focused(doc: Document, query: str, detail: int, whole: int) -> Document:
+    """``doc``'s outline at ``detail`` with the files ordered by relevance to ``query``, the
+    most relevant last (nearest the question), and the ``whole`` most relevant read whole."""
+    scores = relevance(doc, query)
+    ranked = sorted(scores, key=lambda p: (scores[p], p))  # ascending: most relevant last
+    keep = set(ranked[len(ranked) - whole:]) if whole else set()
+    small = outline(doc, detail)
+    originals = {s.source: s for s in doc.segments if isinstance(s, TextSegment)}
+    rank = {p: i for i, p in enumerate(ranked)}
+    files = [originals[s.source] if s.source in keep else s
+             for s in small.segments if isinstance(s, TextSegment) and s.source in scores]
+    files.sort(key=lambda s: rank[s.source])
+    others = [s for s in small.segments[1:]  # after the outline's introduction
+              if not (isinstance(s, TextSegment) and s.source in scores)]
+    intro = _intro(len(scores), detail, len(keep), query)
+    return dataclasses.replace(small, segments=[intro] + others + files)
+
+
+def fit_focused(doc: Document, query: str, count_tokens, budget: int,
+                max_whole: int = 8) -> tuple[Document, int, int] | None:
+    """The richest ``focused`` outline within ``budget`` tokens. The most relevant file read
+    whole comes first (it says more than any outline), then the most detailed level that fits
+    beside it, then more relevant files whole (up to ``max_whole``) while they fit.
+    Returns ``(document, detail, files read whole)`` or None when not even the paths fit."""
+    for first in (1, 0):
+        for detail in DETAILS:
+            if count_tokens(focused(doc, query, detail, first)) > budget:
+                continue
+            whole = first
+            while whole < max_whole and count_tokens(
+                    focused(doc, query, detail, whole + 1)) <= budget:
+                whole += 1
+            return focused(doc, query, detail, whole), detail, whole
     return None

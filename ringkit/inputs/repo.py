@@ -2,7 +2,7 @@
 
 What is read: every text file that git would track (``git ls-files --cached --others
 --exclude-standard`` in a checkout; the tree's ``.gitignore`` files through ``pathspec``
-elsewhere), in sorted path order, each introduced by a header line with its relative path.
+elsewhere), in sorted path order, each between a header and a footer line that name its relative path.
 What is left out, each with its reason in ``doc.skipped``: vendored and generated folders and
 files, binaries, files over ``max_file_bytes``, files that may hold secrets (``.env``, private
 keys, credentials; ``include_secrets=True`` reads them) and symlinks (one pointing out of the root
@@ -40,6 +40,7 @@ SECRETS = (".env", ".env.*", "*.pem", "*.key", "*.p12", "*.pfx", "*.jks", "*.key
            "secrets.*", "*service-account*.json")
 SECRET_OK = (".env.example", ".env.sample", ".env.template")
 HEADER = "===== {path} ====="
+FOOTER = "===== end of {path} ====="  # the path again where the file ends: nearer what follows
 _PRIVATE_KEY = re.compile(rb"^-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----", re.MULTILINE)
 
 
@@ -190,7 +191,8 @@ def read_repo(root: pathlib.Path, *, max_file_bytes: int = MAX_FILE_BYTES,
                 doc.skipped.append(Skipped(rel, reason))
                 continue
             body = text.rstrip("\n")
-            doc.segments.append(TextSegment(text=f"{HEADER.format(path=rel)}\n{body}", source=rel,
+            text = f"{HEADER.format(path=rel)}\n{body}\n{FOOTER.format(path=rel)}"
+            doc.segments.append(TextSegment(text=text, source=rel,
                                             span=(1, body.count("\n") + 1), title=rel))
             doc.files.append(rel)
     if not doc.segments:
