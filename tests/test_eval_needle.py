@@ -1,0 +1,107 @@
+"""ringkit.eval.needle: exact-length prompts, reproducible trials, resumable runs, and the grid."""
+
+import dataclasses
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import ringkit as rk
+from ringkit.errors import ConfigError, ShapeError, SourceError
+from ringkit.eval import needle as needle_mod
+from ringkit.eval.haystack import haystack_text
+from ringkit.eval.needle import NEEDLE, Haystack, _Prompter, build_trial
+
+pytest.importorskip("pandas")
+HAY = " ".join(f"Sentence number {i} tells of ships and harbours and the sea." for i in range(3000))
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return rk.load_model(mesh=rk.make_mesh(sp=1, devices=jax.devices()[:1])).tokenizer
+
+
+def _tiny(tokenizer, sp):
+    config = dataclasses.replace(rk.ModelConfig.preset("tiny"), vocab_size=tokenizer.vocab_size)
+    runtime = rk.model.Runtime(rk.make_mesh(sp=sp, devices=jax.devices()[:sp]))
+    return rk.model.Model.init_random(config, runtime, seed=5, tokenizer=tokenizer)
+
+
+@pytest.mark.parametrize("length, depth, needles, retrieve", [
+    (300, 0.0, 1, 1), (777, 0.5, 1, 1), (1024, 1.0, 3, 2), (2000, 0.25, 4, 4)])
+def test_trials_have_the_exact_length_and_hide_their_needles(tokenizer, length, depth, needles,
+                                                             retrieve):
+    hay = Haystack("text", HAY, tokenizer)
+    prompter = _Prompter.for_model(tokenizer)
+    kw = dict(length=length, depth=depth, trial=1, seed=7, needles=needles, retrieve=retrieve)
+    b = build_trial(tokenizer, prompter, hay, **kw)
+    assert len(b["ids"]) == length and len(b["numbers"]) == retrieve
+    assert build_trial(tokenizer, prompter, hay, **kw) == b  # reproducible from the seed
+    assert build_trial(tokenizer, prompter, hay, **{**kw, "trial": 2})["numbers"] != b["numbers"]
+    text = tokenizer.decode(b["ids"])
+    assert text.count("special magic") == needles + 1  # the needles and the question
+    assert all(str(n) in text for n in b["numbers"])
+    # The first needle asked for is the one at ``depth`` of the haystack, at a sentence boundary.
+    body = text.split("\n\n")[0]
+    at = body.find(NEEDLE.format(city=b["cities"][0], number=b["numbers"][0]))
+    assert at >= 0 and abs(at / len(body) - depth) < 0.1
+    assert body[:at].rstrip().endswith(("sea.", "user")) or at / len(body) < 0.02
+
+
+def test_grid_resume_plot_and_sharding(tokenizer, tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    model = _tiny(tokenizer, 2)
+    kw = dict(lengths=[256, 384], depths=[0, 0.5, 1], trials=2, haystack=HAY, seed=3)
+    r = rk.eval.needle(model, resume=tmp_path / "run.jsonl", **kw)
+    assert len(r.frame) == 12 and set(r.frame["length"]) == {256, 384}
+    assert (r.frame["tokens"] == r.frame["length"]).all()
+    assert r.table().shape == (3, 2) and 0 <= r.score <= 1
+    assert r.plot() is not None and "needle in a haystack" in repr(r)
+    lines = (tmp_path / "run.jsonl").read_text().splitlines()
+    assert len(lines) == 12 and json.loads(lines[0])["run"]["seed"] == 3
+
+    # Resumed: nothing runs again; a bigger grid runs only its new cells.
+    calls = []
+    real = needle_mod.__dict__.get("generate_ids")
+    import ringkit.generate as generate
+
+    original = generate.generate_ids
+    monkeypatch.setattr(generate, "generate_ids",
+                        lambda m, rows, **k: calls.append(len(rows)) or original(m, rows, **k))
+    again = rk.eval.needle(model, resume=tmp_path / "run.jsonl", **kw)
+    assert calls == [] and again.frame["answer"].tolist() == r.frame["answer"].tolist()
+    more = rk.eval.needle(model, resume=tmp_path / "run.jsonl", **{**kw, "trials": 3})
+    assert sum(calls) == 6 and len(more.frame) == 18
+    assert real is None  # needle() imports generate_ids where it runs (so the patch applies)
+
+    # Another ring gives the same answers.
+    other = rk.eval.needle(_tiny(tokenizer, 4), **kw)
+    assert other.frame["answer"].tolist() == r.frame["answer"].tolist()
+
+
+def test_bad_input(tokenizer):
+    model = _tiny(tokenizer, 1)
+    with pytest.raises(ShapeError, match="exceed the 4,096-token context"):
+        rk.eval.needle(model, lengths=[5000], depths=[0.5], haystack=HAY)
+    with pytest.raises(ConfigError, match=r"\[0, 1\]"):
+        rk.eval.needle(model, lengths=[256], depths=[1.5], haystack=HAY)
+    with pytest.raises(ConfigError, match="retrieve <= needles"):
+        rk.eval.needle(model, lengths=[256], depths=[0.5], needles=1, retrieve=2, haystack=HAY)
+    with pytest.raises(ShapeError, match="longer haystack"):
+        rk.eval.needle(model, lengths=[4000], depths=[0.5], haystack=HAY[:8000])
+    with pytest.raises(ShapeError, match="no room"):
+        rk.eval.needle(model, lengths=[40], depths=[0.5], haystack=HAY)
+    with pytest.raises(SourceError, match="at least 50 words"):
+        rk.eval.needle(model, lengths=[256], depths=[0.5], haystack="too short")
+    with pytest.raises(ConfigError, match="not both"):
+        rk.eval.needle(model, lengths=[256], depths=[0.5], haystack=HAY, mesh=model.mesh)
+
+
+def test_haystack_sources(tmp_path):
+    (tmp_path / "hay.txt").write_text(HAY)
+    assert haystack_text(tmp_path / "hay.txt") == ("hay.txt", HAY)
+    assert haystack_text(str(tmp_path / "hay.txt"))[0] == "hay.txt"
+    assert haystack_text(HAY) == ("text", HAY)
