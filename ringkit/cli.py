@@ -3,6 +3,7 @@
     ringkit ask book.txt "Who is the narrator?"
     ringkit ask ./repo "Which file implements ring attention?" --max-new-tokens 64
     ringkit info talk.mp4 --ocr --mesh 1,1,1,8
+    ringkit needle --lengths 1024 2048 4096 --depths 0 0.5 1 --trials 3 --out needle.jsonl
 
 A ``RingkitError`` (a missing file, an empty question, a source too long for the model or for
 memory, a mesh that does not fit the devices) prints one line and exits with status 2; ``--debug``
@@ -54,6 +55,29 @@ def _parser() -> argparse.ArgumentParser:
                           description="Show what would be read from SOURCE, what was left out "
                           "and why, its tokens by modality, and the estimated memory per device.")
     common(info)
+    needle = sub.add_parser(
+        "needle", help="needle-in-a-haystack retrieval grid",
+        description="Hide 'The special magic {city} number is: {7 digits}.' at each depth of "
+        "prompts of each length (exact, in the model's tokens), ask for it, and print the "
+        "score per depth and length (ringkit.eval.needle).")
+    needle.add_argument("--lengths", type=int, nargs="+", required=True, metavar="N",
+                        help="prompt lengths in tokens")
+    needle.add_argument("--depths", type=float, nargs="+", default=[0, 0.25, 0.5, 0.75, 1],
+                        metavar="D", help="needle depths in [0, 1] (default 0 .25 .5 .75 1)")
+    needle.add_argument("--trials", type=int, default=3, help="trials per cell (default 3)")
+    needle.add_argument("--needles", type=int, default=1, help="needles per prompt (default 1)")
+    needle.add_argument("--retrieve", type=int, default=1,
+                        help="how many of the needles the question asks for (default 1)")
+    needle.add_argument("--haystack", default="shakespeare",
+                        help="'shakespeare' (default) or a path to a text file")
+    needle.add_argument("--seed", type=int, default=0, help="fixes haystacks and needles")
+    needle.add_argument("--out", help="a JSONL file: trials already in it are not run again, "
+                        "new ones are appended")
+    needle.add_argument("--plot", help="write the depth x length heatmap to this image file")
+    needle.add_argument("--model", help="as for 'ask' (default: the embedded SmolLM2)")
+    needle.add_argument("--mesh", help=_MESH_HELP)
+    needle.add_argument("--dtype", choices=["float32", "bfloat16"], help="compute dtype")
+    needle.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     return parser
 
 
@@ -72,6 +96,18 @@ def _run(args) -> None:
     import ringkit as rk
     from ringkit.errors import SourceError
 
+    if args.command == "needle":
+        results = rk.eval.needle(
+            _model(args), lengths=args.lengths, depths=args.depths, trials=args.trials,
+            needles=args.needles, retrieve=args.retrieve, haystack=args.haystack,
+            seed=args.seed, resume=args.out)
+        print(results)
+        if args.plot:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            results.plot().figure.savefig(args.plot, bbox_inches="tight", dpi=120)
+        return
     if args.command == "ask" and not args.question.strip():
         raise SourceError("the question is empty; ask something")
     # Read the sources first: a typo fails before a model loads.

@@ -105,3 +105,21 @@ def test_haystack_sources(tmp_path):
     assert haystack_text(tmp_path / "hay.txt") == ("hay.txt", HAY)
     assert haystack_text(str(tmp_path / "hay.txt"))[0] == "hay.txt"
     assert haystack_text(HAY) == ("text", HAY)
+
+
+def test_needle_command(tokenizer, tmp_path, monkeypatch, capsys):
+    from ringkit import cli, context
+
+    model = _tiny(tokenizer, 1)
+    monkeypatch.setattr(context, "default_model", lambda mesh=None: model)
+    (tmp_path / "hay.txt").write_text(HAY)
+    args = ["needle", "--lengths", "256", "--depths", "0", "1", "--trials", "1",
+            "--haystack", str(tmp_path / "hay.txt"), "--out", str(tmp_path / "n.jsonl"),
+            "--plot", str(tmp_path / "n.png")]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "score" in out and "256" in out
+    assert (tmp_path / "n.png").stat().st_size > 1000
+    assert len((tmp_path / "n.jsonl").read_text().splitlines()) == 2
+    assert cli.main(["needle", "--lengths", "256", "--depths", "2"]) == 2
+    assert "[0, 1]" in capsys.readouterr().err
