@@ -33,6 +33,7 @@ from ringkit.inputs.document import Document
 from ringkit.inputs.sources import ingest
 
 DEFAULT_ROOM = 1024  # question + answer tokens a context keeps room for
+QUESTION_PIECE = 8   # question tokens fed per decode step (see ``Context.ask``)
 _MODELS: dict = {}
 
 
@@ -95,13 +96,14 @@ class Context:
                 f"{need} tokens of room; this context keeps {self.room}: ask for fewer new "
                 f"tokens or read it again with ringkit.read(..., room={need})")
         try:
-            # The question in power-of-two pieces (21 = 16 + 4 + 1): a decode step compiles
-            # once per piece size, not once per question length.
+            # The question in pieces of QUESTION_PIECE tokens, then single ones (21 = 8 + 8 + 5
+            # x 1): a decode step compiles once per piece size (~20 s for SmolLM2 on CPU), so
+            # two sizes, one of them the answer's own, keep the first question's compile short.
             start = 0
-            for bit in reversed(range(len(ids).bit_length())):
-                if len(ids) & (1 << bit):
-                    logits = self.model.step(self.cache, ids[None, start:start + (1 << bit)])
-                    start += 1 << bit
+            while start < len(ids):
+                size = QUESTION_PIECE if len(ids) - start >= QUESTION_PIECE else 1
+                logits = self.model.step(self.cache, ids[None, start:start + size])
+                start += size
             stop = (stop,) if isinstance(stop, str) else tuple(stop)
             out = decode(self.model, logits, self.cache, max_new_tokens=max_new_tokens,
                          temperature=temperature, top_p=top_p, seed=seed, stop=stop,
