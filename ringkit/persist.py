@@ -98,12 +98,19 @@ def save_context(ctx, path) -> pathlib.Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     ctx._rewind()
     cache, tokens, doc = ctx.cache, ctx.tokens, ctx.doc
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    # One process: write a temporary sibling and rename it. Several (multi-host): every process
+    # writes its shards to the final path (orbax commits the cache atomically itself) and
+    # process 0 writes the rest.
+    single = jax.process_count() == 1
+    tmp = (pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) if single
+           else path)
     try:
         with _checkpointer() as ckpt:
             ckpt.save(tmp / _CACHE, dict(k=list(cache.k), v=list(cache.v),
                                          slot_pos=ctx._slot_pos))
             ckpt.wait_until_finished()
+        if jax.process_index() != 0:
+            return path
         segment = tokens.segment if tokens.segment is not None else np.zeros(0, np.uint32)
         np.savez(tmp / _ARRAYS, ids=tokens.ids, vision=tokens.vision, segment=segment,
                  has_segment=np.bool_(tokens.segment is not None),
@@ -113,11 +120,14 @@ def save_context(ctx, path) -> pathlib.Path:
                     mesh=dict(ctx.model.mesh.shape), sp=ctx.model.sp, base=cache.base,
                     slots=cache.slots,
                     next_pos=[int(p) for p in ctx._next_pos], rows=cache.rows, room=ctx.room,
-                    template=ctx.prompt.template, prefill_seconds=ctx.prefill_seconds)
+                    template=ctx.prompt.template, prefill_seconds=ctx.prefill_seconds,
+                    fitted=ctx.fitted)
         (tmp / _META).write_text(json.dumps(meta, indent=1))
-        os.replace(tmp, path)
+        if single:
+            os.replace(tmp, path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if single:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
 
@@ -260,6 +270,6 @@ def load_context(path, *, model=None, mesh=None):
                     rows=meta["rows"])
     prompt = ContextPrompt(tokens, meta["template"], model.tokenizer)
     return Context(model, doc, prompt, cache, meta["room"], meta["prefill_seconds"],
-                   jnp.copy(slot_pos), next_pos.copy())
+                   jnp.copy(slot_pos), next_pos.copy(), fitted=meta.get("fitted"))
 
 
