@@ -211,13 +211,16 @@ def _run_key(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _check(model, lengths, depths, trials, needles, retrieve, hay: Haystack) -> None:
+def _check(model, lengths, depths, trials, needles, retrieve, hay: Haystack,
+           max_new_tokens: int) -> None:
     limit = model.config.context_length
-    bad = [n for n in lengths if n > limit]
+    longest = limit - max_new_tokens + 1  # the prompt and the answer (its last token unfed)
+    bad = [n for n in lengths if n > longest]
     if bad:
-        raise ShapeError(f"lengths {bad} exceed the {limit:,}-token context of "
-                         f"{model.config.name}: use lengths up to {limit:,}, or load the model "
-                         "with rope_scaling=ringkit.model.RopeScaling(...)")
+        raise ShapeError(f"lengths {bad} leave no room for {max_new_tokens} answer tokens in "
+                         f"the {limit:,}-token context of {model.config.name}: use lengths up "
+                         f"to {longest:,}, or load the model with "
+                         "rope_scaling=ringkit.model.RopeScaling(...)")
     if any(n > hay.approx_tokens for n in lengths):
         raise ShapeError(f"the {hay.name} haystack holds about {hay.approx_tokens:,} tokens, "
                          f"fewer than the longest length {max(lengths):,}: use a longer haystack")
@@ -268,8 +271,8 @@ def needle(model=None, *, lengths, depths, trials: int = 3, needles: int = 1, re
     tok = model.tokenizer
     name, text = haystack_text(haystack)
     hay = Haystack(name, text, tok)
-    _check(model, lengths, depths, trials, needles, retrieve, hay)
     max_new_tokens = max_new_tokens or 16 + 16 * retrieve
+    _check(model, lengths, depths, trials, needles, retrieve, hay, max_new_tokens)
     config = dict(model=model.config.name, tokenizer=tok.digest, haystack=name, seed=seed,
                   needles=needles, retrieve=retrieve, max_new_tokens=max_new_tokens,
                   needle=NEEDLE)
