@@ -208,7 +208,9 @@ def fit_focused(doc: Document, query: str, count_tokens, budget: int,
     whole comes first (it says more than any outline), then the most detailed level that fits
     beside it, then more relevant files whole (up to ``max_whole``) while they fit.
     Returns ``(document, detail, files read whole)`` or None when not even the paths fit."""
-    for first in (1, 0):
+    relevant = sum(score > 0 for score in relevance(doc, query).values())
+    max_whole = min(max_whole, relevant)  # a file that shares no word with the query stays out
+    for first in ((1, 0) if max_whole else (0,)):
         for detail in DETAILS:
             if count_tokens(focused(doc, query, detail, first)) > budget:
                 continue
