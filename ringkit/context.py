@@ -219,11 +219,11 @@ def _fit(doc: Document, prompt, model, room: int, fit: str, vqgan, cache, focus=
             f"even the list of the {len(doc.files):,} files' paths exceeds the "
             f"{limit:,}-token context of {model.config.name} (less {room:,} tokens of room): "
             "read a part of the tree, or load the model with RoPE scaling")
-    small, detail, *read_whole = found
+    small, detail, read_whole = found
     prompt = context_prompt(small, model, vqgan=vqgan, cache=cache)
     kind = {2: "docstrings and definitions", 1: "one line", 0: "paths only"}[detail]
-    focused = (f", the {read_whole[0]} files most relevant to the question read whole and "
-               "placed last" if read_whole and read_whole[0] else "")
+    focused = (f", the {read_whole} files most relevant to the question read whole and "
+               "placed last" if read_whole else "")
     note = (f"read as an outline ({kind} per file{focused}; {len(prompt.prefix):,} tokens): "
             f"the whole source is {whole:,} tokens and {model.config.name} reads {limit:,}; "
             "for all of it, use a longer-context model or RoPE scaling with fit='whole'")

@@ -171,29 +171,37 @@ def _default_model_for(saved: dict, mesh):
     return load_model(saved["source"], mesh=mesh)
 
 
-def relayout_cache(k, slot_pos, *, sp: int, base: int, layout: str, extra: int):
+def relayout_cache(arrays, slot_pos, *, sp: int, base: int, layout: str, extra: int):
     """Lay a cache read on the host out for a ring of ``sp`` devices.
 
-    ``k [b, kv, slots, hd]`` (any previous layout) and ``slot_pos [b, slots]`` (-1 = empty) ->
-    the prefill layout for ``sp``: ``base`` slots per device in ``layout`` order, then ``extra``
-    empty ones. Returns ``(k, slot_pos)`` as numpy arrays.
+    ``arrays``: ``[b, kv, slots, hd]`` each (keys and values of every layer, in any previous
+    layout); ``slot_pos [b, slots]`` their positions (-1 = empty). Returns ``(arrays, slot_pos)``
+    in the prefill layout for ``sp``: ``base`` slots per device in ``layout`` order, then
+    ``extra`` empty ones (numpy).
     """
     from ringkit.attention.layouts import layout_positions
 
-    b, kv, _, hd = k.shape
-    total = base * sp
-    natural_k = np.zeros((b, kv, total, hd), k.dtype)
-    natural_pos = np.full((b, total), -1, np.int32)
+    b, total = slot_pos.shape[0], base * sp
+    order = layout_positions(total, sp, layout)
+    source = np.full((b, total), -1)  # the old slot of every natural position (-1: none)
     for r in range(b):
         filled = np.flatnonzero(slot_pos[r] >= 0)
-        natural_k[r][:, slot_pos[r, filled]] = k[r][:, filled]
-        natural_pos[r, slot_pos[r, filled]] = slot_pos[r, filled]
-    order = layout_positions(total, sp, layout)
-    k_out = natural_k[:, :, order].reshape(b, kv, sp, base, hd)
-    pos_out = natural_pos[:, order].reshape(b, sp, base)
-    k_out = np.pad(k_out, ((0, 0), (0, 0), (0, 0), (0, extra), (0, 0)))
-    pos_out = np.pad(pos_out, ((0, 0), (0, 0), (0, extra)), constant_values=-1)
-    return k_out.reshape(b, kv, sp * (base + extra), hd), pos_out.reshape(b, -1)
+        source[r, slot_pos[r, filled]] = filled
+    source = source[:, order]  # ... of every new slot, in layout order
+    pos = np.where(source >= 0, order[None, :], -1).astype(np.int32).reshape(b, sp, base)
+    pos = np.pad(pos, ((0, 0), (0, 0), (0, extra)), constant_values=-1).reshape(b, -1)
+
+    def lay(a):
+        a = np.asarray(a)
+        out = np.zeros((b, a.shape[1], total, a.shape[3]), a.dtype)
+        for r in range(b):
+            ok = source[r] >= 0
+            out[r][:, ok] = a[r][:, source[r, ok]]
+        out = out.reshape(b, a.shape[1], sp, base, a.shape[3])
+        out = np.pad(out, ((0, 0), (0, 0), (0, 0), (0, extra), (0, 0)))
+        return out.reshape(b, a.shape[1], sp * (base + extra), a.shape[3])
+
+    return [lay(a) for a in arrays], pos
 
 
 def load_context(path, *, model=None, mesh=None):
@@ -258,13 +266,13 @@ def load_context(path, *, model=None, mesh=None):
         sp = model.sp
         base = padded_length(int(max(meta["next_pos"])), sp, saved["layout"]) // sp
         extra = max(1, -(-(meta["room"] + 1) // sp)) + SPARE_SLOTS  # as ``Model.prefill``
-        old_pos = np.asarray(slot_pos)
-        lay = lambda a: relayout_cache(np.asarray(a), old_pos, sp=sp, base=base,
-                                       layout=saved["layout"], extra=extra)
-        layer, slot = NamedSharding(model.mesh, LAYER_SPEC), NamedSharding(model.mesh, SLOT_SPEC)
-        k = [jax.device_put(lay(a)[0], layer) for a in k]
-        v = [jax.device_put(lay(a)[0], layer) for a in v]
-        slot_pos = jax.device_put(lay(np.zeros((rows, 1, slots, 1), np.float32))[1], slot)
+        n_layers = len(k)
+        arrays, pos = relayout_cache(list(k) + list(v), np.asarray(slot_pos), sp=sp,
+                                     base=base, layout=saved["layout"], extra=extra)
+        layer = NamedSharding(model.mesh, LAYER_SPEC)
+        arrays = [jax.device_put(a, layer) for a in arrays]
+        k, v = arrays[:n_layers], arrays[n_layers:]
+        slot_pos = jax.device_put(pos, NamedSharding(model.mesh, SLOT_SPEC))
     next_pos = np.asarray(meta["next_pos"], np.int32)
     cache = KVCache(tuple(k), tuple(v), slot_pos, base=base, appended=0, next_pos=next_pos,
                     rows=meta["rows"])

@@ -134,13 +134,14 @@ def _intro(files: int, detail: int, whole: int, query: str | None = None) -> Tex
     return TextSegment(text=text, source="outline")
 
 
-def fit_outline(doc: Document, count_tokens, budget: int) -> tuple[Document, int] | None:
+def fit_outline(doc: Document, count_tokens, budget: int) -> tuple[Document, int, int] | None:
     """The most detailed outline of ``doc`` whose ``count_tokens(outline)`` is at most
-    ``budget``, and its detail level; None when not even the paths fit."""
+    ``budget``: ``(outline, detail, 0)`` (no file read whole, as ``fit_focused`` says it), or
+    None when not even the paths fit."""
     for detail in DETAILS:
         small = outline(doc, detail)
         if count_tokens(small) <= budget:
-            return small, detail
+            return small, detail, 0
     return None
 
 
@@ -184,10 +185,11 @@ def relevance(doc: Document, query: str, *, k1: float = 1.2, b: float = 0.75) ->
     return scores
 
 
-def focused(doc: Document, query: str, detail: int, whole: int) -> Document:
+def focused(doc: Document, query: str, detail: int, whole: int, *, scores=None) -> Document:
     """``doc``'s outline at ``detail`` with the files ordered by relevance to ``query``, the
-    most relevant last (nearest the question), and the ``whole`` most relevant read whole."""
-    scores = relevance(doc, query)
+    most relevant last (nearest the question), and the ``whole`` most relevant read whole.
+    ``scores``: ``relevance(doc, query)`` when already computed."""
+    scores = relevance(doc, query) if scores is None else scores
     ranked = sorted(scores, key=lambda p: (scores[p], p))  # ascending: most relevant last
     keep = set(ranked[len(ranked) - whole:]) if whole else set()
     small = outline(doc, detail)
@@ -208,15 +210,20 @@ def fit_focused(doc: Document, query: str, count_tokens, budget: int,
     whole comes first (it says more than any outline), then the most detailed level that fits
     beside it, then more relevant files whole (up to ``max_whole``) while they fit.
     Returns ``(document, detail, files read whole)`` or None when not even the paths fit."""
-    relevant = sum(score > 0 for score in relevance(doc, query).values())
-    max_whole = min(max_whole, relevant)  # a file that shares no word with the query stays out
+    scores = relevance(doc, query)
+    build = lambda detail, whole: focused(doc, query, detail, whole, scores=scores)
+    # A file that shares no word with the query is never read whole.
+    max_whole = min(max_whole, sum(score > 0 for score in scores.values()))
     for first in ((1, 0) if max_whole else (0,)):
         for detail in DETAILS:
-            if count_tokens(focused(doc, query, detail, first)) > budget:
+            best = build(detail, first)
+            if count_tokens(best) > budget:
                 continue
             whole = first
-            while whole < max_whole and count_tokens(
-                    focused(doc, query, detail, whole + 1)) <= budget:
-                whole += 1
-            return focused(doc, query, detail, whole), detail, whole
+            while whole < max_whole:
+                candidate = build(detail, whole + 1)
+                if count_tokens(candidate) > budget:
+                    break
+                best, whole = candidate, whole + 1
+            return best, detail, whole
     return None
