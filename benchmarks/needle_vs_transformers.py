@@ -14,7 +14,8 @@ import torch
 import transformers
 
 from ringkit.eval.haystack import haystack_text
-from ringkit.eval.needle import Haystack, _Prompter, build_trial
+from ringkit.eval.common import Prompter
+from ringkit.eval.needle import Haystack, build_trial
 from ringkit.model.load import _resolve
 from ringkit.model.weights.gguf import read_gguf
 from ringkit.tokenize.text import Tokenizer
@@ -27,7 +28,7 @@ tok = Tokenizer.from_gguf_fields(read_gguf(gguf)[2])
 hf = transformers.AutoModelForCausalLM.from_pretrained(
     str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()
 rows = [json.loads(line) for line in open(path)]
-prompter = _Prompter.for_model(tok)
+prompter = Prompter.for_model(tok)
 for r in [r for r in rows if r["length"] == length][:count]:
     hay = Haystack(*haystack_text(r["run"]["haystack"]), tok)
     b = build_trial(tok, prompter, hay, length=length, depth=r["depth"], trial=r["trial"],

@@ -4,6 +4,7 @@
     ringkit ask ./repo "Which file implements ring attention?" --max-new-tokens 64
     ringkit info talk.mp4 --ocr --mesh 1,1,1,8
     ringkit needle --lengths 1024 2048 4096 --depths 0 0.5 1 --trials 3 --out needle.jsonl
+    ringkit ruler --tasks niah vt --lengths 4096 8192 --samples 10 --out ruler.jsonl
 
 A ``RingkitError`` (a missing file, an empty question, a source too long for the model or for
 memory, a mesh that does not fit the devices) prints one line and exits with status 2; ``--debug``
@@ -74,11 +75,41 @@ def _parser() -> argparse.ArgumentParser:
     needle.add_argument("--out", help="a JSONL file: trials already in it are not run again, "
                         "new ones are appended")
     needle.add_argument("--plot", help="write the depth x length heatmap to this image file")
-    needle.add_argument("--model", help="as for 'ask' (default: the embedded SmolLM2)")
-    needle.add_argument("--mesh", help=_MESH_HELP)
-    needle.add_argument("--dtype", choices=["float32", "bfloat16"], help="compute dtype")
-    needle.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    evaluation(needle)
+    ruler = sub.add_parser(
+        "ruler", help="RULER's long-context tasks and the effective length",
+        description="Build RULER's tasks offline at each length (prompt plus answer budget in "
+        "the model's tokens), answer them greedily, and print the score (0-100) per task and "
+        "length and the effective length: the longest length up to which the mean over tasks "
+        "stays above 85.6 (ringkit.eval.ruler).")
+    ruler.add_argument("--tasks", nargs="+", default=["all"], metavar="TASK",
+                       help="niah_single_1..3, niah_multikey_1..3, niah_multivalue, "
+                       "niah_multiquery, vt, cwe, fwe, qa_1, qa_2, or the groups 'all' (the 11 "
+                       "synthetic tasks, default) and 'niah'")
+    ruler.add_argument("--lengths", type=int, nargs="+", required=True, metavar="N",
+                       help="lengths in tokens")
+    ruler.add_argument("--samples", type=int, default=10, help="samples per task and length "
+                       "(default 10)")
+    ruler.add_argument("--squad", metavar="PATH", help="SQuAD data for qa_1 (a local file)")
+    ruler.add_argument("--hotpotqa", metavar="PATH", help="HotpotQA data for qa_2 (a local file)")
+    ruler.add_argument("--haystack", default="shakespeare",
+                       help="the essay haystack: 'shakespeare' (default) or a path to a text file")
+    ruler.add_argument("--seed", type=int, default=0, help="fixes every sample")
+    ruler.add_argument("--out", help="a JSONL file: samples already in it are not run again, "
+                       "new ones are appended")
+    ruler.add_argument("--plot", help="write the task x length heatmap to this image file")
+    evaluation(ruler)
     return parser
+
+
+def evaluation(parser) -> None:
+    """Options every evaluation command shares."""
+    parser.add_argument("--batch", type=int, default=4,
+                        help="prompts of one length answered together (default 4)")
+    parser.add_argument("--model", help="as for 'ask' (default: the embedded SmolLM2)")
+    parser.add_argument("--mesh", help=_MESH_HELP)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], help="compute dtype")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 
 
 def _model(args):
@@ -96,11 +127,18 @@ def _run(args) -> None:
     import ringkit as rk
     from ringkit.errors import SourceError
 
-    if args.command == "needle":
-        results = rk.eval.needle(
-            _model(args), lengths=args.lengths, depths=args.depths, trials=args.trials,
-            needles=args.needles, retrieve=args.retrieve, haystack=args.haystack,
-            seed=args.seed, resume=args.out)
+    if args.command in ("needle", "ruler"):
+        if args.command == "needle":
+            results = rk.eval.needle(
+                _model(args), lengths=args.lengths, depths=args.depths, trials=args.trials,
+                needles=args.needles, retrieve=args.retrieve, haystack=args.haystack,
+                seed=args.seed, resume=args.out, batch=args.batch)
+        else:
+            qa = {k: v for k, v in (("qa_1", args.squad), ("qa_2", args.hotpotqa)) if v}
+            results = rk.eval.ruler(
+                _model(args), tasks=args.tasks, length=args.lengths, samples=args.samples,
+                seed=args.seed, haystack=args.haystack, qa_files=qa, resume=args.out,
+                batch=args.batch)
         print(results)
         if args.plot:
             import matplotlib

@@ -42,3 +42,18 @@ def pytest_report_header(config):
 def rng(request):
     """A numpy Generator seeded from the run seed and the test's name."""
     return np.random.default_rng([SEED, zlib.crc32(request.node.nodeid.encode())])
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    """The embedded SmolLM2's tokenizer alone (its GGUF's metadata, no weights)."""
+    from ringkit.errors import MissingDependencyError
+    from ringkit.model.load import embedded_model_path
+    from ringkit.model.weights.gguf import _reader, read_fields
+    from ringkit.tokenize.text import Tokenizer
+
+    try:
+        path = embedded_model_path()
+    except MissingDependencyError as e:
+        pytest.skip(str(e))
+    return Tokenizer.from_gguf_fields(read_fields(_reader(path)))

@@ -11,7 +11,8 @@ import ringkit as rk
 from ringkit.errors import ConfigError, ShapeError, SourceError
 from ringkit.eval import needle as needle_mod
 from ringkit.eval.haystack import haystack_text
-from ringkit.eval.needle import NEEDLE, Haystack, _Prompter, build_trial
+from ringkit.eval.common import Prompter
+from ringkit.eval.needle import NEEDLE, Haystack, build_trial
 
 pytest.importorskip("pandas")
 HAY = " ".join(f"Sentence number {i} tells of ships and harbours and the sea." for i in range(3000))
@@ -33,7 +34,7 @@ def _tiny(tokenizer, sp):
 def test_trials_have_the_exact_length_and_hide_their_needles(tokenizer, length, depth, needles,
                                                              retrieve):
     hay = Haystack("text", HAY, tokenizer)
-    prompter = _Prompter.for_model(tokenizer)
+    prompter = Prompter.for_model(tokenizer)
     kw = dict(length=length, depth=depth, trial=1, seed=7, needles=needles, retrieve=retrieve)
     b = build_trial(tokenizer, prompter, hay, **kw)
     assert len(b["ids"]) == length and len(b["numbers"]) == retrieve

@@ -18,35 +18,20 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
-import pathlib
-import time
-
 import numpy as np
 
-from ringkit.errors import ConfigError, MissingDependencyError, ShapeError
+from ringkit.errors import ConfigError, ShapeError
+from ringkit.eval.common import (Prompter, answer_cells, heatmap, load_done, pandas,
+                                  write_jsonl)
 from ringkit.eval.haystack import haystack_text, sentences as split_sentences
-from ringkit.progress import bar
 
 CITIES = ("Lisbon", "Bergen", "Kyoto", "Nairobi", "Lima", "Oslo", "Hanoi", "Quito", "Tunis",
           "Perth", "Dakar", "Riga", "Cusco", "Malmo", "Porto", "Accra", "Bilbao", "Tallinn",
           "Recife", "Hobart", "Zagreb", "Medan", "Leeds", "Ghent", "Basra", "Trier", "Split",
           "Nantes", "Aarhus", "Cork")
 NEEDLE = "The special magic {city} number is: {number}."
-SYSTEM = "You are a helpful assistant."
 COLUMNS = ("length", "depth", "trial", "tokens", "cities", "numbers", "answer", "found", "score",
            "correct", "seconds")
-
-
-def _pandas():
-    try:
-        import pandas
-    except ImportError as e:
-        raise MissingDependencyError("evaluation results are pandas DataFrames: "
-                                     "pip install 'ringkit[eval]' (pandas, matplotlib)") from e
-    return pandas
 
 
 def question_for(cities: list[str]) -> str:
@@ -54,27 +39,6 @@ def question_for(cities: list[str]) -> str:
         return f"What is the special magic {cities[0]} number?"
     names = ", ".join(cities[:-1]) + f" and {cities[-1]}"
     return f"What are the special magic numbers for {names}?"
-
-
-@dataclasses.dataclass(frozen=True)
-class _Prompter:
-    """Token ids around the haystack: the chat template's head and the question's tail."""
-
-    head: list[int]
-    after_question: str
-
-    @classmethod
-    def for_model(cls, tok) -> "_Prompter":
-        from ringkit.tokenize.prompts import _chat_shell
-
-        shell = _chat_shell(tok, True) if tok.chat_template is not None else None
-        if shell is None:  # LWM's plain prompt
-            return cls(tok.encode(f"{SYSTEM} USER:", add_bos=True), " ASSISTANT:")
-        before, after = shell
-        return cls(tok.encode(before, add_bos=True), after)
-
-    def tail(self, tok, question: str) -> list[int]:
-        return tok.encode(f"\n\n{question}{self.after_question}", add_bos=False)
 
 
 class Haystack:
@@ -98,7 +62,7 @@ class Haystack:
         return self._ids[i]
 
 
-def build_trial(tok, prompter: _Prompter, hay: Haystack, *, length: int, depth: float,
+def build_trial(tok, prompter: Prompter, hay: Haystack, *, length: int, depth: float,
                 trial: int, seed: int, needles: int, retrieve: int) -> dict:
     """One trial's prompt (exactly ``length`` ids) and what it hides."""
     rng = np.random.default_rng([seed, length, int(round(depth * 10_000)), trial])
@@ -164,27 +128,13 @@ class NeedleResults:
 
     def plot(self, ax=None, *, title: str | None = None):
         """The depth x length heatmap (matplotlib); returns the axes."""
-        import matplotlib.pyplot as plt
-
-        table = self.table()
-        if ax is None:
-            _, ax = plt.subplots(figsize=(1.2 + 0.9 * table.shape[1], 0.8 + 0.5 * table.shape[0]))
-        image = ax.imshow(table.values, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
-        ax.set_xticks(range(table.shape[1]), [f"{c:,}" for c in table.columns])
-        ax.set_yticks(range(table.shape[0]), [f"{d:.0%}" for d in table.index])
-        ax.set_xlabel("context length (tokens)")
-        ax.set_ylabel("needle depth")
-        for (r, c), v in np.ndenumerate(table.values):
-            ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=8)
-        ax.set_title(title or f"{self.config['model']}: needle score {self.score:.2f}")
-        ax.figure.colorbar(image, ax=ax, fraction=0.05)
-        return ax
+        return heatmap(self.table(), ax, vmax=1, xlabel="context length (tokens)",
+                       ylabel="needle depth", row_label=lambda d: f"{d:.0%}",
+                       title=title or f"{self.config['model']}: needle score {self.score:.2f}")
 
     def to_jsonl(self, path) -> None:
         """One JSON object per trial (with the run's config), the format ``resume`` reads."""
-        with open(path, "w") as f:
-            for row in self.frame.to_dict("records"):
-                f.write(json.dumps(_jsonable({**row, "run": self.config}), sort_keys=True) + "\n")
+        write_jsonl(path, self.frame.to_dict("records"), self.config)
 
     def summary(self) -> str:
         c = self.config
@@ -201,14 +151,6 @@ class NeedleResults:
         return (f"<p>{html.escape(self.summary())}</p>"
                 + self.table().style.format("{:.2f}").background_gradient(
                     cmap="RdYlGn", vmin=0, vmax=1).to_html())
-
-
-def _jsonable(row: dict) -> dict:
-    return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
-
-
-def _run_key(config: dict) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _check(model, lengths, depths, trials, needles, retrieve, hay: Haystack,
@@ -259,9 +201,8 @@ def needle(model=None, *, lengths, depths, trials: int = 3, needles: int = 1, re
         r.plot()
     """
     from ringkit.context import default_model
-    from ringkit.generate import generate_ids
 
-    pandas = _pandas()
+    pd = pandas()
     if model is None:
         model = default_model(mesh)
     elif mesh is not None:
@@ -276,47 +217,23 @@ def needle(model=None, *, lengths, depths, trials: int = 3, needles: int = 1, re
     config = dict(model=model.config.name, tokenizer=tok.digest, haystack=name, seed=seed,
                   needles=needles, retrieve=retrieve, max_new_tokens=max_new_tokens,
                   needle=NEEDLE)
-    key = _run_key(config)
-    done: dict[tuple, dict] = {}
-    if resume is not None and pathlib.Path(resume).exists():
-        for line in pathlib.Path(resume).read_text().splitlines():
-            row = json.loads(line)
-            if _run_key(row.pop("run")) == key:
-                done[row["length"], row["depth"], row["trial"]] = row
+    prompter = Prompter.for_model(tok)
     cells = [(n, d, t) for n in lengths for d in depths for t in range(trials)]
-    todo = [c for c in cells if c not in done]
-    prompter = _Prompter.for_model(tok)
-    out = open(resume, "a") if resume is not None else None
-    try:
-        with bar(len(todo), "needle", "trial", threshold=1) as progress:
-            for n in lengths:
-                mine = [c for c in todo if c[0] == n]
-                for start in range(0, len(mine), batch):
-                    group = mine[start:start + batch]
-                    built = [build_trial(tok, prompter, hay, length=n, depth=d, trial=t,
-                                         seed=seed, needles=needles, retrieve=retrieve)
-                             for _, d, t in group]
-                    t0 = time.perf_counter()
-                    answers = generate_ids(model, [b["ids"] for b in built],
-                                           max_new_tokens=max_new_tokens)
-                    seconds = (time.perf_counter() - t0) / len(group)
-                    for (_, d, t), b, ans in zip(group, built, answers):
-                        answer = tok.decode(ans)
-                        found = [str(x) in answer for x in b["numbers"]]
-                        row = dict(length=n, depth=d, trial=t, tokens=len(b["ids"]),
-                                   cities=b["cities"], numbers=b["numbers"], answer=answer,
-                                   found=found, score=sum(found) / len(found),
-                                   correct=all(found), seconds=seconds)
-                        done[n, d, t] = row
-                        if out is not None:
-                            out.write(json.dumps(_jsonable({**row, "run": config}),
-                                                 sort_keys=True) + "\n")
-                            out.flush()
-                    progress.update(len(group))
-    finally:
-        if out is not None:
-            out.close()
-    frame = pandas.DataFrame([done[c] for c in cells], columns=list(COLUMNS))
+
+    def build(cell):
+        n, d, t = cell
+        return build_trial(tok, prompter, hay, length=n, depth=d, trial=t, seed=seed,
+                           needles=needles, retrieve=retrieve)
+
+    def score(cell, b, answer):
+        found = [str(x) in answer for x in b["numbers"]]
+        return dict(length=cell[0], depth=cell[1], trial=cell[2], tokens=len(b["ids"]),
+                    cities=b["cities"], numbers=b["numbers"], answer=answer, found=found,
+                    score=sum(found) / len(found), correct=all(found))
+
+    done = load_done(resume, config, lambda row: (row["length"], row["depth"], row["trial"]))
+    answer_cells(model, cells, group=lambda c: c[0], build=build, score=score,
+                 max_new_tokens=lambda c: max_new_tokens, config=config, done=done,
+                 resume=resume, batch=batch, label="needle")
+    frame = pd.DataFrame([done[c] for c in cells], columns=list(COLUMNS))
     return NeedleResults(frame, config)
-
-
