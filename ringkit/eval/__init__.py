@@ -11,5 +11,6 @@ Example::
 
 from ringkit.eval.needle import NeedleResults, needle
 from ringkit.eval.ruler import RulerResults, ruler
+from ringkit.eval.video_needle import VideoNeedleResults, video_needle
 
-__all__ = ["NeedleResults", "RulerResults", "needle", "ruler"]
+__all__ = ["NeedleResults", "RulerResults", "VideoNeedleResults", "needle", "ruler", "video_needle"]

@@ -85,11 +85,11 @@ def write_jsonl(path, rows: Sequence[dict], config: dict) -> None:
 def answer_cells(model, cells: Sequence[tuple], *, group: Callable[[tuple], Hashable],
                  build: Callable[[tuple], dict], score: Callable[[tuple, dict, str], dict],
                  max_new_tokens: Callable[[tuple], int], config: dict, done: dict, resume,
-                 batch: int, label: str) -> dict:
+                 batch: int, label: str, vision: bool = False) -> dict:
     """Answer every cell not in ``done`` greedily, ``batch`` prompts of one group at a time.
 
-    ``build(cell)`` returns a dict with the prompt ``ids``; ``score(cell, built, answer)`` the
-    row to keep. Each new row is appended to ``resume`` (JSONL, with ``config``) as it finishes,
+    ``build(cell)`` returns a dict with the prompt ``ids`` (and, with ``vision``, their
+    ``vision`` mask); ``score(cell, built, answer)`` the row to keep. Each new row is appended to ``resume`` (JSONL, with ``config``) as it finishes,
     so an interrupted run loses at most one batch. Returns ``done`` with the new rows.
     """
     from ringkit.generate import generate_ids
@@ -106,8 +106,9 @@ def answer_cells(model, cells: Sequence[tuple], *, group: Callable[[tuple], Hash
                     chunk = mine[start:start + batch]
                     built = [build(c) for c in chunk]
                     t0 = time.perf_counter()
-                    answers = generate_ids(model, [b["ids"] for b in built],
-                                           max_new_tokens=max_new_tokens(chunk[0]))
+                    answers = generate_ids(
+                        model, [b["ids"] for b in built], max_new_tokens=max_new_tokens(chunk[0]),
+                        vision_rows=[b["vision"] for b in built] if vision else None)
                     seconds = (time.perf_counter() - t0) / len(chunk)
                     for c, b, ids in zip(chunk, built, answers):
                         row = {**score(c, b, model.tokenizer.decode(ids)), "seconds": seconds}
