@@ -21,6 +21,25 @@ _MESH_HELP = ("device mesh as LWM's 'dp,fsdp,tp,sp' sizes, one of them -1 for th
               "devices (default: every device on the sequence axis 'sp')")
 
 
+_ROPE_HELP = ("stretch the model's context by RoPE scaling, e.g. 'yarn:4' (SmolLM2 at 32K); "
+              "kinds: linear, ntk, yarn")
+
+
+def _rope(text: str):
+    from ringkit.model.rope import SCALING_KINDS
+
+    kind, _, factor = text.partition(":")
+    try:
+        factor = float(factor)
+    except ValueError:
+        factor = -1
+    if kind not in SCALING_KINDS or not factor >= 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give KIND:FACTOR with KIND one of {', '.join(SCALING_KINDS)} and "
+            "FACTOR >= 1, e.g. yarn:4")
+    return kind, factor
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ringkit", description="Ask questions of whole books, source trees and videos with "
@@ -36,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--mesh", help=_MESH_HELP)
         p.add_argument("--dtype", choices=["float32", "bfloat16"],
                        help="compute dtype (default: float32 on CPU, bfloat16 on accelerators)")
+        p.add_argument("--rope-scaling", type=_rope, metavar="KIND:FACTOR",
+                       help=_ROPE_HELP)
         p.add_argument("--fps", type=float, default=1.0, help="video frames kept per second")
         p.add_argument("--ocr", action="store_true",
                        help="also read on-screen text of frames and images (ringkit[ocr])")
@@ -71,6 +92,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="how many of the needles the question asks for (default 1)")
     needle.add_argument("--haystack", default="shakespeare",
                         help="'shakespeare' (default) or a path to a text file")
+    needle.add_argument("--style", choices=["instructed", "lwm", "plain"], default="instructed",
+                        help="how the question is posed: 'instructed' (default), RULER's way: a "
+                        "line saying a number is hidden, the answer started with the question's "
+                        "words; 'lwm': LWM's eval_needle.py prompt; 'plain': haystack, question")
     needle.add_argument("--seed", type=int, default=0, help="fixes haystacks and needles")
     needle.add_argument("--out", help="a JSONL file: trials already in it are not run again, "
                         "new ones are appended")
@@ -109,6 +134,7 @@ def evaluation(parser) -> None:
     parser.add_argument("--model", help="as for 'ask' (default: the embedded SmolLM2)")
     parser.add_argument("--mesh", help=_MESH_HELP)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], help="compute dtype")
+    parser.add_argument("--rope-scaling", type=_rope, metavar="KIND:FACTOR", help=_ROPE_HELP)
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 
 
@@ -116,11 +142,12 @@ def _model(args):
     import ringkit as rk
 
     mesh = rk.make_mesh(args.mesh) if args.mesh else None
-    if args.model is None and args.dtype is None:
+    if args.model is None and args.dtype is None and args.rope_scaling is None:
         from ringkit.context import default_model
 
         return default_model(mesh)
-    return rk.load_model(args.model, mesh=mesh, dtype=args.dtype)
+    scaling = rk.model.RopeScaling(*args.rope_scaling) if args.rope_scaling else None
+    return rk.load_model(args.model, mesh=mesh, dtype=args.dtype, rope_scaling=scaling)
 
 
 def _run(args) -> None:
@@ -132,7 +159,7 @@ def _run(args) -> None:
             results = rk.eval.needle(
                 _model(args), lengths=args.lengths, depths=args.depths, trials=args.trials,
                 needles=args.needles, retrieve=args.retrieve, haystack=args.haystack,
-                seed=args.seed, resume=args.out, batch=args.batch)
+                seed=args.seed, resume=args.out, batch=args.batch, style=args.style)
         else:
             qa = {k: v for k, v in (("qa_1", args.squad), ("qa_2", args.hotpotqa)) if v}
             results = rk.eval.ruler(

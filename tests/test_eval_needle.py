@@ -50,19 +50,47 @@ def test_trials_have_the_exact_length_and_hide_their_needles(tokenizer, length, 
     assert body[:at].rstrip().endswith(("sea.", "user")) or at / len(body) < 0.02
 
 
+@pytest.mark.parametrize("needles, retrieve", [(1, 1), (3, 2)])
+def test_instructed_style_says_what_is_hidden_and_starts_the_answer(tokenizer, needles,
+                                                                     retrieve):
+    hay = Haystack("text", HAY, tokenizer)
+    kw = dict(length=900, depth=0.5, trial=0, seed=1, needles=needles, retrieve=retrieve)
+    plain = build_trial(tokenizer, Prompter.for_model(tokenizer), hay, **kw)
+    b = build_trial(tokenizer, Prompter.for_model(tokenizer), hay, style="instructed", **kw)
+    assert len(b["ids"]) == 900 and b["numbers"] == plain["numbers"]
+    text = tokenizer.decode(b["ids"])
+    assert "hidden within the following text" in text.split("ships")[0]
+    ending = (f"The special magic {b['cities'][0]} number is" if retrieve == 1 else
+              f"The special magic numbers for {b['cities'][0]} and {b['cities'][1]} are")
+    assert text.endswith("assistant\n" + ending)
+
+
+def test_lwm_style_is_lwm_eval_prompt(tokenizer):
+    hay = Haystack("text", HAY, tokenizer)
+    b = build_trial(tokenizer, Prompter.for_model(tokenizer), hay, length=700, depth=0.3,
+                    trial=0, seed=4, needles=1, retrieve=1, style="lwm")
+    text = tokenizer.decode(b["ids"])
+    assert len(b["ids"]) == 700
+    assert f"\n{NEEDLE.format(city=b['cities'][0], number=b['numbers'][0])}\n" in text
+    assert text.endswith(f" {b['question']} Don't give information outside the document or "
+                         "repeat your findings. Keep your response short and direct.\n"
+                         "assistant\n")
+
+
 def test_grid_resume_plot_and_sharding(tokenizer, tmp_path, monkeypatch):
     import matplotlib
 
     matplotlib.use("Agg")
     model = _tiny(tokenizer, 2)
-    kw = dict(lengths=[256, 384], depths=[0, 0.5, 1], trials=2, haystack=HAY, seed=3)
+    # Two lengths in one padded bucket and batches of 4: each mesh compiles once.
+    kw = dict(lengths=[240, 256], depths=[0, 1], trials=2, haystack=HAY, seed=3)
     r = rk.eval.needle(model, resume=tmp_path / "run.jsonl", **kw)
-    assert len(r.frame) == 12 and set(r.frame["length"]) == {256, 384}
+    assert len(r.frame) == 8 and set(r.frame["length"]) == {240, 256}
     assert (r.frame["tokens"] == r.frame["length"]).all()
-    assert r.table().shape == (3, 2) and 0 <= r.score <= 1
+    assert r.table().shape == (2, 2) and 0 <= r.score <= 1
     assert r.plot() is not None and "needle in a haystack" in repr(r)
     lines = (tmp_path / "run.jsonl").read_text().splitlines()
-    assert len(lines) == 12 and json.loads(lines[0])["run"]["seed"] == 3
+    assert len(lines) == 8 and json.loads(lines[0])["run"]["seed"] == 3
 
     # Resumed: nothing runs again; a bigger grid runs only its new cells.
     calls = []
@@ -74,8 +102,8 @@ def test_grid_resume_plot_and_sharding(tokenizer, tmp_path, monkeypatch):
                         lambda m, rows, **k: calls.append(len(rows)) or original(m, rows, **k))
     again = rk.eval.needle(model, resume=tmp_path / "run.jsonl", **kw)
     assert calls == [] and again.frame["answer"].tolist() == r.frame["answer"].tolist()
-    more = rk.eval.needle(model, resume=tmp_path / "run.jsonl", **{**kw, "trials": 3})
-    assert sum(calls) == 6 and len(more.frame) == 18
+    more = rk.eval.needle(model, resume=tmp_path / "run.jsonl", **{**kw, "trials": 4})
+    assert calls == [4, 4] and len(more.frame) == 16
     assert real is None  # needle() imports generate_ids where it runs (so the patch applies)
 
     # Another ring gives the same answers.
@@ -97,6 +125,8 @@ def test_bad_input(tokenizer):
         rk.eval.needle(model, lengths=[40], depths=[0.5], haystack=HAY)
     with pytest.raises(SourceError, match="at least 50 words"):
         rk.eval.needle(model, lengths=[256], depths=[0.5], haystack="too short")
+    with pytest.raises(ConfigError, match="unknown needle style 'chatty'"):
+        rk.eval.needle(model, lengths=[256], depths=[0.5], haystack=HAY, style="chatty")
     with pytest.raises(ConfigError, match="not both"):
         rk.eval.needle(model, lengths=[256], depths=[0.5], haystack=HAY, mesh=model.mesh)
 

@@ -144,12 +144,18 @@ def _tiny(tok, sp):
     return rk.model.Model.init_random(config, runtime, seed=5, tokenizer=tok)
 
 
-def test_run_resume_and_mesh_invariance(tok, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def tiny2(tok):
+    return _tiny(tok, 2)  # one model, so its compiled prefill and decode are shared
+
+
+def test_run_and_resume(tok, tiny2, tmp_path, monkeypatch):
     import matplotlib
 
     matplotlib.use("Agg")
     kw = dict(tasks=["niah_single_1", "vt"], length=[640], samples=2, haystack=" ".join(ESSAY))
-    r = rk.eval.ruler(_tiny(tok, 2), resume=tmp_path / "r.jsonl", **kw)
+    model = tiny2
+    r = rk.eval.ruler(model, resume=tmp_path / "r.jsonl", **kw)
     assert len(r.frame) == 4 and r.scores().shape == (2, 1)
     assert (r.frame["tokens"] <= 640).all() and r.frame["score"].between(0, 100).all()
     assert r.plot() is not None and "RULER" in repr(r)
@@ -158,11 +164,32 @@ def test_run_resume_and_mesh_invariance(tok, tmp_path, monkeypatch):
     calls, original = [], generate.generate_ids
     monkeypatch.setattr(generate, "generate_ids",
                         lambda m, rows, **k: calls.append(len(rows)) or original(m, rows, **k))
+    # Resumed on another mesh (the mesh is not part of a run's settings): nothing runs again.
     again = rk.eval.ruler(_tiny(tok, 1), resume=tmp_path / "r.jsonl", **kw)
     assert calls == [] and again.frame["answer"].tolist() == r.frame["answer"].tolist()
-    # Run afresh on one device: the same answers (the mesh is not part of the result).
-    fresh = rk.eval.ruler(_tiny(tok, 1), **kw)
-    assert fresh.frame["answer"].tolist() == r.frame["answer"].tolist()
+    more = rk.eval.ruler(model, resume=tmp_path / "r.jsonl", **{**kw, "samples": 4})
+    assert calls == [2, 2] and len(more.frame) == 8  # only the new samples of each task
+
+
+def test_ruler_command(tok, tiny2, tmp_path, monkeypatch, capsys):
+    from ringkit import cli, context
+
+    monkeypatch.setattr(context, "default_model", lambda mesh=None: tiny2)
+    (tmp_path / "essay.txt").write_text(" ".join(ESSAY))
+    args = ["ruler", "--tasks", "niah_single_1", "--lengths", "640", "--samples", "2",
+            "--haystack", str(tmp_path / "essay.txt"), "--out", str(tmp_path / "r.jsonl"),
+            "--plot", str(tmp_path / "r.png")]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "effective length" in out and "niah_single_1" in out
+    assert (tmp_path / "r.png").stat().st_size > 1000
+    assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 2
+    assert cli.main(["ruler", "--tasks", "nah", "--lengths", "640"]) == 2
+    assert "unknown RULER task 'nah'" in capsys.readouterr().err
+    parsed = cli._parser().parse_args(["ruler", "--lengths", "1", "--rope-scaling", "yarn:4"])
+    assert parsed.rope_scaling == ("yarn", 4.0)
+    with pytest.raises(SystemExit):
+        cli._parser().parse_args(["ruler", "--lengths", "1", "--rope-scaling", "yarn"])
 
 
 def test_bad_input(tok):

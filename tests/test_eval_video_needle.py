@@ -11,7 +11,7 @@ import tokenizers
 from tokenizers import decoders, models, pre_tokenizers
 
 import ringkit as rk
-from ringkit.errors import ConfigError, ShapeError
+from ringkit.errors import ConfigError, ShapeError, SourceError
 from ringkit.eval.video_needle import QUESTION, render_needle
 from ringkit.tokenize.text import Tokenizer
 
@@ -102,3 +102,5 @@ def test_bad_input(smollm2_tokenizer):
         rk.eval.video_needle(model, minutes=[0.001], depths=[0.5])
     with pytest.raises(ConfigError, match="trials >= 1"):
         rk.eval.video_needle(model, minutes=[1], trials=0)
+    with pytest.raises(SourceError, match="no such file"):
+        rk.eval.video_needle(model, minutes=[1], haystack="missing.mp4")

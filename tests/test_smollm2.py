@@ -99,8 +99,8 @@ MESHES = ((2, 1), (4, 1), (8, 1), (1, 3))
 
 
 def test_sharding_invariance(smol, prompts):
-    """Logits on every mesh; greedy generations on sp=4 and tp=3 (all meshes: the slow test
-    below; each mesh's decode step takes ~20 s to compile)."""
+    """Logits on every mesh; greedy generations on sp=4 (every mesh: the slow test below; each
+    mesh's decode step takes ~20 s to compile)."""
     row = prompts[1]
     ref = np.asarray(smol(sp=1).logits(row)[0])
     ref_gen = generate_ids(_no_eos(smol(sp=1)), [row], max_new_tokens=24)[0]
@@ -108,7 +108,7 @@ def test_sharding_invariance(smol, prompts):
         model = smol(sp=sp, tp=tp)
         got = np.asarray(model.logits(row)[0])
         assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max(), (sp, tp)
-        if (sp, tp) in ((4, 1), (1, 3)):
+        if (sp, tp) == (4, 1):
             assert generate_ids(_no_eos(model), [row], max_new_tokens=24)[0] == ref_gen, (sp, tp)
 
 
@@ -129,10 +129,10 @@ def test_generate_text(smol):
     assert "".join(pieces).startswith(answer)
     # A batch with prompts of different lengths gives the same greedy answers as one at a time.
     questions = ["What is the capital of France?", "Name a colour of the sky on a clear day."]
-    batch = model.generate(questions, max_new_tokens=16)
-    assert batch == [model.generate(q, max_new_tokens=16) for q in questions]
+    batch = model.generate(questions, max_new_tokens=24)
+    assert batch == [model.generate(q, max_new_tokens=24) for q in questions]
     # Stop strings cut the answer; sampling with a seed is reproducible.
-    cut = model.generate("Count from 1 to 10.", max_new_tokens=40, stop=["5"])
+    cut = model.generate("Count from 1 to 10.", max_new_tokens=24, stop=["5"])
     assert "5" not in cut and len(cut) > 0
-    kw = dict(max_new_tokens=12, temperature=0.8, top_p=0.9, seed=7)
+    kw = dict(max_new_tokens=24, temperature=0.8, top_p=0.9, seed=7)
     assert model.generate("Tell me a word.", **kw) == model.generate("Tell me a word.", **kw)

@@ -45,15 +45,20 @@ class Prompter:
         before, after = shell
         return cls(tok.encode(before, add_bos=True), after)
 
-    def tail(self, tok, question: str) -> list[int]:
-        return tok.encode(f"\n\n{question}{self.after_question}", add_bos=False)
+    def _answer(self, answer_prefix: str) -> str:
+        if answer_prefix and self.after_question.endswith(":"):  # LWM's "ASSISTANT:"
+            return f"{self.after_question} {answer_prefix}"
+        return self.after_question + answer_prefix
+
+    def tail(self, tok, question: str, answer_prefix: str = "") -> list[int]:
+        """The question after a blank line, then the answer started with ``answer_prefix``."""
+        return tok.encode(f"\n\n{question}{self._answer(answer_prefix)}", add_bos=False)
 
     def wrap(self, tok, message: str, answer_prefix: str = "") -> list[int]:
         """The whole prompt: ``message`` as the user's turn, the answer started with
         ``answer_prefix`` (RULER's way of steering a short answer)."""
-        tail = self.after_question + (" " if self.after_question.endswith(":") else "")
         return (self.head + tok.encode(message, add_bos=False)
-                + tok.encode(tail + answer_prefix, add_bos=False))
+                + tok.encode(self._answer(answer_prefix), add_bos=False))
 
 
 def jsonable(row: dict) -> dict:

@@ -5,6 +5,7 @@ haystack of whole sentences (the last one cut to the exact length) with ``needle
 ``"The special magic {city} number is: {7 digits}."`` at sentence boundaries: the first at
 ``depth`` of the haystack, the others at random boundaries. The question asks for ``retrieve``
 of them; decoding is greedy; a needle counts as found when its number appears in the answer.
+``style`` poses the question RULER's way (default), as LWM's own script does, or bare.
 Every trial's haystack, cities and numbers come from ``(seed, length, depth, trial)`` alone, so a
 run is reproducible, cell by cell, and can resume from its JSONL file.
 
@@ -34,11 +35,30 @@ COLUMNS = ("length", "depth", "trial", "tokens", "cities", "numbers", "answer", 
            "correct", "seconds")
 
 
+STYLES = ("instructed", "lwm", "plain")
+# LWM's eval_needle.py: the needle on a line of its own, and this after the question.
+LWM_INSTRUCTION = ("Don't give information outside the document or repeat your findings. Keep "
+                   "your response short and direct.")
+
+
 def question_for(cities: list[str]) -> str:
     if len(cities) == 1:
         return f"What is the special magic {cities[0]} number?"
     names = ", ".join(cities[:-1]) + f" and {cities[-1]}"
     return f"What are the special magic numbers for {names}?"
+
+
+def _instructions(cities: list[str], needles: int) -> tuple[str, str]:
+    """RULER's way to pose a needle: say up front that numbers are hidden, and start the answer
+    with the question's words. ``(before the haystack, start of the answer)``."""
+    some = "A special magic number is" if needles == 1 else "Some special magic numbers are"
+    before = (f"{some} hidden within the following text. Make sure to memorize "
+              f"{'it' if needles == 1 else 'them'}. I will quiz you about the "
+              f"{'number' if needles == 1 else 'numbers'} afterwards.\n")
+    if len(cities) == 1:
+        return before, f"The special magic {cities[0]} number is"
+    return before, ("The special magic numbers for " + ", ".join(cities[:-1])
+                    + f" and {cities[-1]} are")
 
 
 class Haystack:
@@ -63,7 +83,8 @@ class Haystack:
 
 
 def build_trial(tok, prompter: Prompter, hay: Haystack, *, length: int, depth: float,
-                trial: int, seed: int, needles: int, retrieve: int) -> dict:
+                trial: int, seed: int, needles: int, retrieve: int,
+                style: str = "plain") -> dict:
     """One trial's prompt (exactly ``length`` ids) and what it hides."""
     rng = np.random.default_rng([seed, length, int(round(depth * 10_000)), trial])
     cities = [CITIES[i] for i in rng.choice(len(CITIES), needles, replace=False)]
@@ -73,10 +94,18 @@ def build_trial(tok, prompter: Prompter, hay: Haystack, *, length: int, depth: f
         asked[0] = 0
         asked.sort()
     question = question_for([cities[i] for i in asked])
-    needle_ids = [tok.encode(" " + NEEDLE.format(city=c, number=n), add_bos=False)
+    line = "\n{}\n" if style == "lwm" else " {}"
+    needle_ids = [tok.encode(line.format(NEEDLE.format(city=c, number=n)), add_bos=False)
                   for c, n in zip(cities, numbers)]
-    tail = prompter.tail(tok, question)
-    budget = length - len(prompter.head) - len(tail) - sum(map(len, needle_ids))
+    head, tail = list(prompter.head), prompter.tail(tok, question)
+    if style == "lwm":
+        tail = tok.encode(f" {question} {LWM_INSTRUCTION}{prompter.after_question}",
+                          add_bos=False)
+    elif style == "instructed":
+        before, answer_prefix = _instructions([cities[i] for i in asked], needles)
+        head += tok.encode(before, add_bos=False)
+        tail = prompter.tail(tok, question, answer_prefix)
+    budget = length - len(head) - len(tail) - sum(map(len, needle_ids))
     if budget < 1:
         raise ShapeError(f"length {length} leaves no room for a haystack around the prompt and "
                          f"{needles} needles: use a length of at least "
@@ -98,7 +127,7 @@ def build_trial(tok, prompter: Prompter, hay: Haystack, *, length: int, depth: f
     slots = [int(np.argmin(np.abs(bounds - depth * used)))]
     others = [b for b in range(len(bounds)) if b != slots[0]]
     slots += [int(b) for b in rng.choice(others, needles - 1, replace=len(others) < needles - 1)]
-    ids = list(prompter.head)
+    ids = head
     for b, piece in enumerate(pieces + [[]]):
         for k in [k for k, s in enumerate(slots) if s == b]:
             ids += needle_ids[k]
@@ -138,7 +167,8 @@ class NeedleResults:
 
     def summary(self) -> str:
         c = self.config
-        return (f"needle in a haystack: {c['model']}, {c['needles']} needle(s), retrieve "
+        return (f"needle in a haystack ({c.get('style', 'plain')}): {c['model']}, "
+                f"{c['needles']} needle(s), retrieve "
                 f"{c['retrieve']}, haystack {c['haystack']}, seed {c['seed']}: score "
                 f"{self.score:.3f} over {len(self.frame)} trials")
 
@@ -177,7 +207,7 @@ def _check(model, lengths, depths, trials, needles, retrieve, hay: Haystack,
 
 def needle(model=None, *, lengths, depths, trials: int = 3, needles: int = 1, retrieve: int = 1,
            haystack="shakespeare", seed: int = 0, mesh=None, resume=None, batch: int = 4,
-           max_new_tokens: int | None = None) -> NeedleResults:
+           max_new_tokens: int | None = None, style: str = "instructed") -> NeedleResults:
     """Run the needle-in-a-haystack grid ``lengths x depths x trials``.
 
     Args:
@@ -191,6 +221,12 @@ def needle(model=None, *, lengths, depths, trials: int = 3, needles: int = 1, re
       resume: a JSONL path: trials already in it (same run settings) are not run again, and each
         new trial is appended as it finishes.
       batch: prompts of one length run together (a batch of ``batch`` rows).
+      style: how the question is posed. ``"instructed"`` (default): RULER's way, a line
+        before the haystack saying a number is hidden in it, the question after a blank line,
+        and the answer started with the question's words ("The special magic Lisbon number
+        is"); ``"lwm"``: LWM's eval_needle.py, the needle on a line of its own and "Don't give
+        information outside the document or repeat your findings. Keep your response short and
+        direct." after the question; ``"plain"``: the haystack, a blank line, the question.
 
     Returns ``NeedleResults`` (``.frame``, ``.score``, ``.table()``, ``.plot()``,
     ``.to_jsonl()``).
@@ -214,16 +250,20 @@ def needle(model=None, *, lengths, depths, trials: int = 3, needles: int = 1, re
     hay = Haystack(name, text, tok)
     max_new_tokens = max_new_tokens or 16 + 16 * retrieve
     _check(model, lengths, depths, trials, needles, retrieve, hay, max_new_tokens)
+    if style not in STYLES:
+        raise ConfigError(f"unknown needle style {style!r}: choose one of {', '.join(STYLES)}")
     config = dict(model=model.config.name, tokenizer=tok.digest, haystack=name, seed=seed,
                   needles=needles, retrieve=retrieve, max_new_tokens=max_new_tokens,
                   needle=NEEDLE)
+    if style != "plain":  # runs recorded before styles existed were plain
+        config["style"] = style
     prompter = Prompter.for_model(tok)
     cells = [(n, d, t) for n in lengths for d in depths for t in range(trials)]
 
     def build(cell):
         n, d, t = cell
         return build_trial(tok, prompter, hay, length=n, depth=d, trial=t, seed=seed,
-                           needles=needles, retrieve=retrieve)
+                           needles=needles, retrieve=retrieve, style=style)
 
     def score(cell, b, answer):
         found = [str(x) in answer for x in b["numbers"]]

@@ -96,11 +96,15 @@ class RulerResults:
             best = int(length)
         return best
 
+    def _effective(self) -> str:
+        n = self.effective_length()
+        return f"{n:,}" if n else f"below {int(self.frame['length'].min()):,}"
+
     def plot(self, ax=None, *, title: str | None = None):
         """The task x length heatmap (matplotlib); returns the axes."""
         return heatmap(self.scores(), ax, vmax=100, xlabel="length (tokens)", ylabel="task",
                        title=title or f"{self.config['model']}: RULER, effective length "
-                                      f"{self.effective_length():,}")
+                                      f"{self._effective()}")
 
     def to_jsonl(self, path) -> None:
         """One JSON object per sample (with the run's config), the format ``resume`` reads."""
@@ -111,7 +115,7 @@ class RulerResults:
         means = ", ".join(f"{n:,}: {s:.1f}" for n, s in self.averages().items())
         tasks = self.frame["task"].nunique()
         return (f"RULER: {c['model']}, {tasks} task(s), {len(self.frame)} sample(s), seed {c['seed']}; mean score by length {means}; effective length "
-                f"{self.effective_length():,} (threshold {THRESHOLD})")
+                f"{self._effective()} (threshold {THRESHOLD})")
 
     def __repr__(self) -> str:
         return f"{self.summary()}\n{self.scores().round(1).to_string()}"

@@ -27,7 +27,7 @@ import textwrap
 
 import numpy as np
 
-from ringkit.errors import ConfigError, MissingDependencyError, ShapeError
+from ringkit.errors import ConfigError, MissingDependencyError, ShapeError, SourceError
 from ringkit.eval.common import answer_cells, heatmap, load_done, pandas
 from ringkit.eval.haystack import haystack_text, sentences
 from ringkit.eval.needle import NeedleResults
@@ -106,18 +106,29 @@ def slides_video(path: pathlib.Path, text: str, *, minutes: float, fps: float,
     return path
 
 
+def _video_path(haystack) -> pathlib.Path | None:
+    """The path of a haystack given as a video file, or None for a text haystack."""
+    from ringkit.inputs.sources import VIDEO_SUFFIXES
+
+    if pathlib.Path(str(haystack)).suffix.lower() not in VIDEO_SUFFIXES:
+        return None
+    path = pathlib.Path(haystack).expanduser()
+    if not path.is_file():
+        raise SourceError(f"haystack video {path}: no such file")
+    return path
+
+
 def haystack_frames(haystack, *, minutes: float, fps: float, slide_seconds: float, seed: int,
                     folder: pathlib.Path) -> tuple[str, np.ndarray]:
     """``(name, frames uint8 [T, 256, 256, 3])``, T = minutes x 60 x fps: the slides video
     (written to ``folder`` once) or the user's video, decoded, looped or cut to T frames."""
     from ringkit.inputs.video import read_video
 
-    from ringkit.inputs.sources import VIDEO_SUFFIXES
-
     count = round(minutes * 60 * fps)
-    if pathlib.Path(str(haystack)).suffix.lower() not in VIDEO_SUFFIXES:
+    path = _video_path(haystack)
+    if path is None:
         name, text = haystack_text(haystack)
-        key = hashlib.sha256(f"{name}:{len(text)}:{minutes}:{fps}:{slide_seconds}:{seed}"
+        key = hashlib.sha256(f"{minutes}:{fps}:{slide_seconds}:{seed}:{text}"
                              .encode()).hexdigest()[:16]
         path = folder / f"slides-{key}.mp4"
         if not path.exists():
@@ -126,7 +137,6 @@ def haystack_frames(haystack, *, minutes: float, fps: float, slide_seconds: floa
                          seed=seed)
         name = f"slides of {name}"
     else:
-        path = pathlib.Path(haystack).expanduser()
         name = path.name
     frames = read_video(path, name, fps=fps).frames
     return name, np.resize(frames, (count,) + frames.shape[1:])  # loops a short video
@@ -170,7 +180,7 @@ class VideoNeedleResults(NeedleResults):
 
 
 def video_needle(model=None, *, minutes, depths=(0, 0.25, 0.5, 0.75, 1), trials: int = 1,
-                 haystack="shakespeare", fps: float = 1.0, slide_seconds: float = 15.0,
+                 haystack="shakespeare", fps: float = 1.0, slide_seconds: float = 20.0,
                  vqgan=None, seed: int = 0, mesh=None, resume=None, batch: int = 1,
                  max_new_tokens: int = 24, folder=None) -> VideoNeedleResults:
     """Hide one needle frame at each depth of videos of each length in ``minutes``.
@@ -215,13 +225,14 @@ def video_needle(model=None, *, minutes, depths=(0, 0.25, 0.5, 0.75, 1), trials:
         raise ConfigError(f"depths must lie in [0, 1], got {depths}")
     if any(round(m * 60 * fps) < 1 for m in minutes):
         raise ConfigError(f"minutes {minutes} at {fps} fps leave a video with no frame")
+    video = _video_path(haystack)  # a missing video fails before any work
+    hay_name = video.name if video else haystack_text(haystack)[0]
     vision = model.config.has_vision
     if vision and vqgan is None:
         raise ConfigError(f"{model.config.name} reads frames as VQGAN codes: pass "
                           "vqgan=ringkit.tokenize.vqgan.VQGAN.load('<checkpoint>/vqgan')")
     vq = _MemoVQGAN(vqgan) if vision else None
     folder = pathlib.Path(folder) if folder else cache_root().parent / "video-needle"
-    hay_name = str(haystack)
     config = dict(model=model.config.name, haystack=hay_name, seed=seed, fps=fps,
                   slide_seconds=slide_seconds, max_new_tokens=max_new_tokens,
                   reads="frames" if vision else "on-screen text", question=QUESTION)
