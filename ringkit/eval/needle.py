@@ -23,7 +23,7 @@ import numpy as np
 
 from ringkit.errors import ConfigError, ShapeError
 from ringkit.eval.common import (Prompter, answer_cells, heatmap, load_done, pandas,
-                                  write_jsonl)
+                                  resolve_model, write_jsonl)
 from ringkit.eval.haystack import haystack_text, sentences as split_sentences
 
 CITIES = ("Lisbon", "Bergen", "Kyoto", "Nairobi", "Lima", "Oslo", "Hanoi", "Quito", "Tunis",
@@ -236,14 +236,8 @@ def needle(model=None, *, lengths, depths, trials: int = 3, needles: int = 1, re
         r = ringkit.eval.needle(lengths=[1024, 2048], depths=[0, 0.5, 1], trials=3)
         r.plot()
     """
-    from ringkit.context import default_model
-
     pd = pandas()
-    if model is None:
-        model = default_model(mesh)
-    elif mesh is not None:
-        raise ConfigError("pass either model= (already on its mesh) or mesh= (for the default "
-                          "model), not both")
+    model = resolve_model(model, mesh)
     lengths, depths = [int(n) for n in lengths], [float(d) for d in depths]
     tok = model.tokenizer
     name, text = haystack_text(haystack)

@@ -23,7 +23,7 @@ import numpy as np
 
 from ringkit.errors import ConfigError, ShapeError
 from ringkit.eval.common import (Prompter, answer_cells, heatmap, load_done, pandas,
-                                 write_jsonl)
+                                 resolve_model, write_jsonl)
 from ringkit.eval.haystack import haystack_text, sentences
 from ringkit.eval.ruler_tasks import TASKS, Env, load_qa, task_names
 
@@ -174,17 +174,11 @@ def ruler(model=None, *, tasks="all", length=4096, samples: int = 10, seed: int 
         r = ringkit.eval.ruler(tasks=["niah_single_1", "vt"], length=[2048, 4096], samples=5)
         print(r.scores(), r.effective_length())
     """
-    from ringkit.context import default_model
-
     pd = pandas()
     names = task_names(tasks)
     lengths = [int(length)] if np.isscalar(length) else sorted(int(n) for n in length)
     qa_files = dict(qa_files or {})
-    if model is None:
-        model = default_model(mesh)
-    elif mesh is not None:
-        raise ConfigError("pass either model= (already on its mesh) or mesh= (for the default "
-                          "model), not both")
+    model = resolve_model(model, mesh)
     _check(model, lengths, samples, names, qa_files)
     tok = model.tokenizer
     hay_name, text = haystack_text(haystack)

@@ -28,7 +28,7 @@ import textwrap
 import numpy as np
 
 from ringkit.errors import ConfigError, MissingDependencyError, ShapeError, SourceError
-from ringkit.eval.common import answer_cells, heatmap, load_done, pandas
+from ringkit.eval.common import answer_cells, heatmap, load_done, pandas, resolve_model
 from ringkit.eval.haystack import haystack_text, sentences
 from ringkit.eval.needle import NeedleResults
 from ringkit.inputs.document import FRAME_SIZE, Document, FramesSegment
@@ -206,17 +206,12 @@ def video_needle(model=None, *, minutes, depths=(0, 0.25, 0.5, 0.75, 1), trials:
 
         r = ringkit.eval.video_needle(minutes=[10], depths=[0, 0.5, 1])
     """
-    from ringkit.context import default_model
     from ringkit.inputs.ocr import read_onscreen_text
     from ringkit.tokenize.prompts import tokenize
     from ringkit.tokenize.store import cache_root
 
     pd = pandas()
-    if model is None:
-        model = default_model(mesh)
-    elif mesh is not None:
-        raise ConfigError("pass either model= (already on its mesh) or mesh= (for the default "
-                          "model), not both")
+    model = resolve_model(model, mesh)
     minutes, depths = [float(m) for m in minutes], [float(d) for d in depths]
     if not minutes or not depths or trials < 1 or fps <= 0 or slide_seconds <= 0:
         raise ConfigError("need at least one length in minutes, one depth, trials >= 1, and "
