@@ -1,6 +1,6 @@
 """Do evaluations give the same answers on one device and on a ring of eight? (issue 6)
 
-    python benchmarks/eval_meshes.py            # needle 1K/2K x 3 depths, RULER niah_single_2 + vt at 2K
+    python benchmarks/eval_meshes.py    # needle 1K/2K x 3 depths; RULER niah_single_2, vt at 2K
 
 Runs the same ``ringkit needle`` and ``ringkit ruler`` commands with the embedded SmolLM2 on
 mesh 1,1,1,1 (one device) and 1,1,1,8 (eight simulated CPU devices on the sequence axis), each in

@@ -107,8 +107,9 @@ def answer_cells(model, cells: Sequence[tuple], *, group: Callable[[tuple], Hash
     """Answer every cell not in ``done`` greedily, ``batch`` prompts of one group at a time.
 
     ``build(cell)`` returns a dict with the prompt ``ids`` (and, with ``vision``, their
-    ``vision`` mask); ``score(cell, built, answer)`` the row to keep. Each new row is appended to ``resume`` (JSONL, with ``config``) as it finishes,
-    so an interrupted run loses at most one batch. Returns ``done`` with the new rows.
+    ``vision`` mask); ``score(cell, built, answer)`` the row to keep. Each new row is appended
+    to ``resume`` (JSONL, with ``config``) as it finishes, so an interrupted run loses at most
+    one batch. Returns ``done`` with the new rows.
     """
     from ringkit.generate import generate_ids
 

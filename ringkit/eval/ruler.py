@@ -114,7 +114,8 @@ class RulerResults:
         c = self.config
         means = ", ".join(f"{n:,}: {s:.1f}" for n, s in self.averages().items())
         tasks = self.frame["task"].nunique()
-        return (f"RULER: {c['model']}, {tasks} task(s), {len(self.frame)} sample(s), seed {c['seed']}; mean score by length {means}; effective length "
+        return (f"RULER: {c['model']}, {tasks} task(s), {len(self.frame)} sample(s), seed "
+                f"{c['seed']}; mean score by length {means}; effective length "
                 f"{self._effective()} (threshold {THRESHOLD})")
 
     def __repr__(self) -> str:

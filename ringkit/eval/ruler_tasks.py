@@ -132,7 +132,8 @@ class Niah:
             context = "\n".join(lines)
         asked = sorted(rng.choice(n_keys, self.n_queries, replace=False))
         queries = [keys[i] for i in asked]
-        query = queries[0] if len(queries) == 1 else ", ".join(queries[:-1]) + ", and " + queries[-1]
+        query = (queries[0] if len(queries) == 1
+                 else ", ".join(queries[:-1]) + ", and " + queries[-1])
         kind, template, prefix = self.values, NIAH_TEMPLATE, NIAH_PREFIX
         if self.n_queries * self.n_values == 1:  # singular wording for a single answer
             kind = kind[:-1]
@@ -231,7 +232,8 @@ FWE_TEMPLATE = ("Read the following coded text and track the frequency of each c
                 "the three most frequently appeared coded words. {context}\nQuestion: Do not "
                 "provide any explanation. Please ignore the dots '....'. What are the three most "
                 "frequently appeared words in the above coded text?")
-FWE_PREFIX = "Answer: According to the coded text above, the three most frequently appeared words are:"
+FWE_PREFIX = ("Answer: According to the coded text above, the three most frequently appeared "
+              "words are:")
 
 
 @dataclasses.dataclass(frozen=True)
