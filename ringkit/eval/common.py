@@ -94,10 +94,14 @@ def load_done(resume, config: dict, cell_of: Callable[[dict], Hashable]) -> dict
     return done
 
 
+def jsonl_line(row: dict, config: dict) -> str:
+    """One result row with its run's settings (what ``load_done`` reads back)."""
+    return json.dumps(jsonable({**row, "run": config}), sort_keys=True) + "\n"
+
+
 def write_jsonl(path, rows: Sequence[dict], config: dict) -> None:
     with open(path, "w") as f:
-        for row in rows:
-            f.write(json.dumps(jsonable({**row, "run": config}), sort_keys=True) + "\n")
+        f.writelines(jsonl_line(row, config) for row in rows)
 
 
 def answer_cells(model, cells: Sequence[tuple], *, group: Callable[[tuple], Hashable],
@@ -133,14 +137,21 @@ def answer_cells(model, cells: Sequence[tuple], *, group: Callable[[tuple], Hash
                         row = {**score(c, b, model.tokenizer.decode(ids)), "seconds": seconds}
                         done[c] = row
                         if out is not None:
-                            out.write(json.dumps(jsonable({**row, "run": config}),
-                                                 sort_keys=True) + "\n")
+                            out.write(jsonl_line(row, config))
                             out.flush()
                     progress.update(len(chunk))
     finally:
         if out is not None:
             out.close()
     return done
+
+
+def html_table(summary: str, table, *, vmax: float, digits: int) -> str:
+    """A results object's notebook view: its summary over its score table, coloured."""
+    import html
+
+    return (f"<p>{html.escape(summary)}</p>" + table.style.format(f"{{:.{digits}f}}")
+            .background_gradient(cmap="RdYlGn", vmin=0, vmax=vmax).to_html())
 
 
 def heatmap(table, ax=None, *, vmax: float, title: str, xlabel: str, ylabel: str,

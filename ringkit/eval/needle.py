@@ -22,8 +22,8 @@ from __future__ import annotations
 import numpy as np
 
 from ringkit.errors import ConfigError, ShapeError
-from ringkit.eval.common import (Prompter, answer_cells, heatmap, load_done, pandas,
-                                  resolve_model, write_jsonl)
+from ringkit.eval.common import (Prompter, answer_cells, heatmap, html_table, load_done,
+                                  pandas, resolve_model, write_jsonl)
 from ringkit.eval.haystack import haystack_text, sentences as split_sentences
 
 CITIES = ("Lisbon", "Bergen", "Kyoto", "Nairobi", "Lima", "Oslo", "Hanoi", "Quito", "Tunis",
@@ -97,7 +97,7 @@ def build_trial(tok, prompter: Prompter, hay: Haystack, *, length: int, depth: f
     line = "\n{}\n" if style == "lwm" else " {}"
     needle_ids = [tok.encode(line.format(NEEDLE.format(city=c, number=n)), add_bos=False)
                   for c, n in zip(cities, numbers)]
-    head, tail = list(prompter.head), prompter.tail(tok, question)
+    head = list(prompter.head)
     if style == "lwm":
         tail = tok.encode(f" {question} {LWM_INSTRUCTION}{prompter.after_question}",
                           add_bos=False)
@@ -105,6 +105,8 @@ def build_trial(tok, prompter: Prompter, hay: Haystack, *, length: int, depth: f
         before, answer_prefix = _instructions([cities[i] for i in asked], needles)
         head += tok.encode(before, add_bos=False)
         tail = prompter.tail(tok, question, answer_prefix)
+    else:
+        tail = prompter.tail(tok, question)
     budget = length - len(head) - len(tail) - sum(map(len, needle_ids))
     if budget < 1:
         raise ShapeError(f"length {length} leaves no room for a haystack around the prompt and "
@@ -176,11 +178,7 @@ class NeedleResults:
         return f"{self.summary()}\n{self.table().round(2).to_string()}"
 
     def _repr_html_(self) -> str:
-        import html
-
-        return (f"<p>{html.escape(self.summary())}</p>"
-                + self.table().style.format("{:.2f}").background_gradient(
-                    cmap="RdYlGn", vmin=0, vmax=1).to_html())
+        return html_table(self.summary(), self.table(), vmax=1, digits=2)
 
 
 def _check(model, lengths, depths, trials, needles, retrieve, hay: Haystack,

@@ -22,8 +22,8 @@ import zlib
 import numpy as np
 
 from ringkit.errors import ConfigError, ShapeError
-from ringkit.eval.common import (Prompter, answer_cells, heatmap, load_done, pandas,
-                                 resolve_model, write_jsonl)
+from ringkit.eval.common import (Prompter, answer_cells, heatmap, html_table, load_done,
+                                 pandas, resolve_model, write_jsonl)
 from ringkit.eval.haystack import haystack_text, sentences
 from ringkit.eval.ruler_tasks import TASKS, Env, load_qa, task_names
 
@@ -122,11 +122,7 @@ class RulerResults:
         return f"{self.summary()}\n{self.scores().round(1).to_string()}"
 
     def _repr_html_(self) -> str:
-        import html
-
-        return (f"<p>{html.escape(self.summary())}</p>"
-                + self.scores().style.format("{:.1f}").background_gradient(
-                    cmap="RdYlGn", vmin=0, vmax=100).to_html())
+        return html_table(self.summary(), self.scores(), vmax=100, digits=1)
 
 
 def _check(model, lengths: list[int], samples: int, tasks: list[str], qa_files: dict) -> None:
