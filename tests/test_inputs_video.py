@@ -47,6 +47,51 @@ def test_fps_sampling_keeps_the_right_frames(tmp_path):
                                                            + [0, 32], abs=6)  # 8*40 wraps
 
 
+def reference_frames(path, times):
+    """Decode serially on this thread: the frame at each time, scaled and cropped."""
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        size = scaled_size(stream.codec_context.width, stream.codec_context.height)
+        want = iter(times)
+        t_next, out = next(want), []
+        for frame in c.decode(stream):
+            if abs(float(frame.time) - t_next) < 1e-6:
+                out.append(center_crop(frame.to_ndarray(width=size[0], height=size[1],
+                                                        format="rgb24")))
+                t_next = next(want, None)
+                if t_next is None:
+                    break
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("width, height", [(320, 180), (854, 480)])  # decoded without / with
+def test_frames_scaled_on_the_worker_thread_match_serial_decoding(tmp_path, width, height):
+    write_video(tmp_path / "v.mp4", seconds=6, rate=24, width=width, height=height)
+    doc = rk.ingest(tmp_path / "v.mp4", fps=2)
+    np.testing.assert_allclose(doc.frame_times, np.arange(12) / 2, atol=1e-6)
+    np.testing.assert_array_equal(doc.frames, reference_frames(tmp_path / "v.mp4",
+                                                               doc.frame_times))
+
+
+def test_an_error_while_scaling_is_raised_not_hung(tmp_path, monkeypatch):
+    from ringkit.inputs import video
+
+    write_video(tmp_path / "v.mp4", seconds=20, rate=5)
+    calls = []
+
+    def add(self, rgb, t):
+        calls.append(t)
+        if len(calls) == 3:
+            raise MemoryError("no room for frame 3")
+        self.data[len(self.times)] = center_crop(rgb)
+        self.times.append(t)
+
+    monkeypatch.setattr(video._Frames, "add", add)
+    with pytest.raises(MemoryError, match="frame 3"):
+        rk.ingest(tmp_path / "v.mp4")
+    assert len(calls) <= 3 + 9  # stopped scaling at the error (queue depth 8 + the one in hand)
+
+
 def test_max_frames_is_lwm_uniform(tmp_path):
     write_video(tmp_path / "v.mp4")
     doc = rk.ingest(tmp_path / "v.mp4", max_frames=5)
