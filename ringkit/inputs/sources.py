@@ -8,6 +8,7 @@ import pathlib
 from ringkit.errors import FormatError, SourceError, UnsupportedError
 from ringkit.inputs.book import BOOK_SUFFIXES, decode_text, looks_binary, read_book
 from ringkit.inputs.document import Document, Skipped, TextSegment
+from ringkit.inputs.pdf import read_pdf
 from ringkit.inputs.repo import MAX_FILE_BYTES, read_repo
 from ringkit.inputs.subtitles import SUBTITLE_SUFFIXES, embedded, read_subtitles, sidecars
 from ringkit.inputs.video import read_image, read_video
@@ -16,7 +17,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp")
 # Not ".ts": MPEG transport streams share it with TypeScript sources, which are far more common.
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".mpg", ".mpeg")
 SUPPORTED = ("a directory or git checkout, and files: "
-             + ", ".join(BOOK_SUFFIXES + VIDEO_SUFFIXES + SUBTITLE_SUFFIXES + IMAGE_SUFFIXES)
+             + ", ".join(BOOK_SUFFIXES + (".pdf",) + VIDEO_SUFFIXES + SUBTITLE_SUFFIXES + IMAGE_SUFFIXES)
              + ", or any other UTF-8 text file")
 
 
@@ -47,6 +48,8 @@ def _read_one(source, *, max_file_bytes: int, include_secrets: bool, fps: float,
             raise SourceError(f"{name} is empty")
         if suffix in BOOK_SUFFIXES:
             return read_book(path, name)
+        if suffix == ".pdf":
+            return read_pdf(path, name)
         data = path.read_bytes()  # any other file: text (code, data) or refused
     except PermissionError:
         raise SourceError(f"{name} cannot be read (permission denied)") from None
@@ -75,7 +78,7 @@ def ingest(source, *, max_file_bytes: int = MAX_FILE_BYTES, include_secrets: boo
     Args:
       source: a path (str or ``os.PathLike``) or a list of paths. Directories are read as
         repositories (``ringkit.inputs.repo``); files by their suffix: books (.txt, .md, .html,
-        .epub), videos (.mp4, .mkv, .webm, ...) and images (.png, .jpg, ...) as 256 x 256 frames
+        .epub; .pdf, a segment per page, with ``pip install 'ringkit[pdf]'``), videos (.mp4, .mkv, .webm, ...) and images (.png, .jpg, ...) as 256 x 256 frames
         (``ringkit.inputs.video``), any other UTF-8 text as text.
       max_file_bytes: files in a repository above this size are skipped (listed in
         ``doc.skipped``).
