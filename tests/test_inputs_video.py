@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import ringkit as rk
-from ringkit.errors import FormatError, SourceError
+from ringkit.errors import FormatError, SourceError, UnsupportedError
 from ringkit.inputs.video import center_crop, scaled_size
 
 av = pytest.importorskip("av", reason="PyAV is not installed (pip install 'ringkit[video]')")
@@ -148,6 +148,10 @@ def test_bad_videos(tmp_path):
     (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 3])  # truncated: moov atom lost
     with pytest.raises(FormatError):
         rk.ingest(tmp_path / "cut.mp4")
+    # A codec this FFmpeg has no decoder for (the sample entry renamed from avc1).
+    (tmp_path / "odd.mp4").write_bytes(data.replace(b"avc1", b"zzzz"))
+    with pytest.raises(UnsupportedError, match="odd.mp4: its video codec is not supported"):
+        rk.ingest(tmp_path / "odd.mp4")
     with av.open(str(tmp_path / "empty.mkv"), "w") as out:  # a video stream with no frames
         s = out.add_stream("libx264", rate=10)
         s.width, s.height = 64, 64
@@ -200,7 +204,6 @@ def test_subtitles_parse_srt_and_vtt(tmp_path):
 def test_video_reads_its_sidecar_subtitles_for_text_models(tmp_path):
     from types import SimpleNamespace
 
-    from ringkit.errors import UnsupportedError
     from ringkit.tokenize.prompts import tokenize
     from ringkit.tokenize.text import Tokenizer
 
