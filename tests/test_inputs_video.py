@@ -100,6 +100,35 @@ def test_max_frames_is_lwm_uniform(tmp_path):
     assert [grey(f) for f in doc.frames] == pytest.approx(list(8 * want % 256), abs=6)
 
 
+def test_decord_backend_gives_the_same_frames(tmp_path):
+    pytest.importorskip("decord", reason="decord is not installed (pip install decord)")
+    write_video(tmp_path / "v.mp4", seconds=5, rate=12, width=480, height=360)
+    for options in (dict(fps=1.5), dict(max_frames=7)):
+        a = rk.ingest(tmp_path / "v.mp4", **options)
+        b = rk.ingest(tmp_path / "v.mp4", backend="decord", **options)
+        np.testing.assert_allclose(b.frame_times, a.frame_times, atol=1e-6)
+        assert b.frames.shape == a.frames.shape
+        assert np.abs(b.frames.astype(int) - a.frames).max() <= 2  # both FFmpeg's scaler
+
+
+def test_missing_decord_names_the_command(tmp_path, monkeypatch):
+    import builtins
+
+    from ringkit.errors import MissingDependencyError
+
+    write_video(tmp_path / "v.mp4", seconds=1)
+    real_import = builtins.__import__
+
+    def no_decord(name, *args, **kwargs):
+        if name == "decord":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_decord)
+    with pytest.raises(MissingDependencyError, match="pip install decord"):
+        rk.ingest(tmp_path / "v.mp4", backend="decord")
+
+
 def test_shorter_side_to_256_and_centre_crop(tmp_path):
     assert scaled_size(640, 360) == (455, 256) and scaled_size(360, 640) == (256, 455)
     write_video(tmp_path / "v.mp4", seconds=1)
