@@ -181,7 +181,7 @@ def test_lists_keep_order_and_survive_bad_items(tmp_path):
                                              str(tmp_path / "bad.epub")]
 
 
-def test_bad_input(tmp_path):
+def test_bad_input(tmp_path, monkeypatch):
     with pytest.raises(SourceError, match="no such file or directory"):
         rk.ingest(tmp_path / "missing.txt")
     (tmp_path / "empty.txt").write_text("")
@@ -200,12 +200,23 @@ def test_bad_input(tmp_path):
         rk.ingest(tmp_path / "blob.bin")
     with pytest.raises(SourceError, match="none of the sources could be read"):
         rk.ingest([tmp_path / "missing.txt", tmp_path / "empty.txt"])
-    if os.geteuid() != 0:  # root reads anything
-        locked = tmp_path / "locked.txt"
-        locked.write_text("x")
-        locked.chmod(0)
-        with pytest.raises(SourceError, match="permission denied"):
-            rk.ingest(locked)
+    locked = tmp_path / "locked.txt"
+    locked.write_text("x")
+    locked.chmod(0)
+    if os.geteuid() == 0:  # root reads anything: refuse the read the way the kernel would
+        real_read = pathlib.Path.read_bytes
+
+        def read_bytes(path):
+            if path == locked:
+                raise PermissionError(13, "Permission denied", str(path))
+            return real_read(path)
+
+        monkeypatch.setattr(pathlib.Path, "read_bytes", read_bytes)
+    with pytest.raises(SourceError, match="locked.txt cannot be read .permission denied"):
+        rk.ingest(locked)
+    (tmp_path / "ok.txt").write_text("fine")
+    doc = rk.ingest([locked, tmp_path / "ok.txt"])  # the readable one is kept
+    assert doc.text == "fine" and doc.skipped[0].path == str(locked)
     assert issubclass(SourceError, RingkitError)
 
 
