@@ -29,7 +29,8 @@ import jax.numpy as jnp
 
 from ringkit.errors import ConfigError, FitWarning, ResourceError, ShapeError, SourceError
 from ringkit.generate import check_sampling, decode
-from ringkit.inputs.document import Document
+from ringkit.inputs.document import Document, TextSegment
+from ringkit.inputs.repo import HEADER
 from ringkit.inputs.sources import ingest
 
 DEFAULT_ROOM = 1024  # question + answer tokens a context keeps room for
@@ -222,8 +223,13 @@ def _fit(doc: Document, prompt, model, room: int, fit: str, vqgan, cache, focus=
     small, detail, read_whole = found
     prompt = context_prompt(small, model, vqgan=vqgan, cache=cache)
     kind = {2: "docstrings and definitions", 1: "one line", 0: "paths only"}[detail]
-    focused = (f", the {read_whole} files most relevant to the question read whole and "
-               "placed last" if read_whole else "")
+    # Name the files read whole (most relevant first): the retrieval's answer to "where",
+    # whatever a small model makes of it.
+    names = [seg.source for seg in small.segments[::-1] if isinstance(seg, TextSegment)
+             and seg.source in small.files and seg.text.startswith(HEADER.format(path=seg.source))]
+    focused = (f", the {'file' if read_whole == 1 else f'{read_whole} files'} most relevant to "
+               f"the question read whole and placed last: {', '.join(names)}"
+               if read_whole else "")
     note = (f"read as an outline ({kind} per file{focused}; {len(prompt.prefix):,} tokens): "
             f"the whole source is {whole:,} tokens and {model.config.name} reads {limit:,}; "
             "for all of it, use a longer-context model or RoPE scaling with fit='whole'")

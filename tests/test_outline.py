@@ -109,3 +109,21 @@ def test_focus_puts_the_relevant_file_last_and_whole(tree):
     # A tighter budget gives up outline detail before the relevant file's text.
     assert fit_focused(doc, "Which file prints the receipts?", count, 225)[1:] == (0, 1)
     assert fit_focused(doc, "receipts", count, 5) is None  # not even the paths fit
+
+
+def test_relevance_folds_word_forms_and_weighs_tests_down(tmp_path):
+    from ringkit.inputs.outline import TEST_WEIGHT, relevance
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "src" / "video.py").write_text('"""Read a video file into frames."""\n')
+    (tmp_path / "src" / "audio.py").write_text('"""Decode an audio track."""\n')
+    (tmp_path / "tests" / "test_video.py").write_text(
+        '"""Tests that videos are read into frames, one video at a time."""\n')
+    doc = rk.ingest(tmp_path)
+    scores = relevance(doc, "Which file reads videos?")  # "reads videos" meets "read", "video"
+    assert max(scores, key=scores.get) == "src/video.py" and scores["src/audio.py"] == 0
+    assert 0 < scores["tests/test_video.py"] < scores["src/video.py"]
+    asked = relevance(doc, "Which test reads videos?")  # a question about tests: full weight
+    assert max(asked, key=asked.get) == "tests/test_video.py"
+    assert TEST_WEIGHT < 1

@@ -150,6 +150,23 @@ _WORD = re.compile(r"[a-z0-9]+")
 _STOP = frozenset("""a an and are as at be by can code do does file files for from has have how
 i in is it its me of on or repo repository that the this to what when where which who why
 with""".split())
+# Suffixes folded so that a question's "reads videos" meets a file's "read" and "video".
+_SUFFIXES = (("ies", "y"), ("sses", "ss"), ("xes", "x"), ("ches", "ch"), ("shes", "sh"),
+             ("ing", ""), ("ed", ""), ("s", ""))
+
+
+def _stem(word: str) -> str:
+    """A light English stemmer (plurals, -ing, -ed; then a final e), applied to both sides:
+    reads/read, videos/video, loading/loaded/loads/load, caching/cache."""
+    for suffix, repl in _SUFFIXES:
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3 and not word.endswith("ss"):
+            word = word[:-len(suffix)] + repl
+            break
+    return word[:-1] if word.endswith("e") and len(word) > 3 else word
+
+
+TEST_WEIGHT = 0.5
+_TEST_PATH = re.compile(r"(^|/)(tests?|testing)/|(^|/)test_[^/]*$|_test\.py$")
 
 
 def _words(text: str) -> list[str]:
@@ -157,18 +174,23 @@ def _words(text: str) -> list[str]:
     return _WORD.findall(text.lower().replace("_", " "))
 
 
+def _terms(text: str) -> list[str]:
+    return [_stem(w) for w in _words(text)]
+
+
 def relevance(doc: Document, query: str, *, k1: float = 1.2, b: float = 0.75) -> dict[str, float]:
     """BM25 score of every source-tree file of ``doc`` for ``query``, over what the file says it
     is about: its path (twice) and its detailed outline (docstring, definitions, heading), not
-    its whole text, where incidental mentions (examples, tests' inputs) would drown it."""
+    its whole text, where incidental mentions (examples, tests' inputs) would drown it. Words
+    are lightly stemmed; test files count ``TEST_WEIGHT`` unless the query speaks of tests."""
     files = [s for s in doc.segments if isinstance(s, TextSegment) and s.source in set(doc.files)]
-    terms = set(_words(query)) - _STOP
+    terms = {_stem(w) for w in _words(query) if w not in _STOP}
     if not files or not terms:
         return {s.source: 0.0 for s in files}
     counts, lengths = [], []
     for seg in files:
         about = " ".join(describe_file(seg.source, _body(seg), 2))
-        words = _words(seg.source) * 2 + _words(about)
+        words = _terms(seg.source) * 2 + _terms(about)
         lengths.append(len(words))
         bag: dict[str, int] = {}
         for w in words:
@@ -178,10 +200,15 @@ def relevance(doc: Document, query: str, *, k1: float = 1.2, b: float = 0.75) ->
     n, mean = len(files), sum(lengths) / len(files)
     df = {t: sum(t in c for c in counts) for t in terms}
     idf = {t: math.log(1 + (n - df[t] + 0.5) / (df[t] + 0.5)) for t in terms}
+    # Tests describe the feature they test in the feature's words; unless the question is
+    # about tests, the implementation is what it asks for.
+    asks_tests = any(t.startswith("test") for t in terms)
     scores = {}
     for seg, bag, length in zip(files, counts, lengths):
         norm = k1 * (1 - b + b * length / max(mean, 1))
-        scores[seg.source] = sum(idf[t] * f * (k1 + 1) / (f + norm) for t, f in bag.items())
+        score = sum(idf[t] * f * (k1 + 1) / (f + norm) for t, f in bag.items())
+        scores[seg.source] = score * (TEST_WEIGHT if not asks_tests
+                                      and _TEST_PATH.search(seg.source) else 1.0)
     return scores
 
 
