@@ -31,14 +31,26 @@ class _Silent:
         pass
 
 
+def _env_setting() -> bool | None:
+    """``RINGKIT_PROGRESS``: True (all bars on), False (all off) or None (unset: by amount)."""
+    env = os.environ.get("RINGKIT_PROGRESS")
+    return None if env is None else env not in ("0", "false", "no", "")
+
+
+def ticks_wanted() -> bool:
+    """Whether compiled code should carry the ``tick`` callback, read when it is traced: not
+    when ``RINGKIT_PROGRESS=0`` turns bars off. (An executable with a host callback is never
+    written to JAX's persistent compilation cache, so without it repeated compiles are shared.)"""
+    return _env_setting() is not False
+
+
 def bar(total: int, desc: str, unit: str, *, show: bool | None = None, threshold: int = 1,
         amount: int | None = None):
     """A context manager with ``.update(n)``: a tqdm bar over ``total`` units, or a silent one
     (``show=False``, too little work: ``amount`` (default ``total``) under ``threshold``,
     ``RINGKIT_PROGRESS=0``)."""
-    env = os.environ.get("RINGKIT_PROGRESS")
-    if env is not None and show is None:
-        show = env not in ("0", "false", "no", "")
+    if show is None:
+        show = _env_setting()
     if show is None:
         show = (total if amount is None else amount) >= threshold
     if not show:

@@ -15,6 +15,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["RINGKIT_CACHE"] = tempfile.mkdtemp(prefix="ringkit-test-cache-")
 atexit.register(shutil.rmtree, os.environ["RINGKIT_CACHE"], ignore_errors=True)
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# No progress bars, and so no progress callback compiled into prefills: executables with a host
+# callback skip the persistent compilation cache below.
+os.environ.setdefault("RINGKIT_PROGRESS", "0")
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

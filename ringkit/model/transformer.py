@@ -33,7 +33,7 @@ from ringkit.errors import ConfigError, UnsupportedError
 from ringkit.mesh import logical_to_spec
 from ringkit.model.config import ModelConfig
 from ringkit.model.rope import Rope
-from ringkit.progress import tick
+from ringkit.progress import tick, ticks_wanted
 
 PARAM_AXES: dict[str, tuple[str, ...]] = {
     "embed": ("vocab", "embed"),
@@ -183,7 +183,8 @@ class Block(nn.Module):
         up = split(_mm("bsd,df->bsf", m, w(w_up)), {2: ("tp", "sp")})
         x = x + _mm("bsf,fd->bsd", (nn.silu(gate) * up).astype(dt), w(w_down))
         x = _constrain(x, rt.mesh, names)
-        if self.collect_kv is not None:  # a prefill: one progress tick per layer, once it is done
+        if self.collect_kv is not None and ticks_wanted():
+            # A prefill: one progress tick per layer, once it is done.
             jax.debug.callback(tick, x[0, 0, 0])
         return x, cache, kv_out
 
