@@ -204,7 +204,8 @@ def main():
           f"{t['prompt_cached_s']:.3f} s",
           f"- video: {v['seconds_of_video'] // 60} min 320x180 H.264 at 1 fps -> {v['frames']} "
           f"frames in {v['sample_s']:.1f} s (median of {len(v['runs'])}; a bare decode of all "
-          f"frames on one thread {v['decode_s']:.1f} s, ratio {v['sample_s'] / v['decode_s']:.2f}); "
+          f"frames on one thread {v['decode_s']:.1f} s, ratio "
+          f"{v['sample_s'] / v['decode_s']:.2f}); "
           f"peak {v['peak_mb']:.0f} MB = "
           f"{v['peak_over_output']:.2f}x the {v['output_mb']:.0f} MB output",
           f"- repository: {r['files']} files of {r['root']} ({r['mb']:.1f} MB, {r['skipped']} "

@@ -56,8 +56,9 @@ def read_pdf(path: pathlib.Path, name: str | None = None) -> Document:
         pages = reader.pages
         n_pages = len(pages)
     except DependencyError as e:
-        raise MissingDependencyError(f"{name} is encrypted with AES, which pypdf reads with the "
-                                     f"cryptography package: pip install cryptography ({e})") from None
+        raise MissingDependencyError(
+            f"{name} is encrypted with AES, which pypdf reads with the cryptography package: "
+            f"pip install cryptography ({e})") from None
     except FileNotDecryptedError:
         raise locked from None
     except SourceError:

@@ -17,7 +17,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp")
 # Not ".ts": MPEG transport streams share it with TypeScript sources, which are far more common.
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".mpg", ".mpeg")
 SUPPORTED = ("a directory or git checkout, and files: "
-             + ", ".join(BOOK_SUFFIXES + (".pdf",) + VIDEO_SUFFIXES + SUBTITLE_SUFFIXES + IMAGE_SUFFIXES)
+             + ", ".join(BOOK_SUFFIXES + (".pdf",) + VIDEO_SUFFIXES + SUBTITLE_SUFFIXES
+                         + IMAGE_SUFFIXES)
              + ", or any other UTF-8 text file")
 
 
@@ -78,7 +79,8 @@ def ingest(source, *, max_file_bytes: int = MAX_FILE_BYTES, include_secrets: boo
     Args:
       source: a path (str or ``os.PathLike``) or a list of paths. Directories are read as
         repositories (``ringkit.inputs.repo``); files by their suffix: books (.txt, .md, .html,
-        .epub; .pdf, a segment per page, with ``pip install 'ringkit[pdf]'``), videos (.mp4, .mkv, .webm, ...) and images (.png, .jpg, ...) as 256 x 256 frames
+        .epub; .pdf, a segment per page, with ``pip install 'ringkit[pdf]'``), videos (.mp4,
+        .mkv, .webm, ...) and images (.png, .jpg, ...) as 256 x 256 frames
         (``ringkit.inputs.video``), any other UTF-8 text as text.
       max_file_bytes: files in a repository above this size are skipped (listed in
         ``doc.skipped``).
