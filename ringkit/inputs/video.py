@@ -86,6 +86,13 @@ def _uniform(n: int, max_frames: int) -> set[int]:
 _THREADED_DECODE_PIXELS = 640 * 360
 
 
+def _scale(reformatter, frame, size: tuple[int, int]) -> np.ndarray:
+    """``frame`` (a PyAV VideoFrame) as uint8 RGB ``[h, w, 3]`` at ``size = (w, h)``: FFmpeg's
+    bilinear scaler on the calling thread. The one scaling step of frames and images alike."""
+    return reformatter.reformat(frame, width=size[0], height=size[1], format="rgb24",
+                                threads=1).to_ndarray()
+
+
 class _Scaler:
     """Scales and crops kept frames into a ``_Frames`` on a worker thread (bounded queue).
 
@@ -109,9 +116,7 @@ class _Scaler:
             if self.error is None:
                 frame, size, t = item
                 try:
-                    rgb = self._reformatter.reformat(frame, width=size[0], height=size[1],
-                                                     format="rgb24", threads=1)
-                    self.out.add(rgb.to_ndarray(), t)
+                    self.out.add(_scale(self._reformatter, frame, size), t)
                 except BaseException as e:  # re-raised on the caller's thread
                     self.error = e
 
@@ -272,8 +277,7 @@ def read_image(path: pathlib.Path, name: str | None = None) -> Document:
     except OSError as e:
         raise FormatError(f"{name} is not a readable image (corrupt or truncated: {e})") from None
     w, h = scaled_size(rgb.shape[1], rgb.shape[0])
-    frame = VideoReformatter().reformat(av.VideoFrame.from_ndarray(rgb, format="rgb24"),
-                                        width=w, height=h, format="rgb24", threads=1)
-    frames = center_crop(frame.to_ndarray())[None].copy()
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+    frames = center_crop(_scale(VideoReformatter(), frame, (w, h)))[None].copy()
     return Document(segments=[FramesSegment(name, 0, 1)], frames=frames,
                     frame_times=np.zeros((1,), np.float64))
