@@ -283,8 +283,9 @@ def read(source, *, model=None, mesh=None, room: int = DEFAULT_ROOM, fit: str = 
     _check_memory(model, n + room)
     t0 = time.perf_counter()
     vision = [prompt.prefix.vision] if prompt.prefix.counts["vision"] else None
+    # The decode steps ``ask`` uses compile while the prefill runs.
     _, kv = model.prefill([prompt.prefix.ids.tolist()], max_new_tokens=room + 1,
-                          vision_rows=vision)
+                          vision_rows=vision, steps=(QUESTION_PIECE, 1))
     kv.k[0].block_until_ready()
     seconds = time.perf_counter() - t0
     return Context(model, doc, prompt, kv, room, seconds, jnp.copy(kv.slot_pos),

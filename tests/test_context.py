@@ -2,6 +2,7 @@
 embedded SmolLM2 on a 2-device ring."""
 
 import dataclasses
+import logging
 import types
 
 import jax
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 import ringkit as rk
+from ringkit.context import QUESTION_PIECE
 from ringkit.errors import ResourceError, ShapeError, SourceError
 from ringkit.tokenize.prompts import context_prompt, tokenize
 
@@ -36,12 +38,16 @@ def test_prefix_plus_question_is_the_whole_prompt(smollm2, story):
             == whole.tolist()
 
 
-def test_questions_see_the_same_document(smollm2, story):
+def test_questions_see_the_same_document(smollm2, story, caplog):
     ctx = rk.read(story, model=smollm2, room=64)
     assert ctx.cache.slots >= len(ctx.tokens) + 64 and "sp=2" in repr(ctx)
     assert "device 1: tokens" in repr(ctx) and ">device 1<" in ctx._repr_html_()
     q1, q2 = "What did the Gannet carry?", "Where did the Kestrel go?"
-    first = ctx.ask(q1, max_new_tokens=12)
+    assert len(ctx.prompt.question_ids(q1)) > QUESTION_PIECE  # both step sizes are used
+    with jax.log_compiles(True), caplog.at_level(logging.WARNING):
+        first = ctx.ask(q1, max_new_tokens=12)
+    # read() compiled the decode steps while the prefill ran: the first ask compiles none.
+    assert not [r for r in caplog.records if "jit(decode_step)" in r.getMessage()]
     pieces = []
     second = ctx.ask(q2, max_new_tokens=12, stream=pieces.append)
     assert "".join(pieces) == second and second != first

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -193,30 +194,48 @@ class Model:
 
         return jax.jit(fn, static_argnums=(5, 6))
 
-    def prefill(self, rows, *, max_new_tokens: int, vision_rows=None) -> tuple[jax.Array, KVCache]:
+    def prefill(self, rows, *, max_new_tokens: int, vision_rows=None,
+                steps: Sequence[int] | None = None) -> tuple[jax.Array, KVCache]:
         """Run token ``rows`` (lists of ids) through the model, keeping a sharded KV cache with
-        room for ``max_new_tokens`` more per row. Returns ``(last logits [b, vocab], cache)``."""
+        room for ``max_new_tokens`` more per row. Returns ``(last logits [b, vocab], cache)``.
+
+        ``steps``: token counts of the decode steps to compile while the prefill runs (default:
+        ``(1,)`` when tokens will be generated), so that the first ``step`` does not wait for a
+        compile. On an accelerator the host compiles while the device computes.
+        """
         batch: Batch = pack(rows, sp=self.sp, layout=self.runtime.layout,
                             vision_rows=vision_rows, row_multiple=self._batch_shards)
         self.check_length(batch.length + max_new_tokens - 1)  # the last new token is not fed
         extra = max(1, -(-max_new_tokens // self.sp))
+        steps = ((1,) if max_new_tokens > 1 else ()) if steps is None else steps
         with bar(self.config.n_layers, "prefill", "layer", threshold=PREFILL_BAR_TOKENS,
                  amount=batch.ids.size) as progress, reporting(progress):
             logits, k, v, slot_pos = self._prefill_fn(
                 self.variables, self._put(batch.ids, _ROWS), self._put(batch.positions, _ROWS),
                 self._put(batch.segment_ids, _ROWS), self._put(batch.vision_mask, _ROWS),
                 batch.last_slot, extra)
+            cache = KVCache(k, v, slot_pos, base=batch.ids.shape[1] // self.sp, appended=0,
+                            next_pos=batch.lengths.copy(), rows=len(rows))
+            # The prefill was dispatched asynchronously: compile the decode steps meanwhile.
+            for t in steps:
+                self._compile_step(cache, t)
             if not isinstance(progress, _Silent):
                 jax.block_until_ready(logits)  # the bar stays until the last layer is done
-        cache = KVCache(k, v, slot_pos, base=batch.ids.shape[1] // self.sp, appended=0,
-                        next_pos=batch.lengths.copy(), rows=len(rows))
         return logits[:len(rows)], cache
+
+    def _compile_step(self, cache: KVCache, t: int) -> None:
+        """Compile (or find compiled) the decode step that appends ``t`` tokens to ``cache``:
+        later ``step`` calls of that shape reuse it."""
+        tokens = jax.ShapeDtypeStruct((len(cache.next_pos), t), jnp.int32,
+                                      sharding=NamedSharding(self.mesh, _STEP))
+        self._step_fn.lower(self._decode_variables, cache.k, cache.v, cache.slot_pos, tokens,
+                            tokens, jnp.int32(0), jnp.int32(0)).compile()
 
     @functools.cached_property
     def _step_fn(self):
         mesh = self.mesh
 
-        def fn(variables, k, v, slot_pos, tokens, positions, counter, base):
+        def decode_step(variables, k, v, slot_pos, tokens, positions, counter, base):
             aux = dict(positions=positions, slot_pos=slot_pos, counter=counter, base=base,
                        vision_mask=None)
             h, cache = self._decoder.apply(
@@ -227,7 +246,7 @@ class Model:
             slot_pos = decode.append_positions(slot_pos, positions, counter, base, mesh=mesh)
             return logits, cache["k"], cache["v"], slot_pos
 
-        return jax.jit(fn, donate_argnums=(1, 2, 3))
+        return jax.jit(decode_step, donate_argnums=(1, 2, 3))
 
     @functools.cached_property
     def _decode_variables(self):
