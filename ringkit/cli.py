@@ -96,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="how the question is posed: 'instructed' (default), RULER's way: a "
                         "line saying a number is hidden, the answer started with the question's "
                         "words; 'lwm': LWM's eval_needle.py prompt; 'plain': haystack, question")
+    needle.add_argument("--no-keys", dest="keys", action="store_false",
+                        help="one needle with no city: 'The special magic number is N.' "
+                        "(default: LWM's 'The special magic {city} number is: N.')")
     needle.add_argument("--seed", type=int, default=0, help="fixes haystacks and needles")
     needle.add_argument("--out", help="a JSONL file: trials already in it are not run again, "
                         "new ones are appended")
@@ -159,7 +162,8 @@ def _run(args) -> None:
             results = rk.eval.needle(
                 _model(args), lengths=args.lengths, depths=args.depths, trials=args.trials,
                 needles=args.needles, retrieve=args.retrieve, haystack=args.haystack,
-                seed=args.seed, resume=args.out, batch=args.batch, style=args.style)
+                seed=args.seed, resume=args.out, batch=args.batch, style=args.style,
+                keys=args.keys)
         else:
             qa = {k: v for k, v in (("qa_1", args.squad), ("qa_2", args.hotpotqa)) if v}
             results = rk.eval.ruler(

@@ -12,7 +12,7 @@ from ringkit.errors import ConfigError, ShapeError, SourceError
 from ringkit.eval import needle as needle_mod
 from ringkit.eval.haystack import haystack_text
 from ringkit.eval.common import Prompter
-from ringkit.eval.needle import NEEDLE, Haystack, build_trial
+from ringkit.eval.needle import NEEDLE, NEEDLE_UNKEYED, Haystack, build_trial
 
 pytest.importorskip("pandas")
 HAY = " ".join(f"Sentence number {i} tells of ships and harbours and the sea." for i in range(3000))
@@ -77,6 +77,20 @@ def test_lwm_style_is_lwm_eval_prompt(tokenizer):
                          "assistant\n")
 
 
+@pytest.mark.parametrize("style", ["instructed", "plain"])
+def test_unkeyed_needle_shares_the_keyed_trial(tokenizer, style):
+    hay = Haystack("text", HAY, tokenizer)
+    kw = dict(length=800, depth=0.75, trial=2, seed=3, needles=1, retrieve=1, style=style)
+    keyed = build_trial(tokenizer, Prompter.for_model(tokenizer), hay, **kw)
+    b = build_trial(tokenizer, Prompter.for_model(tokenizer), hay, keys=False, **kw)
+    assert len(b["ids"]) == 800 and b["numbers"] == keyed["numbers"] and b["cities"] == [None]
+    text = tokenizer.decode(b["ids"])
+    assert NEEDLE_UNKEYED.format(number=b["numbers"][0]) in text
+    assert b["question"] == "What is the special magic number?" and keyed["cities"][0] not in text
+    if style == "instructed":
+        assert text.endswith("assistant\nThe special magic number is")
+
+
 def test_grid_resume_plot_and_sharding(tokenizer, tmp_path, monkeypatch):
     import matplotlib
 
@@ -127,6 +141,8 @@ def test_bad_input(tokenizer):
         rk.eval.needle(model, lengths=[256], depths=[0.5], haystack="too short")
     with pytest.raises(ConfigError, match="unknown needle style 'chatty'"):
         rk.eval.needle(model, lengths=[256], depths=[0.5], haystack=HAY, style="chatty")
+    with pytest.raises(ConfigError, match="without keys cannot be told apart"):
+        rk.eval.needle(model, lengths=[256], depths=[0.5], needles=2, keys=False, haystack=HAY)
     with pytest.raises(ConfigError, match="not both"):
         rk.eval.needle(model, lengths=[256], depths=[0.5], haystack=HAY, mesh=model.mesh)
 

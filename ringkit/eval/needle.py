@@ -5,7 +5,8 @@ haystack of whole sentences (the last one cut to the exact length) with ``needle
 ``"The special magic {city} number is: {7 digits}."`` at sentence boundaries: the first at
 ``depth`` of the haystack, the others at random boundaries. The question asks for ``retrieve``
 of them; decoding is greedy; a needle counts as found when its number appears in the answer.
-``style`` poses the question RULER's way (default), as LWM's own script does, or bare.
+``style`` poses the question RULER's way (default), as LWM's own script does, or bare;
+``keys=False`` hides one needle with no city ("The special magic number is {7 digits}.").
 Every trial's haystack, cities and numbers come from ``(seed, length, depth, trial)`` alone, so a
 run is reproducible, cell by cell, and can resume from its JSONL file.
 
@@ -31,6 +32,8 @@ CITIES = ("Lisbon", "Bergen", "Kyoto", "Nairobi", "Lima", "Oslo", "Hanoi", "Quit
           "Recife", "Hobart", "Zagreb", "Medan", "Leeds", "Ghent", "Basra", "Trier", "Split",
           "Nantes", "Aarhus", "Cork")
 NEEDLE = "The special magic {city} number is: {number}."
+# Without a key (``keys=False``): the single needle FACTS.md checked with transformers.
+NEEDLE_UNKEYED = "The special magic number is {number}."
 COLUMNS = ("length", "depth", "trial", "tokens", "cities", "numbers", "answer", "found", "score",
            "correct", "seconds")
 
@@ -41,7 +44,9 @@ LWM_INSTRUCTION = ("Don't give information outside the document or repeat your f
                    "your response short and direct.")
 
 
-def question_for(cities: list[str]) -> str:
+def question_for(cities: list[str | None]) -> str:
+    if cities == [None]:
+        return "What is the special magic number?"
     if len(cities) == 1:
         return f"What is the special magic {cities[0]} number?"
     names = ", ".join(cities[:-1]) + f" and {cities[-1]}"
@@ -55,6 +60,8 @@ def _instructions(cities: list[str], needles: int) -> tuple[str, str]:
     before = (f"{some} hidden within the following text. Make sure to memorize "
               f"{'it' if needles == 1 else 'them'}. I will quiz you about the "
               f"{'number' if needles == 1 else 'numbers'} afterwards.\n")
+    if cities == [None]:
+        return before, "The special magic number is"
     if len(cities) == 1:
         return before, f"The special magic {cities[0]} number is"
     return before, ("The special magic numbers for " + ", ".join(cities[:-1])
@@ -84,10 +91,12 @@ class Haystack:
 
 def build_trial(tok, prompter: Prompter, hay: Haystack, *, length: int, depth: float,
                 trial: int, seed: int, needles: int, retrieve: int,
-                style: str = "plain") -> dict:
+                style: str = "plain", keys: bool = True) -> dict:
     """One trial's prompt (exactly ``length`` ids) and what it hides."""
     rng = np.random.default_rng([seed, length, int(round(depth * 10_000)), trial])
     cities = [CITIES[i] for i in rng.choice(len(CITIES), needles, replace=False)]
+    if not keys:  # drawn all the same: keyed and unkeyed runs share numbers and haystacks
+        cities = [None] * needles
     numbers = [int(n) for n in rng.integers(1_000_000, 10_000_000, needles)]
     asked = [int(i) for i in sorted(rng.choice(needles, retrieve, replace=False))]
     if 0 not in asked:  # the needle at ``depth`` is always one of those asked for
@@ -95,7 +104,8 @@ def build_trial(tok, prompter: Prompter, hay: Haystack, *, length: int, depth: f
         asked.sort()
     question = question_for([cities[i] for i in asked])
     line = "\n{}\n" if style == "lwm" else " {}"
-    needle_ids = [tok.encode(line.format(NEEDLE.format(city=c, number=n)), add_bos=False)
+    text = NEEDLE if keys else NEEDLE_UNKEYED
+    needle_ids = [tok.encode(line.format(text.format(city=c, number=n)), add_bos=False)
                   for c, n in zip(cities, numbers)]
     head = list(prompter.head)
     if style == "lwm":
@@ -170,7 +180,8 @@ class NeedleResults:
     def summary(self) -> str:
         c = self.config
         return (f"needle in a haystack ({c.get('style', 'plain')}): {c['model']}, "
-                f"{c['needles']} needle(s), retrieve "
+                f"{c['needles']} needle(s)"
+                f"{' without keys' if c.get('needle') == NEEDLE_UNKEYED else ''}, retrieve "
                 f"{c['retrieve']}, haystack {c['haystack']}, seed {c['seed']}: score "
                 f"{self.score:.3f} over {len(self.frame)} trials")
 
@@ -182,7 +193,7 @@ class NeedleResults:
 
 
 def _check(model, lengths, depths, trials, needles, retrieve, hay: Haystack,
-           max_new_tokens: int) -> None:
+           max_new_tokens: int, keys: bool = True) -> None:
     limit = model.config.context_length
     longest = limit - max_new_tokens + 1  # the prompt and the answer (its last token unfed)
     bad = [n for n in lengths if n > longest]
@@ -201,11 +212,15 @@ def _check(model, lengths, depths, trials, needles, retrieve, hay: Haystack,
     if not 1 <= retrieve <= needles <= len(CITIES):
         raise ConfigError(f"need 1 <= retrieve <= needles <= {len(CITIES)}, got "
                           f"needles={needles}, retrieve={retrieve}")
+    if not keys and needles > 1:
+        raise ConfigError(f"needles without keys cannot be told apart: use keys=True for "
+                          f"{needles} needles, or needles=1")
 
 
 def needle(model=None, *, lengths, depths, trials: int = 3, needles: int = 1, retrieve: int = 1,
            haystack="shakespeare", seed: int = 0, mesh=None, resume=None, batch: int = 4,
-           max_new_tokens: int | None = None, style: str = "instructed") -> NeedleResults:
+           max_new_tokens: int | None = None, style: str = "instructed",
+           keys: bool = True) -> NeedleResults:
     """Run the needle-in-a-haystack grid ``lengths x depths x trials``.
 
     Args:
@@ -225,6 +240,10 @@ def needle(model=None, *, lengths, depths, trials: int = 3, needles: int = 1, re
         is"); ``"lwm"``: LWM's eval_needle.py, the needle on a line of its own and "Don't give
         information outside the document or repeat your findings. Keep your response short and
         direct." after the question; ``"plain"``: the haystack, a blank line, the question.
+      keys: True (default): LWM's needle, keyed by a city ("The special magic Lisbon number
+        is: 4810375."), asked for by its city; False: one needle with no key ("The special
+        magic number is 4810375.", asked "What is the special magic number?"), the same numbers
+        and haystacks as the keyed run of the same seed.
 
     Returns ``NeedleResults`` (``.frame``, ``.score``, ``.table()``, ``.plot()``,
     ``.to_jsonl()``).
@@ -241,12 +260,12 @@ def needle(model=None, *, lengths, depths, trials: int = 3, needles: int = 1, re
     name, text = haystack_text(haystack)
     hay = Haystack(name, text, tok)
     max_new_tokens = max_new_tokens or 16 + 16 * retrieve
-    _check(model, lengths, depths, trials, needles, retrieve, hay, max_new_tokens)
+    _check(model, lengths, depths, trials, needles, retrieve, hay, max_new_tokens, keys)
     if style not in STYLES:
         raise ConfigError(f"unknown needle style {style!r}: choose one of {', '.join(STYLES)}")
     config = dict(model=model.config.name, tokenizer=tok.digest, haystack=name, seed=seed,
                   needles=needles, retrieve=retrieve, max_new_tokens=max_new_tokens,
-                  needle=NEEDLE)
+                  needle=NEEDLE if keys else NEEDLE_UNKEYED)
     if style != "plain":  # runs recorded before styles existed were plain
         config["style"] = style
     prompter = Prompter.for_model(tok)
@@ -255,7 +274,7 @@ def needle(model=None, *, lengths, depths, trials: int = 3, needles: int = 1, re
     def build(cell):
         n, d, t = cell
         return build_trial(tok, prompter, hay, length=n, depth=d, trial=t, seed=seed,
-                           needles=needles, retrieve=retrieve, style=style)
+                           needles=needles, retrieve=retrieve, style=style, keys=keys)
 
     def score(cell, b, answer):
         found = [str(x) in answer for x in b["numbers"]]
