@@ -184,7 +184,7 @@ class Model:
         def fn(variables, ids, positions, segment_ids, vision_mask, last, extra):
             module = Transformer(self.config, self.runtime, collect_kv=extra)
             aux = dict(positions=positions, segment_ids=segment_ids, vision_mask=vision_mask)
-            gather = jnp.full((ids.shape[0], 1), last, jnp.int32)
+            gather = jnp.broadcast_to(last, (ids.shape[0], 1))
             h, (k, v) = module.apply(variables, ids, aux, gather=gather)
             logits = module.apply(variables, h, method=Transformer.logits)[:, 0]
             slot_pos = jnp.where(segment_ids >= 0, positions, -1)
@@ -192,7 +192,9 @@ class Model:
                                            spec=decode.SLOT_SPEC, axis=1, value=-1)
             return logits, k, v, slot_pos
 
-        return jax.jit(fn, static_argnums=(5, 6))
+        # ``last`` (the slot of the prompts' last token) is traced: prompts of any length that
+        # pad to the same shape share one executable.
+        return jax.jit(fn, static_argnums=(6,))
 
     def prefill(self, rows, *, max_new_tokens: int, vision_rows=None,
                 steps: Sequence[int] | None = None) -> tuple[jax.Array, KVCache]:
@@ -213,7 +215,7 @@ class Model:
             logits, k, v, slot_pos = self._prefill_fn(
                 self.variables, self._put(batch.ids, _ROWS), self._put(batch.positions, _ROWS),
                 self._put(batch.segment_ids, _ROWS), self._put(batch.vision_mask, _ROWS),
-                batch.last_slot, extra)
+                jnp.int32(batch.last_slot), extra)
             cache = KVCache(k, v, slot_pos, base=batch.ids.shape[1] // self.sp, appended=0,
                             next_pos=batch.lengths.copy(), rows=len(rows))
             # The prefill was dispatched asynchronously: compile the decode steps meanwhile.
