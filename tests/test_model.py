@@ -164,12 +164,13 @@ def test_greedy_generation_equals_argmax_chain(models, rng):
 
 
 def test_sampling_rules():
-    from ringkit.generate import sample
+    from ringkit.generate import greedy, sample
 
     logits = jnp.asarray(np.log(np.array([[0.5, 0.3, 0.15, 0.05]] * 4000, np.float32)))
     key = jax.random.key(0)
-    greedy = np.asarray(sample(logits, key, jnp.float32(0.0), jnp.float32(1.0)))
-    assert (greedy == 0).all()
+    assert (np.asarray(greedy(logits)) == 0).all()
+    top = np.asarray(sample(logits, key, jnp.float32(1.0), jnp.float32(0.4)))
+    assert (top == 0).all()  # 0.5 alone reaches top_p = 0.4
     top = np.asarray(sample(logits, key, jnp.float32(1.0), jnp.float32(0.7)))
     assert set(np.unique(top)) == {0, 1}  # 0.5 + 0.3 reaches top_p = 0.7
     draws = np.asarray(sample(logits, key, jnp.float32(1.0), jnp.float32(1.0)))
