@@ -6,6 +6,7 @@ tests, ``pytest -m slow``."""
 
 import pathlib
 
+import jax
 import pytest
 
 nbformat = pytest.importorskip("nbformat", reason="notebook tests need nbclient (pip install "
@@ -15,16 +16,28 @@ nbclient = pytest.importorskip("nbclient", reason="notebook tests need nbclient"
 NOTEBOOKS = sorted((pathlib.Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs(path, monkeypatch, tmp_path):
+def test_notebook_is_clean_and_explained(path):
+    """Outputs cleared in git and markdown before every code cell (the default run checks this;
+    running them is slow)."""
     nb = nbformat.read(path, as_version=4)
+    assert any(c.cell_type == "code" for c in nb.cells)
     for i, cell in enumerate(nb.cells):
         if cell.cell_type == "code":
             assert not cell.outputs and cell.execution_count is None, "outputs left in git"
             assert i > 0 and nb.cells[i - 1].cell_type == "markdown", f"cell {i}: no markdown"
+            assert "def " not in cell.source and "class " not in cell.source, (
+                f"cell {i}: library code belongs in ringkit, not in a notebook")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs(path, monkeypatch, tmp_path):
+    nb = nbformat.read(path, as_version=4)
     monkeypatch.delenv("XLA_FLAGS", raising=False)  # the kernel sees this machine's devices
     monkeypatch.setenv("RINGKIT_PROGRESS", "0")
+    # The kernels share the run's persistent compilation cache (tests/conftest.py).
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", jax.config.jax_compilation_cache_dir)
     client = nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
