@@ -53,7 +53,7 @@ def question_for(cities: list[str | None]) -> str:
     return f"What are the special magic numbers for {names}?"
 
 
-def _instructions(cities: list[str], needles: int) -> tuple[str, str]:
+def _instructions(cities: list[str | None], needles: int) -> tuple[str, str]:
     """RULER's way to pose a needle: say up front that numbers are hidden, and start the answer
     with the question's words. ``(before the haystack, start of the answer)``."""
     some = "A special magic number is" if needles == 1 else "Some special magic numbers are"
