@@ -99,7 +99,7 @@ class Context:
         try:
             # The question in pieces of QUESTION_PIECE tokens, then single ones (21 = 8 + 8 + 5
             # x 1): a decode step compiles once per piece size (~20 s for SmolLM2 on CPU), so
-            # two sizes, one of them the answer's own, keep the first question's compile short.
+            # two sizes, one of them the answer's own, and ``read`` compiles both.
             start = 0
             while start < len(ids):
                 size = QUESTION_PIECE if len(ids) - start >= QUESTION_PIECE else 1

@@ -1,8 +1,8 @@
 """The notebooks under notebooks/ run top to bottom on CPU (a fresh kernel each, 1 device unless
 the notebook sets its own), with outputs cleared in git and markdown before every code cell.
 
-Each takes 1.5-2 minutes here (a model load, compilation, a prefill): they run with the slow
-tests, ``pytest -m slow``."""
+The default run checks each notebook's form; running one takes 1-4 minutes here (a model load,
+compilation, a prefill), so execution runs with the slow tests, ``pytest -m slow``."""
 
 import pathlib
 
