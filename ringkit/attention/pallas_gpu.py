@@ -105,14 +105,29 @@ def _key_bounds(q_rows, k_pos, block_r, block_k, causal):
 
 
 # ---------------------------------------------------------------------------------------------
-# Launch order. The GPU starts programs with the first grid axis fastest, so row tiles (the last
-# axis) go out in order; under a causal mask the last row tiles carry the most key tiles, and
-# running them last leaves the card idle behind a few long programs. Row tiles therefore run
-# last-first: program t owns tile n - 1 - t, in the kernels and in their index maps alike.
+# Launch order. The GPU starts programs with the first grid axis fastest. Tiles are that axis,
+# heads and batch the slower ones (grid ``(tiles, h, b)``), so the programs running at any moment
+# are mostly tiles of one (batch, head) and stream the same K and V (forward, dq) or Q and dO
+# (dk/dv): at S = 32K a head's K and V are 16 MB in bf16 and stay in L2 for all of them, where
+# heads-fastest programs stream a different head each and go back to HBM. A 128-row tile does
+# ~128 flops per byte of K/V it reads, below an H100's flops-to-HBM-bandwidth ratio, so that
+# reuse should matter at long S (with heads fastest, the forward fell from 0.94x cuDNN's rate at
+# 8K to 0.75x at 32K; benchmarks/README.md).
+#
+# Under a causal mask the last row tiles carry the most key tiles; running them last would leave
+# the card idle behind a few long programs, so row tiles run last-first: program t owns tile
+# n - 1 - t, in the kernels and in their index maps alike.
+
+TILE_AXIS = 0
 
 
-def _heavy_first(axis: int):
-    return pl.num_programs(axis) - 1 - pl.program_id(axis)
+def _grid(b: int, h: int, n_tiles: int) -> tuple[int, int, int]:
+    """The launch grid; index maps and kernels see program ids ``(tile, head, batch)``."""
+    return n_tiles, h, b
+
+
+def _heavy_first():
+    return pl.num_programs(TILE_AXIS) - 1 - pl.program_id(TILE_AXIS)
 
 
 def _rev(n_tiles: int):
@@ -132,7 +147,7 @@ def _fold_kernel(*refs, causal, has_seg, fresh, final, block_k):
     carry_in = () if fresh else (next(it), next(it), next(it))
     out_refs = tuple(it)
 
-    i = _heavy_first(2)
+    i = _heavy_first()
     q, qp = q_ref[...], qp_ref[...]
     sq = sq_ref[...] if has_seg else None
     rows, d = q.shape
@@ -183,7 +198,7 @@ def _dq_kernel(*refs, causal, has_seg, block_k):
     sq_ref, sk_ref = (next(it), next(it)) if has_seg else (None, None)
     lead_ref, end_ref, dq_in, dq_out = it
 
-    i = _heavy_first(2)
+    i = _heavy_first()
     q, do, qp = q_ref[...], do_ref[...], qp_ref[...]
     lse2, delta = lse_ref[...] * LOG2E, delta_ref[...]
     sq = sq_ref[...] if has_seg else None
@@ -214,7 +229,7 @@ def _dkv_kernel(*refs, causal, has_seg, block_r):
     sq_ref, sk_ref = (next(it), next(it)) if has_seg else (None, None)
     first_ref, full_ref, dk_in, dv_in, dk_out, dv_out = it
 
-    j = pl.program_id(2)
+    j = pl.program_id(TILE_AXIS)
     k, v, kp = k_ref[...], v_ref[...], kp_ref[...]
     sk = sk_ref[...] if has_seg else None
 
@@ -301,18 +316,18 @@ def fold_block(q, k, v, carry, q_pos, k_pos, seg_q, seg_k, spec: blockwise.TileS
 
     n_tiles = r // br
     tile = _rev(n_tiles)
-    row = lambda bi, hi, i: (bi, hi, tile(i), 0)
-    whole = lambda bi, hi, i: (bi, hi, 0, 0)
-    row_vec = lambda bi, hi, i: (bi, hi, tile(i))
+    row = lambda i, hi, bi: (bi, hi, tile(i), 0)
+    whole = lambda i, hi, bi: (bi, hi, 0, 0)
+    row_vec = lambda i, hi, bi: (bi, hi, tile(i))
     in_specs = [_specs(row, (br, dp)), _specs(whole, (nk, dp)), _specs(whole, (nk, dp)),
-                pl.BlockSpec((br,), lambda bi, hi, i: (tile(i),)),
-                pl.BlockSpec((nk,), lambda bi, hi, i: (0,))]
+                pl.BlockSpec((br,), lambda i, hi, bi: (tile(i),)),
+                pl.BlockSpec((nk,), lambda i, hi, bi: (0,))]
     args = [q, k, v, q_rows, k_pos.astype(jnp.int32)]
     if has_seg:
-        in_specs += [pl.BlockSpec((None, br), lambda bi, hi, i: (bi, tile(i))),
-                     pl.BlockSpec((None, nk), lambda bi, hi, i: (bi, 0))]
+        in_specs += [pl.BlockSpec((None, br), lambda i, hi, bi: (bi, tile(i))),
+                     pl.BlockSpec((None, nk), lambda i, hi, bi: (bi, 0))]
         args += [seg_rows, seg_k.astype(jnp.int32)]
-    in_specs += [pl.BlockSpec((n_tiles,), lambda bi, hi, i: (0,))] * 2
+    in_specs += [pl.BlockSpec((n_tiles,), lambda i, hi, bi: (0,))] * 2
     args += [lead, end]
     carry_specs = [_specs(row, (br, dp)), _specs(row_vec, (br,)), _specs(row_vec, (br,))]
     if final_dtype is None:
@@ -331,7 +346,7 @@ def fold_block(q, k, v, carry, q_pos, k_pos, seg_q, seg_k, spec: blockwise.TileS
         args += [o_in, carry[1], carry[2]]
     kernel = functools.partial(_fold_kernel, causal=spec.causal, has_seg=has_seg, fresh=fresh,
                                final=final_dtype is not None, block_k=bk)
-    outs = _call(kernel, (b, h, n_tiles), in_specs, out_specs, out_shape, args, aliases,
+    outs = _call(kernel, _grid(b, h, n_tiles), in_specs, out_specs, out_shape, args, aliases,
                  blocks.launch(), interpret, "ring_fold")
     first = outs[0][..., :d] if dp != d else outs[0]
     return (first, *outs[1:])
@@ -350,8 +365,8 @@ def grad_block(q, k, v, do, lse, delta, grads, q_pos, k_pos, seg_q, seg_k,
     q, k, v, do, dq, dk, dv = _pad_head_dim(q, k, v, do, *grads)
     dp = q.shape[-1]
 
-    whole = lambda bi, hi, t: (bi, hi, 0, 0)
-    whole_vec = lambda bi, hi, t: (bi, hi, 0)
+    whole = lambda t, hi, bi: (bi, hi, 0, 0)
+    whole_vec = lambda t, hi, bi: (bi, hi, 0)
     common = [q, k, v, do, lse, delta, q_rows, k_pos]
     seg_args = [seg_rows, seg_k.astype(jnp.int32)] if has_seg else []
 
@@ -360,18 +375,18 @@ def grad_block(q, k, v, do, lse, delta, grads, q_pos, k_pos, seg_q, seg_k,
               _fit(blocks.block_k_dq, nk, "keys per device"))
     lead, end = _row_bounds(q_rows, k_pos, br, bk, spec.causal)
     tile = _rev(r // br)
-    row = lambda bi, hi, i: (bi, hi, tile(i), 0)
-    row_vec = lambda bi, hi, i: (bi, hi, tile(i))
+    row = lambda i, hi, bi: (bi, hi, tile(i), 0)
+    row_vec = lambda i, hi, bi: (bi, hi, tile(i))
     specs = [_specs(row, (br, dp)), _specs(whole, (nk, dp)), _specs(whole, (nk, dp)),
              _specs(row, (br, dp)), _specs(row_vec, (br,)), _specs(row_vec, (br,)),
-             pl.BlockSpec((br,), lambda bi, hi, i: (tile(i),)), pl.BlockSpec((nk,), lambda *_: (0,))]
+             pl.BlockSpec((br,), lambda i, hi, bi: (tile(i),)), pl.BlockSpec((nk,), lambda *_: (0,))]
     if has_seg:
-        specs += [pl.BlockSpec((None, br), lambda bi, hi, i: (bi, tile(i))),
-                  pl.BlockSpec((None, nk), lambda bi, hi, i: (bi, 0))]
+        specs += [pl.BlockSpec((None, br), lambda i, hi, bi: (bi, tile(i))),
+                  pl.BlockSpec((None, nk), lambda i, hi, bi: (bi, 0))]
     specs += [pl.BlockSpec((r // br,), lambda *_: (0,))] * 2 + [_specs(row, (br, dp))]
     args = common + seg_args + [lead, end, dq]
     kernel = functools.partial(_dq_kernel, causal=spec.causal, has_seg=has_seg, block_k=bk)
-    dq = _call(kernel, (b, h, r // br), specs, _specs(row, (br, dp)),
+    dq = _call(kernel, _grid(b, h, r // br), specs, _specs(row, (br, dp)),
                jax.ShapeDtypeStruct(dq.shape, jnp.float32), args, {len(args) - 1: 0},
                blocks.launch(backward=True), interpret, "ring_grad_dq")
 
@@ -379,20 +394,20 @@ def grad_block(q, k, v, do, lse, delta, grads, q_pos, k_pos, seg_q, seg_k,
     br, bk = (_fit(blocks.block_q_dkv, r, "rows per device"),
               _fit(blocks.block_k_dkv, nk, "keys per device"))
     first, full_from = _key_bounds(q_rows, k_pos, br, bk, spec.causal)
-    key = lambda bi, hi, j: (bi, hi, j, 0)
+    key = lambda j, hi, bi: (bi, hi, j, 0)
     specs = [_specs(whole, (r, dp)), _specs(key, (bk, dp)), _specs(key, (bk, dp)),
              _specs(whole, (r, dp)), _specs(whole_vec, (r,)), _specs(whole_vec, (r,)),
-             pl.BlockSpec((r,), lambda *_: (0,)), pl.BlockSpec((bk,), lambda bi, hi, j: (j,))]
+             pl.BlockSpec((r,), lambda *_: (0,)), pl.BlockSpec((bk,), lambda j, hi, bi: (j,))]
     if has_seg:
-        specs += [pl.BlockSpec((None, r), lambda bi, hi, j: (bi, 0)),
-                  pl.BlockSpec((None, bk), lambda bi, hi, j: (bi, j))]
+        specs += [pl.BlockSpec((None, r), lambda j, hi, bi: (bi, 0)),
+                  pl.BlockSpec((None, bk), lambda j, hi, bi: (bi, j))]
     specs += [pl.BlockSpec((nk // bk,), lambda *_: (0,))] * 2 + [_specs(key, (bk, dp))] * 2
     args = common + seg_args + [first, full_from, dk, dv]
     kernel = functools.partial(_dkv_kernel, causal=spec.causal, has_seg=has_seg, block_r=br)
     shape = jax.ShapeDtypeStruct(dk.shape, jnp.float32)
-    dk, dv = _call(kernel, (b, h, nk // bk), specs, [_specs(key, (bk, dp))] * 2, [shape, shape],
-                   args, {len(args) - 2: 0, len(args) - 1: 1}, blocks.launch(backward=True),
-                   interpret, "ring_grad_dkv")
+    dk, dv = _call(kernel, _grid(b, h, nk // bk), specs, [_specs(key, (bk, dp))] * 2,
+                   [shape, shape], args, {len(args) - 2: 0, len(args) - 1: 1},
+                   blocks.launch(backward=True), interpret, "ring_grad_dkv")
     if dp != d:
         dq, dk, dv = dq[..., :d], dk[..., :d], dv[..., :d]
     return dq, dk, dv
