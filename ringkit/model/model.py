@@ -141,7 +141,8 @@ class Model:
 
     def logits(self, ids, *, attention_mask=None, positions=None, segment_ids=None,
                vision_mask=None, head: str = "text"):
-        """Logits ``float32 [batch, seq, vocab]`` for ``ids [batch, seq]`` (or one list of ids).
+        """Logits, a host ``np.ndarray float32 [batch, seq, vocab]``, for ``ids [batch, seq]`` (or
+        one list of ids).
 
         ``attention_mask [b, s]`` (0 = padding, LWM's left padding included), ``positions`` (default
         ``clip(cumsum(mask) - 1, 0)``), ``segment_ids`` (tokens see their own segment only) and
@@ -173,8 +174,10 @@ class Model:
             self.variables, self._put(lay(rows(ids, 0)), _ROWS),
             self._put(lay(rows(positions, 0).astype(np.int32)), _ROWS),
             self._put(lay(rows(seg, -1)), _ROWS), vm, head)
+        # The layout's order is undone on the host: a gather along the sharded sequence axis on
+        # the devices would replicate the whole [b, S, vocab] on every one of them.
         inverse = np.argsort(order)
-        return jnp.take(out[:b], jnp.asarray(inverse[:s]), axis=1)
+        return np.take(np.asarray(out)[:b], inverse[:s], axis=1)
 
     # -- prefill and decode --------------------------------------------------------------------
     @functools.cached_property
