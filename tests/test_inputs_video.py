@@ -303,7 +303,8 @@ def test_video_reads_its_sidecar_subtitles_for_text_models(tmp_path):
 
 
 def test_onscreen_text_of_slides(tmp_path):
-    """Two slides of 2 s each at 1 fps: one line per slide, with its time; images too."""
+    """Two slides of 2 s each at 1 fps: one line per slide, with its time; images too; a memo
+    of frames already read."""
     pytest.importorskip("tesserocr", reason="OCR needs pip install 'ringkit[ocr]'")
     from PIL import Image, ImageDraw, ImageFont
 
@@ -331,6 +332,20 @@ def test_onscreen_text_of_slides(tmp_path):
     assert rk.ingest(tmp_path / "talk.mp4").text == ""  # OCR only on request
     Image.fromarray(slides[1]).save(tmp_path / "slide.png")
     assert rk.ingest(tmp_path / "slide.png", ocr=True).text == "[00:00:00] FORTY BARRELS"
+
+    # With a memo, a second video sharing all frames but one reads only that one.
+    from ringkit.inputs.ocr import read_onscreen_text
+
+    frames, times, memo = np.stack([slides[0]] * 3 + [slides[1]] * 3), np.arange(6.0), {}
+    assert read_onscreen_text(frames, times, "deck", memo=memo).text == (
+        "[00:00:00] NINE CRATES\n[00:00:03] FORTY BARRELS")
+    assert len(memo) == 2
+    frames[1] = slide("SEVEN OARS")
+    again = read_onscreen_text(frames, times, "deck", memo=memo).text
+    assert len(memo) == 3
+    assert again == read_onscreen_text(frames, times, "deck").text == (
+        "[00:00:00] NINE CRATES\n[00:00:01] SEVEN OARS\n[00:00:02] NINE CRATES\n"
+        "[00:00:03] FORTY BARRELS")
 
 
 def test_ocr_without_tesseract_names_the_extra(tmp_path, monkeypatch):

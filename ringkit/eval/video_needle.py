@@ -227,6 +227,7 @@ def video_needle(model=None, *, minutes, depths=(0, 0.25, 0.5, 0.75, 1), trials:
         raise ConfigError(f"{model.config.name} reads frames as VQGAN codes: pass "
                           "vqgan=ringkit.tokenize.vqgan.VQGAN.load('<checkpoint>/vqgan')")
     vq = _MemoVQGAN(vqgan) if vision else None
+    ocr_memo: dict = {}  # trials share all frames but the needle: each slide is read once
     folder = pathlib.Path(folder) if folder else cache_root().parent / "video-needle"
     config = dict(model=model.config.name, haystack=hay_name, seed=seed, fps=fps,
                   slide_seconds=slide_seconds, max_new_tokens=max_new_tokens,
@@ -262,7 +263,7 @@ def video_needle(model=None, *, minutes, depths=(0, 0.25, 0.5, 0.75, 1), trials:
         doc = Document(segments=[FramesSegment(name, 0, len(frames))], frames=frames,
                        frame_times=times)
         if not vision:
-            text = read_onscreen_text(frames, times, name)
+            text = read_onscreen_text(frames, times, name, memo=ocr_memo)
             if text is not None:
                 doc.segments.append(text)
         tokens = tokenize(doc, model, QUESTION, vqgan=vq, cache=False)

@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 import numpy as np
@@ -44,13 +45,33 @@ def _clean(text: str) -> str:
     return " / ".join(line for line in lines if sum(c.isalnum() for c in line) >= 2)
 
 
-def read_onscreen_text(frames: np.ndarray, times: np.ndarray, source: str, *,
-                       lang: str = "eng", min_confidence: int = 60) -> TextSegment | None:
-    """OCR of ``frames`` uint8 ``[T, H, W, 3]`` taken at ``times`` (seconds): one text segment of
-    ``[hh:mm:ss] text`` lines (title "on-screen text"), or None when no frame shows legible
-    text. Words of a frame whose mean confidence is under ``min_confidence`` are dropped."""
+def _read(api, frame: np.ndarray, lang: str, memo: dict | None) -> tuple[str, int]:
+    """``(text, mean confidence)`` of one frame, from ``memo`` when it has read these pixels."""
     from PIL import Image
 
+    key = None
+    if memo is not None:
+        key = (lang, frame.shape, hashlib.sha1(frame.tobytes()).digest())
+        if key in memo:
+            return memo[key]
+    api.SetImage(Image.fromarray(frame))
+    result = _clean(api.GetUTF8Text()), api.MeanTextConf()
+    if memo is not None:
+        memo[key] = result
+    return result
+
+
+def read_onscreen_text(frames: np.ndarray, times: np.ndarray, source: str, *,
+                       lang: str = "eng", min_confidence: int = 60,
+                       memo: dict | None = None) -> TextSegment | None:
+    """OCR of ``frames`` uint8 ``[T, H, W, 3]`` taken at ``times`` (seconds): one text segment of
+    ``[hh:mm:ss] text`` lines (title "on-screen text"), or None when no frame shows legible
+    text. Words of a frame whose mean confidence is under ``min_confidence`` are dropped.
+
+    ``memo``: a dict this call reads and fills with each distinct frame's text, for callers that
+    read many videos sharing most of their frames (``eval.video_needle``'s trials differ in one
+    frame); only frames it has not seen are read.
+    """
     lines, last_frame, shown = [], None, ""
     with _engine(lang) as api, bar(len(frames), "reading on-screen text", "frame",
                                    threshold=60) as progress:
@@ -60,9 +81,8 @@ def read_onscreen_text(frames: np.ndarray, times: np.ndarray, source: str, *,
                     frame.astype(np.int16) - last_frame).mean() < SAME_FRAME:
                 continue  # the same picture: the same text
             last_frame = frame.astype(np.int16)
-            api.SetImage(Image.fromarray(frame))
-            text = _clean(api.GetUTF8Text())
-            if text and text != shown and api.MeanTextConf() >= min_confidence:
+            text, confidence = _read(api, frame, lang, memo)
+            if text and text != shown and confidence >= min_confidence:
                 lines.append(f"[{stamp(float(t))}] {text}")
                 shown = text
     if not lines:
