@@ -93,7 +93,7 @@ def test_encrypted_pdfs(tmp_path):
     assert rk.ingest(tmp_path / "restricted.pdf").text == "Readable anyway."
 
 
-def test_pdfs_without_text_or_damaged(tmp_path):
+def test_pdfs_without_text_or_damaged(tmp_path, capfd):
     write_pdf(tmp_path / "scan.pdf", [[], []])
     with pytest.raises(SourceError, match="no extractable text.*OCR it first"):
         rk.ingest(tmp_path / "scan.pdf")
@@ -103,8 +103,12 @@ def test_pdfs_without_text_or_damaged(tmp_path):
     write_pdf(tmp_path / "whole.pdf", play_pages())
     data = (tmp_path / "whole.pdf").read_bytes()
     (tmp_path / "cut.pdf").write_bytes(data[: len(data) * 6 // 10])
-    with pytest.raises(FormatError, match="cut.pdf is not a readable PDF.*truncated"):
+    capfd.readouterr()
+    with pytest.raises(FormatError, match="cut.pdf is not a readable PDF.*truncated") as e:
         rk.ingest(tmp_path / "cut.pdf")
+    # pypdf's complaint goes into the error, not onto stderr.
+    assert "EOF marker not found" in str(e.value)
+    assert "EOF marker" not in capfd.readouterr().err
     (tmp_path / "fake.pdf").write_bytes(b"<html>not a pdf</html>")
     with pytest.raises(FormatError, match="fake.pdf is not a readable PDF"):
         rk.ingest(tmp_path / "fake.pdf")

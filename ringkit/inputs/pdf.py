@@ -5,7 +5,9 @@ PDF fragment syntax viewers open), so answers and the token map point at pages. 
 text layer (blank, or scanned images) are listed together in ``doc.skipped``; a PDF with no text
 at all is refused with a hint to OCR it first. A page whose text cannot be extracted is skipped
 with the reason, and the other pages are kept. Encrypted PDFs open when their user password is
-empty (the common "no printing" lock); others are refused with the fix.
+empty (the common "no printing" lock); others are refused with the fix. pypdf's own warnings
+("EOF marker not found", repaired cross-references) are not printed: a PDF that fails to read
+names them in its error, one that reads despite them is simply read.
 
 Example::
 
@@ -15,6 +17,8 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import pathlib
 
 from ringkit.errors import FormatError, MissingDependencyError, SourceError
@@ -38,8 +42,41 @@ def _page_text(raw: str) -> str:
     return "\n".join(line.rstrip() for line in raw.splitlines()).strip("\n")
 
 
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        message = record.getMessage()
+        if message not in self.messages:
+            self.messages.append(message)
+
+
+@contextlib.contextmanager
+def _pypdf_warnings():
+    """pypdf's warnings while reading one file, collected (for the error) rather than printed."""
+    logger, handler = logging.getLogger("pypdf"), _Collect()
+    propagate, logger.propagate = logger.propagate, False
+    logger.addHandler(handler)
+    try:
+        yield handler.messages
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+def _with(warnings: list[str]) -> str:
+    return f"; pypdf: {'; '.join(warnings[:3])}" if warnings else ""
+
+
 def read_pdf(path: pathlib.Path, name: str | None = None) -> Document:
     """One PDF as a ``Document``: a segment per page with text (see the module docstring)."""
+    with _pypdf_warnings() as warnings:
+        return _read_pdf(path, name, warnings)
+
+
+def _read_pdf(path: pathlib.Path, name: str | None, warnings: list[str]) -> Document:
     name = name or str(path)
     try:
         import pypdf
@@ -65,7 +102,8 @@ def read_pdf(path: pathlib.Path, name: str | None = None) -> Document:
         raise
     except (PyPdfError, ValueError, KeyError, TypeError, AttributeError) as e:
         # pypdf raises its own errors for most damage and plain Python ones for the rest.
-        raise FormatError(f"{name} is not a readable PDF (corrupt or truncated: {e})") from None
+        raise FormatError(f"{name} is not a readable PDF (corrupt or truncated: {e}"
+                          f"{_with(warnings)})") from None
     if n_pages == 0:
         raise SourceError(f"{name} has no pages")
     doc, empty = Document(), []
@@ -76,7 +114,8 @@ def read_pdf(path: pathlib.Path, name: str | None = None) -> Document:
                 text = _page_text(pages[number - 1].extract_text() or "")
             except (PyPdfError, ValueError, KeyError, TypeError, AttributeError,
                     IndexError, ZeroDivisionError) as e:
-                doc.skipped.append(Skipped(where, f"its text could not be extracted ({e})"))
+                doc.skipped.append(Skipped(where, f"its text could not be extracted ({e}"
+                                                  f"{_with(warnings)})"))
                 text = None
             if text is not None and not text.strip():
                 empty.append(number)
