@@ -24,6 +24,7 @@ power of two are zero-padded on the way in.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -105,41 +106,65 @@ def _key_bounds(q_rows, k_pos, block_r, block_k, causal):
 
 
 # ---------------------------------------------------------------------------------------------
-# Launch order. The GPU starts programs with the first grid axis fastest. Tiles are that axis,
-# heads and batch the slower ones (grid ``(tiles, h, b)``), so the programs running at any moment
-# are mostly tiles of one (batch, head) and stream the same K and V (forward, dq) or Q and dO
-# (dk/dv): at S = 32K a head's K and V are 16 MB in bf16 and stay in L2 for all of them, where
-# heads-fastest programs stream a different head each and go back to HBM. A 128-row tile does
-# ~128 flops per byte of K/V it reads, below an H100's flops-to-HBM-bandwidth ratio, so that
-# reuse should matter at long S (with heads fastest, the forward fell from 0.94x cuDNN's rate at
-# 8K to 0.75x at 32K; benchmarks/README.md).
+# Launch order: a 1-D grid of (stream, tile) programs, stream = one (batch, head), ordered for
+# two things at once.
 #
-# Under a causal mask the last row tiles carry the most key tiles; running them last would leave
-# the card idle behind a few long programs, so row tiles run last-first: program t owns tile
-# n - 1 - t, in the kernels and in their index maps alike.
+# - Load balance. Under a causal mask the last row tiles carry the most key tiles; started last,
+#   they would leave the card idle behind a few long programs. Row tiles therefore go out
+#   heaviest first (the forward and dq: tile n - 1 first; dk/dv: key tile 0 first).
+# - L2 reuse. A 128-row tile does ~128 flops per byte of K/V it streams, below an H100's
+#   flops-to-HBM-bandwidth ratio: programs should find their K/V (forward, dq) or Q/dO (dk/dv) in
+#   L2. With every head's tiles interleaved (the earlier order, heads fastest), the running
+#   programs stream all heads at once: at S = 32K that is 16 x 16 MB in bf16, far beyond L2, and
+#   the forward fell from 0.94x cuDNN's rate at 8K to 0.75x at 32K (benchmarks/README.md).
+#
+# So streams go in groups: a group's programs are tiles of its few streams, heaviest first with
+# the streams interleaved, and the next group follows. A group holds about GROUP_PROGRAMS
+# programs (two card-fulls), enough that the heavy-first order inside it still balances the card.
+# benchmarks/launch_order.py simulates it for 16 heads at 8K-64K: balanced within 1% with 132 or
+# 264 programs running at once, which read the K/V of at most 8, 4, 2 and 2 streams (32-64 MB at
+# head_dim 128 in bf16) where heads fastest reads all 16 (64-512 MB).
 
-TILE_AXIS = 0
+GROUP_PROGRAMS = 256
 
 
-def _grid(b: int, h: int, n_tiles: int) -> tuple[int, int, int]:
-    """The launch grid; index maps and kernels see program ids ``(tile, head, batch)``."""
-    return n_tiles, h, b
+@dataclasses.dataclass(frozen=True)
+class _Order:
+    """Which ``(batch, head, tile)`` program ``p`` of the 1-D grid owns (see above)."""
 
+    n_tiles: int
+    batch: int
+    heads: int
+    heavy_last_tile: bool  # tile n - 1 is the heaviest (row tiles) rather than tile 0 (key tiles)
 
-def _heavy_first():
-    return pl.num_programs(TILE_AXIS) - 1 - pl.program_id(TILE_AXIS)
+    @property
+    def streams(self) -> int:
+        return self.batch * self.heads
 
+    @property
+    def group(self) -> int:
+        return max(1, min(self.streams, -(-GROUP_PROGRAMS // self.n_tiles)))
 
-def _rev(n_tiles: int):
-    """Index map piece for a reversed tile axis (``_heavy_first`` outside the kernel)."""
-    return lambda t: n_tiles - 1 - t
+    @property
+    def grid(self) -> tuple[int]:
+        return (self.streams * self.n_tiles,)
+
+    def __call__(self, p):
+        per_group = self.group * self.n_tiles
+        g = p // per_group
+        size = jnp.minimum(self.group, self.streams - g * self.group)  # the last group may be short
+        within = p - g * per_group
+        rank = within // size  # 0 = the heaviest tile
+        stream = g * self.group + within - rank * size
+        tile = self.n_tiles - 1 - rank if self.heavy_last_tile else rank
+        return stream // self.heads, stream % self.heads, tile
 
 
 # ---------------------------------------------------------------------------------------------
 # Kernels. Refs carry one (batch, head) slice: rows [block, d] or the device's whole KV [nk, d].
 
 
-def _fold_kernel(*refs, causal, has_seg, fresh, final, block_k):
+def _fold_kernel(*refs, order, causal, has_seg, fresh, final, block_k):
     it = iter(refs)
     q_ref, k_ref, v_ref, qp_ref, kp_ref = (next(it) for _ in range(5))
     sq_ref, sk_ref = (next(it), next(it)) if has_seg else (None, None)
@@ -147,7 +172,7 @@ def _fold_kernel(*refs, causal, has_seg, fresh, final, block_k):
     carry_in = () if fresh else (next(it), next(it), next(it))
     out_refs = tuple(it)
 
-    i = _heavy_first()
+    i = order(pl.program_id(0))[2]
     q, qp = q_ref[...], qp_ref[...]
     sq = sq_ref[...] if has_seg else None
     rows, d = q.shape
@@ -192,13 +217,13 @@ def _fold_kernel(*refs, causal, has_seg, fresh, final, block_k):
             ref[...] = x
 
 
-def _dq_kernel(*refs, causal, has_seg, block_k):
+def _dq_kernel(*refs, order, causal, has_seg, block_k):
     it = iter(refs)
     q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qp_ref, kp_ref = (next(it) for _ in range(8))
     sq_ref, sk_ref = (next(it), next(it)) if has_seg else (None, None)
     lead_ref, end_ref, dq_in, dq_out = it
 
-    i = _heavy_first()
+    i = order(pl.program_id(0))[2]
     q, do, qp = q_ref[...], do_ref[...], qp_ref[...]
     lse2, delta = lse_ref[...] * LOG2E, delta_ref[...]
     sq = sq_ref[...] if has_seg else None
@@ -223,13 +248,13 @@ def _dq_kernel(*refs, causal, has_seg, block_k):
     dq_out[...] = lax.fori_loop(lead, end_ref[i], step(True), dq)
 
 
-def _dkv_kernel(*refs, causal, has_seg, block_r):
+def _dkv_kernel(*refs, order, causal, has_seg, block_r):
     it = iter(refs)
     q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qp_ref, kp_ref = (next(it) for _ in range(8))
     sq_ref, sk_ref = (next(it), next(it)) if has_seg else (None, None)
     first_ref, full_ref, dk_in, dv_in, dk_out, dv_out = it
 
-    j = pl.program_id(TILE_AXIS)
+    j = order(pl.program_id(0))[2]
     k, v, kp = k_ref[...], v_ref[...], kp_ref[...]
     sk = sk_ref[...] if has_seg else None
 
@@ -315,19 +340,18 @@ def fold_block(q, k, v, carry, q_pos, k_pos, seg_q, seg_k, spec: blockwise.TileS
     dp = q.shape[-1]
 
     n_tiles = r // br
-    tile = _rev(n_tiles)
-    row = lambda i, hi, bi: (bi, hi, tile(i), 0)
-    whole = lambda i, hi, bi: (bi, hi, 0, 0)
-    row_vec = lambda i, hi, bi: (bi, hi, tile(i))
+    order = _Order(n_tiles, b, h, heavy_last_tile=True)
+    row = lambda p: (*order(p), 0)  # (batch, head, tile, 0)
+    whole = lambda p: (*order(p)[:2], 0, 0)
+    row_vec = lambda p: order(p)
     in_specs = [_specs(row, (br, dp)), _specs(whole, (nk, dp)), _specs(whole, (nk, dp)),
-                pl.BlockSpec((br,), lambda i, hi, bi: (tile(i),)),
-                pl.BlockSpec((nk,), lambda i, hi, bi: (0,))]
+                pl.BlockSpec((br,), lambda p: order(p)[2:]), pl.BlockSpec((nk,), lambda p: (0,))]
     args = [q, k, v, q_rows, k_pos.astype(jnp.int32)]
     if has_seg:
-        in_specs += [pl.BlockSpec((None, br), lambda i, hi, bi: (bi, tile(i))),
-                     pl.BlockSpec((None, nk), lambda i, hi, bi: (bi, 0))]
+        in_specs += [pl.BlockSpec((None, br), lambda p: order(p)[::2]),
+                     pl.BlockSpec((None, nk), lambda p: (order(p)[0], 0))]
         args += [seg_rows, seg_k.astype(jnp.int32)]
-    in_specs += [pl.BlockSpec((n_tiles,), lambda i, hi, bi: (0,))] * 2
+    in_specs += [pl.BlockSpec((n_tiles,), lambda p: (0,))] * 2
     args += [lead, end]
     carry_specs = [_specs(row, (br, dp)), _specs(row_vec, (br,)), _specs(row_vec, (br,))]
     if final_dtype is None:
@@ -344,9 +368,9 @@ def fold_block(q, k, v, carry, q_pos, k_pos, seg_q, seg_k, spec: blockwise.TileS
         aliases = {len(args) + i: i for i in range(3)} if final_dtype is None else {}
         in_specs += carry_specs
         args += [o_in, carry[1], carry[2]]
-    kernel = functools.partial(_fold_kernel, causal=spec.causal, has_seg=has_seg, fresh=fresh,
-                               final=final_dtype is not None, block_k=bk)
-    outs = _call(kernel, _grid(b, h, n_tiles), in_specs, out_specs, out_shape, args, aliases,
+    kernel = functools.partial(_fold_kernel, order=order, causal=spec.causal, has_seg=has_seg,
+                               fresh=fresh, final=final_dtype is not None, block_k=bk)
+    outs = _call(kernel, order.grid, in_specs, out_specs, out_shape, args, aliases,
                  blocks.launch(), interpret, "ring_fold")
     first = outs[0][..., :d] if dp != d else outs[0]
     return (first, *outs[1:])
@@ -365,8 +389,6 @@ def grad_block(q, k, v, do, lse, delta, grads, q_pos, k_pos, seg_q, seg_k,
     q, k, v, do, dq, dk, dv = _pad_head_dim(q, k, v, do, *grads)
     dp = q.shape[-1]
 
-    whole = lambda t, hi, bi: (bi, hi, 0, 0)
-    whole_vec = lambda t, hi, bi: (bi, hi, 0)
     common = [q, k, v, do, lse, delta, q_rows, k_pos]
     seg_args = [seg_rows, seg_k.astype(jnp.int32)] if has_seg else []
 
@@ -374,19 +396,21 @@ def grad_block(q, k, v, do, lse, delta, grads, q_pos, k_pos, seg_q, seg_k,
     br, bk = (_fit(blocks.block_q_dq, r, "rows per device"),
               _fit(blocks.block_k_dq, nk, "keys per device"))
     lead, end = _row_bounds(q_rows, k_pos, br, bk, spec.causal)
-    tile = _rev(r // br)
-    row = lambda i, hi, bi: (bi, hi, tile(i), 0)
-    row_vec = lambda i, hi, bi: (bi, hi, tile(i))
+    order = _Order(r // br, b, h, heavy_last_tile=True)
+    row = lambda p: (*order(p), 0)  # (batch, head, tile, 0)
+    row_vec = lambda p: order(p)
+    whole = lambda p: (*order(p)[:2], 0, 0)
     specs = [_specs(row, (br, dp)), _specs(whole, (nk, dp)), _specs(whole, (nk, dp)),
              _specs(row, (br, dp)), _specs(row_vec, (br,)), _specs(row_vec, (br,)),
-             pl.BlockSpec((br,), lambda i, hi, bi: (tile(i),)), pl.BlockSpec((nk,), lambda *_: (0,))]
+             pl.BlockSpec((br,), lambda p: order(p)[2:]), pl.BlockSpec((nk,), lambda p: (0,))]
     if has_seg:
-        specs += [pl.BlockSpec((None, br), lambda i, hi, bi: (bi, tile(i))),
-                  pl.BlockSpec((None, nk), lambda i, hi, bi: (bi, 0))]
-    specs += [pl.BlockSpec((r // br,), lambda *_: (0,))] * 2 + [_specs(row, (br, dp))]
+        specs += [pl.BlockSpec((None, br), lambda p: order(p)[::2]),
+                  pl.BlockSpec((None, nk), lambda p: (order(p)[0], 0))]
+    specs += [pl.BlockSpec((r // br,), lambda p: (0,))] * 2 + [_specs(row, (br, dp))]
     args = common + seg_args + [lead, end, dq]
-    kernel = functools.partial(_dq_kernel, causal=spec.causal, has_seg=has_seg, block_k=bk)
-    dq = _call(kernel, _grid(b, h, r // br), specs, _specs(row, (br, dp)),
+    kernel = functools.partial(_dq_kernel, order=order, causal=spec.causal, has_seg=has_seg,
+                               block_k=bk)
+    dq = _call(kernel, order.grid, specs, _specs(row, (br, dp)),
                jax.ShapeDtypeStruct(dq.shape, jnp.float32), args, {len(args) - 1: 0},
                blocks.launch(backward=True), interpret, "ring_grad_dq")
 
@@ -394,18 +418,22 @@ def grad_block(q, k, v, do, lse, delta, grads, q_pos, k_pos, seg_q, seg_k,
     br, bk = (_fit(blocks.block_q_dkv, r, "rows per device"),
               _fit(blocks.block_k_dkv, nk, "keys per device"))
     first, full_from = _key_bounds(q_rows, k_pos, br, bk, spec.causal)
-    key = lambda j, hi, bi: (bi, hi, j, 0)
+    order = _Order(nk // bk, b, h, heavy_last_tile=False)
+    key = lambda p: (*order(p), 0)  # (batch, head, key tile, 0)
+    whole = lambda p: (*order(p)[:2], 0, 0)
+    whole_vec = lambda p: (*order(p)[:2], 0)
     specs = [_specs(whole, (r, dp)), _specs(key, (bk, dp)), _specs(key, (bk, dp)),
              _specs(whole, (r, dp)), _specs(whole_vec, (r,)), _specs(whole_vec, (r,)),
-             pl.BlockSpec((r,), lambda *_: (0,)), pl.BlockSpec((bk,), lambda j, hi, bi: (j,))]
+             pl.BlockSpec((r,), lambda p: (0,)), pl.BlockSpec((bk,), lambda p: order(p)[2:])]
     if has_seg:
-        specs += [pl.BlockSpec((None, r), lambda j, hi, bi: (bi, 0)),
-                  pl.BlockSpec((None, bk), lambda j, hi, bi: (bi, j))]
-    specs += [pl.BlockSpec((nk // bk,), lambda *_: (0,))] * 2 + [_specs(key, (bk, dp))] * 2
+        specs += [pl.BlockSpec((None, r), lambda p: (order(p)[0], 0)),
+                  pl.BlockSpec((None, bk), lambda p: order(p)[::2])]
+    specs += [pl.BlockSpec((nk // bk,), lambda p: (0,))] * 2 + [_specs(key, (bk, dp))] * 2
     args = common + seg_args + [first, full_from, dk, dv]
-    kernel = functools.partial(_dkv_kernel, causal=spec.causal, has_seg=has_seg, block_r=br)
+    kernel = functools.partial(_dkv_kernel, order=order, causal=spec.causal, has_seg=has_seg,
+                               block_r=br)
     shape = jax.ShapeDtypeStruct(dk.shape, jnp.float32)
-    dk, dv = _call(kernel, _grid(b, h, nk // bk), specs, [_specs(key, (bk, dp))] * 2,
+    dk, dv = _call(kernel, order.grid, specs, [_specs(key, (bk, dp))] * 2,
                    [shape, shape], args, {len(args) - 2: 0, len(args) - 1: 1},
                    blocks.launch(backward=True), interpret, "ring_grad_dkv")
     if dp != d:
