@@ -3,7 +3,7 @@
 The public API lives here; everything else is an implementation module.
 """
 
-from ringkit import attention, errors, eval, model  # noqa: A004 (ringkit.eval)
+from ringkit import attention, bench, errors, eval, model  # noqa: A004 (ringkit.eval)
 from ringkit.attention import (
     BlockSizes, from_layout, layout_positions, pad_for_ring, ring_attention,
     ring_attention_permuted, to_layout)
@@ -20,8 +20,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BlockSizes", "Context", "Document", "LOGICAL_AXIS_RULES", "MeshConfig", "Model", "ModelConfig",
-    "RingkitError", "RopeScaling", "ask", "attention", "errors", "eval", "from_layout", "ingest",
-    "initialize_distributed", "layout_positions",
+    "RingkitError", "RopeScaling", "ask", "attention", "bench", "errors", "eval", "from_layout",
+    "ingest", "initialize_distributed", "layout_positions",
     "load_context", "load_model", "logical_sharding", "logical_to_spec", "make_mesh", "model", "pad_for_ring",
     "read", "ring_attention", "ring_attention_permuted", "to_layout",
 ]

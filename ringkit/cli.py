@@ -5,6 +5,8 @@
     ringkit info talk.mp4 --ocr --mesh 1,1,1,8
     ringkit needle --lengths 1024 2048 4096 --depths 0 0.5 1 --trials 3 --out needle.jsonl
     ringkit ruler --tasks niah vt --lengths 4096 8192 --samples 10 --out ruler.jsonl
+    ringkit bench attention --seqs 8192 32768 --mesh 1,1,1,8
+    ringkit bench model --lengths 2048 8192
 
 A ``RingkitError`` (a missing file, an empty question, a source too long for the model or for
 memory, a mesh that does not fit the devices) prints one line and exits with status 2; ``--debug``
@@ -127,7 +129,71 @@ def _parser() -> argparse.ArgumentParser:
                        "new ones are appended")
     ruler.add_argument("--plot", help="write the task x length heatmap to this image file")
     evaluation(ruler)
+    bench = sub.add_parser(
+        "bench", help="ring attention's or the model's speed on this machine",
+        description="Time ring attention or the model here: medians after a warm-up run, with "
+        "the same-run matmul rate (and for attention XLA's or cuDNN's attention on one device) "
+        "as yardsticks (ringkit.bench).")
+    kinds = bench.add_subparsers(dest="what", required=True, metavar="WHAT")
+    att = kinds.add_parser("attention", help="ring attention, forward and backward",
+                           description="Random q, k, v on the mesh; forward and forward+backward "
+                           "TFLOP/s per sequence length (ringkit.bench.attention).")
+    att.add_argument("--seqs", type=int, nargs="+", default=[8192], metavar="S",
+                     help="sequence lengths (default 8192)")
+    att.add_argument("--batch", type=int, default=1)
+    att.add_argument("--heads", type=int, default=16, help="query heads (default 16)")
+    att.add_argument("--kv-heads", type=int, help="KV heads (default: as many as query heads)")
+    att.add_argument("--head-dim", type=int, default=128)
+    att.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
+    att.add_argument("--impl", choices=["auto", "xla", "pallas"], default="auto")
+    att.add_argument("--layout", choices=["zigzag", "contiguous"], default="zigzag")
+    att.add_argument("--no-causal", dest="causal", action="store_false")
+    att.add_argument("--no-backward", dest="backward", action="store_false")
+    att.add_argument("--no-baseline", dest="baseline", action="store_false",
+                     help="skip the one-device jax.nn.dot_product_attention yardstick")
+    mod = kinds.add_parser("model", help="prefill and decode tokens per second",
+                           description="Random prompts of each length: prefill and decode "
+                           "speed (ringkit.bench.model).")
+    mod.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096], metavar="N",
+                     help="prompt lengths in tokens (default 1024 4096)")
+    mod.add_argument("--decode-tokens", type=int, default=32,
+                     help="decode steps timed after each prompt (default 32)")
+    mod.add_argument("--model", help="as for 'ask' (default: the embedded SmolLM2)")
+    mod.add_argument("--dtype", choices=["float32", "bfloat16"], help="compute dtype")
+    mod.add_argument("--rope-scaling", type=_rope, metavar="KIND:FACTOR", help=_ROPE_HELP)
+    for p in (att, mod):
+        p.add_argument("--repeats", type=int, default=5, help="timed runs (default 5)")
+        p.add_argument("--mesh", help=_MESH_HELP)
+        p.add_argument("--out", help="also write the settings and rows to this JSON file")
+        p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     return parser
+
+
+def _bench(args) -> None:
+    import json
+    import pathlib
+
+    import ringkit as rk
+    from ringkit import bench
+
+    if args.what == "attention":
+        mesh = rk.make_mesh(args.mesh) if args.mesh else None
+        df = bench.attention(
+            seqs=args.seqs, batch=args.batch, heads=args.heads, kv_heads=args.kv_heads,
+            head_dim=args.head_dim, dtype=args.dtype, causal=args.causal, layout=args.layout,
+            impl=args.impl, mesh=mesh, backward=args.backward, baseline=args.baseline,
+            repeats=args.repeats)
+        print(df.iloc[0]["kernel"])
+        df = df.drop(columns="kernel")
+    else:
+        df = bench.model(_model(args), lengths=args.lengths, decode_tokens=args.decode_tokens,
+                         repeats=args.repeats)
+    print(", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in df.attrs.items()))
+    print(df.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    if args.out:
+        pathlib.Path(args.out).write_text(json.dumps(
+            dict(settings=df.attrs, rows=df.to_dict(orient="records")), indent=1) + "\n")
 
 
 def evaluation(parser) -> None:
@@ -157,6 +223,9 @@ def _run(args) -> None:
     import ringkit as rk
     from ringkit.errors import SourceError
 
+    if args.command == "bench":
+        _bench(args)
+        return
     if args.command in ("needle", "ruler"):
         if args.command == "needle":
             results = rk.eval.needle(

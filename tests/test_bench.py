@@ -1,0 +1,82 @@
+"""``ringkit.bench`` and ``ringkit bench``: what they time and report, and what they refuse."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import ringkit as rk
+from ringkit import bench, cli
+from ringkit.errors import ConfigError, RingkitError, ShapeError
+from ringkit.model import Model, ModelConfig, Runtime
+
+pytest.importorskip("pandas")
+
+
+def test_attention_rows_and_rates():
+    mesh = rk.make_mesh(sp=2, devices=jax.devices()[:2])
+    df = bench.attention(seqs=[64, 128], heads=4, kv_heads=2, head_dim=32, dtype="float32",
+                         mesh=mesh, repeats=1)
+    assert df["seq"].tolist() == [64, 128]
+    for s, row in zip((64, 128), df.itertuples()):
+        flops = bench.attention_flops(1, 4, s, 32, causal=True)
+        assert flops == 4 * 4 * 32 * s * s / 2
+        assert row.forward_tflops == pytest.approx(flops / row.forward_s / 1e12)
+        assert row.backward_tflops == pytest.approx(3.5 * flops / row.backward_s / 1e12)
+        assert row.vs_baseline == pytest.approx(row.forward_tflops / row.baseline_tflops)
+        assert row.vs_matmul == pytest.approx(row.forward_tflops / df.attrs["matmul_tflops"])
+        assert "sp=2" in row.kernel and "GQA groups=2" in row.kernel
+        assert row.baseline == "xla"  # on CPU; cuDNN's for 16-bit inputs on a GPU
+    assert df.attrs["mesh"]["sp"] == 2 and df.attrs["dtype"] == "float32"
+
+    short = bench.attention(seqs=[64], heads=2, head_dim=16, dtype="float32", mesh=mesh,
+                            repeats=1, backward=False, baseline=False, causal=False)
+    assert "backward_s" not in short and "baseline_s" not in short
+    assert short["forward_tflops"][0] == pytest.approx(
+        4 * 2 * 16 * 64 * 64 / short["forward_s"][0] / 1e12)  # no causal halving
+
+
+def test_baseline_skipped_where_its_scores_would_not_fit(monkeypatch):
+    monkeypatch.setattr(bench, "BASELINE_MAX_BYTES", 64 * 64 * 2 * 4 - 1)  # one byte short
+    x = jax.numpy.zeros((1, 64, 2, 16), jax.numpy.float32)
+    assert bench._baseline(x, x, x, True, 1.0, 1, jax.devices()[0]) == {}
+    monkeypatch.setattr(bench, "BASELINE_MAX_BYTES", 64 * 64 * 2 * 4)
+    assert bench._baseline(x, x, x, True, 1.0, 1, jax.devices()[0])["baseline"] == "xla"
+
+
+def test_model_prefill_and_decode_rates():
+    cfg = ModelConfig.preset("tiny")
+    model = Model.init_random(cfg, Runtime(rk.make_mesh(sp=2, devices=jax.devices()[:2])), seed=0)
+    df = bench.model(model, lengths=[24], decode_tokens=3, repeats=1)
+    assert df["tokens"].tolist() == [24]
+    assert np.allclose(df["prefill_tokens_per_s"] * df["prefill_s"], df["tokens"])
+    assert (df["decode_tokens_per_s"] > 0).all()
+    assert df.attrs["model"] == cfg.name and df.attrs["mesh"]["sp"] == 2
+    with pytest.raises(ShapeError):
+        bench.model(model, lengths=[cfg.context_length], decode_tokens=3)
+
+
+def test_bad_input():
+    mesh = rk.make_mesh(sp=2, devices=jax.devices()[:2])
+    with pytest.raises(ConfigError, match="kv_heads must divide heads"):
+        bench.attention(seqs=[64], heads=4, kv_heads=3, mesh=mesh)
+    with pytest.raises(ConfigError, match="at least one sequence length"):
+        bench.attention(seqs=[], mesh=mesh)
+    with pytest.raises(RingkitError, match="63"):  # the mesh's ring cannot split 63 positions
+        bench.attention(seqs=[63], heads=2, head_dim=16, dtype="float32", mesh=mesh, repeats=1)
+    with pytest.raises(ConfigError, match="repeats"):
+        bench.median_seconds(lambda: 0, 0)
+
+
+def test_cli(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert cli.main(["bench", "attention", "--seqs", "128", "--heads", "2", "--head-dim", "16",
+                     "--dtype", "float32", "--repeats", "1", "--mesh", "1,1,1,-1", "--no-backward",
+                     "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "XLA blockwise tiles" in printed and "forward_tflops" in printed
+    saved = json.loads(out.read_text())
+    assert saved["settings"]["heads"] == 2 and saved["rows"][0]["seq"] == 128
+    assert cli.main(["bench", "attention", "--seqs", "64", "--heads", "3", "--kv-heads", "2"]) == 2
+    assert "kv_heads must divide heads" in capsys.readouterr().err
