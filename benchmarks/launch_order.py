@@ -10,7 +10,7 @@ two resident programs each). Reported per order and sequence length:
 - the most streams (batch x head) among any 264 programs launched one after another, whose K/V
   the running programs read together, and their bytes at head_dim 128 in bf16 (an H100 has
   50 MB of L2).
-Orders: ringkit's (`pallas_gpu._Order`: groups of streams, heaviest tiles first in each), heads
+Orders: ringkit's (`gpu_order.LaunchOrder`: groups of streams, heaviest tiles first in each), heads
 fastest (the order before session 10: balanced, every head at once) and tiles fastest (one head
 at a time: small working set, unbalanced at 8K).
 """
@@ -25,7 +25,7 @@ import pathlib
 import jax.numpy as jnp
 import numpy as np
 
-from ringkit.attention import pallas_gpu
+from ringkit.attention.gpu_order import LaunchOrder
 
 HERE = pathlib.Path(__file__).resolve().parent
 
@@ -40,7 +40,7 @@ def makespan_ratio(costs, slots: int) -> float:
 
 def orders(n_tiles: int, heads: int):
     """``{name: (stream [P], tile [P])}`` in launch order for batch 1."""
-    order = pallas_gpu._Order(n_tiles, 1, heads, heavy_last_tile=True)
+    order = LaunchOrder(n_tiles, 1, heads, heavy_last_tile=True)
     _, h, t = (np.asarray(x) for x in order(jnp.arange(order.grid[0])))
     heads_fast = np.array([(s, n_tiles - 1 - r) for r in range(n_tiles) for s in range(heads)])
     tiles_fast = np.array([(s, n_tiles - 1 - r) for s in range(heads) for r in range(n_tiles)])

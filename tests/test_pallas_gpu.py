@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import ringkit as rk
-from ringkit.attention import attention_reference, blockwise, pallas_gpu
+from ringkit.attention import attention_reference, blockwise, gpu_order, pallas_gpu
 from ringkit.attention.layouts import device_positions
 from ringkit.errors import ConfigError, UnsupportedError
 from helpers import check_interpreted_ring, f64, qkv, rel_err, ring_case_id
@@ -41,16 +41,16 @@ def test_interpret_matches_reference_and_xla(case, rng):
 @pytest.mark.parametrize("heavy_last_tile", [True, False])
 def test_launch_order_runs_every_tile_once_heaviest_first_by_group(n_tiles, batch, heads,
                                                                    heavy_last_tile, monkeypatch):
-    monkeypatch.setattr(pallas_gpu, "GROUP_PROGRAMS", 17 if n_tiles == 6 else 256)
-    order = pallas_gpu._Order(n_tiles, batch, heads, heavy_last_tile=heavy_last_tile)
+    monkeypatch.setattr(gpu_order, "GROUP_PROGRAMS", 17 if n_tiles == 6 else 256)
+    order = gpu_order.LaunchOrder(n_tiles, batch, heads, heavy_last_tile=heavy_last_tile)
     b, h, t = (np.asarray(x) for x in order(jnp.arange(order.grid[0])))
     assert sorted(zip(b, h, t)) == [(i, j, k) for i in range(batch) for j in range(heads)
                                     for k in range(n_tiles)]
     streams = b * heads + h
     rank = n_tiles - 1 - t if heavy_last_tile else t
     per_group = order.group * n_tiles
-    assert per_group >= min(pallas_gpu.GROUP_PROGRAMS, batch * heads * n_tiles)
-    assert order.group == 1 or (order.group - 1) * n_tiles < pallas_gpu.GROUP_PROGRAMS
+    assert per_group >= min(gpu_order.GROUP_PROGRAMS, batch * heads * n_tiles)
+    assert order.group == 1 or (order.group - 1) * n_tiles < gpu_order.GROUP_PROGRAMS
     for start in range(0, len(t), per_group):  # a group: its streams only, heaviest tiles first
         group = slice(start, start + per_group)
         assert set(streams[group]) == set(range(start // n_tiles,
@@ -62,7 +62,7 @@ def test_fold_into_a_running_carry(rng, monkeypatch):
     """The device's own zigzag KV block (tile kinds of all three sorts) folded into a non-fresh
     carry; the 4 (batch, head) streams launch in groups (2 for the forward, 3 then 1 for the
     backward's kernels)."""
-    monkeypatch.setattr(pallas_gpu, "GROUP_PROGRAMS", 17)
+    monkeypatch.setattr(gpu_order, "GROUP_PROGRAMS", 17)
     sp, n, g, d = 4, 128, 3, 64
     spec = blockwise.TileSpec(True, g, 32, 32)
     q_pos = k_pos = device_positions(2, n, sp, "zigzag")
