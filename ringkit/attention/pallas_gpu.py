@@ -24,6 +24,7 @@ power of two are zero-padded on the way in.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -321,26 +322,56 @@ def fold_block(q, k, v, carry, q_pos, k_pos, seg_q, seg_k, spec: blockwise.TileS
     return (first, *outs[1:])
 
 
+@dataclasses.dataclass(frozen=True)
+class GradInputs:
+    """The backward's inputs, padded and laid out for the kernels (shared by the dq and dk/dv
+    launches)."""
+
+    args: tuple  # q, k, v, do, lse, delta, q_rows, k_pos (+ seg_rows, seg_k)
+    spec: blockwise.TileSpec
+    has_seg: bool
+
+    @property
+    def shape(self):  # (b, h, r, nk, padded head dim)
+        q, k = self.args[:2]
+        return (*q.shape[:3], k.shape[2], q.shape[3])
+
+
 def grad_block(q, k, v, do, lse, delta, grads, q_pos, k_pos, seg_q, seg_k,
                spec: blockwise.TileSpec, *, blocks: BlockSizes | None = None, interpret=False):
-    """Add this KV block's share to ``grads = (dq, dk, dv)``; contract of ``blockwise.grad_block``."""
-    b, h, r, d = q.shape
+    """Add this KV block's share to ``grads = (dq, dk, dv)``; contract of ``blockwise.grad_block``.
+
+    Two launches: dq (one program per row tile) and dk/dv (one per key tile), each recomputing
+    the scores, so a tile pair costs 7 matmuls where the counted flops assume 5. Adding dq from
+    the dk/dv kernel with float32 atomics saves two, but Pallas' Triton atomics are
+    acquire-release: on an H100 that backward ran at a third of this one's rate
+    (benchmarks/README.md).
+    """
+    d = q.shape[-1]
     blocks = _blocks(blocks, d, q.dtype)
-    nk = k.shape[2]
     q_rows, seg_rows = _row_inputs(q_pos, seg_q, spec.groups)
-    k_pos = k_pos.astype(jnp.int32)
     lse = jnp.where(lse == -jnp.inf, 0.0, lse)  # empty rows: all scores -inf, p = 0
     has_seg = seg_q is not None
     q, k, v, do, dq, dk, dv = _pad_head_dim(q, k, v, do, *grads)
-    dp = q.shape[-1]
+    args = (q, k, v, do, lse, delta, q_rows, k_pos.astype(jnp.int32))
+    if has_seg:
+        args += (seg_rows, seg_k.astype(jnp.int32))
+    g = GradInputs(args, spec, has_seg)
+    launch = blocks.launch(backward=True)
+    dq = grad_dq(g, dq, blocks, launch, interpret)
+    dk, dv = grad_dkv(g, dk, dv, blocks, launch, interpret)
+    if dq.shape[-1] != d:
+        dq, dk, dv = dq[..., :d], dk[..., :d], dv[..., :d]
+    return dq, dk, dv
 
-    common = [q, k, v, do, lse, delta, q_rows, k_pos]
-    seg_args = [seg_rows, seg_k.astype(jnp.int32)] if has_seg else []
 
-    # dq: one program per row tile, looping over key tiles.
+def grad_dq(g: GradInputs, dq, blocks: BlockSizes, launch, interpret):
+    """dq += this block's share: one program per row tile, looping over key tiles."""
+    b, h, r, nk, dp = g.shape
+    q_rows, k_pos = g.args[6:8]
     br, bk = (_fit(blocks.block_q_dq, r, "rows per device"),
               _fit(blocks.block_k_dq, nk, "keys per device"))
-    lead, end = _row_bounds(q_rows, k_pos, br, bk, spec.causal)
+    lead, end = _row_bounds(q_rows, k_pos, br, bk, g.spec.causal)
     order = LaunchOrder(r // br, b, h, heavy_last_tile=True)
     row = lambda p: (*order(p), 0)  # (batch, head, tile, 0)
     row_vec = lambda p: order(p)
@@ -348,21 +379,25 @@ def grad_block(q, k, v, do, lse, delta, grads, q_pos, k_pos, seg_q, seg_k,
     specs = [_specs(row, (br, dp)), _specs(whole, (nk, dp)), _specs(whole, (nk, dp)),
              _specs(row, (br, dp)), _specs(row_vec, (br,)), _specs(row_vec, (br,)),
              pl.BlockSpec((br,), lambda p: order(p)[2:]), pl.BlockSpec((nk,), lambda p: (0,))]
-    if has_seg:
+    if g.has_seg:
         specs += [pl.BlockSpec((None, br), lambda p: order(p)[::2]),
                   pl.BlockSpec((None, nk), lambda p: (order(p)[0], 0))]
     specs += [pl.BlockSpec((r // br,), lambda p: (0,))] * 2 + [_specs(row, (br, dp))]
-    args = common + seg_args + [lead, end, dq]
-    kernel = functools.partial(_dq_kernel, order=order, causal=spec.causal, has_seg=has_seg,
-                               block_k=bk)
-    dq = _call(kernel, order.grid, specs, _specs(row, (br, dp)),
-               jax.ShapeDtypeStruct(dq.shape, jnp.float32), args, {len(args) - 1: 0},
-               blocks.launch(backward=True), interpret, "ring_grad_dq")
+    args = [*g.args, lead, end, dq]
+    kernel = functools.partial(_dq_kernel, order=order, causal=g.spec.causal,
+                               has_seg=g.has_seg, block_k=bk)
+    return _call(kernel, order.grid, specs, _specs(row, (br, dp)),
+                 jax.ShapeDtypeStruct(dq.shape, jnp.float32), args, {len(args) - 1: 0},
+                 launch, interpret, "ring_grad_dq")
 
-    # dk, dv: one program per key tile, looping over row tiles.
+
+def grad_dkv(g: GradInputs, dk, dv, blocks: BlockSizes, launch, interpret):
+    """dk, dv += this block's share: one program per key tile, looping over row tiles."""
+    b, h, r, nk, dp = g.shape
+    q_rows, k_pos = g.args[6:8]
     br, bk = (_fit(blocks.block_q_dkv, r, "rows per device"),
               _fit(blocks.block_k_dkv, nk, "keys per device"))
-    first, full_from = _key_bounds(q_rows, k_pos, br, bk, spec.causal)
+    first, full_from = _key_bounds(q_rows, k_pos, br, bk, g.spec.causal)
     order = LaunchOrder(nk // bk, b, h, heavy_last_tile=False)
     key = lambda p: (*order(p), 0)  # (batch, head, key tile, 0)
     whole = lambda p: (*order(p)[:2], 0, 0)
@@ -370,17 +405,13 @@ def grad_block(q, k, v, do, lse, delta, grads, q_pos, k_pos, seg_q, seg_k,
     specs = [_specs(whole, (r, dp)), _specs(key, (bk, dp)), _specs(key, (bk, dp)),
              _specs(whole, (r, dp)), _specs(whole_vec, (r,)), _specs(whole_vec, (r,)),
              pl.BlockSpec((r,), lambda p: (0,)), pl.BlockSpec((bk,), lambda p: order(p)[2:])]
-    if has_seg:
+    if g.has_seg:
         specs += [pl.BlockSpec((None, r), lambda p: (order(p)[0], 0)),
                   pl.BlockSpec((None, bk), lambda p: order(p)[::2])]
     specs += [pl.BlockSpec((nk // bk,), lambda p: (0,))] * 2 + [_specs(key, (bk, dp))] * 2
-    args = common + seg_args + [first, full_from, dk, dv]
-    kernel = functools.partial(_dkv_kernel, order=order, causal=spec.causal, has_seg=has_seg,
-                               block_r=br)
+    args = [*g.args, first, full_from, dk, dv]
+    kernel = functools.partial(_dkv_kernel, order=order, causal=g.spec.causal,
+                               has_seg=g.has_seg, block_r=br)
     shape = jax.ShapeDtypeStruct(dk.shape, jnp.float32)
-    dk, dv = _call(kernel, order.grid, specs, [_specs(key, (bk, dp))] * 2,
-                   [shape, shape], args, {len(args) - 2: 0, len(args) - 1: 1},
-                   blocks.launch(backward=True), interpret, "ring_grad_dkv")
-    if dp != d:
-        dq, dk, dv = dq[..., :d], dk[..., :d], dv[..., :d]
-    return dq, dk, dv
+    return _call(kernel, order.grid, specs, [_specs(key, (bk, dp))] * 2, [shape, shape], args,
+                 {len(args) - 2: 0, len(args) - 1: 1}, launch, interpret, "ring_grad_dkv")

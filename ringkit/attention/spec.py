@@ -89,12 +89,13 @@ class BlockSizes:
 
 
 def gpu_defaults(head_dim: int, itemsize: int) -> BlockSizes:
-    """Tuned GPU sizes. 16-bit inputs up to head_dim 128: the best of a sweep on an H100 at
-    S = 16K, head_dim 128 (benchmarks/README.md). float32 tiles take twice the shared memory,
+    """Tuned GPU sizes. 16-bit inputs up to head_dim 128: the best of sweeps on an H100 at
+    head_dim 128, the forward's at S = 16K and 32K, the backward kernels' at 32K
+    (benchmarks/README.md). float32 tiles take twice the shared memory,
     so they stay smaller; above head_dim 128 the tiles halve for the same reason."""
     warps = 4 if head_dim <= 64 else 8
     if itemsize <= 2 and head_dim <= 128:
-        return BlockSizes(128, 128, 64, 128, 128, 128, warps, 3, warps, 2)
+        return BlockSizes(128, 128, 64, 128, 128, 64, warps, 3, warps, 3)
     if head_dim <= 128:
         return BlockSizes(128, 64, 64, 128, 128, 64, warps, 2, warps, 2)
     return BlockSizes(64, 64, 32, 64, 64, 64, 8, 2, 8, 2)
