@@ -6,14 +6,20 @@
    float64 reference (numpy on the host) and against ``impl="xla"`` on the GPU; float32 and bf16;
    causal, GQA, segments, two folds of zigzag KV blocks into one carry.
 2. The same-run bf16 matmul rate (8192^3), the ceiling the kernels are judged against.
-3. A block-size sweep at 16K (forward and backward), then, with the best sizes, for S = 8K..64K
-   (bf16, batch 1, 16 heads, head_dim 128, causal): medians of
-   - the kernels alone on heads-major inputs (``pallas_gpu.fold_block`` / ``grad_block``),
+3. A sweep at 32K (``--sweep-seq``, capped at ``--sweep-budget`` seconds): the forward under four
+   launch orders (``gpu_order.GROUP_PROGRAMS``) and forward tiles and launches; the dq and dk/dv
+   kernels timed apart, per tile and launch.
+4. With the best sizes, for S = 8K..64K (bf16, batch 1, 16 heads, head_dim 128, causal): medians
+   of
+   - the kernels alone on heads-major inputs (``pallas_gpu.fold_block`` / ``grad_block``), the
+     forward also in the heads-fastest launch order,
    - ``ringkit.ring_attention(impl="pallas")`` as a user calls it (sp = 1, layout permutes and
      head transposes included), and ``impl="xla"`` where it runs in reasonable time,
-   - ``jax.nn.dot_product_attention(implementation="cudnn")``, and JAX's own Pallas Triton
-     flash attention (``pallas.ops.gpu.attention.mha``, forward) as a same-toolchain yardstick.
+   - ``jax.nn.dot_product_attention(implementation="cudnn")``, and with ``--yardsticks`` the
+     forward of JAX's own Pallas flash attentions, Triton (``ops.gpu.attention.mha``) and Mosaic
+     GPU (``ops.gpu.attention_mgpu``: does a Hopper-specific kernel pay?).
    Flops: forward ``4 * b * h * S^2 * d / 2`` (causal triangle), backward 2.5x that.
+``--order-grid 256,1024,...`` replaces 3-4 by the default kernels under each launch order, per S.
 Writes ``attention-gpu-<timestamp>.json`` and ``.md`` into ``--out``. ``--interpret`` runs the
 same script on CPU in interpret mode at toy sizes (a dry run before spending GPU time).
 """
@@ -36,23 +42,32 @@ import jax.numpy as jnp
 import numpy as np
 
 import ringkit as rk
-from ringkit.attention import blockwise, pallas_gpu
+from ringkit.attention import blockwise, gpu_order, pallas_gpu
 from ringkit.attention.layouts import device_positions
 
 H, D = 16, 128
 INTERPRET = False  # --interpret: the GPU kernels in interpret mode, for a dry run on CPU
 
 
+SAMPLE_S = 0.02  # each timed sample spans at least this long
+
+
 def timed(fn, args, repeats):
-    """Median seconds of ``fn(*args)`` (jitted, warmed up), synchronised on the outputs."""
+    """Median seconds per call of ``fn(*args)`` (jitted, warmed up). Each sample queues enough
+    calls back to back to span SAMPLE_S and synchronises on the last, keeping the host's
+    dispatch and wait out of sub-millisecond kernels' times (with one call per sample, the 8K
+    rows of the same code swung by 10-15% between runs; benchmarks/README.md)."""
     f = jax.jit(fn)
     jax.block_until_ready(f(*args))
+    t0 = time.perf_counter()
     jax.block_until_ready(f(*args))
+    calls = max(1, math.ceil(SAMPLE_S / max(time.perf_counter() - t0, 1e-6)))
     runs = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        jax.block_until_ready(f(*args))
-        runs.append(time.perf_counter() - t0)
+        outs = [f(*args) for _ in range(calls)]
+        jax.block_until_ready(outs)
+        runs.append((time.perf_counter() - t0) / calls)
     return statistics.median(runs)
 
 
@@ -225,6 +240,12 @@ def user_times(key, s, impl, repeats, blocks=None, backward=True):
 
         fn = lambda q, k, v: mha_ops.mha(q, k, v, None, sm_scale=1 / math.sqrt(D), causal=True,
                                          block_sizes=mha_ops.BlockSizes(block_q=128, block_k=64))
+    elif impl == "jax-mgpu":  # JAX's Mosaic GPU (Hopper: wgmma, TMA, two compute warpgroups)
+        from jax.experimental.pallas.ops.gpu import attention_mgpu
+
+        config = attention_mgpu.TuningConfig(block_q=64, block_kv=128, max_concurrent_steps=2,
+                                             causal=True)
+        fn = lambda q, k, v: attention_mgpu.attention(q, k, v, config)
     else:
         mesh = rk.make_mesh(sp=1, devices=jax.devices()[:1])
         interpret = "gpu" if INTERPRET and impl == "pallas" else None
@@ -241,42 +262,135 @@ def user_times(key, s, impl, repeats, blocks=None, backward=True):
     return t_fwd, timed(both, (q, k, v, cot), repeats)
 
 
-SWEEP_FWD = [  # (block_q, block_k, warps, stages)
-    (128, 64, 8, 2), (128, 128, 8, 2), (128, 64, 4, 3), (128, 128, 8, 3), (128, 32, 4, 3),
-    (64, 64, 4, 3), (128, 64, 8, 3), (64, 128, 4, 3), (128, 128, 4, 2),
+SWEEP_FWD = [  # (block_q, block_k, warps, stages); the first is the default
+    (128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 4, 3),
+    (128, 64, 8, 2),
 ]
-SWEEP_BWD = [  # (block_q_dq, block_k_dq, block_q_dkv, block_k_dkv, warps, stages)
-    (128, 128, 64, 128, 8, 2), (64, 64, 64, 64, 4, 3), (128, 64, 64, 128, 8, 2),
-    (64, 128, 64, 128, 8, 2), (128, 128, 128, 128, 8, 2), (64, 64, 32, 128, 4, 2),
-    (128, 64, 64, 64, 8, 3),
-]
+# The backward's two kernels, timed one by one: tiles of the dq kernel and of the dk/dv kernel,
+# each under every launch (warps, stages); the backward takes the best dq and dk/dv pair sharing
+# one launch (both kernels take BlockSizes' num_warps_bwd, num_stages_bwd). 128 x 128 tiles past
+# 2 stages exceed an H100's shared memory.
+SWEEP_DQ = [(128, 64), (128, 128), (64, 64), (128, 32)]
+SWEEP_DKV = [(64, 128), (32, 128), (64, 64)]
+SWEEP_LAUNCH_BWD = [(8, 3), (8, 2), (4, 3), (4, 2)]
+ORDERS = {"grouped (256)": 256, "grouped (132)": 132, "grouped (528)": 528,
+          "heads fastest": 10 ** 9}  # gpu_order.GROUP_PROGRAMS; 10**9: one group of all
 
 
-def sweep(key, s, repeats, log, interpret):
-    """Best forward and backward BlockSizes at sequence length ``s`` (kernels alone)."""
-    runs, best = [], {}
-    for part, configs in (("fwd", SWEEP_FWD), ("bwd", SWEEP_BWD)):
-        for cfg in configs[:2] if interpret else configs:
-            if part == "fwd":
-                bq, bk, w, st = cfg
-                blocks = rk.BlockSizes(block_q=bq, block_k=bk, num_warps=w, num_stages=st)
-                fn, mult = kernel_fwd_time, 1.0
-            else:
-                bq, bk, bqd, bkd, w, st = cfg
-                blocks = rk.BlockSizes(block_q_dq=bq, block_k_dq=bk, block_q_dkv=bqd,
-                                       block_k_dkv=bkd, num_warps_bwd=w, num_stages_bwd=st)
-                fn, mult = kernel_bwd_time, 2.5
+def backward_part(key, s, blocks, part, repeats):
+    """Median seconds of one backward kernel alone, 'dq' or 'dkv'."""
+    q, k, v, do = kernel_inputs(key, s)
+    fwd, _ = kernel_fns(s, blocks)
+    out, lse = jax.jit(fwd)(q, k, v)
+    delta = jnp.einsum("bhrd,bhrd->bhr", out.astype(jnp.float32), do.astype(jnp.float32))
+    spec = blockwise.TileSpec(True, 1, 128, 128)
+    pos = jnp.arange(s, dtype=jnp.int32)
+    launch = blocks.launch(backward=True)
+
+    def run(q, k, v, do, lse, delta):
+        g = pallas_gpu.GradInputs((q, k, v, do, lse, delta, pos, pos), spec, False)
+        zero = jnp.zeros(q.shape, jnp.float32)
+        if part == "dq":
+            return pallas_gpu.grad_dq(g, zero, blocks, launch, INTERPRET)
+        return pallas_gpu.grad_dkv(g, zero, zero, blocks, launch, INTERPRET)
+
+    return timed(run, (q, k, v, do, lse, delta), repeats)
+
+
+def try_time(log, what, fn, *args):
+    try:
+        return fn(*args)
+    except Exception as e:  # a config Triton cannot compile (shared memory, registers)
+        log(f"{what}: failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
+        return None
+
+
+def sweep(key, s, repeats, log, interpret, deadline):
+    """Best forward and backward BlockSizes at sequence length ``s`` (kernels alone), and the
+    forward under each launch order. Stops early (keeping the defaults) past ``deadline``."""
+    runs, f = [], flops_forward(s)
+    defaults = pallas_gpu._blocks(None, D, jnp.bfloat16)
+    fwd_best = (None, defaults)
+    for name, group in ORDERS.items():
+        if time.time() > deadline:
+            break
+        gpu_order.GROUP_PROGRAMS = group
+        try:
+            t = try_time(log, f"order {name}", kernel_fwd_time, key, s, defaults, repeats)
+        finally:
+            gpu_order.GROUP_PROGRAMS = 256
+        if t:
+            runs.append(dict(part="order", order=name, group=group, seconds=t))
+            log(f"order fwd S={s} {name}: {f / t / 1e12:.0f} TFLOP/s")
+    for cfg in SWEEP_FWD[:2] if interpret else SWEEP_FWD:
+        if time.time() > deadline:
+            break
+        bq, bk, w, st = cfg
+        blocks = dataclasses.replace(defaults, block_q=bq, block_k=bk, num_warps=w, num_stages=st)
+        t = try_time(log, f"sweep fwd {cfg}", kernel_fwd_time, key, s, blocks, repeats)
+        if t:
+            runs.append(dict(part="fwd", config=list(cfg), seconds=t))
+            log(f"sweep fwd S={s} {cfg}: {f / t / 1e12:.0f} TFLOP/s")
+            if fwd_best[0] is None or t < fwd_best[0]:
+                fwd_best = (t, blocks)
+
+    bwd_best = (None, defaults)
+    for launch in SWEEP_LAUNCH_BWD[:1] if interpret else SWEEP_LAUNCH_BWD:
+        best = {}  # part -> (seconds, tiles)
+        for part, fields, tiles_list in (("dq", ("block_q_dq", "block_k_dq"), SWEEP_DQ),
+                                         ("dkv", ("block_q_dkv", "block_k_dkv"), SWEEP_DKV)):
+            for tiles in tiles_list[:1] if interpret else tiles_list:
+                if time.time() > deadline:
+                    break
+                blocks = dataclasses.replace(defaults, **dict(zip(fields, tiles)),
+                                             num_warps_bwd=launch[0], num_stages_bwd=launch[1])
+                t = try_time(log, f"sweep {part} {tiles} {launch}", backward_part, key, s,
+                             blocks, part, repeats)
+                if t:
+                    runs.append(dict(part=part, tiles=list(tiles), launch=list(launch), seconds=t))
+                    log(f"sweep {part} S={s} tiles {tiles} launch {launch}: {t * 1e3:.2f} ms")
+                    best[part] = min(best.get(part, (t, tiles)), (t, tiles))
+        if len(best) == 2:
+            (tq, (bq, bk)), (tk, (bqd, bkd)) = best["dq"], best["dkv"]
+            log(f"backward dq {bq}x{bk}, dk/dv {bqd}x{bkd}, launch {launch}: "
+                f"{2.5 * f / (tq + tk) / 1e12:.0f} TFLOP/s")
+            if bwd_best[0] is None or tq + tk < bwd_best[0]:
+                bwd_best = (tq + tk, dataclasses.replace(
+                    defaults, block_q_dq=bq, block_k_dq=bk, block_q_dkv=bqd, block_k_dkv=bkd,
+                    num_warps_bwd=launch[0], num_stages_bwd=launch[1]))
+    return runs, {"fwd": fwd_best, "bwd": bwd_best}
+
+
+def order_grid(key, seqs, groups, repeats, log):
+    """Forward and backward kernels (default sizes) under each launch order, with cuDNN, per S."""
+    blocks = pallas_gpu._blocks(None, D, jnp.bfloat16)
+    rows = []
+    for s in seqs:
+        reps = max(3, repeats if s <= 16384 else repeats // 2)
+        f = flops_forward(s)
+        try:
+            c_fwd, c_both = user_times(key, s, "cudnn", reps)
+        except Exception as e:
+            log(f"cudnn S={s} failed: {type(e).__name__}: {str(e)[:200]}")
+            c_fwd = c_both = None
+        row = dict(seq=s, cudnn_fwd_s=c_fwd, cudnn_fwdbwd_s=c_both, orders=[])
+        line = [f"S={s:6d} cudnn fwd {f / c_fwd / 1e12:4.0f} bwd "
+                f"{2.5 * f / (c_both - c_fwd) / 1e12:4.0f} |" if c_fwd else f"S={s:6d} |"]
+        for group in groups:
+            gpu_order.GROUP_PROGRAMS = group
             try:
-                t = fn(key, s, blocks, repeats)
-            except Exception as e:  # a config Triton cannot compile (shared memory, registers)
-                log(f"sweep {part} {cfg}: failed: {type(e).__name__}: "
-                    f"{str(e).splitlines()[0][:160]}")
-                continue
-            runs.append(dict(part=part, config=list(cfg), seconds=t))
-            log(f"sweep {part} S={s} {cfg}: {mult * flops_forward(s) / t / 1e12:.0f} TFLOP/s")
-            if part not in best or t < best[part][0]:
-                best[part] = (t, blocks)
-    return runs, best
+                t_f = try_time(log, f"fwd S={s} group {group}", kernel_fwd_time, key, s, blocks,
+                               reps)
+                t_b = try_time(log, f"bwd S={s} group {group}", kernel_bwd_time, key, s, blocks,
+                               reps)
+            finally:
+                gpu_order.GROUP_PROGRAMS = 256
+            row["orders"].append(dict(group=group, fwd_s=t_f, bwd_s=t_b))
+            line.append(f"g{group}: fwd {f / t_f / 1e12 if t_f else 0:4.0f} "
+                        f"bwd {2.5 * f / t_b / 1e12 if t_b else 0:4.0f}")
+        log(" ".join(line))
+        rows.append(row)
+    return rows
 
 
 def main():
@@ -285,8 +399,16 @@ def main():
     ap.add_argument("--xla-max", type=int, default=16384, help="longest S timed with impl='xla'")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"))
-    ap.add_argument("--sweep-seq", type=int, default=16384)
+    ap.add_argument("--sweep-seq", type=int, default=32768)
+    ap.add_argument("--sweep-budget", type=float, default=270,
+                    help="seconds the sweep may take before it keeps what it has")
+    ap.add_argument("--yardsticks", action="store_true",
+                    help="also time the forward of JAX's own Pallas flash attentions: Triton "
+                         "(ops.gpu.attention) and Mosaic GPU (ops.gpu.attention_mgpu, Hopper)")
     ap.add_argument("--interpret", action="store_true", help="dry run on CPU in interpret mode")
+    ap.add_argument("--order-grid", default="",
+                    help="comma-separated GROUP_PROGRAMS values: time the default kernels under "
+                         "each launch order at every S (and cuDNN), instead of sweep and table")
     args = ap.parse_args()
     global INTERPRET
     INTERPRET = args.interpret
@@ -310,12 +432,15 @@ def main():
     log(f"bf16 matmul 8192^3: {rate:.0f} TFLOP/s")
     write(result, lines, args.out)
 
-    runs, best = sweep(key, args.sweep_seq, args.repeats, log, INTERPRET)
+    if args.order_grid:
+        result["order_grid"] = order_grid(key, [int(x) for x in args.seqs.split(",")],
+                                          [int(x) for x in args.order_grid.split(",")],
+                                          args.repeats, log)
+        return write(result, lines, args.out)
+    runs, best = sweep(key, args.sweep_seq, args.repeats, log, INTERPRET,
+                       time.time() + args.sweep_budget)
     result["sweep"] = dict(seq=args.sweep_seq, runs=runs)
     write(result, lines, args.out)
-    if len(best) < 2:
-        log("no configuration ran")
-        return write(result, lines, args.out)
     blocks, bwd_blocks = best["fwd"][1], best["bwd"][1]
     result["best"] = dict(forward=dataclasses.asdict(blocks), backward=dataclasses.asdict(bwd_blocks))
     log(f"best forward {blocks}; best backward {bwd_blocks}")
@@ -329,15 +454,22 @@ def main():
         row = dict(seq=s, fwd_flop=flops_forward(s))
         try:
             row["kernel_fwd_s"] = kernel_fwd_time(key, s, blocks, reps)
+            gpu_order.GROUP_PROGRAMS = 10 ** 9  # the earlier order: all heads' tiles interleaved
+            try:
+                row["kernel_fwd_heads_fastest_s"] = kernel_fwd_time(key, s, blocks, reps)
+            finally:
+                gpu_order.GROUP_PROGRAMS = 256
             row["kernel_bwd_s"] = kernel_bwd_time(key, s, bwd_blocks, reps)
             if not INTERPRET:
                 row["cudnn_fwd_s"], row["cudnn_fwdbwd_s"] = user_times(key, s, "cudnn", reps)
             row["ring_fwd_s"], row["ring_fwdbwd_s"] = user_times(key, s, "pallas", reps,
                                                                  ring_blocks)
-            try:
-                row["jaxpallas_fwd_s"], _ = user_times(key, s, "jax-pallas", reps, backward=False)
-            except Exception as e:
-                log(f"jax's Pallas mha at S={s} failed: {type(e).__name__}: {str(e)[:200]}")
+            for impl in ("jax-pallas", "jax-mgpu") if args.yardsticks else ():
+                try:
+                    row[impl.replace("-", "") + "_fwd_s"], _ = user_times(key, s, impl, reps,
+                                                                          backward=False)
+                except Exception as e:
+                    log(f"{impl} at S={s} failed: {type(e).__name__}: {str(e)[:200]}")
             if s <= args.xla_max:
                 row["xla_fwd_s"], row["xla_fwdbwd_s"] = user_times(
                     key, s, "xla", 3, backward=s <= args.xla_max // 2)
@@ -349,11 +481,12 @@ def main():
                                      if row.get(name) else "     -")
         cudnn_bwd = (row["cudnn_fwdbwd_s"] - row["cudnn_fwd_s"]) if "cudnn_fwdbwd_s" in row else None
         row["cudnn_bwd_s"] = cudnn_bwd
-        log(f"S={s:6d} TFLOP/s  kernel fwd {tf('kernel_fwd_s')} bwd {tf('kernel_bwd_s', 2.5)} | "
+        log(f"S={s:6d} TFLOP/s  kernel fwd {tf('kernel_fwd_s')} (heads fastest "
+            f"{tf('kernel_fwd_heads_fastest_s')}) bwd {tf('kernel_bwd_s', 2.5)} | "
             f"cudnn fwd {tf('cudnn_fwd_s')} bwd {tf('cudnn_bwd_s', 2.5)} | ring(pallas) fwd "
             f"{tf('ring_fwd_s')} fwd+bwd {tf('ring_fwdbwd_s', 3.5)} | ring(xla) fwd "
-            f"{tf('xla_fwd_s')} fwd+bwd {tf('xla_fwdbwd_s', 3.5)} | jax's pallas mha fwd "
-            f"{tf('jaxpallas_fwd_s')}")
+            f"{tf('xla_fwd_s')} fwd+bwd {tf('xla_fwdbwd_s', 3.5)} | jax's pallas fwd: triton "
+            f"{tf('jaxpallas_fwd_s')} mosaic {tf('jaxmgpu_fwd_s')}")
         result["table"] = table
         write(result, lines, args.out)
     result["table"] = table
