@@ -265,6 +265,9 @@ def user_times(key, s, impl, repeats, blocks=None, backward=True):
 SWEEP_FWD = [  # (block_q, block_k, warps, stages); the first is the default
     (128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 4, 3),
     (128, 64, 8, 2),
+    # Not yet timed: 256-row tiles halve the K/V each row streams and give each program more
+    # independent work (two or four warpgroups' rows) to overlap exponentials with matmuls.
+    (256, 64, 8, 3), (256, 64, 16, 2), (256, 128, 16, 2),
 ]
 # The backward's two kernels, timed one by one: tiles of the dq kernel and of the dk/dv kernel,
 # each under every launch (warps, stages); the backward takes the best dq and dk/dv pair sharing
