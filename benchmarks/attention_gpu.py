@@ -6,20 +6,19 @@
    float64 reference (numpy on the host) and against ``impl="xla"`` on the GPU; float32 and bf16;
    causal, GQA, segments, two folds of zigzag KV blocks into one carry.
 2. The same-run bf16 matmul rate (8192^3), the ceiling the kernels are judged against.
-3. A sweep at 32K (``--sweep-seq``, capped at ``--sweep-budget`` seconds): the forward under four
-   launch orders (``gpu_order.GROUP_PROGRAMS``) and forward tiles and launches; the dq and dk/dv
-   kernels timed apart, per tile and launch.
+3. A sweep at 32K (``--sweep-seq``, capped at ``--sweep-budget`` seconds; 0 skips it): forward
+   tiles and launches, then the dq and dk/dv kernels timed apart, per tile and launch.
 4. With the best sizes, for S = 8K..64K (bf16, batch 1, 16 heads, head_dim 128, causal): medians
    of
-   - the kernels alone on heads-major inputs (``pallas_gpu.fold_block`` / ``grad_block``), the
-     forward also in the heads-fastest launch order,
+   - the kernels alone on heads-major inputs (``pallas_gpu.fold_block`` / ``grad_block``),
    - ``ringkit.ring_attention(impl="pallas")`` as a user calls it (sp = 1, layout permutes and
      head transposes included), and ``impl="xla"`` where it runs in reasonable time,
    - ``jax.nn.dot_product_attention(implementation="cudnn")``, and with ``--yardsticks`` the
      forward of JAX's own Pallas flash attentions, Triton (``ops.gpu.attention.mha``) and Mosaic
      GPU (``ops.gpu.attention_mgpu``: does a Hopper-specific kernel pay?).
    Flops: forward ``4 * b * h * S^2 * d / 2`` (causal triangle), backward 2.5x that.
-``--order-grid 256,1024,...`` replaces 3-4 by the default kernels under each launch order, per S.
+``--order-grid 256,1024,...`` replaces 3-4 by the default kernels under each launch order
+(``gpu_order.GROUP_PROGRAMS``; 10**9 = heads fastest), per S, with cuDNN.
 Writes ``attention-gpu-<timestamp>.json`` and ``.md`` into ``--out``. ``--interpret`` runs the
 same script on CPU in interpret mode at toy sizes (a dry run before spending GPU time).
 """
@@ -32,7 +31,6 @@ import datetime
 import json
 import math
 import pathlib
-import statistics
 import sys
 import time
 import traceback
@@ -44,31 +42,18 @@ import numpy as np
 import ringkit as rk
 from ringkit.attention import blockwise, gpu_order, pallas_gpu
 from ringkit.attention.layouts import device_positions
+from ringkit.bench import median_seconds
 
 H, D = 16, 128
 INTERPRET = False  # --interpret: the GPU kernels in interpret mode, for a dry run on CPU
 
 
-SAMPLE_S = 0.02  # each timed sample spans at least this long
-
-
 def timed(fn, args, repeats):
-    """Median seconds per call of ``fn(*args)`` (jitted, warmed up). Each sample queues enough
-    calls back to back to span SAMPLE_S and synchronises on the last, keeping the host's
-    dispatch and wait out of sub-millisecond kernels' times (with one call per sample, the 8K
-    rows of the same code swung by 10-15% between runs; benchmarks/README.md)."""
+    """Median seconds per call of ``fn(*args)``, jitted and warmed up; each sample queues calls
+    until it spans 20 ms (``ringkit.bench.median_seconds``)."""
     f = jax.jit(fn)
-    jax.block_until_ready(f(*args))
-    t0 = time.perf_counter()
-    jax.block_until_ready(f(*args))
-    calls = max(1, math.ceil(SAMPLE_S / max(time.perf_counter() - t0, 1e-6)))
-    runs = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        outs = [f(*args) for _ in range(calls)]
-        jax.block_until_ready(outs)
-        runs.append((time.perf_counter() - t0) / calls)
-    return statistics.median(runs)
+    jax.block_until_ready(f(*args))  # compile outside the timing
+    return median_seconds(lambda: f(*args), repeats)
 
 
 def rel(x, ref):
@@ -276,8 +261,6 @@ SWEEP_FWD = [  # (block_q, block_k, warps, stages); the first is the default
 SWEEP_DQ = [(128, 64), (128, 128), (64, 64), (128, 32)]
 SWEEP_DKV = [(64, 128), (32, 128), (64, 64)]
 SWEEP_LAUNCH_BWD = [(8, 3), (8, 2), (4, 3), (4, 2)]
-ORDERS = {"grouped (256)": 256, "grouped (132)": 132, "grouped (528)": 528,
-          "heads fastest": 10 ** 9}  # gpu_order.GROUP_PROGRAMS; 10**9: one group of all
 
 
 def backward_part(key, s, blocks, part, repeats):
@@ -309,22 +292,11 @@ def try_time(log, what, fn, *args):
 
 
 def sweep(key, s, repeats, log, interpret, deadline):
-    """Best forward and backward BlockSizes at sequence length ``s`` (kernels alone), and the
-    forward under each launch order. Stops early (keeping the defaults) past ``deadline``."""
+    """Best forward and backward BlockSizes at sequence length ``s`` (kernels alone). Stops
+    early past ``deadline``, keeping the defaults for what it has not finished."""
     runs, f = [], flops_forward(s)
     defaults = pallas_gpu._blocks(None, D, jnp.bfloat16)
     fwd_best = (None, defaults)
-    for name, group in ORDERS.items():
-        if time.time() > deadline:
-            break
-        gpu_order.GROUP_PROGRAMS = group
-        try:
-            t = try_time(log, f"order {name}", kernel_fwd_time, key, s, defaults, repeats)
-        finally:
-            gpu_order.GROUP_PROGRAMS = 256
-        if t:
-            runs.append(dict(part="order", order=name, group=group, seconds=t))
-            log(f"order fwd S={s} {name}: {f / t / 1e12:.0f} TFLOP/s")
     for cfg in SWEEP_FWD[:2] if interpret else SWEEP_FWD:
         if time.time() > deadline:
             break
@@ -403,7 +375,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"))
     ap.add_argument("--sweep-seq", type=int, default=32768)
-    ap.add_argument("--sweep-budget", type=float, default=270,
+    ap.add_argument("--sweep-budget", type=float, default=200,
                     help="seconds the sweep may take before it keeps what it has")
     ap.add_argument("--yardsticks", action="store_true",
                     help="also time the forward of JAX's own Pallas flash attentions: Triton "
@@ -457,11 +429,6 @@ def main():
         row = dict(seq=s, fwd_flop=flops_forward(s))
         try:
             row["kernel_fwd_s"] = kernel_fwd_time(key, s, blocks, reps)
-            gpu_order.GROUP_PROGRAMS = 10 ** 9  # the earlier order: all heads' tiles interleaved
-            try:
-                row["kernel_fwd_heads_fastest_s"] = kernel_fwd_time(key, s, blocks, reps)
-            finally:
-                gpu_order.GROUP_PROGRAMS = 256
             row["kernel_bwd_s"] = kernel_bwd_time(key, s, bwd_blocks, reps)
             if not INTERPRET:
                 row["cudnn_fwd_s"], row["cudnn_fwdbwd_s"] = user_times(key, s, "cudnn", reps)
@@ -484,8 +451,7 @@ def main():
                                      if row.get(name) else "     -")
         cudnn_bwd = (row["cudnn_fwdbwd_s"] - row["cudnn_fwd_s"]) if "cudnn_fwdbwd_s" in row else None
         row["cudnn_bwd_s"] = cudnn_bwd
-        log(f"S={s:6d} TFLOP/s  kernel fwd {tf('kernel_fwd_s')} (heads fastest "
-            f"{tf('kernel_fwd_heads_fastest_s')}) bwd {tf('kernel_bwd_s', 2.5)} | "
+        log(f"S={s:6d} TFLOP/s  kernel fwd {tf('kernel_fwd_s')} bwd {tf('kernel_bwd_s', 2.5)} | "
             f"cudnn fwd {tf('cudnn_fwd_s')} bwd {tf('cudnn_bwd_s', 2.5)} | ring(pallas) fwd "
             f"{tf('ring_fwd_s')} fwd+bwd {tf('ring_fwdbwd_s', 3.5)} | ring(xla) fwd "
             f"{tf('xla_fwd_s')} fwd+bwd {tf('xla_fwdbwd_s', 3.5)} | jax's pallas fwd: triton "

@@ -1,6 +1,6 @@
 """Throughput on this machine, as ``ringkit bench`` reports it: ring attention and the model.
 
-Every timing is a median over ``repeats`` runs after a warm-up run (compilation excluded), and
+Every timing is a median over ``repeats`` samples after warm-up (compilation excluded), and
 every rate comes with a yardstick measured in the same call: the machine's matmul rate in the
 same dtype, and for attention ``jax.nn.dot_product_attention`` on one device (cuDNN's flash
 attention on GPUs for 16-bit inputs, XLA's otherwise). Ratios against them still compare when
@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from typing import Callable, Sequence
@@ -30,17 +31,29 @@ from ringkit.errors import ConfigError
 BASELINE_MAX_BYTES = 4 << 30
 
 
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``fn()`` (its result blocked on) over ``repeats`` runs after one
-    warm-up run."""
+def median_seconds(fn: Callable[[], object], repeats: int,
+                   min_sample_s: float = 0.02) -> float:
+    """Median seconds per call of ``fn()`` over ``repeats`` samples, after a warm-up call.
+
+    A sample queues calls back to back until it spans ``min_sample_s`` and blocks on their
+    results once, so a sub-millisecond kernel is not timed together with the host's dispatch
+    and wait (on an H100, one call per sample left 8K attention timings of identical code 15%
+    apart; benchmarks/README.md). Calls that take longer are timed one per sample, and so is
+    every call with ``min_sample_s=0``: then ``fn`` runs exactly ``repeats + 1`` times.
+    """
     if repeats < 1:
         raise ConfigError(f"repeats={repeats}: need at least 1")
     jax.block_until_ready(fn())
+    calls = 1
+    if min_sample_s > 0:  # one probe call sizes the samples
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        calls = max(1, math.ceil(min_sample_s / max(time.perf_counter() - start, 1e-6)))
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
+        jax.block_until_ready([fn() for _ in range(calls)])
+        times.append((time.perf_counter() - start) / calls)
     return statistics.median(times)
 
 
@@ -166,7 +179,9 @@ def _model_row(model, ids: list[int], decode_tokens: int, repeats: int) -> dict:
     prefill = median_seconds(lambda: run()[0], repeats)
     logits, cache = run()
     token = np.argmax(np.asarray(logits), axis=-1)[:, None]
-    decode = median_seconds(lambda: model.step(cache, token), decode_tokens)
+    # One step per sample: each takes a cache slot, and a step's latency, dispatch included, is
+    # what generation waits for.
+    decode = median_seconds(lambda: model.step(cache, token), decode_tokens, min_sample_s=0)
     return dict(tokens=len(ids), prefill_s=prefill, prefill_tokens_per_s=len(ids) / prefill,
                 decode_tokens_per_s=1 / decode)
 

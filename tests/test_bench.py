@@ -1,6 +1,7 @@
 """``ringkit.bench`` and ``ringkit bench``: what they time and report, and what they refuse."""
 
 import json
+import time
 
 import jax
 import numpy as np
@@ -55,6 +56,26 @@ def test_model_prefill_and_decode_rates():
     assert df.attrs["model"] == cfg.name and df.attrs["mesh"]["sp"] == 2
     with pytest.raises(ShapeError):
         bench.model(model, lengths=[cfg.context_length], decode_tokens=3)
+
+
+def test_short_calls_are_timed_in_batches():
+    """Calls much shorter than a sample are queued back to back: the per-call time stays right
+    and the host's wait is paid once per sample, not per call."""
+    calls = []
+
+    def short():  # ~2 ms
+        calls.append(1)
+        time.sleep(0.002)
+
+    seconds = bench.median_seconds(short, repeats=3, min_sample_s=0.04)
+    assert 0.0015 < seconds < 0.01
+    assert len(calls) >= 2 + 3 * 4  # warm-up, the probe, then at least 4 calls per sample
+    calls.clear()
+    bench.median_seconds(lambda: calls.append(time.sleep(0.03)), repeats=3, min_sample_s=0.02)
+    assert len(calls) == 2 + 3  # long calls: one per sample
+    calls.clear()
+    bench.median_seconds(short, repeats=3, min_sample_s=0)
+    assert len(calls) == 1 + 3  # stateful calls (a decode step takes a cache slot): exact count
 
 
 def test_bad_input():
