@@ -13,7 +13,7 @@ programs (two card-fulls), enough that the heavy-first order inside it still bal
 (benchmarks/launch_order.py simulates it: within 1% at 8K-64K).
 
 Measured on an H100 (benchmarks/README.md), the order barely matters: at 16K-64K the kernels
-ran within 4% of each other under groups of 132 to 4096 programs and heads fastest, about the
+ran within 5% of each other under groups of 132 to 4096 programs and heads fastest, about the
 run-to-run spread, with no order ahead in every run. So the kernels' gap to cuDNN is not K/V
 traffic. The grouped order stays: balanced, and what the GPU correctness checks ran.
 """
