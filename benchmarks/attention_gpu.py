@@ -339,7 +339,7 @@ def sweep(key, s, repeats, log, interpret, deadline):
 def order_grid(key, seqs, groups, repeats, log):
     """Forward and backward kernels (default sizes) under each launch order, with cuDNN, per S."""
     blocks = pallas_gpu._blocks(None, D, jnp.bfloat16)
-    rows = []
+    rows, default_group = [], gpu_order.GROUP_PROGRAMS
     for s in seqs:
         reps = max(3, repeats if s <= 16384 else repeats // 2)
         f = flops_forward(s)
@@ -359,7 +359,7 @@ def order_grid(key, seqs, groups, repeats, log):
                 t_b = try_time(log, f"bwd S={s} group {group}", kernel_bwd_time, key, s, blocks,
                                reps)
             finally:
-                gpu_order.GROUP_PROGRAMS = 256
+                gpu_order.GROUP_PROGRAMS = default_group
             row["orders"].append(dict(group=group, fwd_s=t_f, bwd_s=t_b))
             line.append(f"g{group}: fwd {f / t_f / 1e12 if t_f else 0:4.0f} "
                         f"bwd {2.5 * f / t_b / 1e12 if t_b else 0:4.0f}")
