@@ -2,9 +2,9 @@
 
     PYTHONPATH=. python3 benchmarks/attention_gpu.py --out results/    # on a GPU machine
 
-1. Correctness on the GPU, fresh random inputs: the kernels (forward, dq, dk/dv) against the
-   float64 reference (numpy on the host) and against ``impl="xla"`` on the GPU; float32 and bf16;
-   causal, GQA, segments, two folds of zigzag KV blocks into one carry.
+1. Correctness on the GPU (``gpu_checks.py``), fresh random inputs: the kernels (forward, dq,
+   dk/dv) against the float64 reference (numpy on the host) and against ``impl="xla"`` on the
+   GPU; float32 and bf16; causal, GQA, segments, two folds of zigzag KV blocks into one carry.
 2. The same-run bf16 matmul rate (8192^3), the ceiling the kernels are judged against.
 3. A sweep at 32K (``--sweep-seq``, capped at ``--sweep-budget`` seconds; 0 skips it): forward
    tiles and launches, then the dq and dk/dv kernels timed apart, per tile and launch.
@@ -41,8 +41,9 @@ import numpy as np
 
 import ringkit as rk
 from ringkit.attention import blockwise, gpu_order, pallas_gpu
-from ringkit.attention.layouts import device_positions
 from ringkit.bench import median_seconds
+
+from gpu_checks import check_correctness  # noqa: E402  (this script's folder is on sys.path)
 
 H, D = 16, 128
 INTERPRET = False  # --interpret: the GPU kernels in interpret mode, for a dry run on CPU
@@ -54,110 +55,6 @@ def timed(fn, args, repeats):
     f = jax.jit(fn)
     jax.block_until_ready(f(*args))  # compile outside the timing
     return median_seconds(lambda: f(*args), repeats)
-
-
-def rel(x, ref):
-    x, ref = np.asarray(x, np.float64), np.asarray(ref, np.float64)
-    if not np.isfinite(x).all():
-        return float("nan")
-    return float(np.abs(x - ref).max() / np.abs(ref).max())
-
-
-# ---------------------------------------------------------------------------------------------
-# 1. Correctness.
-
-
-def reference_f64(q, k, v, causal, seg, cot):
-    """Dense attention and its gradients in float64 numpy. q [b,s,hq,d], k/v [b,s,hkv,d]."""
-    q, k, v, cot = (np.asarray(x, np.float64) for x in (q, k, v, cot))
-    b, s, hq, d = q.shape
-    g = hq // k.shape[2]
-    kr, vr = np.repeat(k, g, axis=2), np.repeat(v, g, axis=2)
-    sc = np.einsum("bqhd,bkhd->bhqk", q, kr) / math.sqrt(d)
-    mask = np.ones((1, 1, s, s), bool)
-    if causal:
-        mask = mask & np.tril(np.ones((s, s), bool))[None, None]
-    if seg is not None:
-        mask = mask & (seg[:, None, :, None] == seg[:, None, None, :])
-    sc = np.where(mask, sc, -np.inf)
-    peak = sc.max(-1, keepdims=True)
-    peak = np.where(np.isfinite(peak), peak, 0.0)
-    p = np.exp(sc - peak)
-    tot = p.sum(-1, keepdims=True)
-    p = p / np.where(tot > 0, tot, 1.0)
-    out = np.einsum("bhqk,bkhd->bqhd", p, vr)
-    do = cot
-    dv = np.einsum("bhqk,bqhd->bkhd", p, do)
-    dp = np.einsum("bqhd,bkhd->bhqk", do, vr)
-    ds = p * (dp - (dp * p).sum(-1, keepdims=True))
-    dq = np.einsum("bhqk,bkhd->bqhd", ds, kr) / math.sqrt(d)
-    dk = np.einsum("bhqk,bqhd->bkhd", ds, q) / math.sqrt(d)
-    fold = lambda x: x.reshape(b, s, hq // g, g, d).sum(3)
-    return out, dq, fold(dk), fold(dv)
-
-
-def check_correctness(rng, log):
-    mesh = rk.make_mesh(sp=1, devices=jax.devices()[:1])
-    rows = []
-    cases = [  # (b, s, hq, hkv, d, causal, segments, dtype, tolerance)
-        (1, 1024, 4, 4, 128, True, False, jnp.float32, 1e-5),
-        (2, 512, 8, 2, 64, True, True, jnp.float32, 1e-5),
-        (1, 768, 6, 2, 80, False, True, jnp.float32, 1e-5),
-        (1, 2048, 8, 8, 128, True, False, jnp.bfloat16, 3e-2),
-        (2, 1024, 12, 4, 64, True, True, jnp.bfloat16, 3e-2),
-    ]
-    for b, s, hq, hkv, d, causal, seg, dtype, tol in cases:
-        s = s // 8 if INTERPRET else s  # toy sizes for the CPU dry run
-        q = rng.standard_normal((b, s, hq, d)).astype(np.float32)
-        k, v = (rng.standard_normal((b, s, hkv, d)).astype(np.float32) for _ in range(2))
-        sg = np.sort(rng.integers(0, 3, (b, s)), 1).astype(np.int32) if seg else None
-        cot = rng.standard_normal(q.shape).astype(np.float32)
-        args = [jnp.asarray(x, dtype) for x in (q, k, v)]
-        qd, kd, vd = (np.asarray(x, np.float32) for x in args)  # what the kernel actually sees
-        ref = reference_f64(qd, kd, vd, causal, sg, cot)
-        results = {}
-        for impl in ("pallas", "xla"):
-            fn = lambda q, k, v, impl=impl: rk.ring_attention(
-                q, k, v, mesh=mesh, causal=causal, segment_ids=sg, impl=impl,
-                interpret="gpu" if INTERPRET and impl == "pallas" else None)
-            out, pull = jax.vjp(fn, *args)
-            results[impl] = (out, *pull(jnp.asarray(cot, dtype)))
-        errs = [rel(x, r) for x, r in zip(results["pallas"], ref)]
-        vs_xla = [rel(x, r) for x, r in zip(results["pallas"], results["xla"])]
-        xla_errs = [rel(x, r) for x, r in zip(results["xla"], ref)]
-        ok = all(e <= tol for e in errs)
-        rows.append(dict(case=dict(b=b, s=s, hq=hq, hkv=hkv, d=d, causal=causal, segments=seg,
-                                   dtype=jnp.dtype(dtype).name),
-                         tol=tol, ok=ok, err_out_dq_dk_dv=errs, xla_err=xla_errs,
-                         pallas_vs_xla=vs_xla))
-        log(f"check b{b} s{s} {hq}q/{hkv}kv d{d} {'causal' if causal else 'full'}"
-            f"{' seg' if seg else ''} {jnp.dtype(dtype).name}: vs f64 "
-            + " ".join(f"{e:.1e}" for e in errs) + f" (xla {max(xla_errs):.1e}) "
-            + ("OK" if ok else f"FAIL > {tol}"))
-
-    # Two zigzag blocks folded into one carry, then finished, against one dense pass.
-    sp, n, g = 4, 512, 3
-    spec = blockwise.TileSpec(True, g, 128, 128)
-    qh = rng.standard_normal((1, 2, n * g, 64)).astype(np.float32) / 8
-    ks = [rng.standard_normal((1, 2, n, 64)).astype(np.float32) for _ in range(2)]
-    vs = [rng.standard_normal((1, 2, n, 64)).astype(np.float32) for _ in range(2)]
-    qp, kps = device_positions(2, n, sp, "zigzag"), [device_positions(j, n, sp, "zigzag")
-                                                      for j in (1, 2)]
-    carry = None
-    for kk, vv, kp in zip(ks, vs, kps):
-        carry = pallas_gpu.fold_block(jnp.asarray(qh), jnp.asarray(kk), jnp.asarray(vv), carry,
-                                      qp, kp, None, None, spec, interpret=INTERPRET)
-    out, _ = blockwise.finish(*carry, jnp.float32)
-    kk, vv, kp = np.concatenate(ks, 2), np.concatenate(vs, 2), np.concatenate(kps)
-    sc = np.einsum("bhrd,bhkd->bhrk", qh.astype(np.float64), kk)
-    vis = np.repeat(np.asarray(qp), g)[:, None] >= np.asarray(kp)[None, :]
-    sc = np.where(vis, sc, -np.inf)
-    p = np.exp(sc - sc.max(-1, keepdims=True))
-    want = np.einsum("bhrk,bhkd->bhrd", p / p.sum(-1, keepdims=True), vv)
-    e = rel(out, want)
-    rows.append(dict(case="two zigzag folds, GQA 3", err=e, ok=e <= 1e-5))
-    log(f"check two zigzag folds into one carry, GQA 3: {e:.1e} {'OK' if e <= 1e-5 else 'FAIL'}")
-    return rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,12 +101,16 @@ def kernel_fwd_time(key, s, blocks, repeats):
     return timed(kernel_fns(s, blocks)[0], (q, k, v), repeats)
 
 
-def kernel_bwd_time(key, s, blocks, repeats):
+def backward_inputs(key, s, blocks):
+    """``(q, k, v, do, lse, delta)`` for the backward kernels, lse from the forward kernel."""
     q, k, v, do = kernel_inputs(key, s)
-    fwd, bwd = kernel_fns(s, blocks)
-    out, lse = jax.jit(fwd)(q, k, v)
+    out, lse = jax.jit(kernel_fns(s, blocks)[0])(q, k, v)
     delta = jnp.einsum("bhrd,bhrd->bhr", out.astype(jnp.float32), do.astype(jnp.float32))
-    return timed(bwd, (q, k, v, do, lse, delta), repeats)
+    return q, k, v, do, lse, delta
+
+
+def kernel_bwd_time(key, s, blocks, repeats):
+    return timed(kernel_fns(s, blocks)[1], backward_inputs(key, s, blocks), repeats)
 
 
 def user_times(key, s, impl, repeats, blocks=None, backward=True):
@@ -265,10 +166,6 @@ SWEEP_LAUNCH_BWD = [(8, 3), (8, 2), (4, 3), (4, 2)]
 
 def backward_part(key, s, blocks, part, repeats):
     """Median seconds of one backward kernel alone, 'dq' or 'dkv'."""
-    q, k, v, do = kernel_inputs(key, s)
-    fwd, _ = kernel_fns(s, blocks)
-    out, lse = jax.jit(fwd)(q, k, v)
-    delta = jnp.einsum("bhrd,bhrd->bhr", out.astype(jnp.float32), do.astype(jnp.float32))
     spec = blockwise.TileSpec(True, 1, 128, 128)
     pos = jnp.arange(s, dtype=jnp.int32)
     launch = blocks.launch(backward=True)
@@ -280,7 +177,7 @@ def backward_part(key, s, blocks, part, repeats):
             return pallas_gpu.grad_dq(g, zero, blocks, launch, INTERPRET)
         return pallas_gpu.grad_dkv(g, zero, zero, blocks, launch, INTERPRET)
 
-    return timed(run, (q, k, v, do, lse, delta), repeats)
+    return timed(run, backward_inputs(key, s, blocks), repeats)
 
 
 def try_time(log, what, fn, *args):
@@ -295,7 +192,7 @@ def sweep(key, s, repeats, log, interpret, deadline):
     """Best forward and backward BlockSizes at sequence length ``s`` (kernels alone). Stops
     early past ``deadline``, keeping the defaults for what it has not finished."""
     runs, f = [], flops_forward(s)
-    defaults = pallas_gpu._blocks(None, D, jnp.bfloat16)
+    defaults = rk.attention.gpu_defaults(D, 2)  # bf16
     fwd_best = (None, defaults)
     for cfg in SWEEP_FWD[:2] if interpret else SWEEP_FWD:
         if time.time() > deadline:
@@ -338,7 +235,7 @@ def sweep(key, s, repeats, log, interpret, deadline):
 
 def order_grid(key, seqs, groups, repeats, log):
     """Forward and backward kernels (default sizes) under each launch order, with cuDNN, per S."""
-    blocks = pallas_gpu._blocks(None, D, jnp.bfloat16)
+    blocks = rk.attention.gpu_defaults(D, 2)  # bf16
     rows, default_group = [], gpu_order.GROUP_PROGRAMS
     for s in seqs:
         reps = max(3, repeats if s <= 16384 else repeats // 2)
@@ -400,7 +297,7 @@ def main():
     result = dict(device=dev.device_kind, jax=jax.__version__, heads=H, head_dim=D,
                   when=datetime.datetime.now().isoformat(timespec="seconds"))
     try:
-        result["correctness"] = check_correctness(rng, log)
+        result["correctness"] = check_correctness(rng, log, INTERPRET)
     except Exception:
         log("correctness check crashed:\n" + traceback.format_exc())
     result["matmul_tflops_start"] = rate = matmul_rate(key)
@@ -417,7 +314,8 @@ def main():
     result["sweep"] = dict(seq=args.sweep_seq, runs=runs)
     write(result, lines, args.out)
     blocks, bwd_blocks = best["fwd"][1], best["bwd"][1]
-    result["best"] = dict(forward=dataclasses.asdict(blocks), backward=dataclasses.asdict(bwd_blocks))
+    result["best"] = dict(forward=dataclasses.asdict(blocks),
+                          backward=dataclasses.asdict(bwd_blocks))
     log(f"best forward {blocks}; best backward {bwd_blocks}")
     # The ring as a user calls it: forward tiles from the forward sweep, the rest from the backward.
     ring_blocks = dataclasses.replace(bwd_blocks, block_q=blocks.block_q, block_k=blocks.block_k,
@@ -449,8 +347,8 @@ def main():
         f = row["fwd_flop"]
         tf = lambda name, mult=1.0: (f"{mult * f / row[name] / 1e12:6.0f}"
                                      if row.get(name) else "     -")
-        cudnn_bwd = (row["cudnn_fwdbwd_s"] - row["cudnn_fwd_s"]) if "cudnn_fwdbwd_s" in row else None
-        row["cudnn_bwd_s"] = cudnn_bwd
+        row["cudnn_bwd_s"] = (row["cudnn_fwdbwd_s"] - row["cudnn_fwd_s"]
+                              if "cudnn_fwdbwd_s" in row else None)
         log(f"S={s:6d} TFLOP/s  kernel fwd {tf('kernel_fwd_s')} bwd {tf('kernel_bwd_s', 2.5)} | "
             f"cudnn fwd {tf('cudnn_fwd_s')} bwd {tf('cudnn_bwd_s', 2.5)} | ring(pallas) fwd "
             f"{tf('ring_fwd_s')} fwd+bwd {tf('ring_fwdbwd_s', 3.5)} | ring(xla) fwd "
