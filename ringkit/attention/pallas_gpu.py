@@ -233,7 +233,8 @@ def _dkv_kernel(*refs, order, causal, has_seg, block_r):
 
 
 def _blocks(blocks: BlockSizes | None, head_dim: int, dtype) -> BlockSizes:
-    return (blocks or BlockSizes()).filled(gpu_defaults(head_dim, jnp.dtype(dtype).itemsize))
+    blocks = blocks or BlockSizes()
+    return blocks.filled(gpu_defaults(head_dim, jnp.dtype(dtype).itemsize, blocks.gpu_forward))
 
 
 def _pad_head_dim(*xs):
@@ -277,6 +278,11 @@ def fold_block(q, k, v, carry, q_pos, k_pos, seg_q, seg_k, spec: blockwise.TileS
     """
     b, h, r, d = q.shape
     blocks = _blocks(blocks, d, q.dtype)
+    if blocks.gpu_forward == "mosaic":
+        from ringkit.attention import pallas_mgpu  # it builds on this module's bounds
+        return pallas_mgpu.fold_block(
+            q, k, v, carry, q_pos, k_pos, seg_q, seg_k, spec, final_dtype=final_dtype,
+            sizes=pallas_mgpu.MosaicSizes(blocks.block_k, blocks.num_stages), interpret=interpret)
     nk = k.shape[2]
     br, bk = _fit(blocks.block_q, r, "rows per device"), _fit(blocks.block_k, nk, "keys per device")
     q_rows, seg_rows = _row_inputs(q_pos, seg_q, spec.groups)

@@ -24,6 +24,7 @@ from ringkit.mesh import MESH_AXES, require_axes
 
 DEFAULT_BLOCK = 256  # tiles of 256 x 256 keep 8 CPU devices inside the caches (benchmarks/README.md)
 IMPLS = ("auto", "xla", "pallas")
+GPU_FORWARDS = ("triton", "mosaic")
 INTERPRET = (None, "gpu", "tpu")
 KERNELS = {"xla": "XLA blockwise tiles", "gpu": "Pallas GPU (Triton) kernels",
            "tpu": "Pallas TPU (Mosaic) kernels"}
@@ -40,6 +41,12 @@ class BlockSizes:
     tiles of >= 128). A tile larger than what a device holds shrinks to fit. ``num_warps`` and
     ``num_stages`` (Triton's software-pipelining depth) launch the GPU forward kernel, the
     ``_bwd`` pair both GPU backward kernels; the TPU kernels ignore them.
+
+    ``gpu_forward="mosaic"`` runs the GPU forward as a warp-specialized Mosaic GPU kernel for
+    Hopper (``pallas_mgpu``; 16-bit inputs, head_dim a multiple of 64) instead of Triton's. It
+    takes 128 rows per program (two warpgroups of 64), ``block_k`` keys per tile (64, 128 or 256)
+    and ``num_stages`` K/V tiles in flight; ``block_q`` and ``num_warps`` do not apply to it. The
+    backward stays on Triton.
 
     Every field left ``None`` takes the kernel's tuned default for the head dim and dtype
     (``gpu_defaults`` / ``tpu_defaults``), so ``BlockSizes(num_stages=2)`` changes that alone.
@@ -60,6 +67,7 @@ class BlockSizes:
     num_stages: int | None = None
     num_warps_bwd: int | None = None
     num_stages_bwd: int | None = None
+    gpu_forward: str | None = None  # 'triton' (default) or 'mosaic'
 
     def __post_init__(self):
         for name in ("block_q", "block_k", "block_q_dkv", "block_k_dkv", "block_q_dq",
@@ -76,6 +84,9 @@ class BlockSizes:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, numbers.Integral) or value < 1):
                 raise ConfigError(f"BlockSizes.{name}={value!r} must be a positive integer")
+        if self.gpu_forward not in (None, *GPU_FORWARDS):
+            raise ConfigError(f"BlockSizes.gpu_forward={self.gpu_forward!r} must be one of "
+                              f"{GPU_FORWARDS}")
 
     def filled(self, defaults: "BlockSizes") -> "BlockSizes":
         """These sizes with every ``None`` taken from ``defaults``."""
@@ -88,17 +99,24 @@ class BlockSizes:
                 else (self.num_warps, self.num_stages))
 
 
-def gpu_defaults(head_dim: int, itemsize: int) -> BlockSizes:
+def gpu_defaults(head_dim: int, itemsize: int, forward: str | None = None) -> BlockSizes:
     """Tuned GPU sizes. 16-bit inputs up to head_dim 128: the best of sweeps on an H100 at
     head_dim 128, the forward's at S = 16K and 32K, the backward kernels' at 32K
     (benchmarks/README.md). float32 tiles take twice the shared memory,
-    so they stay smaller; above head_dim 128 the tiles halve for the same reason."""
+    so they stay smaller; above head_dim 128 the tiles halve for the same reason. The Mosaic
+    forward (``forward="mosaic"``, not yet timed on a GPU) starts from 128-key tiles, 2 in flight,
+    the shape of JAX's own Mosaic GPU attention."""
     warps = 4 if head_dim <= 64 else 8
     if itemsize <= 2 and head_dim <= 128:
-        return BlockSizes(128, 128, 64, 128, 128, 64, warps, 3, warps, 3)
-    if head_dim <= 128:
-        return BlockSizes(128, 64, 64, 128, 128, 64, warps, 2, warps, 2)
-    return BlockSizes(64, 64, 32, 64, 64, 64, 8, 2, 8, 2)
+        blocks = BlockSizes(128, 128, 64, 128, 128, 64, warps, 3, warps, 3, "triton")
+    elif head_dim <= 128:
+        blocks = BlockSizes(128, 64, 64, 128, 128, 64, warps, 2, warps, 2, "triton")
+    else:
+        blocks = BlockSizes(64, 64, 32, 64, 64, 64, 8, 2, 8, 2, "triton")
+    if forward == "mosaic":
+        blocks = dataclasses.replace(blocks, block_q=128, block_k=128, num_stages=2,
+                                     gpu_forward="mosaic")
+    return blocks
 
 
 def tpu_defaults(head_dim: int, itemsize: int) -> BlockSizes:
@@ -221,19 +239,35 @@ def make_spec(q, k, v, segment_ids, *, mesh, causal, layout, scale, block_q, blo
     check_seq_len(s, sp, layout)
     local = s // sp
     chunk = local // chunks_per_device(layout)
+    blocks = _filled(kernel, block_sizes, d, q.dtype)
+    if blocks.gpu_forward == "mosaic":
+        from ringkit.attention import pallas_mgpu  # imports the GPU kernels, which import this
+        pallas_mgpu.check_sizes(q.dtype, d, local * (hq // hkv), local,
+                                interpret=interpret is not None)
+        if interpret is not None and mesh.size > 1:
+            raise ConfigError(
+                f"the Mosaic GPU forward's interpreter runs one device at a time, but the mesh "
+                f"has {mesh.size}: JAX's interpreter (jax 0.10) checks every simulated device's "
+                "barriers when one of them finishes, so several fail at random. Interpret it on "
+                "a one-device mesh (sp=1), or leave BlockSizes.gpu_forward unset")
     return RingSpec(
         mesh=mesh, causal=bool(causal), layout=layout,
         scale=float(1.0 / math.sqrt(d) if scale is None else scale),
         block_q=_block("block_q", block_q, local, chunk), block_k=_block("block_k", block_k, local, chunk),
         groups=hq // hkv, has_segments=segment_ids is not None, kernel=kernel,
-        interpret=interpret is not None, blocks=_filled(kernel, block_sizes, d, q.dtype),
+        interpret=interpret is not None, blocks=blocks,
     )
 
 
 def _filled(kernel: str, block_sizes, head_dim: int, dtype) -> BlockSizes:
     blocks = block_sizes or BlockSizes()
-    defaults = {"gpu": gpu_defaults, "tpu": tpu_defaults}.get(kernel)
-    return blocks.filled(defaults(head_dim, jnp.dtype(dtype).itemsize)) if defaults else blocks
+    itemsize = jnp.dtype(dtype).itemsize
+    if blocks.gpu_forward == "mosaic" and kernel != "gpu":
+        raise ConfigError(f"BlockSizes(gpu_forward='mosaic') picks a GPU kernel, but this call runs "
+                          f"the {KERNELS[kernel]}; drop it, or run on a GPU (or interpret='gpu')")
+    if kernel == "gpu":
+        return blocks.filled(gpu_defaults(head_dim, itemsize, blocks.gpu_forward))
+    return blocks.filled(tpu_defaults(head_dim, itemsize)) if kernel == "tpu" else blocks
 
 
 def describe(spec: RingSpec) -> str:
@@ -242,7 +276,11 @@ def describe(spec: RingSpec) -> str:
         b = spec.blocks
         tiles = (f"rows x keys {b.block_q}x{b.block_k} (dq {b.block_q_dq}x{b.block_k_dq}, dk/dv "
                  f"{b.block_q_dkv}x{b.block_k_dkv})")
-        if spec.kernel == "gpu":
+        if spec.kernel == "gpu" and b.gpu_forward == "mosaic":
+            tiles = (f"Mosaic GPU forward 2x64 rows x {b.block_k} keys, {b.num_stages} stages; "
+                     f"Triton backward dq {b.block_q_dq}x{b.block_k_dq}, dk/dv {b.block_q_dkv}x"
+                     f"{b.block_k_dkv}, {b.num_warps_bwd} warps x {b.num_stages_bwd} stages")
+        elif spec.kernel == "gpu":
             tiles += (f", {b.num_warps} warps x {b.num_stages} stages forward, "
                       f"{b.num_warps_bwd} x {b.num_stages_bwd} backward")
     else:

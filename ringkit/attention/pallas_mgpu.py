@@ -1,0 +1,359 @@
+"""The ring's forward block step as a warp-specialized Mosaic GPU kernel (Hopper, 16-bit inputs).
+
+Same contract as ``pallas_gpu.fold_block``, heads-major with GQA in rows:
+
+  q [b, h, r, d] (scaled), k, v [b, h, nk, d], q_pos [n], k_pos [nk], seg_q [b, n], seg_k [b, nk]
+  carry (o [b, h, r, d], m, l [b, h, r]) float32 in natural units, or None for a fresh one
+
+Why a second GPU forward: a Triton program runs a tile's exponentials and the next tile's
+matmuls one after the other, which caps the forward near 520 TFLOP/s on an H100 where cuDNN
+reaches 600+ (benchmarks/README.md). Here each program owns ``2 * block_q`` rows and runs three
+warpgroups: two compute warpgroups of ``block_q`` rows take turns on the tensor cores through a
+schedule barrier (one's softmax runs while the other's matmuls do), and a memory warpgroup
+streams K/V tiles with TMA into ``stages`` shared-memory slots, handing each over through a
+barrier and taking it back once both compute warpgroups are done with it.
+
+Tile visibility is decided outside the kernel, as in ``pallas_gpu``: per warpgroup, a run of
+fully visible key tiles without a mask, then masked tiles up to the last visible one. The memory
+warpgroup fetches the union of the two warpgroups' tiles; a warpgroup that ends early hands its
+remaining slots back unread.
+
+Interpret mode runs JAX's Mosaic GPU interpreter: the warpgroups as threads, the barriers, the TMA
+copies, masks, softmax and carry. That interpreter does not model ``wgmma`` from registers or on a
+transposed operand, nor layouts, so there the two matmuls are ``jnp`` dots and layout casts are
+identities (``_Ops``); the GPU path itself is checked by lowering it for CUDA (tests, no GPU
+needed) and on a GPU by ``benchmarks/gpu_checks.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+from ringkit.attention import blockwise
+from ringkit.attention.pallas_gpu import LN2, LOG2E, _row_bounds, _row_inputs
+from ringkit.errors import ConfigError
+
+BLOCK_Q = 64  # rows per compute warpgroup: one wgmma M tile
+COMPUTE_WGS = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class MosaicSizes:
+    """Tiles of the Mosaic forward: ``block_k`` keys per K/V tile, ``stages`` shared-memory
+    slots in flight. Rows per program are fixed at 2 x 64 (two compute warpgroups)."""
+
+    block_k: int = 128
+    stages: int = 2
+
+    def __post_init__(self):
+        if self.block_k not in (64, 128, 256):
+            raise ConfigError(f"Mosaic forward block_k={self.block_k!r} must be 64, 128 or 256")
+        if self.stages < 2:
+            raise ConfigError(f"Mosaic forward stages={self.stages!r} must be at least 2")
+
+
+def check_sizes(dtype, head_dim: int, rows: int, keys: int, *, interpret=False) -> None:
+    """Raise a ConfigError naming what the Mosaic forward cannot take (rows and keys per device;
+    interpret mode also takes float32, so tests can hold it to the float64 reference)."""
+    dtypes = [jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)]
+    if jnp.dtype(dtype) not in dtypes + ([jnp.dtype(jnp.float32)] if interpret else []):
+        raise ConfigError(f"the Mosaic GPU forward takes bfloat16 or float16 inputs, got {dtype}; "
+                          "leave BlockSizes.gpu_forward unset for the Triton forward")
+    if head_dim % 64:
+        raise ConfigError(f"the Mosaic GPU forward needs head_dim a multiple of 64, got "
+                          f"{head_dim}; leave BlockSizes.gpu_forward unset for the Triton forward")
+    if rows % (COMPUTE_WGS * BLOCK_Q) or keys % 64:
+        raise ConfigError(
+            f"the Mosaic GPU forward needs rows per device (positions x GQA group) a multiple of "
+            f"{COMPUTE_WGS * BLOCK_Q} and keys per device a multiple of 64, got {rows} rows and "
+            f"{keys} keys; pad the sequence (ringkit.pad_for_ring)")
+
+
+# ---------------------------------------------------------------------------------------------
+# What differs between the GPU and the interpreter: matmuls, layouts, shared-memory tiling.
+
+
+@dataclasses.dataclass(frozen=True)
+class _Ops:
+    interpret: bool
+
+    def layout(self, x, layout):
+        return x if self.interpret else plgpu.layout_cast(x, layout)
+
+    def load(self, ref, idx, layout):
+        """Global memory straight into registers (positions, segments, the carry: read once per
+        tile or program, so the unvectorized path is fine)."""
+        if self.interpret:
+            return ref[idx]
+        return plgpu.load(ref, idx, layout=layout, optimized=False)
+
+    def smem(self, shape, dtype):
+        """A [..., rows, 64 x k] 16-bit tile as wgmma and TMA want it: 128-byte swizzled."""
+        if self.interpret:
+            return plgpu.SMEM(shape, dtype)
+        swizzle = 128  # bytes: a 64-element row of 16-bit values
+        return plgpu.SMEM(shape, dtype, transforms=(
+            plgpu.TilingTransform((8, swizzle // jnp.dtype(dtype).itemsize)),
+            plgpu.SwizzleTransform(swizzle)))
+
+    def scores(self, q_smem, k_smem, issued):
+        """``q @ k.T`` [block_q, block_k] float32; ``issued()`` runs once the matmul is queued."""
+        if self.interpret:
+            s = lax.dot_general(q_smem[...], k_smem[...], (((1,), (1,)), ((), ())),
+                                preferred_element_type=jnp.float32)
+            issued()
+            return s
+
+        def body(acc_ref):
+            plgpu.wgmma(acc_ref, q_smem, plgpu.transpose_ref(k_smem, (1, 0)))
+            issued()
+            return acc_ref[...]
+
+        return pl.run_scoped(body, plgpu.ACC((q_smem.shape[0], k_smem.shape[0]), jnp.float32))
+
+    def accumulate(self, acc, p, v_smem, issued):
+        """``acc + p @ v``; ``issued()`` runs once the matmul is queued."""
+        if self.interpret:
+            out = acc + lax.dot_general(p, v_smem[...], (((1,), (0,)), ((), ())),
+                                        preferred_element_type=jnp.float32)
+            issued()
+            return out
+
+        def body(acc_ref):
+            plgpu.wgmma(acc_ref, p, v_smem)
+            issued()
+
+        return pl.run_state(body)(plgpu.ACC.init(acc))
+
+
+ROW = plgpu.Layout.WGMMA.reduce(1)  # one value per row of a [block_q, *] WGMMA tile
+COL = plgpu.Layout.WGMMA.reduce(0)  # one value per column
+TILE = plgpu.Layout.WGMMA
+
+
+def _bcast(x, shape, dim):
+    return lax.broadcast_in_dim(x, shape, (dim,))
+
+
+# ---------------------------------------------------------------------------------------------
+# The kernel. Grid (heads, row tiles of 2 x block_q, batch); warpgroup axis "wg".
+
+
+def _kernel(*refs, ops: _Ops, has_seg, fresh, final, block_k, stages, dtype):
+    it = iter(refs)
+    q_ref, k_ref, v_ref, qp_ref, kp_ref = (next(it) for _ in range(5))
+    sq_ref, sk_ref = (next(it), next(it)) if has_seg else (None, None)
+    lead_ref, end_ref = next(it), next(it)
+    o_in, m_in, l_in = (None,) * 3 if fresh else (next(it), next(it), next(it))
+    outs = [next(it) for _ in range(2 if final else 3)]
+    (q_smem, k_smem, v_smem), bars = next(it), next(it)
+    q_bar, k_bar, v_bar, k_free, v_free, turn = bars
+
+    b, h, t = lax.axis_index("batch"), lax.axis_index("heads"), lax.axis_index("rows")
+    wg = lax.axis_index("wg")
+    bq, d = q_smem.shape[1:]
+    steps = jnp.maximum(end_ref[2 * t], end_ref[2 * t + 1])  # tiles the program fetches
+
+    def take_turn():  # the ping-pong: wait until the other compute warpgroup has had its turn
+        plgpu.barrier_arrive(turn)
+        plgpu.barrier_wait(turn)
+
+    @pl.when(wg < COMPUTE_WGS)
+    def _compute():
+        plgpu.set_max_registers(232, action="increase")
+        tile = COMPUTE_WGS * t + wg
+        rows = pl.ds(tile * bq, bq)
+        lead, end = lead_ref[tile], end_ref[tile]
+        plgpu.copy_gmem_to_smem(q_ref.at[b, h, rows], q_smem.at[wg], q_bar.at[wg])
+        qp = ops.load(qp_ref, rows, ROW)
+        sq = ops.load(sq_ref, (b, rows), ROW) if has_seg else None
+        if fresh:
+            acc = ops.layout(jnp.zeros((bq, d), jnp.float32), TILE)
+            m2 = ops.layout(jnp.full((bq,), -jnp.inf, jnp.float32), ROW)
+            l = ops.layout(jnp.zeros((bq,), jnp.float32), ROW)
+        else:  # running max in base 2 inside the kernel
+            acc = ops.load(o_in, (b, h, rows), TILE)
+            m2 = ops.load(m_in, (b, h, rows), ROW) * LOG2E
+            l = ops.load(l_in, (b, h, rows), ROW)
+        plgpu.barrier_wait(q_bar.at[wg])
+
+        @pl.when(end > 0)
+        def _():
+            plgpu.barrier_wait(k_bar.at[0])
+
+        pl.when(wg == 1)(take_turn)  # warpgroup 0 goes first
+
+        def step(masked):
+            def body(j, carry):
+                acc, m2, l = carry
+                slot = lax.rem(j, jnp.int32(stages))
+                s = ops.scores(q_smem.at[wg], k_smem.at[slot], take_turn)
+                plgpu.barrier_arrive(k_free.at[slot])
+                mask = None
+                if masked:
+                    kp = ops.load(kp_ref, pl.ds(j * block_k, block_k), COL)
+                    mask = _bcast(qp, s.shape, 0) >= _bcast(kp, s.shape, 1)
+                if has_seg:
+                    sk = ops.load(sk_ref, (b, pl.ds(j * block_k, block_k)), COL)
+                    same = _bcast(sq, s.shape, 0) == _bcast(sk, s.shape, 1)
+                    mask = same if mask is None else mask & same
+                if mask is not None:
+                    s = jnp.where(mask, s, -jnp.inf)
+                m_new = jnp.maximum(m2, s.max(axis=1) * LOG2E)
+                # Rows with nothing visible yet keep a -inf max; only a mask can leave them so.
+                m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new) if mask is not None else m_new
+                alpha = jnp.exp2(m2 - m_safe)
+                p = jnp.exp2(s * LOG2E - _bcast(m_safe, s.shape, 0))
+                l = l * alpha + p.sum(axis=1)
+                acc = acc * _bcast(alpha, acc.shape, 0)
+                p16 = p.astype(dtype)
+                plgpu.barrier_arrive(turn)  # softmax done: the other warpgroup may issue
+                plgpu.barrier_wait(v_bar.at[slot])
+                plgpu.barrier_wait(turn)
+
+                def next_k():  # overlaps the wait for the next K tile with this matmul
+                    @pl.when(j + 1 < end)
+                    def _():
+                        plgpu.barrier_wait(k_bar.at[lax.rem(j + 1, jnp.int32(stages))])
+
+                acc = ops.accumulate(acc, p16, v_smem.at[slot], next_k)
+                plgpu.barrier_arrive(v_free.at[slot])
+                return acc, m_new, l
+
+            return body
+
+        carry = lax.fori_loop(0, lead, step(False), (acc, m2, l))
+        acc, m2, l = lax.fori_loop(lead, end, step(True), carry)
+
+        @pl.loop(end, steps)
+        def _hand_back(j):  # tiles only the other warpgroup reads: free them, keep the turns
+            slot = lax.rem(j, jnp.int32(stages))
+            # Every warpgroup observes every phase of a barrier it waits on, so the slot's phase
+            # parity stays the same for both (the interpreter checks this).
+            for ready, free in ((k_bar, k_free), (v_bar, v_free)):
+                plgpu.barrier_wait(ready.at[slot])
+                plgpu.barrier_arrive(free.at[slot])
+            take_turn()
+            take_turn()
+
+        pl.when(wg == 0)(take_turn)
+
+        # Results go straight from registers to global memory, except a 16-bit output tile,
+        # which leaves through Q's slot (no longer needed) by TMA.
+        if final:
+            out_ref, lse_ref = outs
+            seen = l > 0
+            safe_l = jnp.where(seen, l, 1.0)
+            out = acc * _bcast(1.0 / safe_l, acc.shape, 0)
+            lse_ref[b, h, rows] = jnp.where(seen, (m2 + jnp.log2(safe_l)) * LN2, -jnp.inf)
+            if out_ref.dtype == dtype:
+                q_smem[wg] = out.astype(dtype)
+                plgpu.commit_smem()
+                plgpu.copy_smem_to_gmem(q_smem.at[wg], out_ref.at[b, h, rows])
+                plgpu.wait_smem_to_gmem(0)
+            else:
+                out_ref[b, h, rows, :] = out.astype(out_ref.dtype)
+        else:
+            o_ref, m_ref, l_ref = outs
+            o_ref[b, h, rows, :] = acc
+            m_ref[b, h, rows] = m2 * LN2
+            l_ref[b, h, rows] = l
+
+    @pl.when(wg == COMPUTE_WGS)
+    def _memory():
+        plgpu.set_max_registers(40, action="decrease")
+
+        def fetch(j, slot, refill):
+            keys = pl.ds(j * block_k, block_k)
+            for src, dst, ready, free in ((k_ref, k_smem, k_bar, k_free),
+                                          (v_ref, v_smem, v_bar, v_free)):
+                if refill:  # both compute warpgroups are done with tile j - stages
+                    plgpu.barrier_wait(free.at[slot])
+                plgpu.copy_gmem_to_smem(src.at[b, h, keys], dst.at[slot], ready.at[slot])
+
+        for slot in range(stages):
+            pl.when(slot < steps)(functools.partial(fetch, slot, slot, False))
+
+        @pl.loop(stages, steps)
+        def _refill(j):
+            fetch(j, lax.rem(j, jnp.int32(stages)), True)
+
+        for slot in range(stages):  # observe the last hand-back of each slot too (see above)
+            @pl.when(slot < steps)
+            def _drain():
+                plgpu.barrier_wait(k_free.at[slot])
+                plgpu.barrier_wait(v_free.at[slot])
+
+
+def fold_block(q, k, v, carry, q_pos, k_pos, seg_q, seg_k, spec: blockwise.TileSpec, *,
+               final_dtype=None, sizes: MosaicSizes | None = None, interpret=False):
+    """Fold the KV block ``k, v`` into ``carry = (o, m, l)`` (None: a fresh carry).
+
+    Same contract as ``pallas_gpu.fold_block``: with ``final_dtype`` the kernel finishes the
+    softmax and returns ``(out [b, h, r, d] in final_dtype, lse [b, h, r])``; otherwise the new
+    carry. Needs 16-bit inputs, head_dim a multiple of 64, rows per device a multiple of 128 and
+    keys a multiple of 64 (``check_sizes``).
+
+    Example (one device, a fresh causal fold finished in one call)::
+
+        out, lse = fold_block(q, k, v, None, pos, pos, None, None,
+                              blockwise.TileSpec(True, 1, 128, 128), final_dtype=q.dtype)
+    """
+    check_sizes(q.dtype, q.shape[3], q.shape[2], k.shape[2], interpret=interpret)
+    sizes = sizes or MosaicSizes()
+    b, h, r, d = q.shape
+    nk, dtype = k.shape[2], q.dtype
+    block_k = sizes.block_k
+    while nk % block_k:
+        block_k //= 2
+    stages = min(sizes.stages, nk // block_k)  # no more slots than tiles
+    q_rows, seg_rows = _row_inputs(q_pos, seg_q, spec.groups)
+    k_pos = k_pos.astype(jnp.int32)
+    lead, end = _row_bounds(q_rows, k_pos, BLOCK_Q, block_k, spec.causal)
+    has_seg, fresh, final = seg_q is not None, carry is None, final_dtype is not None
+    args = [q, k, v, q_rows, k_pos]
+    if has_seg:
+        args += [seg_rows, seg_k.astype(jnp.int32)]
+    args += [lead, end]
+    if not fresh:
+        args += list(carry)
+    if final:
+        out_type = (jax.ShapeDtypeStruct((b, h, r, d), final_dtype),
+                    jax.ShapeDtypeStruct((b, h, r), jnp.float32))
+    else:
+        out_type = (jax.ShapeDtypeStruct((b, h, r, d), jnp.float32),
+                    jax.ShapeDtypeStruct((b, h, r), jnp.float32),
+                    jax.ShapeDtypeStruct((b, h, r), jnp.float32))
+    ops = _Ops(bool(interpret))
+
+    def entry(*refs):
+        smem = (ops.smem((COMPUTE_WGS, BLOCK_Q, d), dtype), ops.smem((stages, block_k, d), dtype),
+                ops.smem((stages, block_k, d), dtype))
+        bars = (plgpu.Barrier(num_barriers=COMPUTE_WGS), plgpu.Barrier(num_barriers=stages),
+                plgpu.Barrier(num_barriers=stages),
+                plgpu.Barrier(num_arrivals=COMPUTE_WGS, num_barriers=stages),
+                plgpu.Barrier(num_arrivals=COMPUTE_WGS, num_barriers=stages),
+                plgpu.Barrier(num_arrivals=COMPUTE_WGS))
+
+        def scoped(smem, bars):
+            _kernel(*refs, smem, bars, ops=ops, has_seg=has_seg, fresh=fresh, final=final,
+                    block_k=block_k, stages=stages, dtype=dtype)
+
+        pl.run_scoped(scoped, smem, bars, collective_axes="wg")
+
+    interpret_params = None
+    if interpret:
+        from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
+        interpret_params = InterpretGPUParams()
+    return plgpu.kernel(
+        entry, out_type=out_type, grid=(h, r // (COMPUTE_WGS * BLOCK_Q), b),
+        grid_names=("heads", "rows", "batch"), num_threads=COMPUTE_WGS + 1, thread_name="wg",
+        compiler_params=plgpu.CompilerParams(approx_math=True), interpret=interpret_params,
+    )(*args)
