@@ -6,11 +6,13 @@
    dk/dv) against the float64 reference (numpy on the host) and against ``impl="xla"`` on the
    GPU; float32 and bf16; causal, GQA, segments, two folds of zigzag KV blocks into one carry.
 2. The same-run bf16 matmul rate (8192^3), the ceiling the kernels are judged against.
-3. A sweep at 32K (``--sweep-seq``, capped at ``--sweep-budget`` seconds; 0 skips it): forward
-   tiles and launches, then the dq and dk/dv kernels timed apart, per tile and launch.
+3. A sweep at 32K (``--sweep-seq``, capped at ``--sweep-budget`` seconds; 0 skips it): the
+   Mosaic GPU forward's key tiles and stages (``BlockSizes(gpu_forward="mosaic")``), the Triton
+   forward's tiles and launches, then the dq and dk/dv kernels timed apart, per tile and launch.
 4. With the best sizes, for S = 8K..64K (bf16, batch 1, 16 heads, head_dim 128, causal): medians
    of
-   - the kernels alone on heads-major inputs (``pallas_gpu.fold_block`` / ``grad_block``),
+   - the kernels alone on heads-major inputs (``pallas_gpu.fold_block`` / ``grad_block``), the
+     forward both with Triton and with Mosaic GPU,
    - ``ringkit.ring_attention(impl="pallas")`` as a user calls it (sp = 1, layout permutes and
      head transposes included), and ``impl="xla"`` where it runs in reasonable time,
    - ``jax.nn.dot_product_attention(implementation="cudnn")``, and with ``--yardsticks`` the
@@ -47,6 +49,17 @@ from gpu_checks import check_correctness  # noqa: E402  (this script's folder is
 
 H, D = 16, 128
 INTERPRET = False  # --interpret: the GPU kernels in interpret mode, for a dry run on CPU
+
+
+def cuda_runtime():
+    """The CUDA runtime version (e.g. 12090), or None: JAX's own Mosaic GPU attention refuses
+    causal masks on 12.8.0 <= version < 12.9.1 over a ptxas miscompilation, and ringkit's Mosaic
+    forward masks the same way, so the version belongs next to its numbers."""
+    try:
+        from jax._src.lib import cuda_versions
+        return cuda_versions.cuda_runtime_get_version() if cuda_versions else None
+    except Exception:
+        return None
 
 
 def timed(fn, args, repeats):
@@ -155,6 +168,9 @@ SWEEP_FWD = [  # (block_q, block_k, warps, stages); the first is the default
     # independent work (two or four warpgroups' rows) to overlap exponentials with matmuls.
     (256, 64, 8, 3), (256, 64, 16, 2), (256, 128, 16, 2),
 ]
+# The Mosaic GPU forward: (block_k, stages). 128-key tiles past 3 stages, and 256-key tiles,
+# exceed an H100's shared memory.
+SWEEP_MOSAIC = [(128, 2), (128, 3), (64, 2), (64, 3), (64, 4)]
 # The backward's two kernels, timed one by one: tiles of the dq kernel and of the dk/dv kernel,
 # each under every launch (warps, stages); the backward takes the best dq and dk/dv pair sharing
 # one launch (both kernels take BlockSizes' num_warps_bwd, num_stages_bwd). 128 x 128 tiles past
@@ -193,6 +209,17 @@ def sweep(key, s, repeats, log, interpret, deadline):
     early past ``deadline``, keeping the defaults for what it has not finished."""
     runs, f = [], flops_forward(s)
     defaults = rk.attention.gpu_defaults(D, 2)  # bf16
+    mosaic_best = (None, rk.attention.gpu_defaults(D, 2, "mosaic"))
+    for cfg in SWEEP_MOSAIC[:1] if interpret else SWEEP_MOSAIC:
+        if time.time() > deadline:
+            break
+        blocks = dataclasses.replace(mosaic_best[1], block_k=cfg[0], num_stages=cfg[1])
+        t = try_time(log, f"sweep mosaic fwd {cfg}", kernel_fwd_time, key, s, blocks, repeats)
+        if t:
+            runs.append(dict(part="mosaic_fwd", config=list(cfg), seconds=t))
+            log(f"sweep mosaic fwd S={s} (block_k, stages) {cfg}: {f / t / 1e12:.0f} TFLOP/s")
+            if mosaic_best[0] is None or t < mosaic_best[0]:
+                mosaic_best = (t, blocks)
     fwd_best = (None, defaults)
     for cfg in SWEEP_FWD[:2] if interpret else SWEEP_FWD:
         if time.time() > deadline:
@@ -230,7 +257,7 @@ def sweep(key, s, repeats, log, interpret, deadline):
                 bwd_best = (tq + tk, dataclasses.replace(
                     defaults, block_q_dq=bq, block_k_dq=bk, block_q_dkv=bqd, block_k_dkv=bkd,
                     num_warps_bwd=launch[0], num_stages_bwd=launch[1]))
-    return runs, {"fwd": fwd_best, "bwd": bwd_best}
+    return runs, {"fwd": fwd_best, "bwd": bwd_best, "mosaic": mosaic_best}
 
 
 def order_grid(key, seqs, groups, repeats, log):
@@ -292,7 +319,7 @@ def main():
 
     dev = jax.devices()[0]
     log(f"device: {dev.device_kind} ({dev.platform}), jax {jax.__version__}, "
-        f"{len(jax.devices())} device(s)")
+        f"{len(jax.devices())} device(s), CUDA runtime {cuda_runtime()}")
     rng, key = np.random.default_rng(), jax.random.key(int(time.time()))
     result = dict(device=dev.device_kind, jax=jax.__version__, heads=H, head_dim=D,
                   when=datetime.datetime.now().isoformat(timespec="seconds"))
@@ -313,10 +340,12 @@ def main():
                        time.time() + args.sweep_budget)
     result["sweep"] = dict(seq=args.sweep_seq, runs=runs)
     write(result, lines, args.out)
-    blocks, bwd_blocks = best["fwd"][1], best["bwd"][1]
+    blocks, bwd_blocks, mosaic = best["fwd"][1], best["bwd"][1], best["mosaic"][1]
     result["best"] = dict(forward=dataclasses.asdict(blocks),
-                          backward=dataclasses.asdict(bwd_blocks))
-    log(f"best forward {blocks}; best backward {bwd_blocks}")
+                          backward=dataclasses.asdict(bwd_blocks),
+                          mosaic_forward=dataclasses.asdict(mosaic))
+    log(f"best forward {blocks}; best backward {bwd_blocks}; best Mosaic forward "
+        f"block_k={mosaic.block_k} stages={mosaic.num_stages}")
     # The ring as a user calls it: forward tiles from the forward sweep, the rest from the backward.
     ring_blocks = dataclasses.replace(bwd_blocks, block_q=blocks.block_q, block_k=blocks.block_k,
                                       num_warps=blocks.num_warps, num_stages=blocks.num_stages)
@@ -327,11 +356,21 @@ def main():
         row = dict(seq=s, fwd_flop=flops_forward(s))
         try:
             row["kernel_fwd_s"] = kernel_fwd_time(key, s, blocks, reps)
+            if not INTERPRET:  # the Mosaic interpreter is too slow for 16 heads
+                row["mosaic_fwd_s"] = try_time(log, f"mosaic fwd S={s}", kernel_fwd_time, key,
+                                               s, mosaic, reps)
             row["kernel_bwd_s"] = kernel_bwd_time(key, s, bwd_blocks, reps)
             if not INTERPRET:
                 row["cudnn_fwd_s"], row["cudnn_fwdbwd_s"] = user_times(key, s, "cudnn", reps)
             row["ring_fwd_s"], row["ring_fwdbwd_s"] = user_times(key, s, "pallas", reps,
                                                                  ring_blocks)
+            if not INTERPRET:
+                mosaic_ring = dataclasses.replace(ring_blocks, block_k=mosaic.block_k,
+                                                  num_stages=mosaic.num_stages,
+                                                  gpu_forward="mosaic")
+                times = try_time(log, f"ring mosaic S={s}", lambda: user_times(
+                    key, s, "pallas", reps, mosaic_ring, backward=False))
+                row["ring_mosaic_fwd_s"] = times[0] if times else None
             for impl in ("jax-pallas", "jax-mgpu") if args.yardsticks else ():
                 try:
                     row[impl.replace("-", "") + "_fwd_s"], _ = user_times(key, s, impl, reps,
@@ -349,9 +388,11 @@ def main():
                                      if row.get(name) else "     -")
         row["cudnn_bwd_s"] = (row["cudnn_fwdbwd_s"] - row["cudnn_fwd_s"]
                               if "cudnn_fwdbwd_s" in row else None)
-        log(f"S={s:6d} TFLOP/s  kernel fwd {tf('kernel_fwd_s')} bwd {tf('kernel_bwd_s', 2.5)} | "
+        log(f"S={s:6d} TFLOP/s  kernel fwd {tf('kernel_fwd_s')} mosaic {tf('mosaic_fwd_s')} "
+            f"bwd {tf('kernel_bwd_s', 2.5)} | "
             f"cudnn fwd {tf('cudnn_fwd_s')} bwd {tf('cudnn_bwd_s', 2.5)} | ring(pallas) fwd "
-            f"{tf('ring_fwd_s')} fwd+bwd {tf('ring_fwdbwd_s', 3.5)} | ring(xla) fwd "
+            f"{tf('ring_fwd_s')} fwd+bwd {tf('ring_fwdbwd_s', 3.5)} mosaic fwd "
+            f"{tf('ring_mosaic_fwd_s')} | ring(xla) fwd "
             f"{tf('xla_fwd_s')} fwd+bwd {tf('xla_fwdbwd_s', 3.5)} | jax's pallas fwd: triton "
             f"{tf('jaxpallas_fwd_s')} mosaic {tf('jaxmgpu_fwd_s')}")
         result["table"] = table

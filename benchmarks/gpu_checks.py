@@ -1,8 +1,9 @@
 """Correctness of the Pallas GPU kernels on a real GPU (``attention_gpu.py`` runs it first):
 ``ring_attention(impl="pallas")`` forward and gradients against a float64 numpy reference and
 against ``impl="xla"``, fresh random inputs, float32 and bf16, causal, GQA, segments, a padded
-head dim; and two zigzag KV blocks folded into one carry. ``interpret=True`` runs the kernels in
-Pallas' interpreter at toy sizes (a CPU dry run)."""
+head dim; and two zigzag KV blocks folded into one carry. The bf16 cases run again with the
+Mosaic GPU forward (``BlockSizes(gpu_forward="mosaic")``), and so do the two folds.
+``interpret=True`` runs the kernels in Pallas' interpreters at toy sizes (a CPU dry run)."""
 
 from __future__ import annotations
 
@@ -60,14 +61,18 @@ def reference_f64(q, k, v, causal, seg, cot):
 def check_correctness(rng, log, interpret=False):
     mesh = rk.make_mesh(sp=1, devices=jax.devices()[:1])
     rows = []
-    cases = [  # (b, s, hq, hkv, d, causal, segments, dtype, tolerance)
-        (1, 1024, 4, 4, 128, True, False, jnp.float32, 1e-5),
-        (2, 512, 8, 2, 64, True, True, jnp.float32, 1e-5),
-        (1, 768, 6, 2, 80, False, True, jnp.float32, 1e-5),
-        (1, 2048, 8, 8, 128, True, False, jnp.bfloat16, 3e-2),
-        (2, 1024, 12, 4, 64, True, True, jnp.bfloat16, 3e-2),
+    mosaic = rk.BlockSizes(gpu_forward="mosaic")
+    cases = [  # (b, s, hq, hkv, d, causal, segments, dtype, tolerance, block sizes)
+        (1, 1024, 4, 4, 128, True, False, jnp.float32, 1e-5, None),
+        (2, 512, 8, 2, 64, True, True, jnp.float32, 1e-5, None),
+        (1, 768, 6, 2, 80, False, True, jnp.float32, 1e-5, None),
+        (1, 2048, 8, 8, 128, True, False, jnp.bfloat16, 3e-2, None),
+        (2, 1024, 12, 4, 64, True, True, jnp.bfloat16, 3e-2, None),
+        (1, 2048, 8, 8, 128, True, False, jnp.bfloat16, 3e-2, mosaic),
+        (2, 1024, 12, 4, 64, True, True, jnp.bfloat16, 3e-2, mosaic),
+        (1, 1024, 4, 2, 128, False, True, jnp.bfloat16, 3e-2, mosaic),
     ]
-    for b, s, hq, hkv, d, causal, seg, dtype, tol in cases:
+    for b, s, hq, hkv, d, causal, seg, dtype, tol, blocks in cases:
         s = s // 8 if interpret else s  # toy sizes for the CPU dry run
         q = rng.standard_normal((b, s, hq, d)).astype(np.float32)
         k, v = (rng.standard_normal((b, s, hkv, d)).astype(np.float32) for _ in range(2))
@@ -80,34 +85,64 @@ def check_correctness(rng, log, interpret=False):
         for impl in ("pallas", "xla"):
             fn = lambda q, k, v, impl=impl: rk.ring_attention(
                 q, k, v, mesh=mesh, causal=causal, segment_ids=sg, impl=impl,
-                interpret="gpu" if interpret and impl == "pallas" else None)
-            out, pull = jax.vjp(fn, *args)
-            results[impl] = (out, *pull(jnp.asarray(cot, dtype)))
+                interpret="gpu" if interpret and impl == "pallas" else None,
+                block_sizes=blocks if impl == "pallas" else None)
+            try:
+                out, pull = jax.vjp(fn, *args)
+                results[impl] = (out, *pull(jnp.asarray(cot, dtype)))
+            except Exception as e:  # a kernel that fails to compile must not stop the rest
+                log(f"check {impl} {'mosaic ' if blocks else ''}b{b} s{s}: failed: "
+                    f"{type(e).__name__}: {str(e)[:300]}")
+                break
+        if len(results) < 2:
+            rows.append(dict(case=dict(b=b, s=s, mosaic=blocks is not None), ok=False,
+                             error="failed to run"))
+            continue
         errs = [rel(x, r) for x, r in zip(results["pallas"], ref)]
         vs_xla = [rel(x, r) for x, r in zip(results["pallas"], results["xla"])]
         xla_errs = [rel(x, r) for x, r in zip(results["xla"], ref)]
         ok = all(e <= tol for e in errs)
         rows.append(dict(case=dict(b=b, s=s, hq=hq, hkv=hkv, d=d, causal=causal, segments=seg,
-                                   dtype=jnp.dtype(dtype).name),
+                                   dtype=jnp.dtype(dtype).name, mosaic=blocks is not None),
                          tol=tol, ok=ok, err_out_dq_dk_dv=errs, xla_err=xla_errs,
                          pallas_vs_xla=vs_xla))
-        log(f"check b{b} s{s} {hq}q/{hkv}kv d{d} {'causal' if causal else 'full'}"
+        log(f"check {'mosaic fwd ' if blocks else ''}b{b} s{s} {hq}q/{hkv}kv d{d} "
+            f"{'causal' if causal else 'full'}"
             f"{' seg' if seg else ''} {jnp.dtype(dtype).name}: vs f64 "
             + " ".join(f"{e:.1e}" for e in errs) + f" (xla {max(xla_errs):.1e}) "
             + ("OK" if ok else f"FAIL > {tol}"))
 
-    # Two zigzag blocks folded into one carry, then finished, against one dense pass.
+    # Two zigzag blocks folded into one carry, then finished, against one dense pass: float32
+    # with the Triton forward; bf16 with it and with the Mosaic forward.
+    for dtype, blocks, tol in ((jnp.float32, None, 1e-5), (jnp.bfloat16, None, 3e-2),
+                               (jnp.bfloat16, mosaic, 3e-2)):
+        name = (f"two zigzag folds into one carry, GQA 3, {jnp.dtype(dtype).name}"
+                f"{', mosaic' if blocks else ''}")
+        try:
+            e = two_folds(rng, dtype, blocks, interpret)
+        except Exception as exc:
+            log(f"check {name}: failed: {type(exc).__name__}: {str(exc)[:300]}")
+            e = float("nan")
+        rows.append(dict(case=name, err=e, ok=e <= tol))
+        log(f"check {name}: {e:.1e} {'OK' if e <= tol else 'FAIL'}")
+    return rows
+
+
+def two_folds(rng, dtype, blocks, interpret):
+    """Relative error of folding two zigzag KV blocks into one carry against one dense pass."""
     sp, n, g = 4, 512, 3
     spec = blockwise.TileSpec(True, g, 128, 128)
-    qh = rng.standard_normal((1, 2, n * g, 64)).astype(np.float32) / 8
-    ks = [rng.standard_normal((1, 2, n, 64)).astype(np.float32) for _ in range(2)]
-    vs = [rng.standard_normal((1, 2, n, 64)).astype(np.float32) for _ in range(2)]
+    seen = lambda x: np.asarray(jnp.asarray(x, dtype), np.float32)  # what the kernel sees
+    qh = seen(rng.standard_normal((1, 2, n * g, 64)) / 8)
+    ks = [seen(rng.standard_normal((1, 2, n, 64))) for _ in range(2)]
+    vs = [seen(rng.standard_normal((1, 2, n, 64))) for _ in range(2)]
     qp, kps = device_positions(2, n, sp, "zigzag"), [device_positions(j, n, sp, "zigzag")
                                                       for j in (1, 2)]
     carry = None
     for kk, vv, kp in zip(ks, vs, kps):
-        carry = pallas_gpu.fold_block(jnp.asarray(qh), jnp.asarray(kk), jnp.asarray(vv), carry,
-                                      qp, kp, None, None, spec, interpret=interpret)
+        carry = pallas_gpu.fold_block(jnp.asarray(qh, dtype), jnp.asarray(kk, dtype),
+                                      jnp.asarray(vv, dtype), carry, qp, kp, None, None, spec,
+                                      blocks=blocks, interpret=interpret)
     out, _ = blockwise.finish(*carry, jnp.float32)
     kk, vv, kp = np.concatenate(ks, 2), np.concatenate(vs, 2), np.concatenate(kps)
     sc = np.einsum("bhrd,bhkd->bhrk", qh.astype(np.float64), kk)
@@ -115,7 +150,4 @@ def check_correctness(rng, log, interpret=False):
     sc = np.where(vis, sc, -np.inf)
     p = np.exp(sc - sc.max(-1, keepdims=True))
     want = np.einsum("bhrk,bhkd->bhrd", p / p.sum(-1, keepdims=True), vv)
-    e = rel(out, want)
-    rows.append(dict(case="two zigzag folds, GQA 3", err=e, ok=e <= 1e-5))
-    log(f"check two zigzag folds into one carry, GQA 3: {e:.1e} {'OK' if e <= 1e-5 else 'FAIL'}")
-    return rows
+    return rel(out, want)
