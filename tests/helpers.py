@@ -54,7 +54,11 @@ def check_interpreted_ring(case, rng, interpret: str):
         fn = lambda q, k, v: rk.ring_attention(q, k, v, mesh=mesh, causal=causal, layout=layout,
                                                segment_ids=seg_ids, impl=impl, **kw)
         out, pull = jax.vjp(fn, q, k, v)
-        return (out, *pull(cot))
+        # Each result before the next dispatch: JAX's Mosaic GPU interpreter runs a kernel's
+        # warpgroups as computations of their own on the same CPU device, and work queued
+        # behind it meanwhile can deadlock it (jax 0.10).
+        jax.block_until_ready(out)
+        return jax.block_until_ready((out, *pull(cot)))
 
     got = run("pallas", interpret=interpret, block_sizes=blocks)
     xla = run("xla")

@@ -16,6 +16,10 @@ from helpers import check_interpreted_ring, rel_err, ring_case_id
 
 MOSAIC = rk.BlockSizes(block_k=64, gpu_forward="mosaic")
 
+# A deadlocked interpreter blocks in C, where pytest's default (signal) timeout cannot act: the
+# thread method ends the run with every thread's stack instead of hanging CI.
+pytestmark = pytest.mark.timeout(300, method="thread")
+
 # Device 1 of a 4-device zigzag ring holds positions [128, 256) and [768, 896): two programs of
 # two 64-row warpgroups. The key blocks give warpgroups of one program different loop ends.
 Q_POS = device_positions(1, 256, 4, "zigzag")
@@ -96,7 +100,7 @@ def test_fresh_gqa_fold_and_a_changed_key(rng):
 def test_ring_with_the_mosaic_forward(case, rng):
     """``ring_attention`` forward and gradients (Triton backward) against the float64 reference
     and ``impl='xla'`` within 1e-5, on one device: JAX's Mosaic GPU interpreter cannot simulate
-    several devices at once (see ``pallas_mgpu.check_sizes``)."""
+    several devices at once (see ``pallas_mgpu.plan``)."""
     check_interpreted_ring(case, rng, interpret="gpu")
 
 
@@ -145,8 +149,12 @@ def test_bad_options():
     spec = blockwise.TileSpec(True, 1, 64, 64)
     with pytest.raises(ConfigError, match="bfloat16 or float16.*gpu_forward unset"):
         pallas_mgpu.fold_block(x, x, x, None, pos, pos, None, None, spec)
-    with pytest.raises(ConfigError, match="head_dim a multiple of 64, got 48"):
-        pallas_mgpu.check_sizes(jnp.bfloat16, 48, 128, 128)
+    with pytest.raises(ConfigError, match="head_dim a multiple of 64 up to 256, got 48"):
+        pallas_mgpu.plan(jnp.bfloat16, 48, 128, 128)
+    with pytest.raises(ConfigError, match="245760 bytes .* head_dim 192 .*over the"):
+        pallas_mgpu.plan(jnp.bfloat16, 192, 128, 256, pallas_mgpu.MosaicSizes(128, 2))
+    assert pallas_mgpu.plan(jnp.bfloat16, 128, 128, 384, pallas_mgpu.MosaicSizes(256, 4)) == (
+        128, 3)  # key tiles shrink to divide the keys; no more stages than tiles
     with pytest.raises(ConfigError, match="gpu_forward='quick' must be one of"):
         rk.BlockSizes(gpu_forward="quick")
     with pytest.raises(ConfigError, match="block_k=32 must be 64, 128 or 256"):

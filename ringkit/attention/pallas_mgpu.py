@@ -22,7 +22,10 @@ Interpret mode runs JAX's Mosaic GPU interpreter: the warpgroups as threads, the
 copies, masks, softmax and carry. That interpreter does not model ``wgmma`` from registers or on a
 transposed operand, nor layouts, so there the two matmuls are ``jnp`` dots and layout casts are
 identities (``_Ops``); the GPU path itself is checked by lowering it for CUDA (tests, no GPU
-needed) and on a GPU by ``benchmarks/gpu_checks.py``.
+needed) and on a GPU by ``benchmarks/gpu_checks.py``. The interpreter runs the warpgroups as
+computations of their own on the CPU device that runs the kernel, so wait for an interpreted
+call's result (``jax.block_until_ready``) before dispatching more work: work queued behind it can
+deadlock it (jax 0.10), and so can several simulated devices (refused in ``spec.make_spec``).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from ringkit.attention import blockwise
 from ringkit.attention.pallas_gpu import LN2, LOG2E, _row_bounds, _row_inputs
-from ringkit.errors import ConfigError
+from ringkit.errors import ConfigError, UnsupportedError
 
 BLOCK_Q = 64  # rows per compute warpgroup: one wgmma M tile
 COMPUTE_WGS = 2
@@ -59,21 +62,63 @@ class MosaicSizes:
             raise ConfigError(f"Mosaic forward stages={self.stages!r} must be at least 2")
 
 
-def check_sizes(dtype, head_dim: int, rows: int, keys: int, *, interpret=False) -> None:
-    """Raise a ConfigError naming what the Mosaic forward cannot take (rows and keys per device;
-    interpret mode also takes float32, so tests can hold it to the float64 reference)."""
+SMEM_BUDGET = 232448 - 1024  # an H100's shared memory per block, less room for the barriers
+
+
+def plan(dtype, head_dim: int, rows: int, keys: int, sizes: MosaicSizes | None = None, *,
+         interpret=False) -> tuple[int, int]:
+    """``(block_k, stages)`` the kernel runs with for rows and keys per device, or a ConfigError
+    naming what it cannot take. Key tiles shrink to divide ``keys`` (as the Triton kernel's do);
+    a tile and stage count past the shared memory is refused, not shrunk, so a sweep times what
+    it asked for. Interpret mode also takes float32, so tests can hold the kernel to the float64
+    reference."""
+    sizes = sizes or MosaicSizes()
     dtypes = [jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)]
     if jnp.dtype(dtype) not in dtypes + ([jnp.dtype(jnp.float32)] if interpret else []):
         raise ConfigError(f"the Mosaic GPU forward takes bfloat16 or float16 inputs, got {dtype}; "
                           "leave BlockSizes.gpu_forward unset for the Triton forward")
-    if head_dim % 64:
-        raise ConfigError(f"the Mosaic GPU forward needs head_dim a multiple of 64, got "
-                          f"{head_dim}; leave BlockSizes.gpu_forward unset for the Triton forward")
+    if head_dim % 64 or head_dim > 256:
+        raise ConfigError(f"the Mosaic GPU forward needs head_dim a multiple of 64 up to 256, "
+                          f"got {head_dim}; leave BlockSizes.gpu_forward unset for the Triton "
+                          "forward")
     if rows % (COMPUTE_WGS * BLOCK_Q) or keys % 64:
         raise ConfigError(
             f"the Mosaic GPU forward needs rows per device (positions x GQA group) a multiple of "
             f"{COMPUTE_WGS * BLOCK_Q} and keys per device a multiple of 64, got {rows} rows and "
             f"{keys} keys; pad the sequence (ringkit.pad_for_ring)")
+    block_k = sizes.block_k
+    while keys % block_k:
+        block_k //= 2
+    stages = min(sizes.stages, keys // block_k)  # no more slots than tiles
+    # Q's two 64-row tiles and `stages` K and V tiles, all of head_dim columns.
+    smem = jnp.dtype(dtype).itemsize * head_dim * (COMPUTE_WGS * BLOCK_Q + 2 * stages * block_k)
+    if smem > SMEM_BUDGET and not interpret:
+        raise ConfigError(
+            f"the Mosaic GPU forward's tiles need {smem} bytes of shared memory at head_dim "
+            f"{head_dim} ({block_k}-key tiles, {stages} stages), over the {SMEM_BUDGET} there "
+            "are; pass a smaller BlockSizes.block_k or num_stages")
+    return block_k, stages
+
+
+def cuda_runtime_version() -> int | None:
+    """The CUDA runtime's version (12090 for 12.9.0), or None where JAX does not say."""
+    try:
+        from jax._src.lib import cuda_versions  # private: read defensively
+        return cuda_versions.cuda_runtime_get_version() if cuda_versions else None
+    except Exception:
+        return None
+
+
+def _check_cuda():
+    """JAX's own Mosaic attention refuses masked kernels on CUDA 12.8.0 up to 12.9.1 over a ptxas
+    miscompilation; this kernel masks the same way, so it refuses them too."""
+    version = cuda_runtime_version()
+    if version is not None and 12080 <= version < 12091:
+        raise UnsupportedError(
+            f"the Mosaic GPU forward does not run on CUDA runtime {version // 1000}."
+            f"{version % 1000 // 10}: ptxas 12.8.0-12.9.0 miscompiles masked Mosaic GPU "
+            "attention (JAX refuses its own kernel there too); use CUDA >= 12.9.1 or leave "
+            "BlockSizes.gpu_forward unset")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,14 +239,16 @@ def _kernel(*refs, ops: _Ops, has_seg, fresh, final, block_k, stages, dtype):
             def body(j, carry):
                 acc, m2, l = carry
                 slot = lax.rem(j, jnp.int32(stages))
+                keys = pl.ds(j * block_k, block_k)
+                # Loaded before the matmul is waited for, so their latency hides behind it.
+                kp = ops.load(kp_ref, keys, COL) if masked else None
+                sk = ops.load(sk_ref, (b, keys), COL) if has_seg else None
                 s = ops.scores(q_smem.at[wg], k_smem.at[slot], take_turn)
                 plgpu.barrier_arrive(k_free.at[slot])
                 mask = None
                 if masked:
-                    kp = ops.load(kp_ref, pl.ds(j * block_k, block_k), COL)
                     mask = _bcast(qp, s.shape, 0) >= _bcast(kp, s.shape, 1)
                 if has_seg:
-                    sk = ops.load(sk_ref, (b, pl.ds(j * block_k, block_k)), COL)
                     same = _bcast(sq, s.shape, 0) == _bcast(sk, s.shape, 1)
                     mask = same if mask is None else mask & same
                 if mask is not None:
@@ -214,6 +261,9 @@ def _kernel(*refs, ops: _Ops, has_seg, fresh, final, block_k, stages, dtype):
                 l = l * alpha + p.sum(axis=1)
                 acc = acc * _bcast(alpha, acc.shape, 0)
                 p16 = p.astype(dtype)
+                # Pin the softmax before the hand-over, so the rescale cannot sink past the wait
+                # below and delay this warpgroup's next matmul (as JAX's kernel does).
+                acc, l, m_new, p16 = lax.optimization_barrier((acc, l, m_new, p16))
                 plgpu.barrier_arrive(turn)  # softmax done: the other warpgroup may issue
                 plgpu.barrier_wait(v_bar.at[slot])
                 plgpu.barrier_wait(turn)
@@ -236,12 +286,12 @@ def _kernel(*refs, ops: _Ops, has_seg, fresh, final, block_k, stages, dtype):
         def _hand_back(j):  # tiles only the other warpgroup reads: free them, keep the turns
             slot = lax.rem(j, jnp.int32(stages))
             # Every warpgroup observes every phase of a barrier it waits on, so the slot's phase
-            # parity stays the same for both (the interpreter checks this).
+            # parity stays the same for both (the interpreter checks this). Each turn comes
+            # before the wait for data, so the busy warpgroup never waits on this one's loads.
             for ready, free in ((k_bar, k_free), (v_bar, v_free)):
+                take_turn()
                 plgpu.barrier_wait(ready.at[slot])
                 plgpu.barrier_arrive(free.at[slot])
-            take_turn()
-            take_turn()
 
         pl.when(wg == 0)(take_turn)
 
@@ -251,7 +301,8 @@ def _kernel(*refs, ops: _Ops, has_seg, fresh, final, block_k, stages, dtype):
             out_ref, lse_ref = outs
             seen = l > 0
             safe_l = jnp.where(seen, l, 1.0)
-            out = acc * _bcast(1.0 / safe_l, acc.shape, 0)
+            out = jnp.where(_bcast(seen, acc.shape, 0), acc * _bcast(1.0 / safe_l, acc.shape, 0),
+                            0.0)
             lse_ref[b, h, rows] = jnp.where(seen, (m2 + jnp.log2(safe_l)) * LN2, -jnp.inf)
             if out_ref.dtype == dtype:
                 q_smem[wg] = out.astype(dtype)
@@ -299,21 +350,20 @@ def fold_block(q, k, v, carry, q_pos, k_pos, seg_q, seg_k, spec: blockwise.TileS
     Same contract as ``pallas_gpu.fold_block``: with ``final_dtype`` the kernel finishes the
     softmax and returns ``(out [b, h, r, d] in final_dtype, lse [b, h, r])``; otherwise the new
     carry. Needs 16-bit inputs, head_dim a multiple of 64, rows per device a multiple of 128 and
-    keys a multiple of 64 (``check_sizes``).
+    keys a multiple of 64 (``plan``).
 
     Example (one device, a fresh causal fold finished in one call)::
 
         out, lse = fold_block(q, k, v, None, pos, pos, None, None,
                               blockwise.TileSpec(True, 1, 128, 128), final_dtype=q.dtype)
     """
-    check_sizes(q.dtype, q.shape[3], q.shape[2], k.shape[2], interpret=interpret)
-    sizes = sizes or MosaicSizes()
     b, h, r, d = q.shape
     nk, dtype = k.shape[2], q.dtype
-    block_k = sizes.block_k
-    while nk % block_k:
-        block_k //= 2
-    stages = min(sizes.stages, nk // block_k)  # no more slots than tiles
+    if k.dtype != dtype or v.dtype != dtype:
+        raise ConfigError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    block_k, stages = plan(dtype, d, r, nk, sizes, interpret=interpret)
+    if not interpret:
+        _check_cuda()
     q_rows, seg_rows = _row_inputs(q_pos, seg_q, spec.groups)
     k_pos = k_pos.astype(jnp.int32)
     lead, end = _row_bounds(q_rows, k_pos, BLOCK_Q, block_k, spec.causal)

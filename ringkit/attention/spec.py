@@ -113,9 +113,9 @@ def gpu_defaults(head_dim: int, itemsize: int, forward: str | None = None) -> Bl
         blocks = BlockSizes(128, 64, 64, 128, 128, 64, warps, 2, warps, 2, "triton")
     else:
         blocks = BlockSizes(64, 64, 32, 64, 64, 64, 8, 2, 8, 2, "triton")
-    if forward == "mosaic":
-        blocks = dataclasses.replace(blocks, block_q=128, block_k=128, num_stages=2,
-                                     gpu_forward="mosaic")
+    if forward == "mosaic":  # 64-key tiles past head_dim 128 keep to the shared memory
+        blocks = dataclasses.replace(blocks, block_q=128, block_k=128 if head_dim <= 128 else 64,
+                                     num_stages=2, gpu_forward="mosaic")
     return blocks
 
 
@@ -242,8 +242,9 @@ def make_spec(q, k, v, segment_ids, *, mesh, causal, layout, scale, block_q, blo
     blocks = _filled(kernel, block_sizes, d, q.dtype)
     if blocks.gpu_forward == "mosaic":
         from ringkit.attention import pallas_mgpu  # imports the GPU kernels, which import this
-        pallas_mgpu.check_sizes(q.dtype, d, local * (hq // hkv), local,
-                                interpret=interpret is not None)
+        pallas_mgpu.plan(q.dtype, d, local * (hq // hkv), local,
+                         pallas_mgpu.MosaicSizes(blocks.block_k, blocks.num_stages),
+                         interpret=interpret is not None)
         if interpret is not None and mesh.size > 1:
             raise ConfigError(
                 f"the Mosaic GPU forward's interpreter runs one device at a time, but the mesh "
