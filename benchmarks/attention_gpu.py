@@ -2,6 +2,8 @@
 
     PYTHONPATH=. python3 benchmarks/attention_gpu.py --out results/    # on a GPU machine
 
+0. The Mosaic GPU forward's smoke test in a process of its own (``gpu_checks.mosaic_smoke``):
+   if it fails or hangs, everything below runs without that kernel.
 1. Correctness on the GPU (``gpu_checks.py``), fresh random inputs: the kernels (forward, dq,
    dk/dv) against the float64 reference (numpy on the host) and against ``impl="xla"`` on the
    GPU; float32 and bf16; causal, GQA, segments, two folds of zigzag KV blocks into one carry.
@@ -45,10 +47,11 @@ import ringkit as rk
 from ringkit.attention import blockwise, gpu_order, pallas_gpu
 from ringkit.bench import median_seconds
 
-from gpu_checks import check_correctness  # noqa: E402  (this script's folder is on sys.path)
+from gpu_checks import check_correctness, mosaic_smoke  # noqa: E402  (this script's folder is on sys.path)
 
 H, D = 16, 128
 INTERPRET = False  # --interpret: the GPU kernels in interpret mode, for a dry run on CPU
+MOSAIC = True  # False once the Mosaic forward's smoke test failed: the run goes on without it
 
 
 def cuda_runtime():
@@ -210,7 +213,7 @@ def sweep(key, s, repeats, log, interpret, deadline):
     runs, f = [], flops_forward(s)
     defaults = rk.attention.gpu_defaults(D, 2)  # bf16
     mosaic_best = (None, rk.attention.gpu_defaults(D, 2, "mosaic"))
-    for cfg in SWEEP_MOSAIC[:1] if interpret else SWEEP_MOSAIC:
+    for cfg in (SWEEP_MOSAIC[:1] if interpret else SWEEP_MOSAIC) if MOSAIC else ():
         if time.time() > deadline:
             break
         blocks = dataclasses.replace(mosaic_best[1], block_k=cfg[0], num_stages=cfg[1])
@@ -323,8 +326,14 @@ def main():
     rng, key = np.random.default_rng(), jax.random.key(int(time.time()))
     result = dict(device=dev.device_kind, jax=jax.__version__, heads=H, head_dim=D,
                   when=datetime.datetime.now().isoformat(timespec="seconds"))
+    global MOSAIC
+    if not INTERPRET:
+        MOSAIC, msg = mosaic_smoke()
+        result["mosaic_smoke"] = dict(ok=MOSAIC, message=msg)
+        log(f"Mosaic forward smoke test (own process): {msg}"
+            + ("" if MOSAIC else "; the run goes on without the Mosaic forward"))
     try:
-        result["correctness"] = check_correctness(rng, log, INTERPRET)
+        result["correctness"] = check_correctness(rng, log, INTERPRET, mosaic=MOSAIC)
     except Exception:
         log("correctness check crashed:\n" + traceback.format_exc())
     result["matmul_tflops_start"] = rate = matmul_rate(key)
@@ -356,7 +365,7 @@ def main():
         row = dict(seq=s, fwd_flop=flops_forward(s))
         try:
             row["kernel_fwd_s"] = kernel_fwd_time(key, s, blocks, reps)
-            if not INTERPRET:  # the Mosaic interpreter is too slow for 16 heads
+            if MOSAIC and not INTERPRET:  # the Mosaic interpreter is too slow for 16 heads
                 row["mosaic_fwd_s"] = try_time(log, f"mosaic fwd S={s}", kernel_fwd_time, key,
                                                s, mosaic, reps)
             row["kernel_bwd_s"] = kernel_bwd_time(key, s, bwd_blocks, reps)
@@ -364,7 +373,7 @@ def main():
                 row["cudnn_fwd_s"], row["cudnn_fwdbwd_s"] = user_times(key, s, "cudnn", reps)
             row["ring_fwd_s"], row["ring_fwdbwd_s"] = user_times(key, s, "pallas", reps,
                                                                  ring_blocks)
-            if not INTERPRET:
+            if MOSAIC and not INTERPRET:
                 mosaic_ring = dataclasses.replace(ring_blocks, block_k=mosaic.block_k,
                                                   num_stages=mosaic.num_stages,
                                                   gpu_forward="mosaic")

@@ -8,6 +8,8 @@ Mosaic GPU forward (``BlockSizes(gpu_forward="mosaic")``), and so do the two fol
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -58,21 +60,24 @@ def reference_f64(q, k, v, causal, seg, cot):
     return out, dq, fold(dk), fold(dv)
 
 
-def check_correctness(rng, log, interpret=False):
+def check_correctness(rng, log, interpret=False, mosaic=True):
+    """Log and return one row per case; ``mosaic=False`` leaves out the Mosaic forward's."""
     mesh = rk.make_mesh(sp=1, devices=jax.devices()[:1])
     rows = []
-    mosaic = rk.BlockSizes(gpu_forward="mosaic")
+    mosaic_sizes = rk.BlockSizes(gpu_forward="mosaic")
     cases = [  # (b, s, hq, hkv, d, causal, segments, dtype, tolerance, block sizes)
         (1, 1024, 4, 4, 128, True, False, jnp.float32, 1e-5, None),
         (2, 512, 8, 2, 64, True, True, jnp.float32, 1e-5, None),
         (1, 768, 6, 2, 80, False, True, jnp.float32, 1e-5, None),
         (1, 2048, 8, 8, 128, True, False, jnp.bfloat16, 3e-2, None),
         (2, 1024, 12, 4, 64, True, True, jnp.bfloat16, 3e-2, None),
-        (1, 2048, 8, 8, 128, True, False, jnp.bfloat16, 3e-2, mosaic),
-        (2, 1024, 12, 4, 64, True, True, jnp.bfloat16, 3e-2, mosaic),
-        (1, 1024, 4, 2, 128, False, True, jnp.bfloat16, 3e-2, mosaic),
+        (1, 2048, 8, 8, 128, True, False, jnp.bfloat16, 3e-2, mosaic_sizes),
+        (2, 1024, 12, 4, 64, True, True, jnp.bfloat16, 3e-2, mosaic_sizes),
+        (1, 1024, 4, 2, 128, False, True, jnp.bfloat16, 3e-2, mosaic_sizes),
     ]
     for b, s, hq, hkv, d, causal, seg, dtype, tol, blocks in cases:
+        if blocks is not None and not mosaic:
+            continue
         s = s // 8 if interpret else s  # toy sizes for the CPU dry run
         q = rng.standard_normal((b, s, hq, d)).astype(np.float32)
         k, v = (rng.standard_normal((b, s, hkv, d)).astype(np.float32) for _ in range(2))
@@ -114,8 +119,8 @@ def check_correctness(rng, log, interpret=False):
 
     # Two zigzag blocks folded into one carry, then finished, against one dense pass: float32
     # with the Triton forward; bf16 with it and with the Mosaic forward.
-    for dtype, blocks, tol in ((jnp.float32, None, 1e-5), (jnp.bfloat16, None, 3e-2),
-                               (jnp.bfloat16, mosaic, 3e-2)):
+    folds = [(jnp.float32, None, 1e-5), (jnp.bfloat16, None, 3e-2)]
+    for dtype, blocks, tol in folds + ([(jnp.bfloat16, mosaic_sizes, 3e-2)] if mosaic else []):
         name = (f"two zigzag folds into one carry, GQA 3, {jnp.dtype(dtype).name}"
                 f"{', mosaic' if blocks else ''}")
         try:
@@ -151,3 +156,44 @@ def two_folds(rng, dtype, blocks, interpret):
     p = np.exp(sc - sc.max(-1, keepdims=True))
     want = np.einsum("bhrk,bhkd->bhrd", p / p.sum(-1, keepdims=True), vv)
     return rel(out, want)
+
+
+# ---------------------------------------------------------------------------------------------
+# A first run of the Mosaic forward in a process of its own: a kernel that deadlocks on the GPU
+# hangs the process it runs in, and must not take the rest of a timed run with it.
+
+
+def mosaic_smoke(timeout_s=150):
+    """``(ok, message)`` from ``python gpu_checks.py --smoke`` run under a time limit."""
+    try:
+        done = subprocess.run([sys.executable, __file__, "--smoke"], capture_output=True,
+                              text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return False, f"no answer in {timeout_s} s (a hang?)"
+    last = (done.stdout.strip().splitlines() or [""])[-1]
+    if done.returncode == 0 and last.startswith("smoke OK"):
+        return True, last
+    errors = [line for line in done.stderr.splitlines() if "Error" in line]
+    return False, last or (errors[-1] if errors else done.stderr.strip()[-600:])
+
+
+def _smoke():
+    """The Mosaic forward's three paths on the GPU, small: a fresh fold, a fold into a carry
+    (``two_folds``), and a ring call that finishes the softmax in the kernel."""
+    rng = np.random.default_rng(0)
+    mosaic = rk.BlockSizes(gpu_forward="mosaic")
+    folds = two_folds(rng, jnp.bfloat16, mosaic, interpret=False)
+    mesh = rk.make_mesh(sp=1, devices=jax.devices()[:1])
+    q, k, v = (rng.standard_normal((1, 1024, 4, 128)).astype(np.float32) for _ in range(3))
+    args = [jnp.asarray(x, jnp.bfloat16) for x in (q, k, v)]
+    out = rk.ring_attention(*args, mesh=mesh, causal=True, block_sizes=mosaic)
+    ref = reference_f64(*(np.asarray(x, np.float32) for x in args), True, None, q)[0]
+    ring = rel(out, ref)
+    ok = folds <= 3e-2 and ring <= 3e-2
+    print(f"smoke {'OK' if ok else 'FAIL'}: two folds into one carry {folds:.1e}, ring forward "
+          f"finished in the kernel {ring:.1e}", flush=True)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--smoke"]:
+    _smoke()
