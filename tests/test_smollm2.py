@@ -101,19 +101,15 @@ MESHES = ((2, 1), (4, 1), (8, 1), (1, 3))
 
 
 def test_sharding_invariance(smol, prompts):
-    """Logits on every mesh; greedy generations on sp=4 (every mesh: the slow test below; each
-    mesh's decode step takes ~20 s to compile)."""
+    """Logits on every mesh. Greedy generations: sp=4 against transformers above, every mesh in
+    the slow test below (each mesh's decode step takes ~20 s to compile)."""
     row = prompts[1]
     ref = np.asarray(smol(sp=1).logits(row)[0])
-    ref_gen = generate_ids(_no_eos(smol(sp=1)), [row], max_new_tokens=24)[0]
     for sp, tp in MESHES:
-        model = smol(sp=sp, tp=tp)
-        got = model.logits(row)[0]
+        got = smol(sp=sp, tp=tp).logits(row)[0]
         # A host array: un-permuting the layout on the devices replicated [b, S, vocab] on each.
         assert isinstance(got, np.ndarray), type(got)
         assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max(), (sp, tp)
-        if (sp, tp) == (4, 1):
-            assert generate_ids(_no_eos(model), [row], max_new_tokens=24)[0] == ref_gen, (sp, tp)
 
 
 @pytest.mark.slow
