@@ -349,8 +349,8 @@ def fold_block(q, k, v, carry, q_pos, k_pos, seg_q, seg_k, spec: blockwise.TileS
 
     Same contract as ``pallas_gpu.fold_block``: with ``final_dtype`` the kernel finishes the
     softmax and returns ``(out [b, h, r, d] in final_dtype, lse [b, h, r])``; otherwise the new
-    carry. Needs 16-bit inputs, head_dim a multiple of 64, rows per device a multiple of 128 and
-    keys a multiple of 64 (``plan``).
+    carry. Needs 16-bit inputs, head_dim a multiple of 64 up to 256, rows per device a multiple
+    of 128, keys a multiple of 64 and tiles within the shared memory (``plan``).
 
     Example (one device, a fresh causal fold finished in one call)::
 

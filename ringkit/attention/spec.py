@@ -43,10 +43,10 @@ class BlockSizes:
     ``_bwd`` pair both GPU backward kernels; the TPU kernels ignore them.
 
     ``gpu_forward="mosaic"`` runs the GPU forward as a warp-specialized Mosaic GPU kernel for
-    Hopper (``pallas_mgpu``; 16-bit inputs, head_dim a multiple of 64) instead of Triton's. It
-    takes 128 rows per program (two warpgroups of 64), ``block_k`` keys per tile (64, 128 or 256)
-    and ``num_stages`` K/V tiles in flight; ``block_q`` and ``num_warps`` do not apply to it. The
-    backward stays on Triton.
+    Hopper (``pallas_mgpu``; 16-bit inputs, head_dim a multiple of 64 up to 256) instead of
+    Triton's. It takes 128 rows per program (two warpgroups of 64), ``block_k`` keys per tile
+    (64, 128 or 256) and ``num_stages`` K/V tiles in flight; ``block_q`` and ``num_warps`` do not
+    apply to it. The backward stays on Triton. Not yet run on a GPU, hence not the default.
 
     Every field left ``None`` takes the kernel's tuned default for the head dim and dtype
     (``gpu_defaults`` / ``tpu_defaults``), so ``BlockSizes(num_stages=2)`` changes that alone.
