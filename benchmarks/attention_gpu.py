@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import ringkit as rk
-from ringkit.attention import blockwise, gpu_order, pallas_gpu
+from ringkit.attention import blockwise, gpu_order, pallas_gpu, pallas_mgpu
 from ringkit.bench import median_seconds
 
 from gpu_checks import check_correctness, mosaic_smoke  # noqa: E402  (this script's folder is on sys.path)
@@ -52,17 +52,6 @@ from gpu_checks import check_correctness, mosaic_smoke  # noqa: E402  (this scri
 H, D = 16, 128
 INTERPRET = False  # --interpret: the GPU kernels in interpret mode, for a dry run on CPU
 MOSAIC = True  # False once the Mosaic forward's smoke test failed: the run goes on without it
-
-
-def cuda_runtime():
-    """The CUDA runtime version (e.g. 12090), or None: JAX's own Mosaic GPU attention refuses
-    causal masks on 12.8.0 <= version < 12.9.1 over a ptxas miscompilation, and ringkit's Mosaic
-    forward masks the same way, so the version belongs next to its numbers."""
-    try:
-        from jax._src.lib import cuda_versions
-        return cuda_versions.cuda_runtime_get_version() if cuda_versions else None
-    except Exception:
-        return None
 
 
 def timed(fn, args, repeats):
@@ -322,7 +311,7 @@ def main():
 
     dev = jax.devices()[0]
     log(f"device: {dev.device_kind} ({dev.platform}), jax {jax.__version__}, "
-        f"{len(jax.devices())} device(s), CUDA runtime {cuda_runtime()}")
+        f"{len(jax.devices())} device(s), CUDA runtime {pallas_mgpu.cuda_runtime_version()}")
     rng, key = np.random.default_rng(), jax.random.key(int(time.time()))
     result = dict(device=dev.device_kind, jax=jax.__version__, heads=H, head_dim=D,
                   when=datetime.datetime.now().isoformat(timespec="seconds"))
