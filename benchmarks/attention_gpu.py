@@ -199,31 +199,31 @@ def try_time(log, what, fn, *args):
 def sweep(key, s, repeats, log, interpret, deadline):
     """Best forward and backward BlockSizes at sequence length ``s`` (kernels alone). Stops
     early past ``deadline``, keeping the defaults for what it has not finished."""
-    runs, f = [], flops_forward(s)
+    f, runs = flops_forward(s), []
     defaults = rk.attention.gpu_defaults(D, 2)  # bf16
-    mosaic_best = (None, rk.attention.gpu_defaults(D, 2, "mosaic"))
-    for cfg in (SWEEP_MOSAIC[:1] if interpret else SWEEP_MOSAIC) if MOSAIC else ():
-        if time.time() > deadline:
-            break
-        blocks = dataclasses.replace(mosaic_best[1], block_k=cfg[0], num_stages=cfg[1])
-        t = try_time(log, f"sweep mosaic fwd {cfg}", kernel_fwd_time, key, s, blocks, repeats)
-        if t:
-            runs.append(dict(part="mosaic_fwd", config=list(cfg), seconds=t))
-            log(f"sweep mosaic fwd S={s} (block_k, stages) {cfg}: {f / t / 1e12:.0f} TFLOP/s")
-            if mosaic_best[0] is None or t < mosaic_best[0]:
-                mosaic_best = (t, blocks)
-    fwd_best = (None, defaults)
-    for cfg in SWEEP_FWD[:2] if interpret else SWEEP_FWD:
-        if time.time() > deadline:
-            break
-        bq, bk, w, st = cfg
-        blocks = dataclasses.replace(defaults, block_q=bq, block_k=bk, num_warps=w, num_stages=st)
-        t = try_time(log, f"sweep fwd {cfg}", kernel_fwd_time, key, s, blocks, repeats)
-        if t:
-            runs.append(dict(part="fwd", config=list(cfg), seconds=t))
-            log(f"sweep fwd S={s} {cfg}: {f / t / 1e12:.0f} TFLOP/s")
-            if fwd_best[0] is None or t < fwd_best[0]:
-                fwd_best = (t, blocks)
+    mosaic = rk.attention.gpu_defaults(D, 2, "mosaic")
+
+    def fastest_forward(part, candidates, start):
+        """Time each ``(config, BlockSizes)``; the fastest ``(seconds, blocks)``, else ``start``."""
+        best = (None, start)
+        for cfg, blocks in candidates:
+            if time.time() > deadline:
+                break
+            t = try_time(log, f"sweep {part} {cfg}", kernel_fwd_time, key, s, blocks, repeats)
+            if t:
+                runs.append(dict(part=part, config=list(cfg), seconds=t))
+                log(f"sweep {part} S={s} {cfg}: {f / t / 1e12:.0f} TFLOP/s")
+                best = (t, blocks) if best[0] is None or t < best[0] else best
+        return best
+
+    mosaic_cfgs = (SWEEP_MOSAIC[:1] if interpret else SWEEP_MOSAIC) if MOSAIC else []
+    mosaic_best = fastest_forward("mosaic_fwd", [  # (block_k, stages)
+        (cfg, dataclasses.replace(mosaic, block_k=cfg[0], num_stages=cfg[1]))
+        for cfg in mosaic_cfgs], mosaic)
+    fwd_best = fastest_forward("fwd", [  # (block_q, block_k, warps, stages)
+        (cfg, dataclasses.replace(defaults, block_q=cfg[0], block_k=cfg[1], num_warps=cfg[2],
+                                  num_stages=cfg[3]))
+        for cfg in (SWEEP_FWD[:2] if interpret else SWEEP_FWD)], defaults)
 
     bwd_best = (None, defaults)
     for launch in SWEEP_LAUNCH_BWD[:1] if interpret else SWEEP_LAUNCH_BWD:
