@@ -201,7 +201,10 @@ def _kernel(*refs, ops: _Ops, has_seg, fresh, final, block_k, stages, dtype):
     (q_smem, k_smem, v_smem), bars = next(it), next(it)
     q_bar, k_bar, v_bar, k_free, v_free, turn = bars
 
-    b, h, t = lax.axis_index("batch"), lax.axis_index("heads"), lax.axis_index("rows")
+    b, h = lax.axis_index("batch"), lax.axis_index("heads")
+    # Row tiles in reverse: under a causal mask the last rows see the most keys, so launching
+    # them first leaves light programs for the tail of the launch.
+    t = end_ref.shape[0] // COMPUTE_WGS - 1 - lax.axis_index("rows")
     wg = lax.axis_index("wg")
     bq, d = q_smem.shape[1:]
     steps = jnp.maximum(end_ref[2 * t], end_ref[2 * t + 1])  # tiles the program fetches
