@@ -79,7 +79,7 @@ def _visible(qp, kp, sq, sk, causal: bool, keys_first=False):
 # Loop bounds per tile, from position bounds (XLA, outside the kernels).
 
 
-def _row_bounds(q_rows, k_pos, block_r, block_k, causal):
+def row_bounds(q_rows, k_pos, block_r, block_k, causal):
     """Per row tile: end of the leading run of fully visible key tiles, and end of visibility."""
     nk_tiles = k_pos.shape[0] // block_k
     if not causal:
@@ -247,7 +247,7 @@ def _pad_head_dim(*xs):
                  for x in xs)
 
 
-def _row_inputs(q_pos, seg_q, groups):
+def row_inputs(q_pos, seg_q, groups):
     """Positions and segments per row (row = pos * g + j)."""
     q_rows = jnp.repeat(q_pos.astype(jnp.int32), groups)
     seg_rows = None if seg_q is None else jnp.repeat(seg_q.astype(jnp.int32), groups, axis=1)
@@ -285,8 +285,8 @@ def fold_block(q, k, v, carry, q_pos, k_pos, seg_q, seg_k, spec: blockwise.TileS
             sizes=pallas_mgpu.MosaicSizes(blocks.block_k, blocks.num_stages), interpret=interpret)
     nk = k.shape[2]
     br, bk = _fit(blocks.block_q, r, "rows per device"), _fit(blocks.block_k, nk, "keys per device")
-    q_rows, seg_rows = _row_inputs(q_pos, seg_q, spec.groups)
-    lead, end = _row_bounds(q_rows, k_pos.astype(jnp.int32), br, bk, spec.causal)
+    q_rows, seg_rows = row_inputs(q_pos, seg_q, spec.groups)
+    lead, end = row_bounds(q_rows, k_pos.astype(jnp.int32), br, bk, spec.causal)
     has_seg, fresh = seg_q is not None, carry is None
     q, k, v, o_in = _pad_head_dim(q, k, v, None if fresh else carry[0])
     dp = q.shape[-1]
@@ -355,7 +355,7 @@ def grad_block(q, k, v, do, lse, delta, grads, q_pos, k_pos, seg_q, seg_k,
     """
     d = q.shape[-1]
     blocks = _blocks(blocks, d, q.dtype)
-    q_rows, seg_rows = _row_inputs(q_pos, seg_q, spec.groups)
+    q_rows, seg_rows = row_inputs(q_pos, seg_q, spec.groups)
     lse = jnp.where(lse == -jnp.inf, 0.0, lse)  # empty rows: all scores -inf, p = 0
     has_seg = seg_q is not None
     q, k, v, do, dq, dk, dv = _pad_head_dim(q, k, v, do, *grads)
@@ -377,7 +377,7 @@ def grad_dq(g: GradInputs, dq, blocks: BlockSizes, launch, interpret):
     q_rows, k_pos = g.args[6:8]
     br, bk = (_fit(blocks.block_q_dq, r, "rows per device"),
               _fit(blocks.block_k_dq, nk, "keys per device"))
-    lead, end = _row_bounds(q_rows, k_pos, br, bk, g.spec.causal)
+    lead, end = row_bounds(q_rows, k_pos, br, bk, g.spec.causal)
     order = LaunchOrder(r // br, b, h, heavy_last_tile=True)
     row = lambda p: (*order(p), 0)  # (batch, head, tile, 0)
     row_vec = lambda p: order(p)

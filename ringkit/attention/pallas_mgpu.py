@@ -40,7 +40,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from ringkit.attention import blockwise
-from ringkit.attention.pallas_gpu import LN2, LOG2E, _row_bounds, _row_inputs
+from ringkit.attention.pallas_gpu import LN2, LOG2E, row_bounds, row_inputs
 from ringkit.errors import ConfigError, UnsupportedError
 
 BLOCK_Q = 64  # rows per compute warpgroup: one wgmma M tile
@@ -367,9 +367,9 @@ def fold_block(q, k, v, carry, q_pos, k_pos, seg_q, seg_k, spec: blockwise.TileS
     block_k, stages = plan(dtype, d, r, nk, sizes, interpret=interpret)
     if not interpret:
         _check_cuda()
-    q_rows, seg_rows = _row_inputs(q_pos, seg_q, spec.groups)
+    q_rows, seg_rows = row_inputs(q_pos, seg_q, spec.groups)
     k_pos = k_pos.astype(jnp.int32)
-    lead, end = _row_bounds(q_rows, k_pos, BLOCK_Q, block_k, spec.causal)
+    lead, end = row_bounds(q_rows, k_pos, BLOCK_Q, block_k, spec.causal)
     has_seg, fresh, final = seg_q is not None, carry is None, final_dtype is not None
     args = [q, k, v, q_rows, k_pos]
     if has_seg:
