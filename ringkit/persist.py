@@ -218,7 +218,7 @@ def load_context(path, *, model=None, mesh=None):
         ctx = ringkit.load_context("hamlet.ctx", mesh=ringkit.make_mesh(sp=8))
         ctx.ask("Where is the play set?")
     """
-    from ringkit.attention.decode import LAYER_SPEC, SLOT_SPEC, SPARE_SLOTS
+    from ringkit.attention.decode import LAYER_SPEC, SLOT_SPEC, SPARE_SLOTS, room_slots
     from ringkit.context import Context
     from ringkit.model.batch import padded_length
     from ringkit.model.model import KVCache
@@ -265,7 +265,7 @@ def load_context(path, *, model=None, mesh=None):
     if not same_ring:
         sp = model.sp
         base = padded_length(int(max(meta["next_pos"])), sp, saved["layout"]) // sp
-        extra = max(1, -(-(meta["room"] + 1) // sp)) + SPARE_SLOTS  # as ``Model.prefill``
+        extra = room_slots(meta["room"] + 1, sp) + SPARE_SLOTS  # as ``Model.prefill``
         n_layers = len(k)
         arrays, pos = relayout_cache(list(k) + list(v), np.asarray(slot_pos), sp=sp,
                                      base=base, layout=saved["layout"], extra=extra)

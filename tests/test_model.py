@@ -123,11 +123,13 @@ def test_prefill_and_decode_equal_full_logits(models, rng, sp):
     slots = cache.slots
     assert len(cache.k) == TINY_TIED.n_layers
     assert all(a.sharding.shard_shape(a.shape)[2] == slots // sp for a in cache.k + cache.v)
+    assert cache.room(sp) >= 20 - done
     with pytest.raises(ShapeError, match="room"):
-        model.step(cache, np.zeros((2, 30), np.int32))
+        model.step(cache, np.zeros((2, cache.room(sp) + 1), np.int32))
 
 
-@pytest.mark.parametrize("sp,steps", [(2, (3, 3)), (4, (5, 4, 3))])
+# Steps that add up to a whole cache's room: room_slots' 16 slots per device.
+@pytest.mark.parametrize("sp,steps", [(2, (5,) * 5 + (4, 3)), (4, (5,) * 11 + (4, 3, 2))])
 def test_decode_fills_the_cache_to_the_last_slot(models, rng, sp, steps):
     """Steps of t > sp tokens up to the cache's capacity: each device writes a fixed-length run
     of slots whose unowned tail must neither run off the end nor clobber a token."""
@@ -135,7 +137,7 @@ def test_decode_fills_the_cache_to_the_last_slot(models, rng, sp, steps):
     n0, new = 11, sum(steps)
     full = rng.integers(0, 256, n0 + new).tolist()
     ref = np.asarray(model.logits(full)[0])
-    logits, cache = model.prefill([full[:n0]], max_new_tokens=new)
+    logits, cache = model.prefill([full[:n0]], max_new_tokens=new - 9)  # rounded up to `new`
     assert cache.room(sp) == new
     done, errs = n0, [rel(logits[0], ref[n0 - 1])]
     for t in steps:
@@ -161,6 +163,22 @@ def test_greedy_generation_equals_argmax_chain(models, rng):
         for _ in range(6):
             seq.append(int(np.argmax(np.asarray(model.logits(seq)[0, -1]))))
         assert new == seq[len(row):]
+
+
+def test_nearby_generation_lengths_share_one_prefill(models, rng):
+    """max_new_tokens 17..32 on sp=2 round to one cache shape: one prefill and one decode step
+    executable, not one per length (each costs seconds to minutes to compile on a real model)."""
+    model = models(TINY, 2)
+    row = [rng.integers(0, 256, 13).tolist()]
+    compiled, rooms = [], set()
+    for new in (17, 25, 32):
+        _, cache = model.prefill(row, max_new_tokens=new)
+        rooms.add(cache.room(2))
+        model.step(cache, np.zeros((1, 1), np.int32))
+        compiled.append((model._prefill_fn._cache_size(), model._step_fn._cache_size()))
+    assert rooms == {32} and compiled[0] == compiled[-1]
+    _, cache = model.prefill(row, max_new_tokens=33)  # past the bucket: room grows
+    assert cache.room(2) == 64
 
 
 def test_sampling_rules():

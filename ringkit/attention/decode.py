@@ -47,6 +47,22 @@ def append_index(counter, t: int, sp: int, base: int, slots_local: int):
     return jnp.where(mine, base + c // sp, slots_local)
 
 
+MIN_ROOM_SLOTS = 16  # per device: short generations all share one cache shape
+
+
+def room_slots(new_tokens: int, sp: int) -> int:
+    """Slots per device a cache keeps for ``new_tokens`` appended tokens: ``ceil(new_tokens /
+    sp)`` rounded up to a power of two (at least ``MIN_ROOM_SLOTS``), so that nearby
+    ``max_new_tokens`` (and ``ringkit.ask``'s question-dependent room) share one compiled prefill
+    and decode step. At most twice the room asked for; the document's slots dominate a cache.
+
+    >>> room_slots(24, 4), room_slots(100, 1), room_slots(1025, 8)
+    (16, 128, 256)
+    """
+    need = max(1, -(-new_tokens // sp))
+    return max(MIN_ROOM_SLOTS, 1 << (need - 1).bit_length())
+
+
 def capacity(slots: int, sp: int, base: int) -> int:
     """How many tokens can be appended to a cache of ``slots`` after a ``base``-slot prefill."""
     return (slots // sp - base - SPARE_SLOTS) * sp
