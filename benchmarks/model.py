@@ -64,10 +64,10 @@ def worker_transformers(args):
     path = rk.model.embedded_model_path()
     model = transformers.AutoModelForCausalLM.from_pretrained(
         str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
-    from ringkit.model.weights.gguf import _reader, read_fields
+    from ringkit.model.weights.gguf import read_metadata
     from ringkit.tokenize.text import Tokenizer
 
-    encode = Tokenizer.from_gguf_fields(read_fields(_reader(path))).encode
+    encode = Tokenizer.from_gguf_fields(read_metadata(path)).encode
     out = {}
     with torch.no_grad():
         for n in args.lengths:

@@ -52,11 +52,11 @@ def smollm2_tokenizer():
     """The embedded SmolLM2's tokenizer alone (its GGUF's metadata, no weights)."""
     from ringkit.errors import MissingDependencyError
     from ringkit.model.load import embedded_model_path
-    from ringkit.model.weights.gguf import _reader, read_fields
+    from ringkit.model.weights.gguf import read_metadata
     from ringkit.tokenize.text import Tokenizer
 
     try:
         path = embedded_model_path()
     except MissingDependencyError as e:
         pytest.skip(str(e))
-    return Tokenizer.from_gguf_fields(read_fields(_reader(path)))
+    return Tokenizer.from_gguf_fields(read_metadata(path))

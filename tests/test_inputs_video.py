@@ -290,9 +290,9 @@ def test_video_reads_its_sidecar_subtitles_for_text_models(tmp_path):
     assert not rk.ingest(tmp_path / "talk.mp4", subtitles=False).text
     # A text-only model gets the subtitles (frames left out); with no text it is told why.
     from ringkit.model.load import _resolve
-    from ringkit.model.weights.gguf import _reader, read_fields
+    from ringkit.model.weights.gguf import read_metadata
 
-    tok = Tokenizer.from_gguf_fields(read_fields(_reader(_resolve(None)[1])))
+    tok = Tokenizer.from_gguf_fields(read_metadata(_resolve(None)[1]))
     model = SimpleNamespace(tokenizer=tok, config=rk.ModelConfig.preset("smollm2-135m"))
     tokens = tokenize(doc, model, "What is on the quay?", cache=False)
     assert "Hello, harbour." in tok.decode(tokens.ids) and tokens.counts["vision"] == 0

@@ -127,6 +127,67 @@ def test_gguf_bad_inputs(tmp_path, tiny):
         rk.load_model(tmp_path / "junk.gguf")
 
 
+def test_gguf_container_reads_what_gguf_writes(tmp_path, rng):
+    """ringkit's GGUF parser against gguf's own reader: every value type, a non-default alignment,
+    F32/F16/Q8_0 tensors; then a cut file, a big-endian one and a version it does not know."""
+    import gguf
+    from ringkit.model.weights import gguf_file
+
+    path = tmp_path / "all.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_custom_alignment(64)
+    for i, kind in enumerate(("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64",
+                              "int64", "float32", "float64", "bool")):
+        getattr(writer, f"add_{kind}")(f"t.{kind}", i % 2 if kind == "bool" else i + 1)
+    writer.add_string("t.string", "naïve ✓")
+    writer.add_array("t.strings", ["a", "", "ünï", "<0x0A>"] * 50)
+    writer.add_array("t.ints", list(range(-5, 300)))
+    writer.add_array("t.floats", [0.5, -2.25])
+    writer.add_array("t.nested", [[1, 2], [3]])
+    arrays = {"f32": rng.standard_normal((2, 3, 32)).astype(np.float32),
+              "f16": rng.standard_normal((5, 64)).astype(np.float16)}
+    for name, a in arrays.items():
+        writer.add_tensor(name, a)
+    q8 = gguf.quants.quantize(rng.standard_normal((4, 96)).astype(np.float32),
+                              gguf.GGMLQuantizationType.Q8_0)
+    writer.add_tensor("q8", q8, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    fields, tensors = gguf_file.read(path)
+    ref = gguf.GGUFReader(str(path))
+    want = {k: f.contents() for k, f in ref.fields.items() if not k.startswith("GGUF.")}
+    assert want.pop("t.nested") == [1, 2, 3]  # gguf flattens nested arrays; they stay nested
+    assert fields.pop("t.nested") == [[1, 2], [3]] and fields == want
+    assert [type(v) for v in fields.values()] == [type(v) for v in want.values()]
+    assert set(tensors) == {t.name for t in ref.tensors} == {"f32", "f16", "q8"}
+    for t in ref.tensors:
+        mine = tensors[t.name]
+        assert mine.shape == tuple(int(d) for d in reversed(t.shape)) and mine.qtype == t.tensor_type
+        np.testing.assert_array_equal(gguf.quants.dequantize(mine.data, mine.qtype),
+                                      gguf.quants.dequantize(t.data, t.tensor_type))
+    np.testing.assert_array_equal(
+        gguf.quants.dequantize(tensors["f16"].data, tensors["f16"].qtype), arrays["f16"])
+
+    data = path.read_bytes()
+    end = max(t.data_offset + t.n_bytes for t in ref.tensors)  # then alignment padding
+    for cut in (100, end - 1):  # in the fields; in the last tensor
+        (tmp_path / "cut.gguf").write_bytes(data[:cut])
+        with pytest.raises(FormatError, match="truncated or corrupt"):
+            gguf_file.read(tmp_path / "cut.gguf")
+    (tmp_path / "v9.gguf").write_bytes(data[:4] + (9).to_bytes(4, "little") + data[8:])
+    with pytest.raises(UnsupportedError, match="version 9"):
+        gguf_file.read(tmp_path / "v9.gguf")
+    (tmp_path / "be.gguf").write_bytes(data[:4] + (3).to_bytes(4, "big") + data[8:])
+    with pytest.raises(UnsupportedError, match="big-endian"):
+        gguf_file.read(tmp_path / "be.gguf")
+    (tmp_path / "empty.gguf").write_bytes(b"")
+    with pytest.raises(FormatError):
+        gguf_file.read(tmp_path / "empty.gguf")
+
+
 def test_missing_embedded_wheel_names_the_command(monkeypatch):
     import importlib.util
 
@@ -142,9 +203,9 @@ def test_missing_embedded_wheel_names_the_command(monkeypatch):
 @pytest.fixture(scope="module")
 def byte_tokenizer(tmp_path_factory, tiny):
     path = write_gguf(tmp_path_factory.mktemp("tok") / "t.gguf", tiny.variables, CFG)
-    from ringkit.model.weights.gguf import _reader, read_fields
+    from ringkit.model.weights.gguf import read_metadata
 
-    return Tokenizer.from_gguf_fields(read_fields(_reader(path)))
+    return Tokenizer.from_gguf_fields(read_metadata(path))
 
 
 def test_hf_directory_matches_transformers(tmp_path, tiny, rng, byte_tokenizer):

@@ -20,9 +20,9 @@ from ringkit.tokenize.text import _CHUNK_CHARS, Tokenizer
 @pytest.fixture(scope="module")
 def tok():
     from ringkit.model.load import _resolve
-    from ringkit.model.weights.gguf import _reader, read_fields
+    from ringkit.model.weights.gguf import read_metadata
 
-    return Tokenizer.from_gguf_fields(read_fields(_reader(_resolve(None)[1])))
+    return Tokenizer.from_gguf_fields(read_metadata(_resolve(None)[1]))
 
 
 @pytest.fixture(scope="module")

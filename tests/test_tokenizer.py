@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 import ringkit as rk
-from ringkit.model.weights.gguf import _reader, read_fields
+from ringkit.model.weights.gguf import read_metadata
 from ringkit.tokenize.text import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +24,7 @@ def smol_tokenizer():
         path = rk.model.embedded_model_path()
     except rk.errors.MissingDependencyError as err:
         pytest.skip(str(err))
-    return Tokenizer.from_gguf_fields(read_fields(_reader(path)))
+    return Tokenizer.from_gguf_fields(read_metadata(path))
 
 
 def test_smollm2_tokenizer(smol_tokenizer):

@@ -1,8 +1,8 @@
 """llama-architecture GGUF files (llama.cpp's format): config, dequantized weights, tokenizer.
 
-``gguf`` reads the file and dequantizes every supported type to float32 numpy. llama.cpp stores
-q/k rows permuted for interleaved RoPE; they are un-permuted here to the HF (rotate-half) order, so
-weights from every loader share one layout.
+``gguf_file`` reads the container and ``gguf`` dequantizes every supported type to float32 numpy.
+llama.cpp stores q/k rows permuted for interleaved RoPE; they are un-permuted here to the HF
+(rotate-half) order, so weights from every loader share one layout.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 from ringkit.errors import ConfigError, FormatError, UnsupportedError
 from ringkit.model.config import ModelConfig
 from ringkit.model.rope import RopeScaling
+from ringkit.model.weights import gguf_file
 from ringkit.model.weights.place import stack_layers
 
 SUPPORTED_ARCHITECTURES = ("llama",)
@@ -24,26 +25,10 @@ _LAYER_TENSORS = {  # GGUF name -> (canonical name, transform)
 }
 
 
-def _reader(path: Path):
-    import gguf
-
-    try:
-        return gguf.GGUFReader(str(path))
-    except (ValueError, OSError, IndexError, KeyError) as err:
-        raise FormatError(
-            f"{path} is not a readable GGUF file ({type(err).__name__}: {err}); it may be "
-            "truncated or corrupt: download it again") from None
-
-
-def read_fields(reader) -> dict:
-    """Every metadata field as plain Python values."""
-    fields = {}
-    for key, field in reader.fields.items():
-        try:
-            fields[key] = field.contents()
-        except Exception:  # a field type gguf cannot render: not needed by ringkit
-            continue
-    return fields
+def read_metadata(path) -> dict:
+    """Every metadata field of the GGUF file at ``path`` as plain Python values (the tokenizer
+    and config without the weights)."""
+    return gguf_file.read(path, tensors=False)[0]
 
 
 def config_from_fields(fields: dict, name: str) -> ModelConfig:
@@ -84,30 +69,24 @@ def _unpermute(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(heads, rows // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _dequantize(tensor) -> np.ndarray:
+def _dequantize(tensor: gguf_file.Tensor) -> np.ndarray:
     import gguf
 
     try:
-        out = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+        out = gguf.quants.dequantize(tensor.data, tensor.qtype)
     except NotImplementedError:
         raise UnsupportedError(
-            f"tensor {tensor.name} uses quantization {tensor.tensor_type.name}, which gguf "
+            f"tensor {tensor.name} uses quantization {tensor.qtype.name}, which gguf "
             "cannot dequantize; supported here: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 "
             "and the K-quants") from None
-    shape = tuple(int(s) for s in reversed(tensor.shape))  # ggml lists dims innermost first
-    if out.size != int(np.prod(shape)):
-        raise FormatError(f"tensor {tensor.name} holds {out.size} values, not {shape}: "
-                          "the file is truncated or corrupt")
-    return out.reshape(shape).astype(np.float32, copy=False)
+    return out.reshape(tensor.shape).astype(np.float32, copy=False)
 
 
 def read_gguf(path) -> tuple[ModelConfig, dict, dict]:
     """``(config, canonical weights, metadata fields)`` of a llama-architecture GGUF file."""
     path = Path(path)
-    reader = _reader(path)
-    fields = read_fields(reader)
+    fields, tensors = gguf_file.read(path)
     config = config_from_fields(fields, name=fields.get("general.name") or path.stem)
-    tensors = {t.name: t for t in reader.tensors}
     h, kv, hd, d = config.n_heads, config.n_kv_heads, config.head_dim, config.d_model
 
     def get(name):
