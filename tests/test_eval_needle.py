@@ -19,8 +19,8 @@ HAY = " ".join(f"Sentence number {i} tells of ships and harbours and the sea." f
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return rk.load_model(mesh=rk.make_mesh(sp=1, devices=jax.devices()[:1])).tokenizer
+def tokenizer(smollm2_tokenizer):
+    return smollm2_tokenizer
 
 
 def _tiny(tokenizer, sp):

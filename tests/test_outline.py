@@ -68,8 +68,8 @@ def _small_model(tokenizer, context):
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return rk.load_model(mesh=rk.make_mesh(sp=1, devices=jax.devices()[:1])).tokenizer
+def tokenizer(smollm2_tokenizer):
+    return smollm2_tokenizer
 
 
 def test_a_tree_too_long_is_read_as_its_outline(tree, tokenizer, tmp_path):

@@ -78,15 +78,15 @@ def test_logits_and_greedy_match_transformers(smol, prompts, hf_model):
         got = np.asarray(model.logits(row)[0])
         assert np.abs(ref).max() > 10  # logits of order 10
         assert np.abs(got - ref).max() <= 1e-3
-    # Greedy: every prompt, one at a time in transformers, as one padded batch here (one
-    # compile of the decode step instead of one per prompt length).
+    # Greedy: the two shorter prompts (the longest is in the slow test below), one at a time in
+    # transformers, as one padded batch here (one compile of the decode step, not one per length).
     ref_new = []
-    for row in prompts:
+    for row in prompts[:2]:
         with torch.no_grad():
             out = hf_model.generate(torch.tensor([row]), max_new_tokens=32, do_sample=False,
                                     eos_token_id=None, pad_token_id=0)
         ref_new.append(out[0, len(row):].tolist())
-    assert generate_ids(_no_eos(smol(sp=4)), prompts, max_new_tokens=32) == ref_new
+    assert generate_ids(_no_eos(smol(sp=4)), prompts[:2], max_new_tokens=32) == ref_new
 
 
 def _no_eos(model):
@@ -103,7 +103,7 @@ MESHES = ((2, 1), (4, 1), (8, 1), (1, 3))
 def test_sharding_invariance(smol, prompts):
     """Logits on every mesh. Greedy generations: sp=4 against transformers above, every mesh in
     the slow test below (each mesh's decode step takes ~20 s to compile)."""
-    row = prompts[1]
+    row = prompts[0]
     ref = np.asarray(smol(sp=1).logits(row)[0])
     for sp, tp in MESHES:
         got = smol(sp=sp, tp=tp).logits(row)[0]
@@ -113,9 +113,16 @@ def test_sharding_invariance(smol, prompts):
 
 
 @pytest.mark.slow
-def test_greedy_generations_are_identical_on_every_mesh(smol, prompts):
+def test_greedy_generations_are_identical_on_every_mesh(smol, prompts, hf_model):
+    """The longest prompt: transformers' greedy tokens on sp=1, then the same on every mesh."""
+    import torch
+
     row = prompts[2]
     ref_gen = generate_ids(_no_eos(smol(sp=1)), [row], max_new_tokens=24)[0]
+    with torch.no_grad():
+        out = hf_model.generate(torch.tensor([row]), max_new_tokens=24, do_sample=False,
+                                eos_token_id=None, pad_token_id=0)
+    assert ref_gen == out[0, len(row):].tolist()
     for sp, tp in MESHES:
         assert generate_ids(_no_eos(smol(sp=sp, tp=tp)), [row], max_new_tokens=24)[0] == ref_gen
 
@@ -130,7 +137,7 @@ def test_generate_text(smol):
     # A batch with prompts of different lengths gives the same greedy answers as one at a time.
     questions = ["What is the capital of France?", "Name a colour of the sky on a clear day."]
     batch = model.generate(questions, max_new_tokens=24)
-    assert batch == [model.generate(q, max_new_tokens=24) for q in questions]
+    assert batch == [answer, model.generate(questions[1], max_new_tokens=24)]
     # Stop strings cut the answer; sampling with a seed is reproducible.
     cut = model.generate("Count from 1 to 10.", max_new_tokens=24, stop=["5"])
     assert "5" not in cut and len(cut) > 0
