@@ -181,11 +181,12 @@ def _host_available() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def _check_memory(model, tokens: int) -> None:
+def _check_memory(model, tokens: int, new_tokens: int = 0) -> None:
     """Refuse a prompt whose estimated prefill peak exceeds the memory the devices have."""
     from ringkit.model.memory import estimate
 
-    est = estimate(model, tokens)
+    est = estimate(model, tokens, new_tokens=new_tokens)
+    tokens += new_tokens
     devices = list(model.mesh.devices.flat)
     if devices[0].platform == "cpu":  # simulated CPU devices share the host's memory
         have, need = _host_available(), est.prefill_peak * len(devices)
@@ -280,7 +281,7 @@ def read(source, *, model=None, mesh=None, room: int = DEFAULT_ROOM, fit: str = 
         warnings.warn(f"ringkit.read: {note}", FitWarning, stacklevel=2)
     n = len(prompt.prefix)
     model.check_length(n + room)
-    _check_memory(model, n + room)
+    _check_memory(model, n, room + 1)
     t0 = time.perf_counter()
     vision = [prompt.prefix.vision] if prompt.prefix.counts["vision"] else None
     # The decode steps ``ask`` uses compile while the prefill runs.

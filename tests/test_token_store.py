@@ -119,7 +119,7 @@ def test_memory_estimate_matches_a_real_prefill(sp, rng):
     model = Model.init_random(cfg, Runtime(mesh), seed=0)
     n, new = 1000, 24
     _, cache = model.prefill([rng.integers(0, 256, n).tolist()], max_new_tokens=new)
-    est = estimate(model, n + new)
+    est = estimate(model, n, new_tokens=new)
     assert abs(est.kv_cache / cache.nbytes_per_device() - 1) < 0.05
     weights = sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(model.variables))
     assert abs(est.weights / weights - 1) < 0.05

@@ -44,10 +44,14 @@ class MemoryEstimate:
                 f"activations {gb(self.activations)}")
 
 
-def estimate(model, tokens: int, *, mesh=None, batch: int = 1) -> MemoryEstimate:
-    """Per-device memory of ``model`` (a ``ringkit.Model``) prefilling ``tokens`` (prompt plus
-    room to generate) on ``mesh``: a mesh, or axis sizes such as ``{"sp": 64}`` for one not at
-    hand (default: the model's own)."""
+def estimate(model, tokens: int, *, new_tokens: int = 0, mesh=None,
+             batch: int = 1) -> MemoryEstimate:
+    """Per-device memory of ``model`` (a ``ringkit.Model``) prefilling ``tokens`` prompt tokens
+    with a cache kept for ``new_tokens`` more (rounded up as ``Model.prefill`` rounds them) on
+    ``mesh``: a mesh, or axis sizes such as ``{"sp": 64}`` for one not at hand (default: the
+    model's own)."""
+    from ringkit.attention.decode import SPARE_SLOTS, room_slots
+
     cfg, rt = model.config, model.runtime
     mesh = model.mesh if mesh is None else mesh
     shape = dict(mesh.shape) if hasattr(mesh, "shape") else dict(mesh)
@@ -60,9 +64,10 @@ def estimate(model, tokens: int, *, mesh=None, batch: int = 1) -> MemoryEstimate
     # features also split over 'sp' (see Model._decode_variables).
     decode_weights = 0 if (sp == 1 and not rt.scan_layers) else weights // sp
     rows = math.ceil(batch / (dp * fsdp))
-    local = rows * math.ceil(tokens / sp)
+    local = rows * math.ceil(tokens / sp)  # prompt tokens per device
+    room = room_slots(new_tokens, sp) + SPARE_SLOTS if new_tokens else 0
     kv_heads = math.ceil(cfg.n_kv_heads / min(tp, cfg.n_kv_heads))
-    kv_cache = 2 * cfg.n_layers * kv_heads * cfg.head_dim * local * w_item
+    kv_cache = 2 * cfg.n_layers * kv_heads * cfg.head_dim * (local + rows * room) * w_item
     heads = math.ceil(cfg.n_heads / tp)
     ffn = math.ceil(cfg.ffn_dim / tp)
     activations = local * (
@@ -70,4 +75,5 @@ def estimate(model, tokens: int, *, mesh=None, batch: int = 1) -> MemoryEstimate
         + (heads + 2 * kv_heads) * cfg.head_dim * c_item * 2  # q, k, v and the KV in flight
         + heads * cfg.head_dim * 4                            # attention accumulator (f32)
         + ffn * (2 * 4 + c_item))                             # gate, up (f32) and their product
-    return MemoryEstimate(shape, tokens, weights, decode_weights, kv_cache, activations)
+    return MemoryEstimate(shape, tokens + new_tokens, weights, decode_weights, kv_cache,
+                          activations)

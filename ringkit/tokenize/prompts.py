@@ -85,7 +85,8 @@ class Tokens:
         if model is not None:
             from ringkit.model.memory import estimate
 
-            lines.append(estimate(model, len(self) + max_new_tokens, mesh=mesh).describe())
+            est = estimate(model, len(self), new_tokens=max_new_tokens, mesh=mesh)
+            lines.append(est.describe())
         return "\n".join(lines)
 
 
