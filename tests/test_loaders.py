@@ -165,7 +165,8 @@ def test_gguf_container_reads_what_gguf_writes(tmp_path, rng):
     assert set(tensors) == {t.name for t in ref.tensors} == {"f32", "f16", "q8"}
     for t in ref.tensors:
         mine = tensors[t.name]
-        assert mine.shape == tuple(int(d) for d in reversed(t.shape)) and mine.qtype == t.tensor_type
+        assert mine.shape == tuple(int(d) for d in reversed(t.shape))
+        assert mine.qtype == t.tensor_type
         np.testing.assert_array_equal(gguf.quants.dequantize(mine.data, mine.qtype),
                                       gguf.quants.dequantize(t.data, t.tensor_type))
     np.testing.assert_array_equal(
@@ -183,6 +184,10 @@ def test_gguf_container_reads_what_gguf_writes(tmp_path, rng):
     (tmp_path / "be.gguf").write_bytes(data[:4] + (3).to_bytes(4, "big") + data[8:])
     with pytest.raises(UnsupportedError, match="big-endian"):
         gguf_file.read(tmp_path / "be.gguf")
+    bad = data.replace(b"\xc3\xbcn\xc3\xaf", b"\xc3\xbcn\xc3\x28", 1)  # "ünï": not UTF-8
+    (tmp_path / "utf.gguf").write_bytes(bad)
+    with pytest.raises(FormatError, match="UnicodeDecodeError"):
+        gguf_file.read(tmp_path / "utf.gguf")
     (tmp_path / "empty.gguf").write_bytes(b"")
     with pytest.raises(FormatError):
         gguf_file.read(tmp_path / "empty.gguf")

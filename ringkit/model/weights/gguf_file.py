@@ -58,7 +58,7 @@ class _Cursor:
         if end > len(self.buf):
             raise EOFError("a string runs past the end of the file")
         raw, self.pos = self.buf[self.pos:end], end
-        return bytes(raw).decode("utf-8", errors="replace")
+        return bytes(raw).decode("utf-8")
 
     def value(self, kind: int):
         if kind in _SCALARS:
