@@ -265,7 +265,7 @@ def load_context(path, *, model=None, mesh=None):
     if not same_ring:
         sp = model.sp
         base = padded_length(int(max(meta["next_pos"])), sp, saved["layout"]) // sp
-        extra = room_slots(meta["room"] + 1, sp) + SPARE_SLOTS  # as ``Model.prefill``
+        extra = room_slots(meta["room"], sp) + SPARE_SLOTS  # as ``Model.prefill``
         n_layers = len(k)
         arrays, pos = relayout_cache(list(k) + list(v), np.asarray(slot_pos), sp=sp,
                                      base=base, layout=saved["layout"], extra=extra)

@@ -50,16 +50,16 @@ def append_index(counter, t: int, sp: int, base: int, slots_local: int):
 MIN_ROOM_SLOTS = 16  # per device: short generations all share one cache shape
 
 
-def room_slots(new_tokens: int, sp: int) -> int:
-    """Slots per device a cache keeps for ``new_tokens`` appended tokens: ``ceil(new_tokens /
-    sp)`` rounded up to a power of two (at least ``MIN_ROOM_SLOTS``), so that nearby
-    ``max_new_tokens`` (and ``ringkit.ask``'s question-dependent room) share one compiled prefill
-    and decode step. At most twice the room asked for; the document's slots dominate a cache.
+def room_slots(appended: int, sp: int) -> int:
+    """Slots per device a cache keeps for ``appended`` tokens written after the prefill:
+    ``ceil(appended / sp)`` rounded up to a power of two (at least ``MIN_ROOM_SLOTS``), so that
+    nearby ``max_new_tokens`` (and ``ringkit.ask``'s question-dependent room) share one compiled
+    prefill and decode step. At most twice the room asked for; the document's slots dominate.
 
-    >>> room_slots(24, 4), room_slots(100, 1), room_slots(1025, 8)
-    (16, 128, 256)
+    >>> room_slots(24, 4), room_slots(100, 1), room_slots(1024, 1)
+    (16, 128, 1024)
     """
-    need = max(1, -(-new_tokens // sp))
+    need = max(1, -(-appended // sp))
     return max(MIN_ROOM_SLOTS, 1 << (need - 1).bit_length())
 
 

@@ -65,7 +65,7 @@ def estimate(model, tokens: int, *, new_tokens: int = 0, mesh=None,
     decode_weights = 0 if (sp == 1 and not rt.scan_layers) else weights // sp
     rows = math.ceil(batch / (dp * fsdp))
     local = rows * math.ceil(tokens / sp)  # prompt tokens per device
-    room = room_slots(new_tokens, sp) + SPARE_SLOTS if new_tokens else 0
+    room = room_slots(new_tokens - 1, sp) + SPARE_SLOTS if new_tokens else 0  # as Model.prefill
     kv_heads = math.ceil(cfg.n_kv_heads / min(tp, cfg.n_kv_heads))
     kv_cache = 2 * cfg.n_layers * kv_heads * cfg.head_dim * (local + rows * room) * w_item
     heads = math.ceil(cfg.n_heads / tp)

@@ -202,7 +202,7 @@ class Model:
     def prefill(self, rows, *, max_new_tokens: int, vision_rows=None,
                 steps: Sequence[int] | None = None) -> tuple[jax.Array, KVCache]:
         """Run token ``rows`` (lists of ids) through the model, keeping a sharded KV cache with
-        room for at least ``max_new_tokens`` more per row (rounded up by
+        room for at least ``max_new_tokens - 1`` appended tokens per row (rounded up by
         ``ringkit.attention.decode.room_slots``, so nearby lengths share one executable).
         Returns ``(last logits [b, vocab], cache)``.
 
@@ -213,7 +213,7 @@ class Model:
         batch: Batch = pack(rows, sp=self.sp, layout=self.runtime.layout,
                             vision_rows=vision_rows, row_multiple=self._batch_shards)
         self.check_length(batch.length + max_new_tokens - 1)  # the last new token is not fed
-        extra = decode.room_slots(max_new_tokens, self.sp)
+        extra = decode.room_slots(max_new_tokens - 1, self.sp)  # the last new token is not fed
         steps = ((1,) if max_new_tokens > 1 else ()) if steps is None else steps
         with bar(self.config.n_layers, "prefill", "layer", threshold=PREFILL_BAR_TOKENS,
                  amount=batch.ids.size) as progress, reporting(progress):
