@@ -13,6 +13,7 @@ from pathlib import Path
 
 import jax
 
+from ringkit import compile_cache
 from ringkit.errors import ConfigError, FormatError, MissingDependencyError
 from ringkit.mesh import make_mesh
 from ringkit.model.config import ModelConfig
@@ -138,6 +139,7 @@ def load_model(source=None, *, mesh=None, dtype: str | None = None,
     runtime = Runtime(make_mesh(sp=-1) if mesh is None else mesh, dtype=dtype,
                       param_dtype=param_dtype, layout=layout,
                       scan_layers=scan_layers, remat=remat)
+    compile_cache.ensure(runtime.mesh)  # before this model's first compile
     model = Model(config, place(canonical, config, runtime), tokenizer, runtime)
     model.source = None if source is None else str(path)
     return model
