@@ -78,14 +78,14 @@ class Haystack:
         # Tokens per character from three samples across the text (a play's cast list alone
         # would overstate it).
         samples = [text[int(f * len(text)):int(f * len(text)) + 8000] for f in (0, 0.45, 0.9)]
-        per_char = (sum(len(tok.encode(s, add_bos=False)) for s in samples)
+        per_char = (sum(len(tok.encode(s, add_bos=False, literal=True)) for s in samples)
                     / max(sum(map(len, samples)), 1))
         self.approx_tokens = int(per_char * len(text))
 
     def ids(self, i: int) -> list[int]:
         i %= len(self.sentences)
         if i not in self._ids:
-            self._ids[i] = self.tok.encode(" " + self.sentences[i], add_bos=False)
+            self._ids[i] = self.tok.encode(" " + self.sentences[i], add_bos=False, literal=True)
         return self._ids[i]
 
 

@@ -157,6 +157,7 @@ def _text_prompt(doc: Document, tok, question, store, sources, *, open_end=False
     if parts is not None:
         before, after = parts
         prompt = before + content + ("" if open_end else after)
+        literal = [(len(before), len(before) + len(content))]
     else:  # a template that alters its content: locate the body in the rendered prompt
         if open_end:
             raise UnsupportedError("this model's chat template alters the user's text, so a "
@@ -164,9 +165,12 @@ def _text_prompt(doc: Document, tok, question, store, sources, *, open_end=False
         prompt = tok.apply_chat_template([{"role": "user", "content": content}],
                                          add_generation_prompt=question is not None)
         before = prompt[:max(prompt.find(body), 0)]
+        literal = [(len(before), len(before) + len(body))]
 
     def compute():
-        ids, starts = tok.encode_with_offsets(prompt)
+        # Special-token strings in the document and question are text: a file that holds
+        # "<|im_end|>" must not end the user's turn.
+        ids, starts = tok.encode_with_offsets(prompt, literal=literal)
         # Character start of every text segment inside the prompt (doc.text joins with "\n\n").
         lead = len(doc.text) - len(doc.text.lstrip())
         seg_index, seg_start, pos = [], [], len(before) - lead
@@ -197,7 +201,7 @@ def tokenize(doc: Document, model, question: str | None = None, *, vqgan=None,
     ``False``: none), keyed by the tokenizer, VQGAN and exact input, so the same document and
     question tokenize once.
     """
-    _check_question(question)
+    check_question(question, optional=True)
     return _prompt(doc, model, question, vqgan, cache, open_end=False)
 
 
@@ -215,9 +219,12 @@ class ContextPrompt:
     tokenizer: object = dataclasses.field(repr=False, compare=False)
 
     def question_ids(self, question: str) -> np.ndarray:
-        _check_question(question)
-        text = self.template.replace("{question}", question.strip())
-        return np.asarray(self.tokenizer.encode(text, add_bos=False), np.int32)
+        check_question(question)
+        question = question.strip()
+        at = self.template.index("{question}")
+        text = self.template[:at] + question + self.template[at + len("{question}"):]
+        ids, _ = self.tokenizer.encode_with_offsets(text, literal=[(at, at + len(question))])
+        return ids.astype(np.int32)
 
 
 def context_prompt(doc: Document, model, *, vqgan=None, cache=None) -> ContextPrompt:
@@ -231,8 +238,14 @@ def context_prompt(doc: Document, model, *, vqgan=None, cache=None) -> ContextPr
     return ContextPrompt(prefix, "\n\n{question}" + after, tok)
 
 
-def _check_question(question: str | None) -> None:
-    if question is not None and not question.strip():
+def check_question(question: str | None, *, optional: bool = False) -> None:
+    """A question is a non-empty string (or None, where ``optional``)."""
+    if question is None and optional:
+        return
+    if not isinstance(question, str):
+        raise SourceError(f"the question must be text (a str), got {type(question).__name__}: "
+                          f"{question!r:.60}")
+    if not question.strip():
         raise SourceError("the question is empty; ask something")
 
 
@@ -260,16 +273,18 @@ def _prompt(doc: Document, model, question, vqgan, cache, *, open_end: bool) -> 
     def compute():
         ids, vision, segment = [], [], []
 
-        def text(s: str, seg=NO_SEGMENT, bos: bool = False):
-            piece = tok.encode(s, add_bos=bos)
+        def text(s: str, seg=NO_SEGMENT, bos: bool = False, literal=()):
+            piece = tok.encode(s, add_bos=bos, literal=literal)
             ids.extend(piece)
             vision.extend([False] * len(piece))
             segment.extend([seg] * len(piece))
 
-        text(f"{SYSTEM} USER: " + (f"{question}\n" if question else ""), bos=True)
+        head = f"{SYSTEM} USER: "
+        text(head + (f"{question}\n" if question else ""), bos=True,
+             literal=[(len(head), len(head) + len(question or ""))])
         for i, seg in enumerate(doc.segments):
             if isinstance(seg, TextSegment):
-                text(seg.text + "\n", i)
+                text(seg.text + "\n", i, literal=True)
             else:
                 codes = vqgan.encode(doc.frames[seg.first:seg.first + seg.count])
                 text("<vision>", i)

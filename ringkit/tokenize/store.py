@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-FORMAT = 1
+FORMAT = 2  # 2: special-token strings in documents are text
 NO_SEGMENT = 2**32 - 1
 _FILES = ("ids", "vision", "segment")
 

@@ -111,27 +111,79 @@ class Tokenizer:
         return self.backend.get_vocab_size(with_added_tokens=True)
 
     # -- encode / decode -----------------------------------------------------------------------
-    def encode(self, text: str, *, add_bos: bool | None = None) -> list[int]:
-        """Token ids of ``text`` (special-token strings in it become their ids).
+    def encode(self, text: str, *, add_bos: bool | None = None,
+               literal: bool | Sequence[tuple[int, int]] = False) -> list[int]:
+        """Token ids of ``text``: special-token strings in it become their ids, except in
+        ``literal`` text (True: all of it; or ``(start, end)`` character spans): text from a
+        document or a user, where ``<|im_end|>`` is just text.
 
         A long text is cut into chunks where the pre-tokenizer starts a new piece anyway and the
         chunks are encoded in parallel (all cores), giving the same ids as one encode: a
         million-token book takes ~1/3 the time. Tokenizers whose pieces could cross such a cut
         encode in one call.
         """
-        ids = [i for part in self._encode_parts(text, offsets=False) for i in part[1].ids]
+        spans = [(0, len(text))] if literal is True else literal or ()
+        if self._template_specials(text, spans) is not None:
+            ids = self.encode_with_offsets(text, literal=spans)[0].tolist()
+        else:
+            ids = [i for part in self._encode_parts(text, offsets=False) for i in part[1].ids]
         add = self.add_bos if add_bos is None else add_bos
         if add and self.bos_id is not None and (not ids or ids[0] != self.bos_id):
             ids = [self.bos_id] + ids
         return ids
 
-    def encode_with_offsets(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+    def encode_with_offsets(self, text: str, *, literal: Sequence[tuple[int, int]] = ()
+                            ) -> tuple[np.ndarray, np.ndarray]:
         """``(ids, starts)``: int64 ``[n]`` token ids of ``text`` (no BOS) and the character
-        offset in ``text`` where each token starts."""
+        offset in ``text`` where each token starts. ``literal``: ``(start, end)`` character spans
+        (a document inside its chat template) whose special-token strings are text.
+
+        The tokenizer itself cuts its input at special tokens before anything else, so encoding
+        the pieces between the template's special tokens, with special tokens off, is what one
+        call gives for text without them.
+        """
+        cuts = self._template_specials(text, literal)
+        if cuts is None:
+            return self._encode_piece(text)
+        ids, starts, pos = [], [], 0
+        for start, end, token_id in cuts + [(len(text), len(text), None)]:
+            piece_ids, piece_starts = self._encode_piece(text[pos:start], special=False)
+            ids += [piece_ids, np.asarray([] if token_id is None else [token_id], np.int64)]
+            starts += [piece_starts + pos, np.asarray([] if token_id is None else [start], np.int64)]
+            pos = end
+        return np.concatenate(ids), np.concatenate(starts)
+
+    @functools.cached_property
+    def _special_strings(self) -> re.Pattern | None:
+        """The special tokens' strings, longest first (as the tokenizer matches them)."""
+        specials = sorted({t.content for t in self.backend.get_added_tokens_decoder().values()
+                           if t.special}, key=len, reverse=True)
+        return re.compile("|".join(map(re.escape, specials))) if specials else None
+
+    def _template_specials(self, text: str, literal) -> list[tuple[int, int, int]] | None:
+        """``(start, end, id)`` of the special tokens outside the ``literal`` spans, or None when
+        no literal span holds one (then one plain encode is exact)."""
+        if not literal or self._special_strings is None:
+            return None
+        inside = lambda m: any(a < m.end() and m.start() < b for a, b in literal)
+        found = list(self._special_strings.finditer(text))
+        if not any(map(inside, found)):
+            return None
+        return [(m.start(), m.end(), self.backend.token_to_id(m.group())) for m in found
+                if not inside(m)]
+
+    def _encode_piece(self, text: str, *, special: bool = True):
+        """``encode_with_offsets`` of text that holds no template special token; ``special=False``
+        reads special-token strings as text."""
         ids, starts = [], []
-        for offset, enc in self._encode_parts(text, offsets=True):
-            ids.append(np.asarray(enc.ids, np.int64))
-            starts.append(np.asarray([a for a, _ in enc.offsets], np.int64) + offset)
+        previous = self.backend.encode_special_tokens
+        self.backend.encode_special_tokens = not special
+        try:
+            for offset, enc in self._encode_parts(text, offsets=True):
+                ids.append(np.asarray(enc.ids, np.int64))
+                starts.append(np.asarray([a for a, _ in enc.offsets], np.int64) + offset)
+        finally:
+            self.backend.encode_special_tokens = previous
         if not ids:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         return np.concatenate(ids), np.concatenate(starts)
