@@ -40,6 +40,29 @@ def test_undecodable_text_is_refused_not_garbled(tmp_path):
         rk.ingest(bad)
 
 
+@pytest.mark.parametrize("text,encoding", [
+    ("café", "cp1252"), ("Résumé", "latin-1"), ("# TODO: über\n", "latin-1"),
+    ("© 2019 Acme\n", "cp1252"), ("def f():\n    # Привет\n    return 1\n" * 3, "cp1251"),
+    ("Zażółć gęślą jaźń", "cp1250"), ("こんにちは世界、元気ですか", "shift_jis")])
+def test_short_legacy_text_is_decoded_as_written(text, encoding, tmp_path):
+    """Short files give a detector little to go on: the widespread encoding that decodes them
+    as cleanly as any other wins (cp1252 before cp1251's "cafй")."""
+    (tmp_path / "note.txt").write_bytes(text.encode(encoding))
+    assert rk.ingest(tmp_path / "note.txt").text == text
+
+
+def test_a_bad_byte_order_mark_is_refused_and_a_tree_keeps_the_rest(tmp_path):
+    (tmp_path / "cut.txt").write_bytes("Grüße".encode("utf-16")[:-1])  # odd length
+    (tmp_path / "bad8.txt").write_bytes(b"\xef\xbb\xbfok \xff")
+    for name in ("cut.txt", "bad8.txt"):
+        with pytest.raises(SourceError, match=f"{name} starts with a UTF-.* byte-order mark"):
+            rk.ingest(tmp_path / name)
+    (tmp_path / "fine.txt").write_text("fine\n")
+    doc = rk.ingest(tmp_path)
+    assert doc.files == ["fine.txt"]
+    assert {s.path for s in doc.skipped} == {"cut.txt", "bad8.txt"}
+
+
 def test_html_keeps_text_and_paragraphs(tmp_path):
     page = ("<html><head><title>T</title><style>p{color:red}</style></head><body>"
             "<h1>Chapter I</h1><p>It was the best of times,</p><p>it was the worst&nbsp;of "
@@ -76,6 +99,17 @@ def test_epub_chapters_in_spine_order(tmp_path):
     assert [s.title for s in doc.segments] == ["One", "Two"]
     assert doc.text == "One\n\nFirst chapter.\n\nTwo\n\nSecond chapter."
     assert doc.segments[0].source.endswith("b.epub#text/ch1.xhtml")
+
+
+def test_epub_hrefs_are_urls(tmp_path):
+    with zipfile.ZipFile(tmp_path / "s.epub", "w") as z:
+        z.writestr("META-INF/container.xml",
+                   '<?xml version="1.0"?><container><rootfiles><rootfile full-path="c.opf"/>'
+                   "</rootfiles></container>")
+        z.writestr("c.opf", '<package><manifest><item id="a" href="chapter%201.xhtml#top"/>'
+                   '</manifest><spine><itemref idref="a"/></spine></package>')
+        z.writestr("chapter 1.xhtml", "<html><body><p>Spaced out.</p></body></html>")
+    assert rk.ingest(tmp_path / "s.epub").text == "Spaced out."
 
 
 def test_corrupt_epub(tmp_path):
@@ -165,6 +199,22 @@ def test_secrets_on_request(tmp_path):
     assert "escape.txt" not in doc.files  # never follows a symlink out of the root
 
 
+def test_file_names_that_are_not_utf8(tmp_path):
+    """Linux allows any bytes in a name: it is shown escaped, and the text still tokenizes."""
+    root = tmp_path / "proj"
+    root.mkdir()
+    name = os.fsdecode(b"caf\xe9.py")
+    (root / name).write_text("x = 1\n")
+    (root / "ok.py").write_text("y = 2\n")
+    doc = rk.ingest(root)
+    assert doc.files == ["caf\\xe9.py", "ok.py"]
+    assert HEADER.format(path="caf\\xe9.py") in doc.text
+    doc.text.encode("utf-8")  # no lone surrogates left for a tokenizer or a terminal
+    from ringkit.tokenize.store import digest
+
+    digest(doc.text)
+
+
 def test_lists_keep_order_and_survive_bad_items(tmp_path):
     (tmp_path / "a.txt").write_text("alpha\n")
     (tmp_path / "code").mkdir()
@@ -192,6 +242,11 @@ def test_bad_input(tmp_path, monkeypatch):
         rk.ingest(tmp_path / "emptydir")
     with pytest.raises(SourceError, match="list of sources is empty"):
         rk.ingest([])
+    for bad in (None, 3, b"/etc/hosts"):
+        with pytest.raises(SourceError, match="a source is a path"):
+            rk.ingest(bad)
+    with pytest.raises(SourceError, match="source path is empty"):
+        rk.ingest("")
     (tmp_path / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")  # a header, no video
     with pytest.raises(FormatError, match="clip.mp4"):
         rk.ingest(tmp_path / "clip.mp4")

@@ -211,6 +211,33 @@ def test_images(tmp_path):
         rk.ingest(tmp_path / "bad.png")
 
 
+def test_images_as_they_are_meant_to_be_seen(tmp_path, monkeypatch):
+    """16-bit greyscale scaled to 8 bits, EXIF orientation applied, extreme shapes and sizes
+    read or refused with a ringkit error."""
+    from PIL import Image
+
+    ramp = np.tile(np.linspace(0, 65535, 512).astype(np.uint16), (300, 1))
+    Image.fromarray(ramp).save(tmp_path / "deep.png")  # a 16-bit PNG
+    with Image.open(tmp_path / "deep.png") as im:
+        assert im.mode.startswith("I")
+    frame = rk.ingest(tmp_path / "deep.png").frames[0]
+    assert frame[:, :20].mean() < 60 and frame[:, -20:].mean() > 195  # a ramp, not all white
+    assert abs(frame.mean() - 127.5) < 10
+    upright = np.zeros((200, 400, 3), np.uint8)
+    upright[:100] = (255, 0, 0)  # red on top
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: viewers turn it 90 degrees clockwise
+    Image.fromarray(np.rot90(upright, 1)).save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    frame = rk.ingest(tmp_path / "phone.jpg").frames[0].astype(int)
+    assert frame[:60, :, 0].mean() > 200 and frame[-60:, :, 0].mean() < 50
+    Image.fromarray(np.full((2, 6000, 3), 90, np.uint8)).save(tmp_path / "banner.png")
+    assert rk.ingest(tmp_path / "banner.png").frames.shape == (1, 256, 256, 3)
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(tmp_path / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 40 x 40 is then a "decompression bomb"
+    with pytest.raises(FormatError, match="too large to decode safely"):
+        rk.ingest(tmp_path / "huge.png")
+
+
 def test_bad_videos(tmp_path):
     (tmp_path / "noise.mp4").write_bytes(np.random.default_rng(0).bytes(5000))
     with pytest.raises(FormatError, match="noise.mp4"):
@@ -288,6 +315,11 @@ def test_video_reads_its_sidecar_subtitles_for_text_models(tmp_path):
     assert [s.source.rsplit("/", 1)[-1] for s in doc.segments[1:]] == ["talk.en.vtt", "talk.srt"]
     assert "[00:00:01] Hello, harbour." in doc.text and "Nine of them." in doc.text
     assert not rk.ingest(tmp_path / "talk.mp4", subtitles=False).text
+    (tmp_path / "talk.srt").write_text("")  # an unusable sidecar costs its text, not the video
+    kept = rk.ingest(tmp_path / "talk.mp4")
+    assert len(kept.frames) == 2 and "Hello, harbour." in kept.text
+    assert [s.path.rsplit("/", 1)[-1] for s in kept.skipped] == ["talk.srt"]
+    (tmp_path / "talk.srt").write_text(SRT)
     # A text-only model gets the subtitles (frames left out); with no text it is told why.
     from ringkit.model.load import _resolve
     from ringkit.model.weights.gguf import read_metadata

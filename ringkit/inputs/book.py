@@ -13,6 +13,7 @@ import codecs
 import html.parser
 import pathlib
 import posixpath
+import urllib.parse
 import xml.etree.ElementTree as ET
 import zipfile
 
@@ -40,7 +41,13 @@ def decode_text(data: bytes, name: str) -> str:
     """Bytes of a text file -> str, or a ``SourceError`` saying why it cannot be read faithfully."""
     for bom, encoding in _BOMS:
         if data.startswith(bom):
-            return data.decode(encoding)
+            try:
+                return data.decode(encoding)
+            except UnicodeDecodeError as e:
+                raise SourceError(
+                    f"{name} starts with a {encoding.split('-sig')[0].upper()} byte-order mark "
+                    f"but is not valid {encoding.split('-sig')[0].upper()} at byte {e.start} "
+                    "(cut short or corrupt?); re-save it as UTF-8") from None
     if looks_binary(data):
         raise SourceError(f"{name} is binary, not text")
     try:
@@ -54,12 +61,17 @@ def decode_text(data: bytes, name: str) -> str:
         raise SourceError(
             f"{name} is not UTF-8 and its encoding could not be told with confidence; re-save it "
             "as UTF-8 (e.g. iconv -f <encoding> -t utf-8)")
-    # Legacy single-byte encodings often decode the same bytes equally cleanly (cp1252's "œ" is
-    # cp1250's "ś"); among the near-best, the most widespread wins.
+    # Legacy encodings often decode the same bytes equally cleanly (cp1252's "é" is cp1251's
+    # "й"), and charset_normalizer lists one of each family of equal decodings, not always the
+    # common one: among the encodings that decode as cleanly as the best, the most widespread
+    # wins, each asked for by name.
     floor = min(m.chaos for m in matches)
+    for encoding in _PREFERRED:
+        match = charset_normalizer.from_bytes(data, cp_isolation=[encoding]).best()
+        if match is not None and match.chaos <= floor + 0.01:
+            return str(match)
     near = [m for m in matches if m.chaos <= floor + 0.01]
-    rank = lambda m: _PREFERRED.index(m.encoding) if m.encoding in _PREFERRED else len(_PREFERRED)
-    return str(min(near, key=rank))
+    return str(near[0])
 
 
 class _TextExtractor(html.parser.HTMLParser):
@@ -167,7 +179,8 @@ def read_epub(path: pathlib.Path, name: str) -> Document:
             if href is None:
                 raise FormatError(f"{name} is not a valid EPUB: spine item {idref!r} has no "
                                   "manifest entry")
-            member = posixpath.normpath(posixpath.join(base, href)) if base else href
+            path = urllib.parse.unquote(href.split("#")[0])  # hrefs are URLs: "chapter%201.xhtml"
+            member = posixpath.normpath(posixpath.join(base, path)) if base else path
             try:
                 raw = zf.read(member)
             except KeyError:

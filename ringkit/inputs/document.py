@@ -79,3 +79,12 @@ class Document:
         n_text = sum(isinstance(s, TextSegment) for s in self.segments)
         return (f"Document({n_text} text segments, {len(self.text):,} characters, "
                 f"{len(self.files)} files, {len(self.frames)} frames, {len(self.skipped)} skipped)")
+
+
+def printable_path(path: str) -> str:
+    """A path as text: the bytes of a file name that are not UTF-8 (which Python keeps as lone
+    surrogates, and no tokenizer or terminal takes) written as ``\\xe9``."""
+    try:
+        return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate no file name decodes to
+        return path.encode("utf-8", "backslashreplace").decode("utf-8")

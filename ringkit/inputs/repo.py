@@ -20,7 +20,7 @@ import subprocess
 
 from ringkit.errors import SourceError
 from ringkit.inputs.book import decode_text, looks_binary
-from ringkit.inputs.document import Document, Skipped, TextSegment
+from ringkit.inputs.document import Document, Skipped, TextSegment, printable_path
 from ringkit.progress import bar
 
 MAX_FILE_BYTES = 1_000_000
@@ -157,9 +157,9 @@ def read_repo(root: pathlib.Path, *, max_file_bytes: int = MAX_FILE_BYTES,
                 folder = "/".join(parts[:cut + 1]) + "/"
                 if folder not in folders:
                     folders.add(folder)
-                    doc.skipped.append(Skipped(folder, "vendored or generated folder"))
+                    doc.skipped.append(Skipped(printable_path(folder), "vendored or generated folder"))
                 continue
-            path = root / rel
+            path, shown = root / rel, printable_path(rel)
             if not path.exists() and not path.is_symlink():
                 continue  # tracked but deleted in the work tree
             reason = _skip_reason(root, rel, include_secrets)
@@ -184,17 +184,17 @@ def read_repo(root: pathlib.Path, *, max_file_bytes: int = MAX_FILE_BYTES,
                         reason = "holds a private key (pass include_secrets=True to read it)"
                     else:
                         try:
-                            text = decode_text(data, rel)
+                            text = decode_text(data, shown)
                         except SourceError as e:
-                            reason = str(e).removeprefix(f"{rel} ")
+                            reason = str(e).removeprefix(f"{shown} ")
             if reason is not None:
-                doc.skipped.append(Skipped(rel, reason))
+                doc.skipped.append(Skipped(shown, reason))
                 continue
             body = text.rstrip("\n")
-            text = f"{HEADER.format(path=rel)}\n{body}\n{FOOTER.format(path=rel)}"
-            doc.segments.append(TextSegment(text=text, source=rel,
-                                            span=(1, body.count("\n") + 1), title=rel))
-            doc.files.append(rel)
+            text = f"{HEADER.format(path=shown)}\n{body}\n{FOOTER.format(path=shown)}"
+            doc.segments.append(TextSegment(text=text, source=shown,
+                                            span=(1, body.count("\n") + 1), title=shown))
+            doc.files.append(shown)
     if not doc.segments:
         why = "; ".join(f"{s.path}: {s.reason}" for s in doc.skipped[:5])
         raise SourceError(f"{name} has no readable text files"

@@ -7,7 +7,7 @@ import pathlib
 
 from ringkit.errors import FormatError, SourceError, UnsupportedError
 from ringkit.inputs.book import BOOK_SUFFIXES, decode_text, looks_binary, read_book
-from ringkit.inputs.document import Document, Skipped, TextSegment
+from ringkit.inputs.document import Document, Skipped, TextSegment, printable_path
 from ringkit.inputs.pdf import read_pdf
 from ringkit.inputs.repo import MAX_FILE_BYTES, read_repo
 from ringkit.inputs.subtitles import SUBTITLE_SUFFIXES, embedded, read_subtitles, sidecars
@@ -24,8 +24,14 @@ SUPPORTED = ("a directory or git checkout, and files: "
 
 def _read_one(source, *, max_file_bytes: int, include_secrets: bool, fps: float,
               max_frames: int | None, backend: str, subtitles: bool, ocr: bool) -> Document:
+    if not isinstance(source, (str, os.PathLike)) or isinstance(os.fspath(source), bytes):
+        raise SourceError(f"a source is a path (str or pathlib.Path), not "
+                          f"{type(source).__name__}: {source!r:.80}")
+    name = printable_path(str(source))
+    if not name.strip():
+        raise SourceError("a source path is empty; give a file or directory (\".\" for the "
+                          "current directory)")
     path = pathlib.Path(os.fspath(source)).expanduser()
-    name = str(source)
     if not path.exists():
         raise SourceError(f"no such file or directory: {name}")
     if path.is_dir():
@@ -37,8 +43,12 @@ def _read_one(source, *, max_file_bytes: int, include_secrets: bool, fps: float,
             doc = read_video(path, name, fps=fps, max_frames=max_frames, backend=backend)
             if subtitles:
                 doc.segments.extend(embedded(path, name) if backend == "av" else [])
-                for sub in sidecars(path):
-                    doc.extend(read_subtitles(sub, str(pathlib.Path(name).parent / sub.name)))
+                for sub in sidecars(path):  # one bad sidecar costs its own text, not the video
+                    sub_name = str(pathlib.Path(name).parent / sub.name)
+                    try:
+                        doc.extend(read_subtitles(sub, sub_name))
+                    except (SourceError, FormatError) as e:
+                        doc.skipped.append(Skipped(sub_name, str(e)))
             return _with_onscreen_text(doc, name) if ocr else doc
         if suffix in SUBTITLE_SUFFIXES:
             return read_subtitles(path, name)
@@ -113,6 +123,9 @@ def ingest(source, *, max_file_bytes: int = MAX_FILE_BYTES, include_secrets: boo
                    ocr=ocr)
     if isinstance(source, (str, os.PathLike)):
         return _read_one(source, **options)
+    if isinstance(source, bytes) or not hasattr(source, "__iter__"):
+        raise SourceError(f"a source is a path (str or pathlib.Path) or a list of them, not "
+                          f"{type(source).__name__}: {source!r:.80}")
     sources = list(source)
     if not sources:
         raise SourceError("nothing to read: the list of sources is empty")

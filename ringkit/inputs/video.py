@@ -33,6 +33,9 @@ from ringkit.progress import bar
 BACKENDS = ("av", "decord")
 
 
+MAX_ASPECT = 16  # longest side over shortest that an image keeps (its middle) before scaling
+
+
 def scaled_size(width: int, height: int, size: int = FRAME_SIZE) -> tuple[int, int]:
     """``(w, h)`` with the shorter side ``size`` and the aspect ratio kept."""
     if width <= height:
@@ -40,11 +43,29 @@ def scaled_size(width: int, height: int, size: int = FRAME_SIZE) -> tuple[int, i
     return max(size, round(width * size / height)), size
 
 
-def center_crop(rgb: np.ndarray, size: int = FRAME_SIZE) -> np.ndarray:
-    """Centre ``size x size`` crop of ``[h, w, 3]``."""
+def center_crop(rgb: np.ndarray, size: int | tuple[int, int] = FRAME_SIZE) -> np.ndarray:
+    """Centre crop of ``[h, w, 3]``: ``size x size``, or ``size = (height, width)``."""
+    size_h, size_w = (size, size) if isinstance(size, int) else size
     h, w = rgb.shape[:2]
-    top, left = (h - size) // 2, (w - size) // 2
-    return rgb[top:top + size, left:left + size]
+    top, left = (h - size_h) // 2, (w - size_w) // 2
+    return rgb[top:top + size_h, left:left + size_w]
+
+
+def _rgb(im) -> np.ndarray:
+    """uint8 RGB ``[h, w, 3]`` of a Pillow image, turned upright by its EXIF orientation (a
+    phone's photo), 16-bit greyscale scaled to 8 bits (Pillow's own conversion clips it)."""
+    from PIL import ImageOps
+
+    im = ImageOps.exif_transpose(im)
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        grey = np.asarray(im, np.float64)
+        if im.mode == "F" and grey.size and grey.max() <= 1.0:
+            grey = grey * 255.0  # a float image in [0, 1]
+        elif im.mode.startswith("I;16") or (im.mode == "I" and grey.size and grey.max() > 255):
+            grey = grey / 257.0  # 16-bit samples
+        grey = np.clip(np.rint(grey), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    return np.asarray(im.convert("RGB"))
 
 
 class _Frames:
@@ -271,11 +292,19 @@ def read_image(path: pathlib.Path, name: str | None = None) -> Document:
 
     try:
         with Image.open(path) as im:
-            rgb = np.asarray(im.convert("RGB"))
+            rgb = _rgb(im)
     except UnidentifiedImageError:
         raise FormatError(f"{name} is not a readable image") from None
+    except Image.DecompressionBombError as e:
+        raise FormatError(f"{name} is too large to decode safely ({e}); scale it down first, "
+                          "e.g. to 4096 pixels on its longer side") from None
     except OSError as e:
         raise FormatError(f"{name} is not a readable image (corrupt or truncated: {e})") from None
+    # A banner or a strip: keep the middle (the crop keeps at most a square of it anyway) so
+    # the scaled image stays within FFmpeg's limits.
+    h, w = rgb.shape[:2]
+    keep_w, keep_h = min(w, MAX_ASPECT * h), min(h, MAX_ASPECT * w)
+    rgb = np.ascontiguousarray(center_crop(rgb, (keep_h, keep_w)))
     w, h = scaled_size(rgb.shape[1], rgb.shape[0])
     frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
     frames = center_crop(_scale(VideoReformatter(), frame, (w, h)))[None].copy()
