@@ -26,12 +26,14 @@ import warnings
 from typing import Callable
 
 import jax.numpy as jnp
+import numpy as np
 
-from ringkit.errors import ConfigError, FitWarning, ResourceError, ShapeError, SourceError
-from ringkit.generate import check_sampling, decode
+from ringkit.errors import ConfigError, FitWarning, ResourceError, ShapeError
+from ringkit.generate import check_sampling, decode, stop_strings
 from ringkit.inputs.document import Document, TextSegment
 from ringkit.inputs.repo import HEADER
 from ringkit.inputs.sources import ingest
+from ringkit.tokenize.prompts import check_question
 
 DEFAULT_ROOM = 1024  # question + answer tokens a context keeps room for
 QUESTION_PIECE = 8   # question tokens fed per decode step (see ``Context.ask``)
@@ -55,6 +57,9 @@ def _streamer(stream) -> Callable[[str, int], None] | None:
         return None
     if stream is True:
         return lambda piece, row: (sys.stdout.write(piece), sys.stdout.flush())
+    if not callable(stream):
+        raise ConfigError(f"stream must be True (print the answer), False or a function that "
+                          f"takes each text piece, got {stream!r:.60}")
     return lambda piece, row: stream(piece)
 
 
@@ -89,6 +94,7 @@ class Context:
         piece. The cache is rewound afterwards: the next question sees only the document.
         """
         check_sampling(max_new_tokens, temperature, top_p)
+        stop, streamer = stop_strings(stop), _streamer(stream)
         ids = self.prompt.question_ids(question)
         need = len(ids) + max_new_tokens - 1
         if need > self.room:
@@ -105,16 +111,15 @@ class Context:
                 size = QUESTION_PIECE if len(ids) - start >= QUESTION_PIECE else 1
                 logits = self.model.step(self.cache, ids[None, start:start + size])
                 start += size
-            stop = (stop,) if isinstance(stop, str) else tuple(stop)
             out = decode(self.model, logits, self.cache, max_new_tokens=max_new_tokens,
                          temperature=temperature, top_p=top_p, seed=seed, stop=stop,
-                         stream=_streamer(stream))
+                         stream=streamer)
         finally:
             self._rewind()
         if stream is True:
             print()
         text = self.model.tokenizer.decode(out[0])
-        cut = min((text.find(s) for s in (stop or ()) if s in text), default=-1)
+        cut = min((text.find(s) for s in stop if s in text), default=-1)
         return text if cut < 0 else text[:cut]
 
     def save(self, path) -> None:
@@ -269,8 +274,9 @@ def read(source, *, model=None, mesh=None, room: int = DEFAULT_ROOM, fit: str = 
     """
     from ringkit.tokenize.prompts import context_prompt
 
-    if room < 1:
-        raise ShapeError(f"room must be >= 1 token, got {room}")
+    if isinstance(room, bool) or not isinstance(room, (int, np.integer)) or room < 1:
+        raise ConfigError(f"room (question + answer tokens) must be a whole number >= 1, got "
+                          f"{room!r}")
     if fit not in ("auto", "whole", "outline"):
         raise ConfigError(f"fit must be 'auto', 'whole' or 'outline', got {fit!r}")
     model = model if model is not None else default_model(mesh)
@@ -307,8 +313,11 @@ def ask(source, question: str, *, model=None, mesh=None, max_new_tokens: int = 2
     """
     sampling = {k: options.pop(k) for k in ("temperature", "top_p", "seed", "stop")
                 if k in options}
-    if not isinstance(question, str) or not question.strip():
-        raise SourceError("the question is empty; ask something")
+    # Wrong arguments are refused before the source is read and prefilled.
+    check_question(question)
+    check_sampling(max_new_tokens, sampling.get("temperature", 0.0), sampling.get("top_p", 1.0))
+    stop_strings(sampling.get("stop"))
+    _streamer(stream)
     model = model if model is not None else default_model(mesh)
     room = max_new_tokens + len(model.tokenizer.encode(question)) + 32  # + the template's
     ctx = read(source, model=model, room=room, focus=question, **options)

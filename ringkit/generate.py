@@ -76,10 +76,27 @@ def generate_ids(model, rows: Sequence[Sequence[int]], *, max_new_tokens: int = 
 
 
 def check_sampling(max_new_tokens: int, temperature: float, top_p: float) -> None:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)):
+        raise ConfigError(f"max_new_tokens must be a whole number >= 1, got {max_new_tokens!r}")
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if not temperature >= 0 or not 0 < top_p <= 1:
-        raise ConfigError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+    numbers = all(isinstance(x, (int, float, np.number)) and not isinstance(x, bool)
+                  for x in (temperature, top_p))
+    if not numbers or not temperature >= 0 or not 0 < top_p <= 1:
+        raise ConfigError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature!r}, "
+                          f"{top_p!r}")
+
+
+def stop_strings(stop) -> tuple[str, ...]:
+    """``stop`` (None, a string or strings) as a tuple of non-empty strings."""
+    stop = () if stop is None else (stop,) if isinstance(stop, str) else stop
+    try:
+        stop = tuple(stop)
+    except TypeError:
+        stop = (stop,)
+    if not all(isinstance(s, str) and s for s in stop):
+        raise ConfigError(f"stop must be a non-empty string or a list of them, got {stop!r}")
+    return stop
 
 
 def decode(model, logits, cache, *, max_new_tokens: int, temperature: float = 0.0,
@@ -147,7 +164,7 @@ def generate(model, prompts, *, max_new_tokens: int = 256, temperature: float = 
     single = isinstance(prompts, str) or (
         len(prompts) > 0 and all(isinstance(t, (int, np.integer)) for t in prompts))
     batch = [prompts] if single else list(prompts)
-    stop = (stop,) if isinstance(stop, str) else tuple(stop)
+    stop = stop_strings(stop)
     rows = _rows(model, batch, chat, system)
     ids = generate_ids(model, rows, max_new_tokens=max_new_tokens, temperature=temperature,
                        top_p=top_p, seed=seed, stop=stop, stream=stream)

@@ -11,7 +11,7 @@ import pytest
 
 import ringkit as rk
 from ringkit.context import QUESTION_PIECE
-from ringkit.errors import ResourceError, ShapeError, SourceError
+from ringkit.errors import ConfigError, ResourceError, ShapeError, SourceError
 from ringkit.tokenize.prompts import context_prompt, tokenize
 
 STORY = ("The harbour master of Port Ellery kept a ledger of every ship. On the first of March "
@@ -65,6 +65,21 @@ def test_bad_input(smollm2, story, tmp_path, monkeypatch):
     with pytest.raises(ShapeError, match="room=.*"):
         ctx.ask("What did the Gannet carry?", max_new_tokens=60)
     assert ctx.ask("What did the Gannet carry?", max_new_tokens=4)  # still usable
+    q = "What did the Gannet carry?"
+    for bad in (dict(max_new_tokens=4.5), dict(max_new_tokens=None), dict(stop=""),
+                dict(stop=[None]), dict(stream="yes"), dict(temperature="hot")):
+        with pytest.raises(ConfigError):
+            ctx.ask(q, **bad)
+    for question in (None, 42, b"Why?"):
+        with pytest.raises(SourceError, match="must be text"):
+            ctx.ask(question)
+    with pytest.raises(ConfigError, match="room"):
+        rk.read(story, model=smollm2, room=1.5)
+    # rk.ask refuses its arguments before it reads (here: a missing file) and prefills.
+    for bad in (dict(max_new_tokens=0), dict(max_new_tokens=-100), dict(stop=""),
+                dict(stream=3)):
+        with pytest.raises(ConfigError):
+            rk.ask(tmp_path / "missing.txt", q, model=smollm2, **bad)
     with pytest.raises(SourceError, match="no such file"):
         rk.read(tmp_path / "missing.txt", model=smollm2)
     with pytest.raises(SourceError, match="question is empty"):
