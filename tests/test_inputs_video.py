@@ -101,6 +101,26 @@ def test_max_frames_is_lwm_uniform(tmp_path):
     assert [grey(f) for f in doc.frames] == pytest.approx(list(8 * want % 256), abs=6)
 
 
+def test_max_frames_counts_the_frames_of_a_variable_rate_video(tmp_path):
+    """An mkv stores no frame count: 6 frames over 5 s at a nominal 24 fps are 6, not 120."""
+    with av.open(str(tmp_path / "vfr.mkv"), "w") as out:
+        stream = out.add_stream("ffv1", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv444p"
+        stream.time_base = fractions.Fraction(1, 1000)
+        for i, ms in enumerate([0, 100, 150, 2000, 2050, 5000]):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 40 * i, np.uint8),
+                                               format="rgb24")
+            frame.pts, frame.time_base = ms, fractions.Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    doc = rk.ingest(tmp_path / "vfr.mkv", max_frames=6)
+    assert len(doc.frames) == 6
+    assert [round(grey(f) / 40) for f in doc.frames] == list(range(6))
+    assert len(rk.ingest(tmp_path / "vfr.mkv", max_frames=3).frames) == 3
+
+
 def needs_decord():
     # Not importorskip: importing decord here, before ringkit does, is what ringkit guards
     # against (its bundled zlib breaks Tesseract's PNG coding when loaded first).

@@ -153,6 +153,18 @@ class _Scaler:
             raise self.error
 
 
+def _count_frames(path: pathlib.Path) -> int:
+    """Frames in the first video stream, counted from its packets (demuxed, not decoded)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            return sum(1 for packet in container.demux(stream) if packet.size)
+    except av.FFmpegError:
+        return 0  # the decode that follows says what is wrong
+
+
 def _read_av(path: pathlib.Path, name: str, fps: float, max_frames: int | None):
     import av
 
@@ -179,6 +191,9 @@ def _read_av(path: pathlib.Path, name: str, fps: float, max_frames: int | None):
         rate = float(stream.average_rate or stream.guessed_rate or 25)
         n_total = stream.frames or int(round(duration * rate))
         if max_frames is not None:
+            # Uniform indices need the true count; a container that does not store it (mkv,
+            # webm) with a variable frame rate can hold far fewer frames than duration x rate.
+            n_total = stream.frames or _count_frames(path) or n_total
             keep = _uniform(max(n_total, 1), max_frames)
             expected, last = len(keep), max(keep)
         else:
