@@ -46,6 +46,8 @@ def test_fps_sampling_keeps_the_right_frames(tmp_path):
     np.testing.assert_allclose(doc2.frame_times, np.arange(10) * 0.4, atol=1e-6)
     assert [grey(f) for f in doc2.frames] == pytest.approx([32 * i for i in range(8)]
                                                            + [0, 32], abs=6)  # 8*40 wraps
+    every = rk.ingest(tmp_path / "v.mp4", fps=1e9)  # more than the video has: all 40 frames
+    assert len(every.frames) == 40  # and no buffer for 4e9 frames (a MemoryError before)
 
 
 def reference_frames(path, times):

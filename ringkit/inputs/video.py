@@ -196,8 +196,8 @@ def _read_av(path: pathlib.Path, name: str, fps: float, max_frames: int | None):
             n_total = stream.frames or _count_frames(path) or n_total
             keep = _uniform(max(n_total, 1), max_frames)
             expected, last = len(keep), max(keep)
-        else:
-            expected = int(duration * fps) + 1
+        else:  # no more than the video holds: fps=1e9 must not preallocate terabytes
+            expected = min(int(duration * fps) + 1, n_total + 1)
         out = _Frames(expected)
         scaler = _Scaler(out)
         next_t, size = 0.0, None

@@ -260,10 +260,10 @@ def _prompt(doc: Document, model, question, vqgan, cache, *, open_end: bool) -> 
             if frames:
                 raise UnsupportedError(
                     f"{model.config.name} reads text only, and this document holds "
-                    f"{len(doc.frames)} frames and no text: put the video's subtitles beside it "
-                    "(talk.srt or talk.vtt for talk.mp4), ingest it with ocr=True to read its "
-                    "on-screen text, or use a vision model (an LWM vision checkpoint with its "
-                    "vqgan)")
+                    f"{len(doc.frames)} frames (of videos or images) and no text: ingest it with "
+                    "ocr=True to read their on-screen text, put a video's subtitles beside it "
+                    "(talk.srt or talk.vtt for talk.mp4), or use a vision model (an LWM vision "
+                    "checkpoint with its vqgan)")
             raise SourceError("the document holds no text to read")
         return _text_prompt(doc, tok, question, store, sources, open_end=open_end)
     if vqgan is None:
