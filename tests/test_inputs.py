@@ -23,13 +23,14 @@ def test_text_markdown_and_encodings(tmp_path):
     latin = "Le cœur a ses raisons que la raison ne connaît point. " * 20
     (tmp_path / "c.txt").write_bytes(latin.encode("cp1252"))
     (tmp_path / "d.txt").write_bytes("Grüße aus Köln\n".encode("utf-16"))  # with a BOM
-    doc = rk.ingest([tmp_path / n for n in ("a.txt", "b.md", "c.txt", "d.txt")])
-    assert [s.source for s in doc.segments] == [str(tmp_path / n) for n in
-                                                 ("a.txt", "b.md", "c.txt", "d.txt")]
+    (tmp_path / "e.txt").write_bytes("Köln, no mark\n".encode("utf-16-le"))  # without one
+    names = ("a.txt", "b.md", "c.txt", "d.txt", "e.txt")
+    doc = rk.ingest([tmp_path / n for n in names])
+    assert [s.source for s in doc.segments] == [str(tmp_path / n) for n in names]
     assert doc.segments[0].text == SONNET and doc.segments[0].span == (1, 4)
     assert "Café, naïve — “quoted”" in doc.text
     assert latin.strip() in doc.text  # decoded, not mojibake
-    assert "Grüße aus Köln" in doc.text
+    assert "Grüße aus Köln" in doc.text and "Köln, no mark\n" in doc.text
     assert doc.files == [] and doc.frames.shape == (0, 256, 256, 3)
 
 
@@ -247,6 +248,9 @@ def test_bad_input(tmp_path, monkeypatch):
             rk.ingest(bad)
     with pytest.raises(SourceError, match="source path is empty"):
         rk.ingest("")
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(SourceError, match="not a regular file"):
+        rk.ingest(tmp_path / "pipe")
     (tmp_path / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")  # a header, no video
     with pytest.raises(FormatError, match="clip.mp4"):
         rk.ingest(tmp_path / "clip.mp4")

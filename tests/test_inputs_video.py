@@ -252,6 +252,14 @@ def test_images_as_they_are_meant_to_be_seen(tmp_path, monkeypatch):
     Image.fromarray(np.rot90(upright, 1)).save(tmp_path / "phone.jpg", exif=exif, quality=95)
     frame = rk.ingest(tmp_path / "phone.jpg").frames[0].astype(int)
     assert frame[:60, :, 0].mean() > 200 and frame[-60:, :, 0].mean() < 50
+    clip = [Image.fromarray(np.full((40, 60, 3), 50 * i, np.uint8)) for i in range(5)]
+    clip[0].save(tmp_path / "clip.gif", save_all=True, append_images=clip[1:],
+                 duration=[200, 300, 500, 1000, 200], loop=0)  # frames at 0, .2, .5, 1, 2 s
+    doc = rk.ingest(tmp_path / "clip.gif")  # a clip: one frame per second, like a video
+    np.testing.assert_allclose(doc.frame_times, [0, 1, 2], atol=1e-6)
+    assert [round(grey(f) / 50) for f in doc.frames] == [0, 3, 4]
+    clip[2].save(tmp_path / "still.gif")
+    assert len(rk.ingest(tmp_path / "still.gif").frames) == 1
     Image.fromarray(np.full((2, 6000, 3), 90, np.uint8)).save(tmp_path / "banner.png")
     assert rk.ingest(tmp_path / "banner.png").frames.shape == (1, 256, 256, 3)
     Image.fromarray(np.zeros((40, 40), np.uint8)).save(tmp_path / "huge.png")

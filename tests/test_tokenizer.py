@@ -58,11 +58,13 @@ def test_special_token_strings_in_literal_text_are_text(smol_tokenizer):
     prompt = before + text + after
     ids, starts = tok.encode_with_offsets(prompt, literal=[(len(before), len(before) + len(text))])
     assert ids.tolist() == tok.encode(before) + literal + tok.encode(after)
-    assert starts.tolist() == sorted(starts.tolist()) and starts[len(tok.encode(before))] == len(before)
+    assert starts.tolist() == sorted(starts.tolist())
+    assert starts[len(tok.encode(before))] == len(before)
     for plain in TEXTS:  # nothing special inside: the same ids as a plain encode
         assert tok.encode(plain, literal=True) == tok.encode(plain)
         wrapped = before + plain + after
-        got, _ = tok.encode_with_offsets(wrapped, literal=[(len(before), len(wrapped) - len(after))])
+        span = (len(before), len(wrapped) - len(after))
+        got, _ = tok.encode_with_offsets(wrapped, literal=[span])
         assert got.tolist() == tok.encode(wrapped)
 
 

@@ -37,6 +37,24 @@ def looks_binary(data: bytes) -> bool:
     return b"\x00" in head and not any(head.startswith(bom) for bom, _ in _BOMS)
 
 
+def _utf16_without_bom(data: bytes) -> str | None:
+    """UTF-16 text written without a byte-order mark (mostly ASCII: every other byte is NUL,
+    always on the same side), or None."""
+    head = data[:8192]
+    if len(data) % 2 or len(head) < 4:
+        return None
+    for encoding, zeros, other in (("utf-16-le", head[1::2], head[0::2]),
+                                   ("utf-16-be", head[0::2], head[1::2])):
+        if zeros.count(0) >= 0.5 * len(zeros) and other.count(0) == 0:
+            try:
+                text = data.decode(encoding)
+            except UnicodeDecodeError:
+                return None
+            controls = sum(c < " " and c not in "\t\n\r\f" for c in text)
+            return text if controls == 0 else None
+    return None
+
+
 def decode_text(data: bytes, name: str) -> str:
     """Bytes of a text file -> str, or a ``SourceError`` saying why it cannot be read faithfully."""
     for bom, encoding in _BOMS:
@@ -48,6 +66,9 @@ def decode_text(data: bytes, name: str) -> str:
                     f"{name} starts with a {encoding.split('-sig')[0].upper()} byte-order mark "
                     f"but is not valid {encoding.split('-sig')[0].upper()} at byte {e.start} "
                     "(cut short or corrupt?); re-save it as UTF-8") from None
+    text = _utf16_without_bom(data)
+    if text is not None:
+        return text
     if looks_binary(data):
         raise SourceError(f"{name} is binary, not text")
     try:

@@ -157,7 +157,8 @@ def read_repo(root: pathlib.Path, *, max_file_bytes: int = MAX_FILE_BYTES,
                 folder = "/".join(parts[:cut + 1]) + "/"
                 if folder not in folders:
                     folders.add(folder)
-                    doc.skipped.append(Skipped(printable_path(folder), "vendored or generated folder"))
+                    doc.skipped.append(
+                        Skipped(printable_path(folder), "vendored or generated folder"))
                 continue
             path, shown = root / rel, printable_path(rel)
             if not path.exists() and not path.is_symlink():

@@ -11,7 +11,7 @@ from ringkit.inputs.document import Document, Skipped, TextSegment, printable_pa
 from ringkit.inputs.pdf import read_pdf
 from ringkit.inputs.repo import MAX_FILE_BYTES, read_repo
 from ringkit.inputs.subtitles import SUBTITLE_SUFFIXES, embedded, read_subtitles, sidecars
-from ringkit.inputs.video import read_image, read_video
+from ringkit.inputs.video import is_animated, read_image, read_video
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp")
 # Not ".ts": MPEG transport streams share it with TypeScript sources, which are far more common.
@@ -37,6 +37,9 @@ def _read_one(source, *, max_file_bytes: int, include_secrets: bool, fps: float,
     if path.is_dir():
         return read_repo(path, max_file_bytes=max_file_bytes, include_secrets=include_secrets,
                          name=name)
+    if not path.is_file():
+        raise SourceError(f"{name} is not a regular file (a pipe, socket or device); save what "
+                          "it holds to a file and read that")
     suffix = path.suffix.lower()
     try:
         if suffix in VIDEO_SUFFIXES:
@@ -52,6 +55,9 @@ def _read_one(source, *, max_file_bytes: int, include_secrets: bool, fps: float,
             return _with_onscreen_text(doc, name) if ocr else doc
         if suffix in SUBTITLE_SUFFIXES:
             return read_subtitles(path, name)
+        if suffix == ".gif" and is_animated(path):  # a clip: its frames sampled like a video's
+            doc = read_video(path, name, fps=fps, max_frames=max_frames, backend="av")
+            return _with_onscreen_text(doc, name) if ocr else doc
         if suffix in IMAGE_SUFFIXES:
             doc = read_image(path, name)
             return _with_onscreen_text(doc, name) if ocr else doc
@@ -90,8 +96,8 @@ def ingest(source, *, max_file_bytes: int = MAX_FILE_BYTES, include_secrets: boo
       source: a path (str or ``os.PathLike``) or a list of paths. Directories are read as
         repositories (``ringkit.inputs.repo``); files by their suffix: books (.txt, .md, .html,
         .epub; .pdf, a segment per page, with ``pip install 'ringkit[pdf]'``), videos (.mp4,
-        .mkv, .webm, ...) and images (.png, .jpg, ...) as 256 x 256 frames
-        (``ringkit.inputs.video``), any other UTF-8 text as text.
+        .mkv, .webm, ...) and images (.png, .jpg, ...; an animated GIF as a clip) as 256 x 256
+        frames (``ringkit.inputs.video``), any other UTF-8 text as text.
       max_file_bytes: files in a repository above this size are skipped (listed in
         ``doc.skipped``).
       include_secrets: also read ``.env`` files, private keys and credentials.

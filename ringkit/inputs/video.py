@@ -289,6 +289,18 @@ def read_video(path: pathlib.Path, name: str | None = None, *, fps: float = 1.0,
     return doc
 
 
+def is_animated(path: pathlib.Path) -> bool:
+    """Whether an image file holds several frames (an animated GIF); False if Pillow cannot
+    tell (``read_image`` then says what is wrong)."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return bool(getattr(im, "is_animated", False))
+    except Exception:  # noqa: BLE001 (unreadable: read_image raises the user-facing error)
+        return False
+
+
 def read_image(path: pathlib.Path, name: str | None = None) -> Document:
     """One image as a single 256 x 256 frame (time 0), scaled by the same scaler as video frames.
 

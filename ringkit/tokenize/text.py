@@ -148,8 +148,9 @@ class Tokenizer:
         ids, starts, pos = [], [], 0
         for start, end, token_id in cuts + [(len(text), len(text), None)]:
             piece_ids, piece_starts = self._encode_piece(text[pos:start], special=False)
-            ids += [piece_ids, np.asarray([] if token_id is None else [token_id], np.int64)]
-            starts += [piece_starts + pos, np.asarray([] if token_id is None else [start], np.int64)]
+            special = [] if token_id is None else [token_id]
+            ids += [piece_ids, np.asarray(special, np.int64)]
+            starts += [piece_starts + pos, np.asarray([start] if special else [], np.int64)]
             pos = end
         return np.concatenate(ids), np.concatenate(starts)
 
