@@ -24,6 +24,9 @@ def test_text_markdown_and_encodings(tmp_path):
     (tmp_path / "c.txt").write_bytes(latin.encode("cp1252"))
     (tmp_path / "d.txt").write_bytes("Grüße aus Köln\n".encode("utf-16"))  # with a BOM
     (tmp_path / "e.txt").write_bytes("Köln, no mark\n".encode("utf-16-le"))  # without one
+    (tmp_path / "code").mkdir()  # in a source tree too, where binaries are sorted out first
+    (tmp_path / "code" / "m.py").write_bytes("x = 1\n".encode("utf-16-be"))
+    assert rk.ingest(tmp_path / "code").files == ["m.py"]
     names = ("a.txt", "b.md", "c.txt", "d.txt", "e.txt")
     doc = rk.ingest([tmp_path / n for n in names])
     assert [s.source for s in doc.segments] == [str(tmp_path / n) for n in names]

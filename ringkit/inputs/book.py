@@ -32,9 +32,12 @@ _BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
 
 
 def looks_binary(data: bytes) -> bool:
-    """NUL bytes in the first 8 KiB (and no UTF-16/32 byte-order mark): not text."""
+    """NUL bytes in the first 8 KiB (and neither a UTF-16/32 byte-order mark nor the pattern of
+    UTF-16 without one): not text."""
     head = data[:8192]
-    return b"\x00" in head and not any(head.startswith(bom) for bom, _ in _BOMS)
+    if b"\x00" not in head or any(head.startswith(bom) for bom, _ in _BOMS):
+        return False
+    return _utf16_without_bom(data) is None
 
 
 def _utf16_without_bom(data: bytes) -> str | None:
