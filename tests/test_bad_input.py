@@ -42,6 +42,16 @@ def test_shape_and_dtype_mismatches(mesh):
         rk.ring_attention(*(np.zeros((1, 64, 2, 8), np.int32),) * 3, mesh=mesh)
     with pytest.raises(ShapeError, match=r"segment_ids must be \[batch, seq\]"):
         rk.ring_attention(*(_x(1, 64, 2, 8),) * 3, mesh=mesh, segment_ids=np.zeros((1, 32), int))
+    # Ids the int32 cast would merge or truncate (two documents becoming one) are refused.
+    merged = np.repeat(np.array([[0, 2**32]], np.int64), 32, axis=1)
+    with pytest.raises(ShapeError, match="fit in int32.*4294967296"):
+        rk.ring_attention(*(_x(1, 64, 2, 8),) * 3, mesh=mesh, segment_ids=merged)
+    with pytest.raises(ShapeError, match="must be integers"):
+        rk.ring_attention(*(_x(1, 64, 2, 8),) * 3, mesh=mesh, segment_ids=np.full((1, 64), .5))
+    with pytest.raises(ShapeError, match="must be an array"):
+        rk.ring_attention([[0.0]], _x(1, 64, 2, 8), _x(1, 64, 2, 8), mesh=mesh)
+    with pytest.raises(ShapeError, match="empty dimension"):
+        rk.ring_attention(*(_x(1, 64, 0, 8),) * 3, mesh=mesh)
 
 
 def test_mesh_without_sp():
@@ -70,6 +80,11 @@ def test_bad_options(mesh):
         rk.ring_attention(*args, mesh=mesh, block_q=3)
     with pytest.raises(ConfigError, match="must be a jax.sharding.Mesh"):
         rk.ring_attention(*args, mesh="1,1,1,8")
+    for scale in (float("nan"), "x", 0.0, -1.0):
+        with pytest.raises(ConfigError, match="scale must be a positive finite number"):
+            rk.ring_attention(*args, mesh=mesh, scale=scale)
+    with pytest.raises(ConfigError, match="causal must be True or False"):
+        rk.ring_attention(*args, mesh=mesh, causal="no")
 
 
 def test_errors_are_ringkit_errors():

@@ -12,6 +12,7 @@ import math
 import numbers
 import warnings
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
@@ -198,6 +199,31 @@ def _block(name: str, value, local_len: int, chunk: int) -> int:
     return int(value)
 
 
+def _positive_number(x) -> bool:
+    try:
+        return not isinstance(x, (bool, str)) and math.isfinite(float(x)) and float(x) > 0
+    except (TypeError, ValueError):
+        return False
+
+
+def _check_segments(segment_ids, shape: tuple[int, int]) -> None:
+    """Integer ``[batch, seq]`` ids that survive the cast to int32 (checked where concrete)."""
+    if not (hasattr(segment_ids, "shape") and hasattr(segment_ids, "dtype")):
+        raise ShapeError(f"segment_ids must be an integer array [batch, seq], got "
+                         f"{type(segment_ids).__name__}")
+    if tuple(segment_ids.shape) != shape:
+        raise ShapeError(f"segment_ids must be [batch, seq] = {shape}, got {segment_ids.shape}")
+    if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
+        raise ShapeError(f"segment_ids must be integers (int32), got {segment_ids.dtype}")
+    wide = jnp.iinfo(segment_ids.dtype).max > np.iinfo(np.int32).max or (
+        jnp.iinfo(segment_ids.dtype).min < np.iinfo(np.int32).min)
+    if wide and not isinstance(segment_ids, jax.core.Tracer) and segment_ids.size:
+        low, high = int(segment_ids.min()), int(segment_ids.max())
+        if low < np.iinfo(np.int32).min or high > np.iinfo(np.int32).max:
+            raise ShapeError(f"segment_ids must fit in int32, got values in [{low}, {high}]; "
+                             "renumber the segments")
+
+
 def make_spec(q, k, v, segment_ids, *, mesh, causal, layout, scale, block_q, block_k, impl,
               interpret=None, block_sizes=None):
     """Validate a call and build its ``RingSpec``; every user mistake raises a ``RingkitError``."""
@@ -208,7 +234,14 @@ def make_spec(q, k, v, segment_ids, *, mesh, causal, layout, scale, block_q, blo
     kernel = choose_kernel(impl, interpret, mesh)
     if block_sizes is not None and not isinstance(block_sizes, BlockSizes):
         raise ConfigError(f"block_sizes must be a ringkit.BlockSizes, got {block_sizes!r}")
+    if not isinstance(causal, (bool, np.bool_)):
+        raise ConfigError(f"causal must be True or False, got {causal!r}")
+    if scale is not None and not _positive_number(scale):
+        raise ConfigError(f"scale must be a positive finite number (default 1/sqrt(head_dim)), "
+                          f"got {scale!r}")
     for name, x in (("q", q), ("k", k), ("v", v)):
+        if not (hasattr(x, "ndim") and hasattr(x, "dtype") and hasattr(x, "shape")):
+            raise ShapeError(f"{name} must be an array (jax or numpy), got {type(x).__name__}")
         if x.ndim != 4:
             raise ShapeError(f"{name} must be [batch, seq, heads, head_dim], got shape {x.shape}")
         if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -218,6 +251,8 @@ def make_spec(q, k, v, segment_ids, *, mesh, causal, layout, scale, block_q, blo
     if not (q.dtype == k.dtype == v.dtype):
         raise ShapeError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}; cast them to one")
     (b, s, hq, d), hkv = q.shape, k.shape[2]
+    if 0 in q.shape or 0 in k.shape:
+        raise ShapeError(f"q {q.shape} and k/v {k.shape} must not have an empty dimension")
     if k.shape[:2] != (b, s) or k.shape[3] != d:
         raise ShapeError(
             f"q {q.shape} and k/v {k.shape} must share batch, seq and head_dim "
@@ -225,8 +260,8 @@ def make_spec(q, k, v, segment_ids, *, mesh, causal, layout, scale, block_q, blo
         )
     if hq % hkv:
         raise ShapeError(f"q_heads={hq} must be a multiple of kv_heads={hkv} (grouped-query attention)")
-    if segment_ids is not None and tuple(segment_ids.shape) != (b, s):
-        raise ShapeError(f"segment_ids must be [batch, seq] = {(b, s)}, got {segment_ids.shape}")
+    if segment_ids is not None:
+        _check_segments(segment_ids, (b, s))
     batch_shards = mesh.shape["dp"] * mesh.shape["fsdp"]
     if b % batch_shards:
         raise ShapeError(f"batch {b} must be divisible by dp*fsdp = {batch_shards}")
