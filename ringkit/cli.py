@@ -219,11 +219,29 @@ def _model(args):
     return rk.load_model(args.model, mesh=mesh, dtype=args.dtype, rope_scaling=scaling)
 
 
+def _check_output(path, flag: str, *, overwrite: bool) -> None:
+    """Refuse an output path before any work: a missing folder, or (unless ``overwrite``) a
+    file that is already there."""
+    import pathlib
+
+    from ringkit.errors import ConfigError
+
+    if path is None:
+        return
+    path = pathlib.Path(path)
+    if not path.parent.is_dir():
+        raise ConfigError(f"{flag} {path}: the folder {path.parent} does not exist")
+    if path.is_dir() or (path.exists() and not overwrite):
+        raise ConfigError(f"{flag} {path} already exists; remove it or choose another name")
+
+
 def _run(args) -> None:
     import ringkit as rk
     from ringkit.errors import SourceError
 
+    _check_output(getattr(args, "plot", None), "--plot", overwrite=True)
     if args.command == "bench":
+        _check_output(args.out, "--out", overwrite=False)
         _bench(args)
         return
     if args.command in ("needle", "ruler"):

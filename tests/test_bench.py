@@ -101,3 +101,8 @@ def test_cli(tmp_path, capsys):
     assert saved["settings"]["heads"] == 2 and saved["rows"][0]["seq"] == 128
     assert cli.main(["bench", "attention", "--seqs", "64", "--heads", "3", "--kv-heads", "2"]) == 2
     assert "kv_heads must divide heads" in capsys.readouterr().err
+    # An existing file is never overwritten, and a missing folder is caught before the run.
+    for path, why in ((out, "already exists"), (tmp_path / "no" / "b.json", "does not exist")):
+        assert cli.main(["bench", "attention", "--seqs", "128", "--out", str(path)]) == 2
+        assert why in capsys.readouterr().err
+    assert json.loads(out.read_text()) == saved

@@ -4,11 +4,10 @@ import dataclasses
 import json
 
 import jax
-import numpy as np
 import pytest
 
 import ringkit as rk
-from ringkit.errors import ConfigError, ShapeError, SourceError
+from ringkit.errors import ConfigError, FormatError, ShapeError, SourceError
 from ringkit.eval import needle as needle_mod
 from ringkit.eval.haystack import haystack_text
 from ringkit.eval.common import Prompter
@@ -120,6 +119,20 @@ def test_grid_resume_plot_and_sharding(tokenizer, tmp_path, monkeypatch):
     assert calls == [4, 4] and len(more.frame) == 16
     assert real is None  # needle() imports generate_ids where it runs (so the patch applies)
 
+    # A run killed mid-write leaves half a line: it is dropped, and the next rows start clean.
+    path = tmp_path / "run.jsonl"
+    good = path.read_text()
+    path.write_text(good + good.splitlines()[0][:40])
+    with pytest.warns(UserWarning, match="dropping its last line"):
+        assert len(rk.eval.needle(model, resume=path, **kw).frame) == 8
+    assert path.read_text() == good
+    path.write_text(good + "not json\n")  # anything else broken is named, not skipped
+    with pytest.raises(FormatError, match=f"line {len(good.splitlines()) + 1} of .*run.jsonl"):
+        rk.eval.needle(model, resume=path, **kw)
+    for bad in (tmp_path, tmp_path / "missing" / "r.jsonl"):
+        with pytest.raises(FormatError, match="directory|does not exist"):
+            rk.eval.needle(model, resume=bad, **kw)
+
     # Another ring gives the same answers.
     other = rk.eval.needle(_tiny(tokenizer, 4), **kw)
     assert other.frame["answer"].tolist() == r.frame["answer"].tolist()
@@ -145,6 +158,13 @@ def test_bad_input(tokenizer):
         rk.eval.needle(model, lengths=[256], depths=[0.5], needles=2, keys=False, haystack=HAY)
     with pytest.raises(ConfigError, match="not both"):
         rk.eval.needle(model, lengths=[256], depths=[0.5], haystack=HAY, mesh=model.mesh)
+    for bad in (dict(lengths=[-100]), dict(lengths=[256.5]), dict(lengths="x"),
+                dict(depths=["deep"]), dict(trials=1.5), dict(trials=0), dict(batch=0),
+                dict(batch=-1), dict(seed=-1), dict(seed="x")):
+        with pytest.raises(ConfigError):
+            rk.eval.needle(model, **{**dict(lengths=[256], depths=[0.5], haystack=HAY), **bad})
+    with pytest.raises(SourceError, match="'nosuchfile.txt': no such file"):
+        rk.eval.needle(model, lengths=[256], depths=[0.5], haystack="nosuchfile.txt")
 
 
 def test_haystack_sources(tmp_path):
@@ -152,6 +172,8 @@ def test_haystack_sources(tmp_path):
     assert haystack_text(tmp_path / "hay.txt") == ("hay.txt", HAY)
     assert haystack_text(str(tmp_path / "hay.txt"))[0] == "hay.txt"
     assert haystack_text(HAY) == ("text", HAY)
+    one_line = " ".join(HAY.split())[:3000]  # too long for a file name: text, not an OSError
+    assert haystack_text(one_line) == ("text", one_line)
 
 
 def test_needle_command(tokenizer, tmp_path, monkeypatch, capsys):
@@ -170,3 +192,6 @@ def test_needle_command(tokenizer, tmp_path, monkeypatch, capsys):
     assert len((tmp_path / "n.jsonl").read_text().splitlines()) == 2
     assert cli.main(["needle", "--lengths", "256", "--depths", "2"]) == 2
     assert "[0, 1]" in capsys.readouterr().err
+    # Output paths are checked before the run.
+    assert cli.main([*args[:-1], str(tmp_path / "nodir" / "n.png")]) == 2
+    assert "nodir does not exist" in capsys.readouterr().err

@@ -202,8 +202,10 @@ def test_bad_input(tok):
         rk.eval.ruler(model, tasks="vt", length=[2048, 8192])
     with pytest.raises(ConfigError, match="qa_1 needs squad data.*qa_files"):
         rk.eval.ruler(model, tasks="qa_1", length=1024)
-    with pytest.raises(ConfigError, match="samples >= 1"):
-        rk.eval.ruler(model, tasks="vt", length=1024, samples=0)
+    for bad in (dict(samples=0), dict(samples=1.5), dict(batch=0), dict(length=-5),
+                dict(length=[1024, "long"]), dict(seed=-1)):
+        with pytest.raises(ConfigError, match="samples|batch|length|seed"):
+            rk.eval.ruler(model, tasks="vt", **{"length": 1024, **bad})
     with pytest.raises(ShapeError, match="no room for a niah_single_1 prompt"):
         rk.eval.ruler(model, tasks="niah_single_1", length=150, samples=1)
     assert task_names(["niah", "vt", "niah_single_1"])[-1] == "vt"

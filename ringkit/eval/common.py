@@ -8,11 +8,12 @@ import hashlib
 import json
 import pathlib
 import time
+import warnings
 from typing import Callable, Hashable, Sequence
 
 import numpy as np
 
-from ringkit.errors import MissingDependencyError
+from ringkit.errors import ConfigError, FormatError, MissingDependencyError
 from ringkit.progress import bar
 
 SYSTEM = "You are a helpful assistant."
@@ -78,19 +79,69 @@ def jsonable(row: dict) -> dict:
     return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
 
 
+def grid_values(values, kind: type, name: str) -> list:
+    """A list of numbers (one number is a list of one) as ``kind``, or a ``ConfigError``."""
+    values = [values] if isinstance(values, (int, float, np.number)) else values
+    try:
+        out = [kind(v) for v in values]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a list of numbers, got {values!r:.80}") from None
+    if kind is int and any(o != v for o, v in zip(out, values)):
+        raise ConfigError(f"{name} must be whole numbers, got {values!r:.80}")
+    return out
+
+
+def check_counts(**counts) -> None:
+    """Whole-number options: ``seed >= 0``, every other one >= 1."""
+    for name, value in counts.items():
+        low = 0 if name == "seed" else 1
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}")
+
+
 def run_key(config: dict) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def load_done(resume, config: dict, cell_of: Callable[[dict], Hashable]) -> dict:
-    """Rows of ``resume`` (a JSONL path, may not exist) written by a run with ``config``."""
+    """Rows of ``resume`` (a JSONL path, may not exist) written by a run with ``config``.
+
+    A last line cut short (a run killed mid-write) is dropped from the file, with a warning, so
+    that the rows appended next start on a line of their own; any other line that is not a
+    row of ours raises a ``FormatError`` naming it.
+    """
     done: dict = {}
-    if resume is not None and pathlib.Path(resume).exists():
-        key = run_key(config)
-        for line in pathlib.Path(resume).read_text().splitlines():
+    if resume is None:
+        return done
+    path = pathlib.Path(resume)
+    if path.is_dir():
+        raise FormatError(f"resume={str(resume)!r} is a directory; give a .jsonl file")
+    if not path.parent.is_dir():
+        raise FormatError(f"resume={str(resume)!r}: its folder {str(path.parent)!r} does not exist")
+    if not path.exists():
+        return done
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        kept = data[:data.rfind(b"\n") + 1]
+        warnings.warn(f"{resume}: dropping its last line, cut short by an interrupted run "
+                      f"({len(data) - len(kept)} bytes)", stacklevel=3)
+        path.write_bytes(kept)
+        data = kept
+    key = run_key(config)
+    for number, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
             row = json.loads(line)
-            if run_key(row.pop("run")) == key:
-                done[cell_of(row)] = row
+            run = row.pop("run")
+            mine = run_key(run) == key
+            cell = cell_of(row) if mine else None
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise FormatError(
+                f"line {number} of {resume} is not a result row ringkit wrote ({e!r:.80}); "
+                "remove that line, or pass another resume file") from None
+        if mine:
+            done[cell] = row
     return done
 
 

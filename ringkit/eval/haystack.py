@@ -30,8 +30,7 @@ def _shakespeare() -> str:
 def haystack_text(haystack: str | os.PathLike) -> tuple[str, str]:
     """``(name, text)`` of a haystack given by name, path or text."""
     if isinstance(haystack, os.PathLike) or (
-            isinstance(haystack, str) and "\n" not in haystack and len(haystack) < 4096
-            and haystack != "shakespeare" and pathlib.Path(haystack).expanduser().is_file()):
+            isinstance(haystack, str) and haystack != "shakespeare" and _is_file(haystack)):
         path = pathlib.Path(haystack).expanduser()
         if not path.is_file():
             raise SourceError(f"haystack {path}: no such file")
@@ -39,9 +38,22 @@ def haystack_text(haystack: str | os.PathLike) -> tuple[str, str]:
     if haystack == "shakespeare":
         return "shakespeare", _shakespeare()
     if not isinstance(haystack, str) or len(haystack.split()) < 50:
+        if isinstance(haystack, str) and len(haystack.split()) == 1:  # a path or a name
+            raise SourceError(f"haystack {haystack!r}: no such file (and not 'shakespeare'); "
+                              "give a text file, 'shakespeare', or a text of at least 50 words")
         raise SourceError("haystack must be 'shakespeare', a path to a text file, or a text of "
                           "at least 50 words")
     return "text", haystack
+
+
+def _is_file(text: str) -> bool:
+    """Whether ``text`` names a file (a long string of prose is not a path: no OSError)."""
+    if "\n" in text:
+        return False
+    try:
+        return pathlib.Path(text).expanduser().is_file()
+    except (OSError, ValueError):  # too long for a file name, or a NUL in it
+        return False
 
 
 def sentences(text: str) -> list[str]:

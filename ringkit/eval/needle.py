@@ -23,8 +23,8 @@ from __future__ import annotations
 import numpy as np
 
 from ringkit.errors import ConfigError, ShapeError
-from ringkit.eval.common import (Prompter, answer_cells, heatmap, html_table, load_done,
-                                  pandas, resolve_model, write_jsonl)
+from ringkit.eval.common import (Prompter, answer_cells, check_counts, grid_values, heatmap,
+                                  html_table, load_done, pandas, resolve_model, write_jsonl)
 from ringkit.eval.haystack import haystack_text, sentences as split_sentences
 
 CITIES = ("Lisbon", "Bergen", "Kyoto", "Nairobi", "Lima", "Oslo", "Hanoi", "Quito", "Tunis",
@@ -207,8 +207,9 @@ def _check(model, lengths, depths, trials, needles, retrieve, hay: Haystack,
                          f"fewer than the longest length {max(lengths):,}: use a longer haystack")
     if any(not 0 <= d <= 1 for d in depths):
         raise ConfigError(f"depths must lie in [0, 1], got {list(depths)}")
-    if not lengths or not depths or trials < 1:
-        raise ConfigError("need at least one length, one depth and trials >= 1")
+    if not lengths or not depths or trials < 1 or min(lengths) < 1:
+        raise ConfigError(f"need at least one length (each >= 1 token), one depth and "
+                          f"trials >= 1, got lengths {lengths}")
     if not 1 <= retrieve <= needles <= len(CITIES):
         raise ConfigError(f"need 1 <= retrieve <= needles <= {len(CITIES)}, got "
                           f"needles={needles}, retrieve={retrieve}")
@@ -255,7 +256,8 @@ def needle(model=None, *, lengths, depths, trials: int = 3, needles: int = 1, re
     """
     pd = pandas()
     model = resolve_model(model, mesh)
-    lengths, depths = [int(n) for n in lengths], [float(d) for d in depths]
+    lengths, depths = grid_values(lengths, int, "lengths"), grid_values(depths, float, "depths")
+    check_counts(trials=trials, batch=batch, seed=seed, needles=needles, retrieve=retrieve)
     tok = model.tokenizer
     name, text = haystack_text(haystack)
     hay = Haystack(name, text, tok)

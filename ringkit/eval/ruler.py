@@ -22,8 +22,8 @@ import zlib
 import numpy as np
 
 from ringkit.errors import ConfigError, ShapeError
-from ringkit.eval.common import (Prompter, answer_cells, heatmap, html_table, load_done,
-                                 pandas, resolve_model, write_jsonl)
+from ringkit.eval.common import (Prompter, answer_cells, check_counts, grid_values, heatmap,
+                                 html_table, load_done, pandas, resolve_model, write_jsonl)
 from ringkit.eval.haystack import haystack_text, sentences
 from ringkit.eval.ruler_tasks import TASKS, Env, load_qa, task_names
 
@@ -127,8 +127,9 @@ class RulerResults:
 
 def _check(model, lengths: list[int], samples: int, tasks: list[str], qa_files: dict) -> None:
     limit = model.config.context_length
-    if not lengths or samples < 1:
-        raise ConfigError("need at least one length and samples >= 1")
+    if not lengths or samples < 1 or min(lengths) < 1:
+        raise ConfigError(f"need at least one length (each >= 1 token) and samples >= 1, got "
+                          f"lengths {lengths}")
     bad = [n for n in lengths if n > limit]
     if bad:
         raise ShapeError(f"lengths {bad} exceed the {limit:,}-token context of "
@@ -173,7 +174,8 @@ def ruler(model=None, *, tasks="all", length=4096, samples: int = 10, seed: int 
     """
     pd = pandas()
     names = task_names(tasks)
-    lengths = [int(length)] if np.isscalar(length) else sorted(int(n) for n in length)
+    lengths = sorted(grid_values(length, int, "length"))
+    check_counts(samples=samples, batch=batch, seed=seed)
     qa_files = dict(qa_files or {})
     model = resolve_model(model, mesh)
     _check(model, lengths, samples, names, qa_files)
