@@ -27,6 +27,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -95,7 +96,11 @@ def save_context(ctx, path) -> pathlib.Path:
     path = pathlib.Path(path).expanduser().absolute()
     if path.exists():
         raise SourceError(f"{path} already exists: choose a new path or remove it first")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file where a folder should be, a read-only disk
+        raise SourceError(f"cannot save to {path}: its folder cannot be made ({e.strerror or e})"
+                          ) from None
     ctx._rewind()
     cache, tokens, doc = ctx.cache, ctx.tokens, ctx.doc
     # One process: write a temporary sibling and rename it. Several (multi-host): every process
@@ -142,10 +147,37 @@ def _read_meta(path: pathlib.Path) -> dict:
         meta = json.loads((path / _META).read_text())
     except (OSError, ValueError) as e:
         raise FormatError(f"{path / _META} is unreadable or corrupt ({e})") from e
-    if meta.get("format") != FORMAT:
-        raise FormatError(f"{path} was saved in context format {meta.get('format')}; this "
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise FormatError(f"{path} was saved in context format {found}; this "
                           f"ringkit reads format {FORMAT}: read the source again")
+    problem = _meta_problem(meta)
+    if problem:
+        raise FormatError(f"{path / _META} is corrupt ({problem}): read the source again")
     return meta
+
+
+def _meta_problem(meta: dict) -> str | None:
+    """What is wrong with a context's metadata (edited or damaged), or None."""
+    whole = lambda x, low=0: isinstance(x, int) and not isinstance(x, bool) and x >= low
+    model = meta.get("model")
+    if not isinstance(model, dict) or not all(
+            k in model for k in ("name", "n_layers", "n_kv_heads", "head_dim", "layout",
+                                 "weights_dtype", "context_length", "source")):
+        return "its model description is missing or incomplete"
+    for key, low in (("sp", 1), ("base", 1), ("slots", 1), ("rows", 1), ("room", 1)):
+        if not whole(meta.get(key), low):
+            return f"{key}={meta.get(key)!r} is not a whole number >= {low}"
+    next_pos = meta.get("next_pos")
+    if not isinstance(next_pos, list) or not next_pos or not all(
+            whole(p, 1) and p + meta["room"] <= meta["slots"] for p in next_pos):
+        return (f"next_pos={next_pos!r:.60} must hold each row's length (1 or more) with room "
+                f"for {meta['room']} tokens in {meta['slots']} slots")
+    if meta["rows"] > len(next_pos):
+        return f"rows={meta['rows']} but next_pos has {len(next_pos)} entries"
+    if not isinstance(meta.get("template"), str) or "{question}" not in meta["template"]:
+        return "its question template is missing"
+    return None
 
 
 def _check_model(model, saved: dict, path) -> None:
@@ -234,8 +266,9 @@ def load_context(path, *, model=None, mesh=None):
             arrays = {name: z[name] for name in z.files}
         doc = _doc_from(json.loads((path / _DOC).read_text()), arrays["frames"],
                         arrays["frame_times"])
-    except (OSError, ValueError, KeyError) as e:
-        raise FormatError(f"{path} is corrupt or incomplete ({e}): read the source again") from e
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:
+        raise FormatError(f"{path} is corrupt or incomplete ({type(e).__name__}: {e}): read the "
+                          "source again") from e
     segment = arrays["segment"] if bool(arrays["has_segment"]) else None
     tokens = Tokens(arrays["ids"], arrays["vision"], segment, _sources(doc))
 

@@ -2,6 +2,7 @@
 embedded SmolLM2 on a 2-device ring."""
 
 import dataclasses
+import json
 import logging
 import types
 
@@ -170,6 +171,24 @@ def test_load_context_refuses_what_it_cannot_use(smollm2, story, tmp_path):
     ctx.save(tmp_path / "a.ctx")
     with pytest.raises(ConfigError, match="another model"):
         rk.load_context(tmp_path / "a.ctx", model=_tiny(smollm2.tokenizer, 2))
+    meta_file = tmp_path / "a.ctx" / "context.json"
+    meta = json.loads(meta_file.read_text())
+    for edit in (dict(next_pos=[-5]), dict(room=10**6), dict(room="64"), dict(model=None),
+                 dict(template="no slot")):
+        meta_file.write_text(json.dumps({**meta, **edit}))
+        with pytest.raises(FormatError, match="context.json is corrupt"):
+            rk.load_context(tmp_path / "a.ctx", model=smollm2)
+    meta_file.write_text("[1, 2]")
+    with pytest.raises(FormatError, match="context format"):
+        rk.load_context(tmp_path / "a.ctx", model=smollm2)
+    meta_file.write_text(json.dumps(meta))
+    data = (tmp_path / "a.ctx" / "arrays.npz").read_bytes()
+    (tmp_path / "a.ctx" / "arrays.npz").write_bytes(data[:len(data) // 2])  # cut short
+    with pytest.raises(FormatError, match="corrupt"):
+        rk.load_context(tmp_path / "a.ctx", model=smollm2)
     (tmp_path / "a.ctx" / "arrays.npz").write_bytes(b"not an npz")
     with pytest.raises(FormatError, match="corrupt"):
         rk.load_context(tmp_path / "a.ctx", model=smollm2)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SourceError, match="folder cannot be made"):
+        ctx.save(tmp_path / "file" / "b.ctx")
