@@ -11,6 +11,7 @@ import math
 from typing import Sequence
 
 import jax
+import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from ringkit.errors import ConfigError, MeshError
@@ -45,6 +46,9 @@ class MeshConfig:
 
     def __post_init__(self):
         sizes = self.sizes
+        if not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in sizes):
+            raise MeshError(f"mesh sizes must be whole numbers (or -1), got dp,fsdp,tp,sp = "
+                            f"{', '.join(repr(s) for s in sizes)}")
         if any(s == 0 or s < -1 for s in sizes):
             raise MeshError(f"mesh sizes must be positive or -1, got dp,fsdp,tp,sp = {_fmt(sizes)}")
         if sum(s == -1 for s in sizes) > 1:
@@ -125,9 +129,16 @@ def make_mesh(
         config = MeshConfig.parse(spec)
     else:
         raise MeshError(f"mesh spec must be a 'dp,fsdp,tp,sp' string or MeshConfig, got {spec!r}")
+    if isinstance(devices, jax.Device):
+        devices = [devices]
     devices = list(jax.devices() if devices is None else devices)
     if not devices:
         raise MeshError("no devices given to make_mesh")
+    if not all(isinstance(d, jax.Device) for d in devices):
+        raise MeshError(f"devices must be jax devices (e.g. jax.devices()[:4]), got "
+                        f"{devices!r:.80}")
+    if len({d.id for d in devices}) != len(devices):
+        raise MeshError(f"devices must be distinct; got {[d.id for d in devices]}")
     shape = config.resolve(len(devices))
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 4, devices=devices)
 

@@ -239,7 +239,27 @@ def test_hf_bad_inputs(tmp_path, tiny, byte_tokenizer):
                                          r"checkpoint but .* needs \(2, \d+, \d+\)"):
         rk.load_model(write_hf_dir(tmp_path / "c", tiny.variables, CFG, byte_tokenizer,
                                    intermediate_size=100))
+    with pytest.raises(ShapeError, match=r"q_proj.weight has shape .* config.json implies"):
+        rk.load_model(write_hf_dir(tmp_path / "e", tiny.variables, CFG, byte_tokenizer,
+                                   num_attention_heads=CFG.n_heads * 2))
+    for extra, why in ((dict(hidden_size=None), "bad value"), (dict(num_attention_heads=0),
+                       "bad value"), (dict(rope_scaling="yarn"), "bad value")):
+        with pytest.raises(FormatError, match=why):
+            rk.load_model(write_hf_dir(tmp_path / "f", tiny.variables, CFG, byte_tokenizer,
+                                       **extra))
+    (tmp_path / "f" / "config.json").write_text("[1, 2]")
+    with pytest.raises(FormatError, match="not a JSON object"):
+        rk.load_model(tmp_path / "f")
+    for bad in (dict(kind="yarn"), dict(kind="yarn", factor=float("inf")),
+                dict(kind="yarn", factor="big"), dict(kind="yarn", factor=2.0, size=3),
+                dict(kind="yarn", factor=2.0, original_max_position=-5)):
+        with pytest.raises(ConfigError):
+            rk.load_model(write_hf_dir(tmp_path / "g", tiny.variables, CFG, byte_tokenizer),
+                          rope_scaling=bad)
     folder = write_hf_dir(tmp_path / "d", tiny.variables, CFG, byte_tokenizer)
+    with pytest.raises(ConfigError, match="config must be a ModelConfig"):
+        rk.load_model(folder, config=123)
+    assert rk.load_model(folder, mesh="1,1,1,-1").sp == len(jax.devices())  # LWM's mesh string
     shard = folder / "model-00002-of-00002.safetensors"
     shard.write_bytes(shard.read_bytes()[:-1000])
     with pytest.raises(FormatError, match="truncated"):

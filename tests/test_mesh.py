@@ -45,6 +45,18 @@ def test_bad_mesh_strings(spec):
         rk.make_mesh(spec)
 
 
+def test_bad_sizes_and_devices():
+    d = jax.devices()
+    for kw in (dict(sp=None), dict(sp="2"), dict(sp=2.5), dict(tp=True)):
+        with pytest.raises(MeshError, match="whole numbers"):
+            rk.make_mesh(**kw)
+    with pytest.raises(MeshError, match="distinct"):
+        rk.make_mesh(devices=[d[0], d[0], d[1], d[1]])
+    with pytest.raises(MeshError, match="must be jax devices"):
+        rk.make_mesh(devices=["x"])
+    assert rk.make_mesh(devices=d[0]).size == 1  # one device is a list of one
+
+
 def test_logical_rules():
     assert rk.logical_to_spec(("batch", "seq", "heads", "head_dim")) == P(("dp", "fsdp"), "sp", "tp", None)
     assert rk.logical_to_spec(("embed", "mlp")) == P("fsdp", "tp")

@@ -47,7 +47,11 @@ def _scaled(config: ModelConfig, rope_scaling) -> ModelConfig:
     if rope_scaling is None:
         return config
     if isinstance(rope_scaling, dict):
-        rope_scaling = RopeScaling(**rope_scaling)
+        try:
+            rope_scaling = RopeScaling(**rope_scaling)
+        except TypeError as e:
+            raise ConfigError(f"rope_scaling={rope_scaling!r}: {e}; give kind, factor and "
+                              "optionally original_max_position, beta_fast, beta_slow") from None
     if not isinstance(rope_scaling, RopeScaling):
         raise ConfigError(f"rope_scaling must be a ringkit.model.RopeScaling, got {rope_scaling!r}")
     if rope_scaling.original_max_position is None:
@@ -95,7 +99,8 @@ def load_model(source=None, *, mesh=None, dtype: str | None = None,
       source: None (embedded SmolLM2-135M-Instruct), a ``.gguf`` file, an HF directory
         (config.json, safetensors, tokenizer files), an LWM directory (``params``, optional
         ``tokenizer.model``, ``config.json``), or an HF hub id (needs network).
-      mesh: a ``ringkit.make_mesh`` mesh (default: every device on 'sp').
+      mesh: a ``ringkit.make_mesh`` mesh or its ``"dp,fsdp,tp,sp"`` string (default: every
+        device on 'sp').
       dtype: compute dtype, "float32" or "bfloat16" (default: float32 on CPU, bfloat16 on
         accelerators). bfloat16 runs matmuls with float32 accumulation.
       param_dtype: how weights are stored (default: float32 on CPU, where bfloat16
@@ -109,9 +114,13 @@ def load_model(source=None, *, mesh=None, dtype: str | None = None,
         model = ringkit.load_model()                                   # embedded default
         model = ringkit.load_model("LWM-Text-1M/", mesh=ringkit.make_mesh("1,1,4,-1"))
     """
+    if isinstance(mesh, str):  # LWM's "dp,fsdp,tp,sp"
+        mesh = make_mesh(mesh)
     kind, path = _resolve(source)
     if isinstance(config, str):
         config = ModelConfig.preset(config)
+    elif config is not None and not isinstance(config, ModelConfig):
+        raise ConfigError(f"config must be a ModelConfig or a preset name, got {config!r:.60}")
     if kind == "gguf":
         from ringkit.model.weights.gguf import read_gguf
         from ringkit.tokenize.text import Tokenizer

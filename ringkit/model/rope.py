@@ -46,8 +46,18 @@ class RopeScaling:
     def __post_init__(self):
         if self.kind not in SCALING_KINDS:
             raise ConfigError(f"unknown RoPE scaling {self.kind!r}; choose one of {SCALING_KINDS}")
-        if not self.factor >= 1.0:
-            raise ConfigError(f"RoPE scaling factor must be >= 1, got {self.factor}")
+        number = lambda x: isinstance(x, (int, float, np.number)) and not isinstance(x, bool)
+        if not number(self.factor) or not 1.0 <= self.factor < math.inf:
+            raise ConfigError(f"RoPE scaling factor must be a finite number >= 1, got "
+                              f"{self.factor!r}")
+        position = self.original_max_position
+        if position is not None and (not number(position) or position < 1 or position % 1):
+            raise ConfigError(f"original_max_position must be a whole number of tokens >= 1, "
+                              f"got {position!r}")
+        if not (number(self.beta_fast) and number(self.beta_slow)
+                and self.beta_fast > self.beta_slow > 0):
+            raise ConfigError(f"YaRN needs beta_fast > beta_slow > 0, got {self.beta_fast!r}, "
+                              f"{self.beta_slow!r}")
 
 
 def inv_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None = None) -> np.ndarray:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ringkit.errors import ConfigError, FormatError, UnsupportedError
+from ringkit.errors import ConfigError, FormatError, ShapeError, UnsupportedError
 from ringkit.model.config import ModelConfig
 from ringkit.model.rope import RopeScaling
 
@@ -72,7 +72,19 @@ def config_from_hf(values: dict, name: str) -> ModelConfig:
         raise UnsupportedError(f"{name} uses attention or MLP biases, which ringkit does not run")
     if values.get("hidden_act", "silu") != "silu":
         raise UnsupportedError(f"{name} uses activation {values['hidden_act']!r}; only silu")
+    try:
+        return _config(values, name)
+    except (KeyError, TypeError, ValueError, AttributeError, ZeroDivisionError) as e:
+        what = f"lacks {e}" if isinstance(e, KeyError) else f"has a bad value ({e})"
+        raise FormatError(f"{name}: config.json {what}; a LLaMA-family config needs "
+                          "hidden_size, num_attention_heads, num_hidden_layers, "
+                          "intermediate_size and vocab_size") from None
+
+
+def _config(values: dict, name: str) -> ModelConfig:
     d, heads = int(values["hidden_size"]), int(values["num_attention_heads"])
+    if min(d, heads, int(values["num_hidden_layers"]), int(values["vocab_size"])) < 1:
+        raise ValueError("sizes must be >= 1")
     ctx = int(values.get("max_position_embeddings", 4096))
     scaling = None
     rs = values.get("rope_scaling")
@@ -135,6 +147,8 @@ def read_hf(folder) -> tuple[ModelConfig, dict, object]:
         values = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError) as err:
         raise FormatError(f"cannot read {folder / 'config.json'}: {err}") from None
+    if not isinstance(values, dict):
+        raise FormatError(f"{folder / 'config.json'} is not a JSON object")
     config = config_from_hf(values, name=values.get("_name_or_path") or folder.name)
     tensors = {}
     for path in sorted(folder.glob("*.safetensors")):
@@ -154,11 +168,16 @@ def read_hf(folder) -> tuple[ModelConfig, dict, object]:
         "w_gate": lambda w: np.asarray(w).T, "w_up": lambda w: np.asarray(w).T,
         "w_down": lambda w: np.asarray(w).T,
     }
+    # The projections are split into heads here, before placement checks the other shapes.
+    expected = {"wq": (h * hd, d), "wk": (kv * hd, d), "wv": (kv * hd, d), "wo": (d, h * hd)}
     layers = {}
     for src, canon in _LAYER.items():
         per = []
         for i in range(config.n_layers):
             w = need(f"model.layers.{i}.{src}")
+            if canon in expected and tuple(w.shape) != expected[canon]:
+                raise ShapeError(f"tensor model.layers.{i}.{src} has shape {tuple(w.shape)} in "
+                                 f"the checkpoint but config.json implies {expected[canon]}")
             if canon in split:
                 shape = split[canon](np.empty(w.shape, np.uint8)).shape
                 per.append(_Lazy(w, split[canon], shape))
