@@ -204,7 +204,7 @@ def model(model=None, *, lengths: Sequence[int] = (1024, 4096), decode_tokens: i
     """
     import pandas as pd
 
-    from ringkit.eval.common import resolve_model
+    from ringkit.context import resolve_model
 
     model = resolve_model(model, mesh)
     if not lengths or min(lengths) < 1 or decode_tokens < 1:

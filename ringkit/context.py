@@ -52,6 +52,16 @@ def default_model(mesh=None):
     return _MODELS[key]
 
 
+def resolve_model(model, mesh):
+    """``model``, or the embedded SmolLM2 on ``mesh`` when it is None (not both)."""
+    if model is None:
+        return default_model(mesh)
+    if mesh is not None:
+        raise ConfigError("pass either model= (already on its mesh) or mesh= (for the default "
+                          "model), not both")
+    return model
+
+
 def _streamer(stream) -> Callable[[str, int], None] | None:
     if stream is None or stream is False:
         return None
@@ -279,7 +289,11 @@ def read(source, *, model=None, mesh=None, room: int = DEFAULT_ROOM, fit: str = 
                           f"{room!r}")
     if fit not in ("auto", "whole", "outline"):
         raise ConfigError(f"fit must be 'auto', 'whole' or 'outline', got {fit!r}")
-    model = model if model is not None else default_model(mesh)
+    model = resolve_model(model, mesh)
+    if room >= model.config.context_length:
+        raise ConfigError(f"room={room:,} (question + answer tokens) leaves nothing of the "
+                          f"{model.config.context_length:,}-token context of "
+                          f"{model.config.name} for the document: ask for less room")
     doc = source if isinstance(source, Document) else ingest(source, **ingest_options)
     prompt = context_prompt(doc, model, vqgan=vqgan, cache=cache)
     doc, prompt, note = _fit(doc, prompt, model, room, fit, vqgan, cache, focus)
@@ -318,7 +332,7 @@ def ask(source, question: str, *, model=None, mesh=None, max_new_tokens: int = 2
     check_sampling(max_new_tokens, sampling.get("temperature", 0.0), sampling.get("top_p", 1.0))
     stop_strings(sampling.get("stop"))
     _streamer(stream)
-    model = model if model is not None else default_model(mesh)
+    model = resolve_model(model, mesh)
     room = max_new_tokens + len(model.tokenizer.encode(question)) + 32  # + the template's
     ctx = read(source, model=model, room=room, focus=question, **options)
     return ctx.ask(question, max_new_tokens=max_new_tokens, stream=stream, **sampling)

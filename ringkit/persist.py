@@ -259,6 +259,9 @@ def load_context(path, *, model=None, mesh=None):
     path = pathlib.Path(path).expanduser().absolute()
     meta = _read_meta(path)
     saved = meta["model"]
+    if model is not None and mesh is not None:
+        raise ConfigError("pass either model= (already on its mesh) or mesh= (for the model the "
+                          "context was prefilled with), not both")
     model = model if model is not None else _default_model_for(saved, mesh)
     _check_model(model, saved, path)
     try:

@@ -76,6 +76,10 @@ def test_bad_input(smollm2, story, tmp_path, monkeypatch):
             ctx.ask(question)
     with pytest.raises(ConfigError, match="room"):
         rk.read(story, model=smollm2, room=1.5)
+    with pytest.raises(ConfigError, match="room=1,000,000,000 .* leaves nothing"):
+        rk.read(story, model=smollm2, room=10**9)
+    with pytest.raises(ConfigError, match="not both"):
+        rk.read(story, model=smollm2, mesh=smollm2.mesh)
     # rk.ask refuses its arguments before it reads (here: a missing file) and prefills.
     for bad in (dict(max_new_tokens=0), dict(max_new_tokens=-100), dict(stop=""),
                 dict(stream=3)):

@@ -125,6 +125,8 @@ def test_gguf_bad_inputs(tmp_path, tiny):
     (tmp_path / "junk.gguf").write_bytes(b"not a gguf file at all" * 10)
     with pytest.raises(FormatError):
         rk.load_model(tmp_path / "junk.gguf")
+    with pytest.raises(ConfigError, match=r"holds 5 .gguf files .*pass the one to load"):
+        rk.load_model(tmp_path)
 
 
 def test_gguf_container_reads_what_gguf_writes(tmp_path, rng):

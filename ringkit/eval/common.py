@@ -62,19 +62,6 @@ class Prompter:
                 + tok.encode(self._answer(answer_prefix), add_bos=False))
 
 
-def resolve_model(model, mesh):
-    """``model``, or the embedded SmolLM2 on ``mesh`` when it is None (not both)."""
-    from ringkit.context import default_model
-    from ringkit.errors import ConfigError
-
-    if model is None:
-        return default_model(mesh)
-    if mesh is not None:
-        raise ConfigError("pass either model= (already on its mesh) or mesh= (for the default "
-                          "model), not both")
-    return model
-
-
 def jsonable(row: dict) -> dict:
     return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items()}
 

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ringkit.context import resolve_model
 from ringkit.errors import ConfigError, ShapeError
 from ringkit.eval.common import (Prompter, answer_cells, check_counts, grid_values, heatmap,
-                                  html_table, load_done, pandas, resolve_model, write_jsonl)
+                                  html_table, load_done, pandas, write_jsonl)
 from ringkit.eval.haystack import haystack_text, sentences as split_sentences
 
 CITIES = ("Lisbon", "Bergen", "Kyoto", "Nairobi", "Lima", "Oslo", "Hanoi", "Quito", "Tunis",

@@ -21,9 +21,10 @@ import zlib
 
 import numpy as np
 
+from ringkit.context import resolve_model
 from ringkit.errors import ConfigError, ShapeError
 from ringkit.eval.common import (Prompter, answer_cells, check_counts, grid_values, heatmap,
-                                 html_table, load_done, pandas, resolve_model, write_jsonl)
+                                 html_table, load_done, pandas, write_jsonl)
 from ringkit.eval.haystack import haystack_text, sentences
 from ringkit.eval.ruler_tasks import TASKS, Env, load_qa, task_names
 

@@ -27,8 +27,9 @@ import textwrap
 
 import numpy as np
 
+from ringkit.context import resolve_model
 from ringkit.errors import ConfigError, MissingDependencyError, ShapeError, SourceError
-from ringkit.eval.common import answer_cells, heatmap, load_done, pandas, resolve_model
+from ringkit.eval.common import answer_cells, heatmap, load_done, pandas
 from ringkit.eval.haystack import haystack_text, sentences
 from ringkit.eval.needle import NeedleResults
 from ringkit.inputs.document import FRAME_SIZE, Document, FramesSegment

@@ -79,6 +79,9 @@ def _resolve(source) -> tuple[str, Path]:
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
             return "gguf", ggufs[0]
+        if len(ggufs) > 1:
+            raise ConfigError(f"{path} holds {len(ggufs)} .gguf files ("
+                              f"{', '.join(g.name for g in ggufs[:4])}): pass the one to load")
         raise FormatError(
             f"{path} holds no checkpoint ringkit can read: expected a .gguf file, an HF directory "
             "(config.json and *.safetensors) or an LWM directory (params)")
