@@ -334,5 +334,9 @@ def ask(source, question: str, *, model=None, mesh=None, max_new_tokens: int = 2
     _streamer(stream)
     model = resolve_model(model, mesh)
     room = max_new_tokens + len(model.tokenizer.encode(question)) + 32  # + the template's
+    if room >= model.config.context_length:
+        raise ConfigError(f"max_new_tokens={max_new_tokens:,} and the question leave nothing of "
+                          f"the {model.config.context_length:,}-token context of "
+                          f"{model.config.name} for the document: ask for fewer new tokens")
     ctx = read(source, model=model, room=room, focus=question, **options)
     return ctx.ask(question, max_new_tokens=max_new_tokens, stream=stream, **sampling)

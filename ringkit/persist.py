@@ -157,13 +157,17 @@ def _read_meta(path: pathlib.Path) -> dict:
     return meta
 
 
+# What must match between the model that prefilled a context and the one that reads it.
+_MODEL_KEYS = ("name", "n_layers", "n_kv_heads", "head_dim", "vocab_size", "weights_dtype",
+               "layout", "tokenizer", "rope_scaling", "context_length")
+
+
 def _meta_problem(meta: dict) -> str | None:
     """What is wrong with a context's metadata (edited or damaged), or None."""
     whole = lambda x, low=0: isinstance(x, int) and not isinstance(x, bool) and x >= low
     model = meta.get("model")
     if not isinstance(model, dict) or not all(
-            k in model for k in ("name", "n_layers", "n_kv_heads", "head_dim", "layout",
-                                 "weights_dtype", "context_length", "source")):
+            k in model for k in (*_MODEL_KEYS, "source")):
         return "its model description is missing or incomplete"
     for key, low in (("sp", 1), ("base", 1), ("slots", 1), ("rows", 1), ("room", 1)):
         if not whole(meta.get(key), low):
@@ -182,9 +186,8 @@ def _meta_problem(meta: dict) -> str | None:
 
 def _check_model(model, saved: dict, path) -> None:
     mine = _model_identity(model)
-    keys = ("name", "n_layers", "n_kv_heads", "head_dim", "vocab_size", "weights_dtype",
-            "layout", "tokenizer", "rope_scaling", "context_length")
-    diff = [f"{k}: saved {saved[k]!r}, given {mine[k]!r}" for k in keys if saved[k] != mine[k]]
+    diff = [f"{k}: saved {saved[k]!r}, given {mine[k]!r}" for k in _MODEL_KEYS
+            if saved[k] != mine[k]]
     if diff:
         raise ConfigError(f"{path} was prefilled by another model ({'; '.join(diff)}): pass "
                           f"that model, e.g. ringkit.load_context(path, model=ringkit.load_model("

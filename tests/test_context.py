@@ -80,6 +80,8 @@ def test_bad_input(smollm2, story, tmp_path, monkeypatch):
         rk.read(story, model=smollm2, room=10**9)
     with pytest.raises(ConfigError, match="not both"):
         rk.read(story, model=smollm2, mesh=smollm2.mesh)
+    with pytest.raises(ConfigError, match="ask for fewer new tokens"):
+        rk.ask(story, q, model=smollm2, max_new_tokens=10**6)
     # rk.ask refuses its arguments before it reads (here: a missing file) and prefills.
     for bad in (dict(max_new_tokens=0), dict(max_new_tokens=-100), dict(stop=""),
                 dict(stream=3)):

@@ -158,7 +158,7 @@ def test_bad_input(tokenizer):
         rk.eval.needle(model, lengths=[256], depths=[0.5], needles=2, keys=False, haystack=HAY)
     with pytest.raises(ConfigError, match="not both"):
         rk.eval.needle(model, lengths=[256], depths=[0.5], haystack=HAY, mesh=model.mesh)
-    for bad in (dict(lengths=[-100]), dict(lengths=[256.5]), dict(lengths="x"),
+    for bad in (dict(lengths=[-100]), dict(lengths=[256.5]), dict(lengths="x"), dict(lengths="12"),
                 dict(depths=["deep"]), dict(trials=1.5), dict(trials=0), dict(batch=0),
                 dict(batch=-1), dict(seed=-1), dict(seed="x")):
         with pytest.raises(ConfigError):

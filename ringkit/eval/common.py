@@ -70,6 +70,8 @@ def grid_values(values, kind: type, name: str) -> list:
     """A list of numbers (one number is a list of one) as ``kind``, or a ``ConfigError``."""
     values = [values] if isinstance(values, (int, float, np.number)) else values
     try:
+        if isinstance(values, (str, bytes)):
+            raise TypeError(name)
         out = [kind(v) for v in values]
     except (TypeError, ValueError):
         raise ConfigError(f"{name} must be a list of numbers, got {values!r:.80}") from None
