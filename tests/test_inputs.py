@@ -251,6 +251,8 @@ def test_bad_input(tmp_path, monkeypatch):
             rk.ingest(bad)
     with pytest.raises(SourceError, match="source path is empty"):
         rk.ingest("")
+    with pytest.raises(SourceError, match="fps=-1 must be a positive number"):
+        rk.ingest(tmp_path / "empty.txt", fps=-1)  # refused before any source is read
     os.mkfifo(tmp_path / "pipe")
     with pytest.raises(SourceError, match="not a regular file"):
         rk.ingest(tmp_path / "pipe")

@@ -11,7 +11,7 @@ from ringkit.inputs.document import Document, Skipped, TextSegment, printable_pa
 from ringkit.inputs.pdf import read_pdf
 from ringkit.inputs.repo import MAX_FILE_BYTES, read_repo
 from ringkit.inputs.subtitles import SUBTITLE_SUFFIXES, embedded, read_subtitles, sidecars
-from ringkit.inputs.video import is_animated, read_image, read_video
+from ringkit.inputs.video import check_sampling, is_animated, read_image, read_video
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp")
 # Not ".ts": MPEG transport streams share it with TypeScript sources, which are far more common.
@@ -124,6 +124,7 @@ def ingest(source, *, max_file_bytes: int = MAX_FILE_BYTES, include_secrets: boo
         print(doc)                 # Document(57 text segments, 412,330 characters, ...)
         doc.skipped[:3]            # [Skipped(path='.env', reason='may hold secrets ...'), ...]
     """
+    check_sampling(fps, max_frames)  # whatever the sources: a bad option is refused up front
     options = dict(max_file_bytes=max_file_bytes, include_secrets=include_secrets, fps=fps,
                    max_frames=max_frames, backend=backend, subtitles=subtitles,
                    ocr=ocr)

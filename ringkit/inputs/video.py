@@ -89,7 +89,8 @@ class _Frames:
         return data, np.asarray(self.times, np.float64)
 
 
-def _check_sampling(fps, max_frames):
+def check_sampling(fps, max_frames):
+    """``fps`` a positive finite number, or ``max_frames`` a positive integer."""
     if max_frames is not None:
         if not isinstance(max_frames, int) or max_frames < 1:
             raise SourceError(f"max_frames={max_frames!r} must be a positive integer")
@@ -271,7 +272,7 @@ def read_video(path: pathlib.Path, name: str | None = None, *, fps: float = 1.0,
                max_frames: int | None = None, backend: str = "av") -> Document:
     """One video as a ``Document`` of frames (see the module docstring for the sampling)."""
     name = name or str(path)
-    _check_sampling(fps, max_frames)
+    check_sampling(fps, max_frames)
     if backend not in BACKENDS:
         raise SourceError(f"unknown video backend {backend!r}; choose one of {BACKENDS}")
     reader = _read_av if backend == "av" else _read_decord
