@@ -65,15 +65,15 @@ def decode_text(data: bytes, name: str) -> str:
             try:
                 return data.decode(encoding)
             except UnicodeDecodeError as e:
+                label = encoding.removesuffix("-sig").upper()
                 raise SourceError(
-                    f"{name} starts with a {encoding.split('-sig')[0].upper()} byte-order mark "
-                    f"but is not valid {encoding.split('-sig')[0].upper()} at byte {e.start} "
-                    "(cut short or corrupt?); re-save it as UTF-8") from None
-    text = _utf16_without_bom(data)
-    if text is not None:
+                    f"{name} starts with a {label} byte-order mark but is not valid {label} at "
+                    f"byte {e.start} (cut short or corrupt?); re-save it as UTF-8") from None
+    if b"\x00" in data[:8192]:  # no byte-order mark here: UTF-16 without one, or binary
+        text = _utf16_without_bom(data)
+        if text is None:
+            raise SourceError(f"{name} is binary, not text")
         return text
-    if looks_binary(data):
-        raise SourceError(f"{name} is binary, not text")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:

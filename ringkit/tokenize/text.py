@@ -122,9 +122,9 @@ class Tokenizer:
         million-token book takes ~1/3 the time. Tokenizers whose pieces could cross such a cut
         encode in one call.
         """
-        spans = [(0, len(text))] if literal is True else literal or ()
-        if self._template_specials(text, spans) is not None:
-            ids = self.encode_with_offsets(text, literal=spans)[0].tolist()
+        cuts = self._template_specials(text, [(0, len(text))] if literal is True else literal)
+        if cuts is not None:
+            ids = self._encode_between(text, cuts)[0].tolist()
         else:
             ids = [i for part in self._encode_parts(text, offsets=False) for i in part[1].ids]
         add = self.add_bos if add_bos is None else add_bos
@@ -143,8 +143,11 @@ class Tokenizer:
         call gives for text without them.
         """
         cuts = self._template_specials(text, literal)
-        if cuts is None:
-            return self._encode_piece(text)
+        return self._encode_piece(text) if cuts is None else self._encode_between(text, cuts)
+
+    def _encode_between(self, text: str, cuts) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, starts)`` of ``text`` cut at the template's special tokens ``cuts``: those
+        become their ids, and the pieces between them are encoded with special tokens off."""
         ids, starts, pos = [], [], 0
         for start, end, token_id in cuts + [(len(text), len(text), None)]:
             piece_ids, piece_starts = self._encode_piece(text[pos:start], special=False)
