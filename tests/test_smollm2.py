@@ -63,30 +63,57 @@ def hf_model():
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
     torch.set_num_threads(2)
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        str(GGUF.parent), gguf_file=GGUF.name, dtype=torch.float32)
+    # transformers parses the GGUF twice (config, then weights) and rebuilds gguf's name map once
+    # per tensor: ~25 of its ~35 s. Both are pure, so they are memoized for this one load.
+    import functools
+
+    import gguf
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(gguf, "GGUFReader", functools.cache(gguf.GGUFReader))
+        mp.setattr(gguf, "get_tensor_name_map", functools.cache(gguf.get_tensor_name_map))
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            str(GGUF.parent), gguf_file=GGUF.name, dtype=torch.float32)
     return model.eval()
 
 
-def test_logits_and_greedy_match_transformers(smol, prompts, hf_model):
+def _packed_logits(model, rows):
+    """Logits of several prompts packed into one sequence (segments, positions restarting at 0
+    in each): one compile instead of one per length, and a check of segments and positions."""
+    packed = np.concatenate(rows)
+    segments = np.repeat(np.arange(len(rows)), [len(r) for r in rows])
+    positions = np.concatenate([np.arange(len(r)) for r in rows])
+    got = model.logits(packed, segment_ids=segments[None], positions=positions[None])[0]
+    return [got[segments == i] for i in range(len(rows))]
+
+
+def _assert_logits_match(hf_model, rows, got):
     import torch
 
-    model = smol(sp=8)
-    for row in prompts:
+    for row, logits in zip(rows, got):
         with torch.no_grad():
             ref = hf_model(torch.tensor([row])).logits[0].numpy()
-        got = np.asarray(model.logits(row)[0])
         assert np.abs(ref).max() > 10  # logits of order 10
-        assert np.abs(got - ref).max() <= 1e-3
-    # Greedy: the two shorter prompts (the longest is in the slow test below), one at a time in
-    # transformers, as one padded batch here (one compile of the decode step, not one per length).
-    ref_new = []
-    for row in prompts[:2]:
-        with torch.no_grad():
-            out = hf_model.generate(torch.tensor([row]), max_new_tokens=32, do_sample=False,
-                                    eos_token_id=None, pad_token_id=0)
-        ref_new.append(out[0, len(row):].tolist())
-    assert generate_ids(_no_eos(smol(sp=4)), prompts[:2], max_new_tokens=32) == ref_new
+        assert np.abs(logits - ref).max() <= 1e-3, len(row)
+
+
+def _hf_greedy(hf_model, row, n):
+    import torch
+
+    with torch.no_grad():
+        out = hf_model.generate(torch.tensor([row]), max_new_tokens=n, do_sample=False,
+                                eos_token_id=None, pad_token_id=0)
+    return out[0, len(row):].tolist()
+
+
+def test_logits_and_greedy_match_transformers(smol, prompts, hf_model):
+    """The two shorter prompts; the longest (2000 tokens, ~1 min on 2 cores) is in the slow set."""
+    rows = prompts[:2]
+    _assert_logits_match(hf_model, rows, _packed_logits(smol(sp=8), rows))
+    # Greedy: one at a time in transformers, as one padded batch here (one compile of the decode
+    # step, not one per length).
+    ref_new = [_hf_greedy(hf_model, row, 32) for row in rows]
+    assert generate_ids(_no_eos(smol(sp=4)), rows, max_new_tokens=32) == ref_new
 
 
 def _no_eos(model):
@@ -113,16 +140,13 @@ def test_sharding_invariance(smol, prompts):
 
 
 @pytest.mark.slow
-def test_greedy_generations_are_identical_on_every_mesh(smol, prompts, hf_model):
-    """The longest prompt: transformers' greedy tokens on sp=1, then the same on every mesh."""
-    import torch
-
+def test_longest_prompt_matches_transformers_on_every_mesh(smol, prompts, hf_model):
+    """The longest prompt: logits on sp=8 and transformers' greedy tokens on sp=1, then the same
+    tokens on every mesh."""
     row = prompts[2]
+    _assert_logits_match(hf_model, [row], _packed_logits(smol(sp=8), [row]))
     ref_gen = generate_ids(_no_eos(smol(sp=1)), [row], max_new_tokens=24)[0]
-    with torch.no_grad():
-        out = hf_model.generate(torch.tensor([row]), max_new_tokens=24, do_sample=False,
-                                eos_token_id=None, pad_token_id=0)
-    assert ref_gen == out[0, len(row):].tolist()
+    assert ref_gen == _hf_greedy(hf_model, row, 24)
     for sp, tp in MESHES:
         assert generate_ids(_no_eos(smol(sp=sp, tp=tp)), [row], max_new_tokens=24)[0] == ref_gen
 
