@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +46,11 @@ from ringkit.errors import ConfigError, UnsupportedError
 
 BLOCK_Q = 64  # rows per compute warpgroup: one wgmma M tile
 COMPUTE_WGS = 2
+
+# jax 0.10 takes plgpu.load's index as a required argument; jax 0.11 deprecates it (index the ref
+# with ``.at`` instead) and warns whenever one is passed, even ``()``.
+_LOAD_WANTS_IDX = (inspect.signature(plgpu.load).parameters["idx"].default
+                   is inspect.Parameter.empty)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +143,8 @@ class _Ops:
         tile or program, so the unvectorized path is fine)."""
         if self.interpret:
             return ref[idx]
-        return plgpu.load(ref, idx, layout=layout, optimized=False)
+        extra = ((),) if _LOAD_WANTS_IDX else ()
+        return plgpu.load(ref.at[idx], *extra, layout=layout, optimized=False)
 
     def smem(self, shape, dtype):
         """A [..., rows, 64 x k] 16-bit tile as wgmma and TMA want it: 128-byte swizzled."""
@@ -157,7 +164,8 @@ class _Ops:
             return s
 
         def body(acc_ref):
-            plgpu.wgmma(acc_ref, q_smem, plgpu.transpose_ref(k_smem, (1, 0)))
+            # ref.transpose: plgpu.transpose_ref is deprecated in jax 0.11.2 (same transform).
+            plgpu.wgmma(acc_ref, q_smem, k_smem.transpose((1, 0)))
             issued()
             return acc_ref[...]
 
@@ -408,5 +416,8 @@ def fold_block(q, k, v, carry, q_pos, k_pos, seg_q, seg_k, spec: blockwise.TileS
     return plgpu.kernel(
         entry, out_type=out_type, grid=(h, r // (COMPUTE_WGS * BLOCK_Q), b),
         grid_names=("heads", "rows", "batch"), num_threads=COMPUTE_WGS + 1, thread_name="wg",
-        compiler_params=plgpu.CompilerParams(approx_math=True), interpret=interpret_params,
+        # Lane lowering, as jax 0.10 defaults to; jax 0.11 defaults to Warpgroup lowering.
+        compiler_params=plgpu.CompilerParams(
+            approx_math=True, lowering_semantics=plgpu.LoweringSemantics.Lane),
+        interpret=interpret_params,
     )(*args)
