@@ -26,9 +26,14 @@ import pytest  # noqa: E402
 jax.config.update("jax_enable_x64", True)  # float64 references; ringkit itself never needs it
 # One compilation per distinct program in a run: tests build several models on the same mesh
 # (module fixtures, the CLI's default model), each with its own jitted functions, and the
-# unrolled decode step alone takes ~20 s to compile. A throw-away persistent cache dedupes them.
-_compile_cache = tempfile.mkdtemp(prefix="ringkit-test-xla-cache-")
-atexit.register(shutil.rmtree, _compile_cache, ignore_errors=True)
+# decode steps take 5-10 s each to compile. A throw-away persistent cache dedupes them.
+# Under pytest-xdist the workers share the controller's cache (they inherit its environment),
+# which removes it when the run ends.
+_compile_cache = os.environ.get("RINGKIT_TEST_XLA_CACHE")
+if _compile_cache is None:
+    _compile_cache = os.environ["RINGKIT_TEST_XLA_CACHE"] = tempfile.mkdtemp(
+        prefix="ringkit-test-xla-cache-")
+    atexit.register(shutil.rmtree, _compile_cache, ignore_errors=True)
 jax.config.update("jax_compilation_cache_dir", _compile_cache)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
