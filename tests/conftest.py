@@ -65,3 +65,14 @@ def smollm2_tokenizer():
     except MissingDependencyError as e:
         pytest.skip(str(e))
     return Tokenizer.from_gguf_fields(read_metadata(path))
+
+
+def pytest_sessionfinish(session):
+    """Under xdist, free JAX's executables and arrays before the worker reports that it finished:
+    execnet interrupts a worker still busy 5 s after the run ends, and a worker's final garbage
+    collection (thousands of compiled programs on 8 simulated devices) can take that long."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import gc
+
+        jax.clear_caches()
+        gc.collect()
