@@ -12,7 +12,7 @@ import ringkit as rk
 from ringkit.attention import blockwise, pallas_gpu, pallas_mgpu
 from ringkit.attention.layouts import device_positions
 from ringkit.errors import ConfigError
-from helpers import check_interpreted_ring, rel_err, ring_case_id
+from helpers import check_interpreted_ring, lower_for_h100, rel_err, ring_case_id
 
 MOSAIC = rk.BlockSizes(block_k=64, gpu_forward="mosaic")
 
@@ -118,14 +118,15 @@ def test_bfloat16_matches_the_triton_forward(rng):
     assert rel_err(got[0], want[0]) < 2e-2 and rel_err(got[1], want[1]) < 1e-3
 
 
-@pytest.mark.parametrize("block_k,stages", [(128, 2), (128, 3), (64, 4)])
-def test_lowers_for_cuda_without_a_gpu(block_k, stages):
+@pytest.mark.parametrize("block_k,stages,lowering", [
+    (128, 2, "lane"), (128, 3, "lane"), (64, 4, "lane"), (128, 2, "warpgroup")])
+def test_lowers_for_cuda_without_a_gpu(block_k, stages, lowering):
     """The GPU path (wgmma on swizzled tiles, register layouts, TMA, shared-memory budget) goes
     through Pallas' Mosaic GPU lowering on CPU: fresh and final, a carry in and out, segments and
-    GQA rows."""
+    GQA rows. Under "warpgroup" Mosaic infers every layout here, on CPU, for an H100."""
     b, h, n, g, d = 1, 2, 512, 2, 128
     spec = blockwise.TileSpec(True, g, 64, 64)
-    sizes = pallas_mgpu.MosaicSizes(block_k, stages)
+    sizes = pallas_mgpu.MosaicSizes(block_k, stages, lowering)
     pos = jnp.arange(n, dtype=jnp.int32)
     q = jax.ShapeDtypeStruct((b, h, n * g, d), jnp.bfloat16)
     k = jax.ShapeDtypeStruct((b, h, n, d), jnp.bfloat16)
@@ -139,7 +140,7 @@ def test_lowers_for_cuda_without_a_gpu(block_k, stages):
         return pallas_mgpu.fold_block(q, k, v, carry, pos, pos, seg, seg, spec,
                                       final_dtype=jnp.float32, sizes=sizes)
 
-    text = jax.jit(both).trace(q, k, k, seg).lower(lowering_platforms=("cuda",)).as_text()
+    text = lower_for_h100(both, q, k, k, seg)
     assert text.count("custom_call @mosaic_gpu") == 3
 
 
@@ -157,6 +158,8 @@ def test_bad_options():
         128, 3)  # key tiles shrink to divide the keys; no more stages than tiles
     with pytest.raises(ConfigError, match="gpu_forward='quick' must be one of"):
         rk.BlockSizes(gpu_forward="quick")
+    with pytest.raises(ConfigError, match="lowering='auto' must be one of .'lane', 'warpgroup'"):
+        pallas_mgpu.MosaicSizes(lowering="auto")
     with pytest.raises(ConfigError, match="block_k=32 must be 64, 128 or 256"):
         pallas_mgpu.MosaicSizes(block_k=32)
 

@@ -53,19 +53,32 @@ _LOAD_WANTS_IDX = (inspect.signature(plgpu.load).parameters["idx"].default
                    is inspect.Parameter.empty)
 
 
+# Pallas' two Mosaic GPU lowerings. "lane": register layouts as the kernel casts them, jax 0.10's
+# default and what the kernel was written and interpreted under. "warpgroup": Mosaic infers the
+# layouts; jax 0.11's default and what JAX's own Hopper attention runs. Both lower for CUDA from
+# the same code; which is faster is for a GPU to say (benchmarks/attention_gpu.py times both).
+LOWERINGS = {"lane": plgpu.LoweringSemantics.Lane,
+             "warpgroup": plgpu.LoweringSemantics.Warpgroup}
+
+
 @dataclasses.dataclass(frozen=True)
 class MosaicSizes:
     """Tiles of the Mosaic forward: ``block_k`` keys per K/V tile, ``stages`` shared-memory
-    slots in flight. Rows per program are fixed at 2 x 64 (two compute warpgroups)."""
+    slots in flight, and the Pallas ``lowering`` ("lane" or "warpgroup", see ``LOWERINGS``).
+    Rows per program are fixed at 2 x 64 (two compute warpgroups)."""
 
     block_k: int = 128
     stages: int = 2
+    lowering: str = "lane"
 
     def __post_init__(self):
         if self.block_k not in (64, 128, 256):
             raise ConfigError(f"Mosaic forward block_k={self.block_k!r} must be 64, 128 or 256")
         if self.stages < 2:
             raise ConfigError(f"Mosaic forward stages={self.stages!r} must be at least 2")
+        if self.lowering not in LOWERINGS:
+            raise ConfigError(f"Mosaic forward lowering={self.lowering!r} must be one of "
+                              f"{sorted(LOWERINGS)}")
 
 
 SMEM_BUDGET = 232448 - 1024  # an H100's shared memory per block, less room for the barriers
@@ -372,6 +385,7 @@ def fold_block(q, k, v, carry, q_pos, k_pos, seg_q, seg_k, spec: blockwise.TileS
     nk, dtype = k.shape[2], q.dtype
     if k.dtype != dtype or v.dtype != dtype:
         raise ConfigError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    sizes = sizes or MosaicSizes()
     block_k, stages = plan(dtype, d, r, nk, sizes, interpret=interpret)
     if not interpret:
         _check_cuda()
@@ -416,8 +430,8 @@ def fold_block(q, k, v, carry, q_pos, k_pos, seg_q, seg_k, spec: blockwise.TileS
     return plgpu.kernel(
         entry, out_type=out_type, grid=(h, r // (COMPUTE_WGS * BLOCK_Q), b),
         grid_names=("heads", "rows", "batch"), num_threads=COMPUTE_WGS + 1, thread_name="wg",
-        # Lane lowering, as jax 0.10 defaults to; jax 0.11 defaults to Warpgroup lowering.
+        # Named, never left to the default: jax 0.10 defaults to Lane lowering, 0.11 to Warpgroup.
         compiler_params=plgpu.CompilerParams(
-            approx_math=True, lowering_semantics=plgpu.LoweringSemantics.Lane),
+            approx_math=True, lowering_semantics=LOWERINGS[sizes.lowering]),
         interpret=interpret_params,
     )(*args)
