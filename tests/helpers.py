@@ -1,7 +1,18 @@
 """Shared test helpers: random attention inputs and error measures."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+
+
+def lower_for_h100(fn, *args) -> str:
+    """StableHLO text of ``fn`` lowered for CUDA on this GPU-less machine, as if for an H100:
+    jax >= 0.11 asks which GPU a Triton kernel is for when there is none to ask."""
+    h100 = jax.sharding.AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132,
+                                       platform="gpu")
+    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((1,), ("x",),
+                                                                  abstract_device=h100)):
+        return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
 
 
 def qkv(rng, batch, seq, q_heads, kv_heads, head_dim, dtype=np.float32):

@@ -10,7 +10,7 @@ import ringkit as rk
 from ringkit.attention import attention_reference, blockwise, gpu_order, pallas_gpu
 from ringkit.attention.layouts import device_positions
 from ringkit.errors import ConfigError, UnsupportedError
-from helpers import check_interpreted_ring, f64, qkv, rel_err, ring_case_id
+from helpers import check_interpreted_ring, f64, lower_for_h100, qkv, rel_err, ring_case_id
 
 SMALL = rk.BlockSizes(block_q=32, block_k=16, block_q_dkv=16, block_k_dkv=32)
 OTHER = rk.BlockSizes(block_q=16, block_k=32, block_q_dkv=32, block_k_dkv=16, block_q_dq=64,
@@ -124,7 +124,7 @@ def test_kernels_lower_to_triton_without_a_gpu(dtype):
         grads = (carry[0], jnp.zeros(k.shape, jnp.float32), jnp.zeros(k.shape, jnp.float32))
         return pallas_gpu.grad_block(q, k, v, out, lse, lse, grads, pos, pos, seg, seg, spec)
 
-    text = jax.jit(both).trace(q, k, k, seg).lower(lowering_platforms=("cuda",)).as_text()
+    text = lower_for_h100(both, q, k, k, seg)
     assert text.count("__gpu$xla.gpu.triton") == 4  # forward twice, dq, dk/dv
 
 
