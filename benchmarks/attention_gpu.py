@@ -2,14 +2,15 @@
 
     PYTHONPATH=. python3 benchmarks/attention_gpu.py --out results/    # on a GPU machine
 
-0. The Mosaic GPU forward's smoke test in a process of its own (``gpu_checks.mosaic_smoke``):
-   if it fails or hangs, everything below runs without that kernel.
+0. The Mosaic GPU forward's smoke test in a process of its own (``gpu_checks.mosaic_smoke``),
+   once per Pallas lowering ("lane", the library's default, and "warpgroup"): a lowering that
+   fails or hangs is left out of everything below.
 1. Correctness on the GPU (``gpu_checks.py``), fresh random inputs: the kernels (forward, dq,
    dk/dv) against the float64 reference (numpy on the host) and against ``impl="xla"`` on the
    GPU; float32 and bf16; causal, GQA, segments, two folds of zigzag KV blocks into one carry.
 2. The same-run bf16 matmul rate (8192^3), the ceiling the kernels are judged against.
 3. A sweep at 32K (``--sweep-seq``, capped at ``--sweep-budget`` seconds; 0 skips it): the
-   Mosaic GPU forward's key tiles and stages (``BlockSizes(gpu_forward="mosaic")``), the Triton
+   Mosaic GPU forward's key tiles, stages and lowering (``pallas_mgpu.MosaicSizes``), the Triton
    forward's tiles and launches, then the dq and dk/dv kernels timed apart, per tile and launch.
 4. With the best sizes, for S = 8K..64K (bf16, batch 1, 16 heads, head_dim 128, causal): medians
    of
@@ -51,7 +52,9 @@ from gpu_checks import check_correctness, mosaic_smoke  # noqa: E402  (this scri
 
 H, D = 16, 128
 INTERPRET = False  # --interpret: the GPU kernels in interpret mode, for a dry run on CPU
-MOSAIC = True  # False once the Mosaic forward's smoke test failed: the run goes on without it
+# The Mosaic forward's Pallas lowerings whose smoke test passed (pallas_mgpu.LOWERINGS); the
+# library runs the first, "lane", under BlockSizes(gpu_forward="mosaic").
+MOSAIC = ("lane", "warpgroup")
 
 
 def timed(fn, args, repeats):
@@ -78,11 +81,15 @@ def flops_forward(s):
 
 
 def kernel_fns(s, blocks):
-    """Forward and backward of the kernels alone on heads-major inputs (one KV head per head)."""
+    """Forward and backward of the kernels alone on heads-major inputs (one KV head per head).
+    ``blocks``: BlockSizes, or ``pallas_mgpu.MosaicSizes`` for the Mosaic forward."""
     spec = blockwise.TileSpec(True, 1, 128, 128)
     pos = jnp.arange(s, dtype=jnp.int32)
 
     def fwd(q, k, v):
+        if isinstance(blocks, pallas_mgpu.MosaicSizes):
+            return pallas_mgpu.fold_block(q, k, v, None, pos, pos, None, None, spec,
+                                          final_dtype=q.dtype, sizes=blocks, interpret=INTERPRET)
         return pallas_gpu.fold_block(q, k, v, None, pos, pos, None, None, spec,
                                      final_dtype=q.dtype, blocks=blocks, interpret=INTERPRET)
 
@@ -160,8 +167,8 @@ SWEEP_FWD = [  # (block_q, block_k, warps, stages); the first is the default
     # independent work (two or four warpgroups' rows) to overlap exponentials with matmuls.
     (256, 64, 8, 3), (256, 64, 16, 2), (256, 128, 16, 2),
 ]
-# The Mosaic GPU forward: (block_k, stages). 128-key tiles past 3 stages, and 256-key tiles,
-# exceed an H100's shared memory.
+# The Mosaic GPU forward: (block_k, stages), each under every lowering that passed its smoke
+# test. 128-key tiles past 3 stages, and 256-key tiles, exceed an H100's shared memory.
 SWEEP_MOSAIC = [(128, 2), (128, 3), (64, 2), (64, 3), (64, 4)]
 # The backward's two kernels, timed one by one: tiles of the dq kernel and of the dk/dv kernel,
 # each under every launch (warps, stages); the backward takes the best dq and dk/dv pair sharing
@@ -201,10 +208,12 @@ def sweep(key, s, repeats, log, interpret, deadline):
     early past ``deadline``, keeping the defaults for what it has not finished."""
     f, runs = flops_forward(s), []
     defaults = rk.attention.gpu_defaults(D, 2)  # bf16
-    mosaic = rk.attention.gpu_defaults(D, 2, "mosaic")
+    mosaic_blocks = rk.attention.gpu_defaults(D, 2, "mosaic")
+    mosaic = pallas_mgpu.MosaicSizes(mosaic_blocks.block_k, mosaic_blocks.num_stages,
+                                     (MOSAIC or ("lane",))[0])  # a lowering that passed
 
     def fastest_forward(part, candidates, start):
-        """Time each ``(config, BlockSizes)``; the fastest ``(seconds, blocks)``, else ``start``."""
+        """Time each ``(config, sizes)``; the fastest ``(seconds, sizes)``, else ``start``."""
         best = (None, start)
         for cfg, blocks in candidates:
             if time.time() > deadline:
@@ -216,10 +225,10 @@ def sweep(key, s, repeats, log, interpret, deadline):
                 best = (t, blocks) if best[0] is None or t < best[0] else best
         return best
 
-    mosaic_cfgs = (SWEEP_MOSAIC[:1] if interpret else SWEEP_MOSAIC) if MOSAIC else []
-    mosaic_best = fastest_forward("mosaic_fwd", [  # (block_k, stages)
-        (cfg, dataclasses.replace(mosaic, block_k=cfg[0], num_stages=cfg[1]))
-        for cfg in mosaic_cfgs], mosaic)
+    mosaic_best = fastest_forward("mosaic_fwd", [  # (block_k, stages, lowering)
+        ((*cfg, lowering), pallas_mgpu.MosaicSizes(*cfg, lowering))
+        for cfg in (SWEEP_MOSAIC[:1] if interpret else SWEEP_MOSAIC) for lowering in MOSAIC],
+        mosaic)
     fwd_best = fastest_forward("fwd", [  # (block_q, block_k, warps, stages)
         (cfg, dataclasses.replace(defaults, block_q=cfg[0], block_k=cfg[1], num_warps=cfg[2],
                                   num_stages=cfg[3]))
@@ -317,12 +326,17 @@ def main():
                   when=datetime.datetime.now().isoformat(timespec="seconds"))
     global MOSAIC
     if not INTERPRET:
-        MOSAIC, msg = mosaic_smoke()
-        result["mosaic_smoke"] = dict(ok=MOSAIC, message=msg)
-        log(f"Mosaic forward smoke test (own process): {msg}"
-            + ("" if MOSAIC else "; the run goes on without the Mosaic forward"))
+        result["mosaic_smoke"], passed = {}, []
+        for lowering in MOSAIC:
+            ok, msg = mosaic_smoke(lowering)
+            result["mosaic_smoke"][lowering] = dict(ok=ok, message=msg)
+            passed += [lowering] if ok else []
+            log(f"Mosaic forward smoke test, {lowering} lowering (own process): {msg}"
+                + ("" if ok else "; the run goes on without it"))
+        MOSAIC = tuple(passed)
     try:
-        result["correctness"] = check_correctness(rng, log, INTERPRET, mosaic=MOSAIC)
+        result["correctness"] = check_correctness(rng, log, INTERPRET,
+                                                  mosaic="lane" in MOSAIC)
     except Exception:
         log("correctness check crashed:\n" + traceback.format_exc())
     result["matmul_tflops_start"] = rate = matmul_rate(key)
@@ -342,8 +356,7 @@ def main():
     result["best"] = dict(forward=dataclasses.asdict(blocks),
                           backward=dataclasses.asdict(bwd_blocks),
                           mosaic_forward=dataclasses.asdict(mosaic))
-    log(f"best forward {blocks}; best backward {bwd_blocks}; best Mosaic forward "
-        f"block_k={mosaic.block_k} stages={mosaic.num_stages}")
+    log(f"best forward {blocks}; best backward {bwd_blocks}; best Mosaic forward {mosaic}")
     # The ring as a user calls it: forward tiles from the forward sweep, the rest from the backward.
     ring_blocks = dataclasses.replace(bwd_blocks, block_q=blocks.block_q, block_k=blocks.block_k,
                                       num_warps=blocks.num_warps, num_stages=blocks.num_stages)
@@ -362,9 +375,9 @@ def main():
                 row["cudnn_fwd_s"], row["cudnn_fwdbwd_s"] = user_times(key, s, "cudnn", reps)
             row["ring_fwd_s"], row["ring_fwdbwd_s"] = user_times(key, s, "pallas", reps,
                                                                  ring_blocks)
-            if MOSAIC and not INTERPRET:
+            if "lane" in MOSAIC and not INTERPRET:  # the ring runs the library's lowering
                 mosaic_ring = dataclasses.replace(ring_blocks, block_k=mosaic.block_k,
-                                                  num_stages=mosaic.num_stages,
+                                                  num_stages=mosaic.stages,
                                                   gpu_forward="mosaic")
                 times = try_time(log, f"ring mosaic S={s}", lambda: user_times(
                     key, s, "pallas", reps, mosaic_ring, backward=False))

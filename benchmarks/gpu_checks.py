@@ -7,6 +7,7 @@ Mosaic GPU forward (``BlockSizes(gpu_forward="mosaic")``), and so do the two fol
 
 from __future__ import annotations
 
+import functools
 import math
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import ringkit as rk
-from ringkit.attention import blockwise, pallas_gpu
+from ringkit.attention import blockwise, pallas_gpu, pallas_mgpu
 from ringkit.attention.layouts import device_positions
 
 
@@ -133,8 +134,10 @@ def check_correctness(rng, log, interpret=False, mosaic=True):
     return rows
 
 
-def two_folds(rng, dtype, blocks, interpret):
-    """Relative error of folding two zigzag KV blocks into one carry against one dense pass."""
+def two_folds(rng, dtype, blocks, interpret, lowering=None):
+    """Relative error of folding two zigzag KV blocks into one carry against one dense pass.
+    ``lowering`` runs the Mosaic forward (default tiles) under that Pallas lowering instead of
+    the kernel ``blocks`` picks."""
     sp, n, g = 4, 512, 3
     spec = blockwise.TileSpec(True, g, 128, 128)
     seen = lambda x: np.asarray(jnp.asarray(x, dtype), np.float32)  # what the kernel sees
@@ -143,11 +146,15 @@ def two_folds(rng, dtype, blocks, interpret):
     vs = [seen(rng.standard_normal((1, 2, n, 64))) for _ in range(2)]
     qp, kps = device_positions(2, n, sp, "zigzag"), [device_positions(j, n, sp, "zigzag")
                                                       for j in (1, 2)]
+    if lowering is None:
+        fold = functools.partial(pallas_gpu.fold_block, blocks=blocks, interpret=interpret)
+    else:
+        fold = functools.partial(pallas_mgpu.fold_block, interpret=interpret,
+                                 sizes=pallas_mgpu.MosaicSizes(lowering=lowering))
     carry = None
     for kk, vv, kp in zip(ks, vs, kps):
-        carry = pallas_gpu.fold_block(jnp.asarray(qh, dtype), jnp.asarray(kk, dtype),
-                                      jnp.asarray(vv, dtype), carry, qp, kp, None, None, spec,
-                                      blocks=blocks, interpret=interpret)
+        carry = fold(jnp.asarray(qh, dtype), jnp.asarray(kk, dtype), jnp.asarray(vv, dtype),
+                     carry, qp, kp, None, None, spec)
     out, _ = blockwise.finish(*carry, jnp.float32)
     kk, vv, kp = np.concatenate(ks, 2), np.concatenate(vs, 2), np.concatenate(kps)
     sc = np.einsum("bhrd,bhkd->bhrk", qh.astype(np.float64), kk)
@@ -163,11 +170,11 @@ def two_folds(rng, dtype, blocks, interpret):
 # hangs the process it runs in, and must not take the rest of a timed run with it.
 
 
-def mosaic_smoke(timeout_s=150):
-    """``(ok, message)`` from ``python gpu_checks.py --smoke`` run under a time limit."""
+def mosaic_smoke(lowering="lane", timeout_s=150):
+    """``(ok, message)`` from ``python gpu_checks.py --smoke LOWERING`` run under a time limit."""
     try:
-        done = subprocess.run([sys.executable, __file__, "--smoke"], capture_output=True,
-                              text=True, timeout=timeout_s)
+        done = subprocess.run([sys.executable, __file__, "--smoke", lowering],
+                              capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         return False, f"no answer in {timeout_s} s (a hang?)"
     last = (done.stdout.strip().splitlines() or [""])[-1]
@@ -177,23 +184,33 @@ def mosaic_smoke(timeout_s=150):
     return False, last or (errors[-1] if errors else done.stderr.strip()[-600:])
 
 
-def _smoke():
-    """The Mosaic forward's three paths on the GPU, small: a fresh fold, a fold into a carry
-    (``two_folds``), and a ring call that finishes the softmax in the kernel."""
+def _smoke(lowering="lane", interpret=False):
+    """The Mosaic forward under one Pallas lowering, on the GPU, small: a fresh fold and a fold
+    into a carry (``two_folds``), and a causal GQA fold that finishes the softmax in the kernel.
+    ``interpret=True``: the same on CPU in JAX's Mosaic GPU interpreter (a dry run)."""
     rng = np.random.default_rng(0)
-    mosaic = rk.BlockSizes(gpu_forward="mosaic")
-    folds = two_folds(rng, jnp.bfloat16, mosaic, interpret=False)
-    mesh = rk.make_mesh(sp=1, devices=jax.devices()[:1])
-    q, k, v = (rng.standard_normal((1, 1024, 4, 128)).astype(np.float32) for _ in range(3))
-    args = [jnp.asarray(x, jnp.bfloat16) for x in (q, k, v)]
-    out = rk.ring_attention(*args, mesh=mesh, causal=True, block_sizes=mosaic)
-    ref = reference_f64(*(np.asarray(x, np.float32) for x in args), True, None, q)[0]
-    ring = rel(out, ref)
-    ok = folds <= 3e-2 and ring <= 3e-2
-    print(f"smoke {'OK' if ok else 'FAIL'}: two folds into one carry {folds:.1e}, ring forward "
-          f"finished in the kernel {ring:.1e}", flush=True)
+    folds = two_folds(rng, jnp.bfloat16, None, interpret, lowering=lowering)
+    b, n, hkv, g, d = 1, 1024, 2, 2, 128
+    q = rng.standard_normal((b, n, hkv * g, d)).astype(np.float32)
+    k, v = (rng.standard_normal((b, n, hkv, d)).astype(np.float32) for _ in range(2))
+    q, k, v = (np.asarray(jnp.asarray(x, jnp.bfloat16), np.float32) for x in (q, k, v))
+    ref = reference_f64(q, k, v, True, None, q)[0]  # [b, n, hq, d]
+    # Heads-major with each KV head's GQA group in rows: [b, hkv, n * g, d], rows position-major.
+    qh = (q / math.sqrt(d)).reshape(b, n, hkv, g, d).transpose(0, 2, 1, 3, 4).reshape(
+        b, hkv, n * g, d)
+    kh, vh = (x.transpose(0, 2, 1, 3) for x in (k, v))
+    pos = jnp.arange(n, dtype=jnp.int32)
+    out, _ = pallas_mgpu.fold_block(
+        *(jnp.asarray(x, jnp.bfloat16) for x in (qh, kh, vh)), None, pos, pos, None, None,
+        blockwise.TileSpec(True, g, 128, 128), final_dtype=jnp.float32,
+        sizes=pallas_mgpu.MosaicSizes(lowering=lowering), interpret=interpret)
+    out = np.asarray(out).reshape(b, hkv, n, g, d).transpose(0, 2, 1, 3, 4).reshape(q.shape)
+    final = rel(out, ref)
+    ok = folds <= 3e-2 and final <= 3e-2
+    print(f"smoke {'OK' if ok else 'FAIL'} ({lowering} lowering): two folds into one carry "
+          f"{folds:.1e}, a causal GQA fold finished in the kernel {final:.1e}", flush=True)
     sys.exit(0 if ok else 1)
 
 
-if __name__ == "__main__" and sys.argv[1:] == ["--smoke"]:
-    _smoke()
+if __name__ == "__main__" and sys.argv[1:2] == ["--smoke"]:
+    _smoke(*sys.argv[2:3])
