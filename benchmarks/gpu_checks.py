@@ -19,6 +19,7 @@ import numpy as np
 import ringkit as rk
 from ringkit.attention import blockwise, pallas_gpu, pallas_mgpu
 from ringkit.attention.layouts import device_positions
+from ringkit.attention.ring import _heads_major, _seq_major  # the ring's kernel layout
 
 
 def rel(x, ref):
@@ -195,17 +196,15 @@ def _smoke(lowering="lane", interpret=False):
     k, v = (rng.standard_normal((b, n, hkv, d)).astype(np.float32) for _ in range(2))
     q, k, v = (np.asarray(jnp.asarray(x, jnp.bfloat16), np.float32) for x in (q, k, v))
     ref = reference_f64(q, k, v, True, None, q)[0]  # [b, n, hq, d]
-    # Heads-major with each KV head's GQA group in rows: [b, hkv, n * g, d], rows position-major.
-    qh = (q / math.sqrt(d)).reshape(b, n, hkv, g, d).transpose(0, 2, 1, 3, 4).reshape(
-        b, hkv, n * g, d)
-    kh, vh = (x.transpose(0, 2, 1, 3) for x in (k, v))
+    # The kernel's layout, as the ring makes it: [b, hkv, n * g, d], each GQA group in rows.
+    qh, kh, vh = (jnp.asarray(_heads_major(x, gr), jnp.bfloat16)
+                  for x, gr in ((q / math.sqrt(d), g), (k, 1), (v, 1)))
     pos = jnp.arange(n, dtype=jnp.int32)
     out, _ = pallas_mgpu.fold_block(
-        *(jnp.asarray(x, jnp.bfloat16) for x in (qh, kh, vh)), None, pos, pos, None, None,
-        blockwise.TileSpec(True, g, 128, 128), final_dtype=jnp.float32,
-        sizes=pallas_mgpu.MosaicSizes(lowering=lowering), interpret=interpret)
-    out = np.asarray(out).reshape(b, hkv, n, g, d).transpose(0, 2, 1, 3, 4).reshape(q.shape)
-    final = rel(out, ref)
+        qh, kh, vh, None, pos, pos, None, None, blockwise.TileSpec(True, g, 128, 128),
+        final_dtype=jnp.float32, sizes=pallas_mgpu.MosaicSizes(lowering=lowering),
+        interpret=interpret)
+    final = rel(_seq_major(out, g), ref)
     ok = folds <= 3e-2 and final <= 3e-2
     print(f"smoke {'OK' if ok else 'FAIL'} ({lowering} lowering): two folds into one carry "
           f"{folds:.1e}, a causal GQA fold finished in the kernel {final:.1e}", flush=True)
