@@ -2,16 +2,18 @@
 
     PYTHONPATH=. python3 benchmarks/attention_gpu.py --out results/    # on a GPU machine
 
-0. The Mosaic GPU forward's smoke test in a process of its own (``gpu_checks.mosaic_smoke``),
-   once per Pallas lowering ("lane", the library's default, and "warpgroup"): a lowering that
-   fails or hangs is left out of everything below.
+0. The Mosaic GPU forward's smoke test (``gpu_checks.mosaic_smoke``) in processes of their own,
+   one per Pallas lowering ("lane", the library's default, and "warpgroup"), side by side: a
+   lowering that fails or hangs is left out of everything below; each process's output is kept
+   in ``--out`` as ``mosaic-smoke-LOWERING.log``.
 1. Correctness on the GPU (``gpu_checks.py``), fresh random inputs: the kernels (forward, dq,
    dk/dv) against the float64 reference (numpy on the host) and against ``impl="xla"`` on the
    GPU; float32 and bf16; causal, GQA, segments, two folds of zigzag KV blocks into one carry.
 2. The same-run bf16 matmul rate (8192^3), the ceiling the kernels are judged against.
-3. A sweep at 32K (``--sweep-seq``, capped at ``--sweep-budget`` seconds; 0 skips it): the
-   Mosaic GPU forward's key tiles, stages and lowering (``pallas_mgpu.MosaicSizes``), the Triton
-   forward's tiles and launches, then the dq and dk/dv kernels timed apart, per tile and launch.
+3. A sweep at 32K (``--sweep-seq``, capped at ``--sweep-budget`` seconds; 0 skips it): cuDNN's
+   forward, the yardstick of every line that follows; the Mosaic GPU forward's key tiles, stages
+   and lowering (``pallas_mgpu.MosaicSizes``); the Triton forward's tiles and launches; then the
+   dq and dk/dv kernels timed apart, per tile and launch.
 4. With the best sizes, for S = 8K..64K (bf16, batch 1, 16 heads, head_dim 128, causal): medians
    of
    - the kernels alone on heads-major inputs (``pallas_gpu.fold_block`` / ``grad_block``), the
@@ -212,6 +214,15 @@ def sweep(key, s, repeats, log, interpret, deadline):
     mosaic = pallas_mgpu.MosaicSizes(mosaic_blocks.block_k, mosaic_blocks.num_stages,
                                      (MOSAIC or ("lane",))[0])  # a lowering that passed
 
+    # cuDNN at the sweep's length first: if a configuration below hangs and the run is cut off,
+    # the sweep's lines still carry a same-run yardstick.
+    cudnn = None if interpret else try_time(log, f"sweep cudnn S={s}", lambda: user_times(
+        key, s, "cudnn", repeats, backward=False)[0])
+    if cudnn:
+        runs.append(dict(part="cudnn_fwd", seconds=cudnn))
+        log(f"sweep cudnn fwd S={s}: {f / cudnn / 1e12:.0f} TFLOP/s")
+    vs_cudnn = lambda t: f" ({cudnn / t:.2f}x cuDNN)" if cudnn else ""
+
     def fastest_forward(part, candidates, start):
         """Time each ``(config, sizes)``; the fastest ``(seconds, sizes)``, else ``start``."""
         best = (None, start)
@@ -221,7 +232,7 @@ def sweep(key, s, repeats, log, interpret, deadline):
             t = try_time(log, f"sweep {part} {cfg}", kernel_fwd_time, key, s, blocks, repeats)
             if t:
                 runs.append(dict(part=part, config=list(cfg), seconds=t))
-                log(f"sweep {part} S={s} {cfg}: {f / t / 1e12:.0f} TFLOP/s")
+                log(f"sweep {part} S={s} {cfg}: {f / t / 1e12:.0f} TFLOP/s{vs_cudnn(t)}")
                 best = (t, blocks) if best[0] is None or t < best[0] else best
         return best
 
@@ -326,11 +337,10 @@ def main():
                   when=datetime.datetime.now().isoformat(timespec="seconds"))
     global MOSAIC
     if not INTERPRET:
-        result["mosaic_smoke"], passed = {}, []
-        for lowering in MOSAIC:
-            ok, msg = mosaic_smoke(lowering)
-            result["mosaic_smoke"][lowering] = dict(ok=ok, message=msg)
-            passed += [lowering] if ok else []
+        smoke = mosaic_smoke(MOSAIC, log_dir=args.out)
+        result["mosaic_smoke"] = {lw: dict(ok=ok, message=msg) for lw, (ok, msg) in smoke.items()}
+        passed = [lw for lw in MOSAIC if smoke[lw][0]]
+        for lowering, (ok, msg) in smoke.items():
             log(f"Mosaic forward smoke test, {lowering} lowering (own process): {msg}"
                 + ("" if ok else "; the run goes on without it"))
         MOSAIC = tuple(passed)

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import pathlib
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -171,18 +174,36 @@ def two_folds(rng, dtype, blocks, interpret, lowering=None):
 # hangs the process it runs in, and must not take the rest of a timed run with it.
 
 
-def mosaic_smoke(lowering="lane", timeout_s=150):
-    """``(ok, message)`` from ``python gpu_checks.py --smoke LOWERING`` run under a time limit."""
-    try:
-        done = subprocess.run([sys.executable, __file__, "--smoke", lowering],
-                              capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        return False, f"no answer in {timeout_s} s (a hang?)"
-    last = (done.stdout.strip().splitlines() or [""])[-1]
-    if done.returncode == 0 and last.startswith("smoke OK"):
-        return True, last
-    errors = [line for line in done.stderr.splitlines() if "Error" in line]
-    return False, last or (errors[-1] if errors else done.stderr.strip()[-600:])
+def mosaic_smoke(lowerings=("lane",), timeout_s=150, log_dir=None):
+    """``{lowering: (ok, message)}`` from ``python gpu_checks.py --smoke LOWERING``, one process
+    per lowering, all at once, each under ``timeout_s``. The processes leave the GPU's memory
+    unreserved (the caller's JAX already holds most of it). ``log_dir``: each process's whole
+    output goes to ``mosaic-smoke-LOWERING.log`` there."""
+    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
+    if log_dir is not None:
+        pathlib.Path(log_dir).mkdir(parents=True, exist_ok=True)
+    procs = {lw: subprocess.Popen([sys.executable, __file__, "--smoke", lw], env=env, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for lw in lowerings}
+    deadline, results = time.time() + timeout_s, {}
+    for lowering, proc in procs.items():
+        try:
+            out, err = proc.communicate(timeout=max(1.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            results[lowering] = (False, f"no answer in {timeout_s} s (a hang?)")
+        else:
+            last = (out.strip().splitlines() or [""])[-1]
+            errors = [line for line in err.splitlines() if "Error" in line]
+            ok = proc.returncode == 0 and last.startswith("smoke OK")
+            results[lowering] = (ok, last if ok or last else
+                                 (errors[-1] if errors else err.strip()[-600:]))
+        if log_dir is not None:
+            pathlib.Path(log_dir, f"mosaic-smoke-{lowering}.log").write_text(
+                f"$ gpu_checks.py --smoke {lowering}: exit {proc.returncode}\n"
+                f"--- stdout\n{out}\n--- stderr\n{err[-200_000:]}\n")
+    return results
 
 
 def _smoke(lowering="lane", interpret=False):
