@@ -128,7 +128,7 @@ def cuda_runtime_version() -> int | None:
         return None
 
 
-def _check_cuda():
+def check_cuda():
     """JAX's own Mosaic attention refuses masked kernels on CUDA 12.8.0 up to 12.9.1 over a ptxas
     miscompilation; this kernel masks the same way, so it refuses them too."""
     version = cuda_runtime_version()
@@ -388,7 +388,7 @@ def fold_block(q, k, v, carry, q_pos, k_pos, seg_q, seg_k, spec: blockwise.TileS
     sizes = sizes or MosaicSizes()
     block_k, stages = plan(dtype, d, r, nk, sizes, interpret=interpret)
     if not interpret:
-        _check_cuda()
+        check_cuda()
     q_rows, seg_rows = row_inputs(q_pos, seg_q, spec.groups)
     k_pos = k_pos.astype(jnp.int32)
     lead, end = row_bounds(q_rows, k_pos, BLOCK_Q, block_k, spec.causal)

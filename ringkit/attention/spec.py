@@ -47,7 +47,10 @@ class BlockSizes:
     Hopper (``pallas_mgpu``; 16-bit inputs, head_dim a multiple of 64 up to 256) instead of
     Triton's. It takes 128 rows per program (two warpgroups of 64), ``block_k`` keys per tile
     (64, 128 or 256) and ``num_stages`` K/V tiles in flight; ``block_q`` and ``num_warps`` do not
-    apply to it. The backward stays on Triton. Not yet run on a GPU, hence not the default.
+    apply to it. The backward stays on Triton. Left unset, the ring picks Mosaic where it was
+    measured faster (``auto_gpu_forward``: Hopper, 16-bit, head_dim 64 or 128, Triton's
+    ``block_q`` and ``num_warps`` unset) and Triton elsewhere; ``gpu_forward="triton"`` keeps
+    Triton's.
 
     Every field left ``None`` takes the kernel's tuned default for the head dim and dtype
     (``gpu_defaults`` / ``tpu_defaults``), so ``BlockSizes(num_stages=2)`` changes that alone.
@@ -68,7 +71,7 @@ class BlockSizes:
     num_stages: int | None = None
     num_warps_bwd: int | None = None
     num_stages_bwd: int | None = None
-    gpu_forward: str | None = None  # 'triton' (default) or 'mosaic'
+    gpu_forward: str | None = None  # 'triton' or 'mosaic'; None: auto_gpu_forward decides
 
     def __post_init__(self):
         for name in ("block_q", "block_k", "block_q_dkv", "block_k_dkv", "block_q_dq",
@@ -105,8 +108,8 @@ def gpu_defaults(head_dim: int, itemsize: int, forward: str | None = None) -> Bl
     head_dim 128, the forward's at S = 16K and 32K, the backward kernels' at 32K
     (benchmarks/README.md). float32 tiles take twice the shared memory,
     so they stay smaller; above head_dim 128 the tiles halve for the same reason. The Mosaic
-    forward (``forward="mosaic"``, not yet timed on a GPU) starts from 128-key tiles, 2 in flight,
-    the shape of JAX's own Mosaic GPU attention."""
+    forward (``forward="mosaic"``) runs 128-key tiles, 2 in flight: the fastest of its sweep on
+    an H200 at head_dim 128, S = 32K (benchmarks/README.md)."""
     warps = 4 if head_dim <= 64 else 8
     if itemsize <= 2 and head_dim <= 128:
         blocks = BlockSizes(128, 128, 64, 128, 128, 64, warps, 3, warps, 3, "triton")
@@ -118,6 +121,37 @@ def gpu_defaults(head_dim: int, itemsize: int, forward: str | None = None) -> Bl
         blocks = dataclasses.replace(blocks, block_q=128, block_k=128 if head_dim <= 128 else 64,
                                      num_stages=2, gpu_forward="mosaic")
     return blocks
+
+
+# Head dims at which the Mosaic GPU forward was timed faster than Triton's (benchmarks/README.md).
+MOSAIC_HEAD_DIMS = (64, 128)
+
+
+def auto_gpu_forward(blocks: BlockSizes, compute_capability: str | None, dtype, head_dim: int,
+                     rows: int, keys: int) -> str:
+    """The GPU forward a ring call runs when ``blocks.gpu_forward`` is unset: "mosaic" on
+    Hopper (compute capability 9.x) for 16-bit inputs at ``MOSAIC_HEAD_DIMS`` where its tiles
+    fit the ``rows`` and ``keys`` per device and the CUDA runtime compiles it correctly, unless
+    ``blocks`` sets Triton's own forward knobs (``block_q``, ``num_warps``); else "triton".
+
+    Example::
+
+        >>> auto_gpu_forward(BlockSizes(), "9.0", jnp.bfloat16, 128, 4096, 4096)
+        'mosaic'
+    """
+    if (blocks.block_q is not None or blocks.num_warps is not None
+            or not str(compute_capability or "").startswith("9.")
+            or head_dim not in MOSAIC_HEAD_DIMS):
+        return "triton"
+    from ringkit.attention import pallas_mgpu  # imports the GPU kernels, which import this
+    sizes = blocks.filled(gpu_defaults(head_dim, jnp.dtype(dtype).itemsize, "mosaic"))
+    try:
+        pallas_mgpu.plan(dtype, head_dim, rows, keys,
+                         pallas_mgpu.MosaicSizes(sizes.block_k, sizes.num_stages))
+        pallas_mgpu.check_cuda()
+    except (ConfigError, UnsupportedError):
+        return "triton"
+    return "mosaic"
 
 
 def tpu_defaults(head_dim: int, itemsize: int) -> BlockSizes:
@@ -274,7 +308,12 @@ def make_spec(q, k, v, segment_ids, *, mesh, causal, layout, scale, block_q, blo
     check_seq_len(s, sp, layout)
     local = s // sp
     chunk = local // chunks_per_device(layout)
-    blocks = _filled(kernel, block_sizes, d, q.dtype)
+    blocks = block_sizes or BlockSizes()
+    if kernel == "gpu" and interpret is None and blocks.gpu_forward is None:
+        capability = getattr(mesh.devices.flat[0], "compute_capability", None)
+        blocks = dataclasses.replace(blocks, gpu_forward=auto_gpu_forward(
+            blocks, capability, q.dtype, d, local * (hq // hkv), local))
+    blocks = _filled(kernel, blocks, d, q.dtype)
     if blocks.gpu_forward == "mosaic":
         from ringkit.attention import pallas_mgpu  # imports the GPU kernels, which import this
         pallas_mgpu.plan(q.dtype, d, local * (hq // hkv), local,
