@@ -1,7 +1,7 @@
 """The Mosaic GPU forward (``BlockSizes(gpu_forward="mosaic")``) on CPU: JAX's Mosaic GPU
 interpreter runs its warpgroups, barriers and TMA copies against the XLA tiles and the float64
 reference; the GPU path (wgmma, layouts, shared-memory tiling) is lowered for CUDA without a GPU;
-bad options."""
+bad options; which GPU forward the ring picks by default."""
 
 import jax
 import jax.numpy as jnp
@@ -180,3 +180,30 @@ def test_bad_options():
     with pytest.raises(ConfigError, match="picks a GPU kernel.*Pallas TPU"):
         rk.ring_attention(qkv, qkv, qkv, mesh=mesh, impl="pallas", interpret="tpu",
                           block_sizes=MOSAIC)
+
+
+@pytest.mark.parametrize("blocks, capability, dtype, head_dim, rows, want", [
+    (rk.BlockSizes(), "9.0", jnp.bfloat16, 128, 4096, "mosaic"),  # Hopper, where it was timed
+    (rk.BlockSizes(), "9.0", jnp.float16, 64, 4096, "mosaic"),
+    (rk.BlockSizes(block_k=64, num_stages=3), "9.0", jnp.bfloat16, 128, 4096, "mosaic"),
+    (rk.BlockSizes(), "8.0", jnp.bfloat16, 128, 4096, "triton"),  # an A100 has no wgmma
+    (rk.BlockSizes(), "10.0", jnp.bfloat16, 128, 4096, "triton"),  # nor a Blackwell
+    (rk.BlockSizes(), None, jnp.bfloat16, 128, 4096, "triton"),  # not a CUDA device
+    (rk.BlockSizes(), "9.0", jnp.float32, 128, 4096, "triton"),  # Mosaic takes 16-bit only
+    (rk.BlockSizes(), "9.0", jnp.bfloat16, 256, 4096, "triton"),  # untimed head dim
+    (rk.BlockSizes(), "9.0", jnp.bfloat16, 128, 4000, "triton"),  # rows not a multiple of 128
+    (rk.BlockSizes(block_q=64), "9.0", jnp.bfloat16, 128, 4096, "triton"),  # Triton's own knobs
+    (rk.BlockSizes(num_warps=4), "9.0", jnp.bfloat16, 128, 4096, "triton"),
+    (rk.BlockSizes(block_k=256, num_stages=4), "9.0", jnp.bfloat16, 128, 4096, "triton"),  # smem
+])
+def test_the_ring_picks_the_mosaic_forward_where_it_was_faster(blocks, capability, dtype,
+                                                               head_dim, rows, want):
+    assert rk.attention.auto_gpu_forward(blocks, capability, dtype, head_dim, rows,
+                                         rows) == want
+
+
+def test_interpret_mode_keeps_the_triton_forward_unless_asked():
+    one = rk.make_mesh(sp=1, devices=jax.devices()[:1])
+    qkv = jnp.zeros((1, 256, 2, 64), jnp.bfloat16)
+    line = rk.attention.describe(qkv, qkv, qkv, mesh=one, impl="pallas", interpret="gpu")
+    assert "Mosaic" not in line and "Triton forward and backward" in line

@@ -27,7 +27,7 @@ DEFAULT_BLOCK = 256  # tiles of 256 x 256 keep 8 CPU devices inside the caches (
 IMPLS = ("auto", "xla", "pallas")
 GPU_FORWARDS = ("triton", "mosaic")
 INTERPRET = (None, "gpu", "tpu")
-KERNELS = {"xla": "XLA blockwise tiles", "gpu": "Pallas GPU (Triton) kernels",
+KERNELS = {"xla": "XLA blockwise tiles", "gpu": "Pallas GPU kernels",
            "tpu": "Pallas TPU (Mosaic) kernels"}
 
 
@@ -356,8 +356,9 @@ def describe(spec: RingSpec) -> str:
                      f"Triton backward dq {b.block_q_dq}x{b.block_k_dq}, dk/dv {b.block_q_dkv}x"
                      f"{b.block_k_dkv}, {b.num_warps_bwd} warps x {b.num_stages_bwd} stages")
         elif spec.kernel == "gpu":
-            tiles += (f", {b.num_warps} warps x {b.num_stages} stages forward, "
-                      f"{b.num_warps_bwd} x {b.num_stages_bwd} backward")
+            tiles = (f"Triton forward and backward, {tiles}, {b.num_warps} warps x "
+                     f"{b.num_stages} stages forward, {b.num_warps_bwd} x {b.num_stages_bwd} "
+                     "backward")
     else:
         tiles = f"tiles {spec.block_q}x{spec.block_k} positions"
     mode = " in interpret mode" if spec.interpret else ""
