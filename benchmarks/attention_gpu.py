@@ -333,7 +333,10 @@ def main():
     INTERPRET, D = args.interpret, args.head_dim
     lines = []
 
-    def log(msg):
+    start = time.time()
+
+    def log(msg):  # each line stamped with the seconds since the start: where a run's time went
+        msg = f"[{time.time() - start:5.0f} s] {msg}"
         print(msg, flush=True)
         lines.append(msg)
 
