@@ -56,7 +56,7 @@ _LOAD_WANTS_IDX = (inspect.signature(plgpu.load).parameters["idx"].default
 # Pallas' two Mosaic GPU lowerings. "lane": register layouts as the kernel casts them, jax 0.10's
 # default and what the kernel was written and interpreted under. "warpgroup": Mosaic infers the
 # layouts; jax 0.11's default and what JAX's own Hopper attention runs. Both lower for CUDA from
-# the same code; which is faster is for a GPU to say (benchmarks/attention_gpu.py times both).
+# the same code and ran within 2% of each other on an H200 (benchmarks/README.md).
 LOWERINGS = {"lane": plgpu.LoweringSemantics.Lane,
              "warpgroup": plgpu.LoweringSemantics.Warpgroup}
 

@@ -308,15 +308,16 @@ def make_spec(q, k, v, segment_ids, *, mesh, causal, layout, scale, block_q, blo
     check_seq_len(s, sp, layout)
     local = s // sp
     chunk = local // chunks_per_device(layout)
+    rows = local * (hq // hkv)  # query rows per device and KV head: each GQA group in rows
     blocks = block_sizes or BlockSizes()
     if kernel == "gpu" and interpret is None and blocks.gpu_forward is None:
         capability = getattr(mesh.devices.flat[0], "compute_capability", None)
         blocks = dataclasses.replace(blocks, gpu_forward=auto_gpu_forward(
-            blocks, capability, q.dtype, d, local * (hq // hkv), local))
+            blocks, capability, q.dtype, d, rows, local))
     blocks = _filled(kernel, blocks, d, q.dtype)
     if blocks.gpu_forward == "mosaic":
         from ringkit.attention import pallas_mgpu  # imports the GPU kernels, which import this
-        pallas_mgpu.plan(q.dtype, d, local * (hq // hkv), local,
+        pallas_mgpu.plan(q.dtype, d, rows, local,
                          pallas_mgpu.MosaicSizes(blocks.block_k, blocks.num_stages),
                          interpret=interpret is not None)
         if interpret is not None and mesh.size > 1:
