@@ -155,6 +155,10 @@ class Context:
         files = sorted({s["source"] for s in self.tokens.sources})
         shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
         note = f"\n{self.fitted}" if self.fitted else ""
+        if not self.model.config.has_vision:  # how each video or image reached it as text
+            from ringkit.inputs.ocr import describe
+
+            note += "".join(f"\n{describe(t)}" for t in self.doc.video_text)
         return (f"Context: {self.tokens.summary(self.model, max_new_tokens=self.room)}\n"
                 f"read from {shown} in {self.prefill_seconds:.1f} s; KV cache "
                 f"{self.cache.nbytes_per_device() / 1e6:,.0f} MB per device, sharded over "
@@ -253,7 +257,8 @@ def _fit(doc: Document, prompt, model, room: int, fit: str, vqgan, cache, focus=
 
 
 def read(source, *, model=None, mesh=None, room: int = DEFAULT_ROOM, fit: str = "auto",
-         focus: str | None = None, vqgan=None, cache=None, **ingest_options) -> Context:
+         focus: str | None = None, vqgan=None, cache=None, ocr: bool | str = "auto",
+         **ingest_options) -> Context:
     """Ingest ``source`` (a path, a list, or a ``Document``) and prefill it for questions.
 
     Args:
@@ -271,7 +276,13 @@ def read(source, *, model=None, mesh=None, room: int = DEFAULT_ROOM, fit: str = 
         (``ringkit.inputs.outline.fit_focused``).
       vqgan: LWM's VQGAN, for vision models reading frames.
       cache: the token store (see ``ringkit.tokenize.prompts.tokenize``).
-      ingest_options: passed to ``ringkit.ingest`` (``fps``, ``ocr``, ``max_file_bytes``, ...).
+      ocr: read the on-screen text of videos and images (``ringkit.inputs.ocr``). ``"auto"``
+        (default): for a text-only model, which would otherwise see nothing of what a video
+        shows, read it where Tesseract is installed (with the subtitles, if any); not for a
+        vision model, which sees the frames. ``True``: always (raises without Tesseract);
+        ``False``: never (``subtitles=False`` leaves the subtitles out).
+      ingest_options: passed to ``ringkit.ingest`` (``fps``, ``subtitles``, ``max_file_bytes``,
+        ...).
 
     Returns a ``Context``; ``ctx.ask(question)`` answers. Raises a ``RingkitError`` for a
     missing or unreadable source, a prompt longer than the model's context (the message
@@ -294,7 +305,9 @@ def read(source, *, model=None, mesh=None, room: int = DEFAULT_ROOM, fit: str = 
         raise ConfigError(f"room={room:,} (question + answer tokens) leaves nothing of the "
                           f"{model.config.context_length:,}-token context of "
                           f"{model.config.name} for the document: ask for less room")
-    doc = source if isinstance(source, Document) else ingest(source, **ingest_options)
+    if ocr == "auto":
+        ocr = False if model.config.has_vision else "auto"
+    doc = source if isinstance(source, Document) else ingest(source, ocr=ocr, **ingest_options)
     prompt = context_prompt(doc, model, vqgan=vqgan, cache=cache)
     doc, prompt, note = _fit(doc, prompt, model, room, fit, vqgan, cache, focus)
     if note and fit == "auto":
@@ -324,6 +337,7 @@ def ask(source, question: str, *, model=None, mesh=None, max_new_tokens: int = 2
     Example::
 
         ringkit.ask("sonnets.txt", "What is the poem's main image?")
+        ringkit.ask("talk.mp4", "What does the speaker announce?")   # subtitles + on-screen text
     """
     sampling = {k: options.pop(k) for k in ("temperature", "top_p", "seed", "stop")
                 if k in options}

@@ -39,3 +39,24 @@ class ResourceError(RingkitError, MemoryError):
 
 class FitWarning(UserWarning):
     """A source was shortened to fit the model (``ringkit.read(..., fit="auto")``)."""
+
+
+_AUDIENCE = ["python"]  # who reads errors: "python", or "cli" under the ``ringkit`` command
+
+
+def advice(python: str, cli: str) -> str:
+    """The part of an error's advice that names an option, worded for its reader: ``python``
+    (an argument or call, e.g. ``"ocr=True"``) or, under the ``ringkit`` command, ``cli`` (its
+    flags, e.g. ``"--ocr"``). Messages are worded when they are raised."""
+    return cli if _AUDIENCE[-1] == "cli" else python
+
+
+class cli_audience:
+    """Within it, ``advice`` words errors for the ``ringkit`` command (``ringkit.cli.main``)."""
+
+    def __enter__(self):
+        _AUDIENCE.append("cli")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _AUDIENCE.pop()

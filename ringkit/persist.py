@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -58,11 +59,12 @@ def _doc_json(doc) -> dict:
                 dict(kind="frames", source=s.source, first=s.first, count=s.count)
                 for s in doc.segments]
     return dict(segments=segments, files=list(doc.files),
-                skipped=[[s.path, s.reason] for s in doc.skipped])
+                skipped=[[s.path, s.reason] for s in doc.skipped],
+                video_text=[dataclasses.asdict(t) for t in doc.video_text])
 
 
 def _doc_from(data: dict, frames, frame_times):
-    from ringkit.inputs.document import Document, FramesSegment, Skipped, TextSegment
+    from ringkit.inputs.document import Document, FramesSegment, Skipped, TextSegment, VideoText
 
     segments = []
     for s in data["segments"]:
@@ -73,7 +75,8 @@ def _doc_from(data: dict, frames, frame_times):
             segments.append(FramesSegment(s["source"], s["first"], s["count"]))
     return Document(segments=segments, files=list(data["files"]),
                     skipped=[Skipped(p, r) for p, r in data["skipped"]],
-                    frames=frames, frame_times=frame_times)
+                    frames=frames, frame_times=frame_times,
+                    video_text=[VideoText(**t) for t in data.get("video_text", [])])
 
 
 # -- save -----------------------------------------------------------------------------------

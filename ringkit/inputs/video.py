@@ -10,6 +10,10 @@ Sampling: ``fps`` keeps the first frame at or after every ``1 / fps`` seconds (d
 The output array is preallocated from the stream's duration, so an hour at 1 fps holds ~700 MB
 and nothing else of that size.
 
+On-screen text: an ``onscreen`` reader (``ringkit.inputs.ocr.OnScreenText``) gets every kept frame
+as well, in grey at ``ocr_size`` (up to 1080p), from the same decoded picture: the model's crop
+would cut text near a 16:9 frame's edges and shrink small type.
+
 Backends: PyAV (``backend="av"``, default) and decord (``backend="decord"``, optional). A video
 whose decoding breaks off after some frames keeps them and records the break in ``doc.skipped``;
 one that yields no frame raises ``FormatError``.
@@ -108,27 +112,36 @@ def _uniform(n: int, max_frames: int) -> set[int]:
 _THREADED_DECODE_PIXELS = 640 * 360
 
 
-def _scale(reformatter, frame, size: tuple[int, int]) -> np.ndarray:
-    """``frame`` (a PyAV VideoFrame) as uint8 RGB ``[h, w, 3]`` at ``size = (w, h)``: FFmpeg's
-    bilinear scaler on the calling thread. The one scaling step of frames and images alike."""
-    return reformatter.reformat(frame, width=size[0], height=size[1], format="rgb24",
+def _scale(reformatter, frame, size: tuple[int, int], fmt: str = "rgb24") -> np.ndarray:
+    """``frame`` (a PyAV VideoFrame) as uint8 RGB ``[h, w, 3]`` (``fmt="gray"``: ``[h, w]``) at
+    ``size = (w, h)``: FFmpeg's bilinear scaler on the calling thread. The one scaling step of
+    frames and images alike."""
+    return reformatter.reformat(frame, width=size[0], height=size[1], format=fmt,
                                 threads=1).to_ndarray()
 
 
-class _Scaler:
-    """Scales and crops kept frames into a ``_Frames`` on a worker thread (bounded queue).
+def _read_text(onscreen, reformatter, frame, t: float) -> None:
+    """Feed ``frame`` (a PyAV VideoFrame) to ``onscreen`` in grey at its OCR size."""
+    from ringkit.inputs.ocr import ocr_size
 
-    Only the worker touches ``out`` until ``close``; an error on the worker is raised by the
-    next ``put`` or by ``close``.
+    onscreen.add(_scale(reformatter, frame, ocr_size(frame.width, frame.height), "gray"), t)
+
+
+class _Scaler:
+    """Scales and crops kept frames into a ``_Frames`` on a worker thread (bounded queue), and
+    feeds them to ``onscreen`` (an OCR reader) there too when one is given.
+
+    Only the worker touches ``out`` and ``onscreen`` until ``close``; an error on the worker is
+    raised by the next ``put`` or by ``close``.
     """
 
-    def __init__(self, out: _Frames, depth: int = 8):
+    def __init__(self, out: _Frames, depth: int = 8, onscreen=None):
         from av.video.reformatter import VideoReformatter
 
-        self.out, self.error = out, None
-        # One scaler context for all frames (a frame's own ``to_ndarray`` builds a new one each
-        # time, with its own threads: 2-3x the cost), on this thread only.
-        self._reformatter = VideoReformatter()
+        self.out, self.error, self.onscreen = out, None, onscreen
+        # One scaler context per output format for all frames (a frame's own ``to_ndarray``
+        # builds a new one each time, with its own threads: 2-3x the cost), on this thread only.
+        self._reformatter, self._grey = VideoReformatter(), VideoReformatter()
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._thread = threading.Thread(target=self._run, name="ringkit-scale", daemon=True)
         self._thread.start()
@@ -139,6 +152,8 @@ class _Scaler:
                 frame, size, t = item
                 try:
                     self.out.add(_scale(self._reformatter, frame, size), t)
+                    if self.onscreen is not None:
+                        _read_text(self.onscreen, self._grey, frame, t)
                 except BaseException as e:  # re-raised on the caller's thread
                     self.error = e
 
@@ -166,7 +181,7 @@ def _count_frames(path: pathlib.Path) -> int:
         return 0  # the decode that follows says what is wrong
 
 
-def _read_av(path: pathlib.Path, name: str, fps: float, max_frames: int | None):
+def _read_av(path: pathlib.Path, name: str, fps: float, max_frames: int | None, onscreen):
     import av
 
     try:
@@ -200,10 +215,12 @@ def _read_av(path: pathlib.Path, name: str, fps: float, max_frames: int | None):
         else:  # no more than the video holds: fps=1e9 must not preallocate terabytes
             expected = min(int(duration * fps) + 1, n_total + 1)
         out = _Frames(expected)
-        scaler = _Scaler(out)
+        scaler = _Scaler(out, onscreen=onscreen)
         next_t, size = 0.0, None
-        label = f"decoding {pathlib.Path(name).name}"
-        with bar(expected, label, "frame", threshold=300) as progress:
+        label = f"decoding {pathlib.Path(name).name}" + (
+            " and reading its on-screen text" if onscreen is not None else "")
+        # Reading text costs ~0.05-0.1 s a frame: a bar from a few seconds of it.
+        with bar(expected, label, "frame", threshold=300 if onscreen is None else 30) as progress:
             try:
                 for index, frame in enumerate(container.decode(stream)):
                     t = float(frame.time) if frame.time is not None else index / rate
@@ -229,7 +246,8 @@ def _read_av(path: pathlib.Path, name: str, fps: float, max_frames: int | None):
     return frames, times, broke
 
 
-def _read_decord(path: pathlib.Path, name: str, fps: float, max_frames: int | None):
+def _read_decord(path: pathlib.Path, name: str, fps: float, max_frames: int | None,
+                 onscreen):
     try:
         # decord's wheel bundles zlib 1.2.3: loaded before Tesseract's libraries, it takes over
         # their PNG coding and the next OCR aborts the process. Loaded after them, both work.
@@ -251,6 +269,11 @@ def _read_decord(path: pathlib.Path, name: str, fps: float, max_frames: int | No
         raise FormatError(f"{name} has no video frames")
     sw, sh = scaled_size(w, h)
     reader = decord.VideoReader(str(path), width=sw, height=sh)
+    # decord scales inside its decoder, one size per reader: OCR needs a second one.
+    from ringkit.inputs.ocr import ocr_size
+
+    text_reader = (decord.VideoReader(str(path), width=ocr_size(w, h)[0],
+                                      height=ocr_size(w, h)[1]) if onscreen is not None else None)
     if max_frames is not None:
         indices = sorted(_uniform(n, max_frames))
     else:
@@ -263,14 +286,18 @@ def _read_decord(path: pathlib.Path, name: str, fps: float, max_frames: int | No
             chunk = indices[start:start + 64]
             for i, rgb in zip(chunk, reader.get_batch(chunk).asnumpy()):
                 out.add(rgb, i / rate)
+            if text_reader is not None:
+                for i, rgb in zip(chunk, text_reader.get_batch(chunk).asnumpy()):
+                    onscreen.add(rgb, i / rate)
             progress.update(len(chunk))
     frames, times = out.result()
     return frames, times, None
 
 
 def read_video(path: pathlib.Path, name: str | None = None, *, fps: float = 1.0,
-               max_frames: int | None = None, backend: str = "av") -> Document:
-    """One video as a ``Document`` of frames (see the module docstring for the sampling)."""
+               max_frames: int | None = None, backend: str = "av", onscreen=None) -> Document:
+    """One video as a ``Document`` of frames (see the module docstring for the sampling);
+    ``onscreen``, an ``ringkit.inputs.ocr.OnScreenText``, reads each kept frame's text."""
     name = name or str(path)
     check_sampling(fps, max_frames)
     if backend not in BACKENDS:
@@ -279,7 +306,7 @@ def read_video(path: pathlib.Path, name: str | None = None, *, fps: float = 1.0,
     if backend == "av" and importlib.util.find_spec("av") is None:
         raise MissingDependencyError(
             "reading videos needs PyAV: pip install 'ringkit[video]' (or pip install av)")
-    frames, times, broke = reader(path, name, fps, max_frames)
+    frames, times, broke = reader(path, name, fps, max_frames, onscreen)
     if not len(frames):
         raise FormatError(f"{name} has no decodable video frames"
                           + (f" ({broke})" if broke else ""))
@@ -302,8 +329,9 @@ def is_animated(path: pathlib.Path) -> bool:
         return False
 
 
-def read_image(path: pathlib.Path, name: str | None = None) -> Document:
-    """One image as a single 256 x 256 frame (time 0), scaled by the same scaler as video frames.
+def read_image(path: pathlib.Path, name: str | None = None, *, onscreen=None) -> Document:
+    """One image as a single 256 x 256 frame (time 0), scaled by the same scaler as video frames;
+    ``onscreen`` (an ``ringkit.inputs.ocr.OnScreenText``) reads its text at ``ocr_size``.
 
     Pillow decodes it (any format it reads; alpha is dropped); FFmpeg's scaler (bilinear, as for
     frames) brings the shorter side to 256, then the centre crop: a picture gives the same frame
@@ -336,5 +364,7 @@ def read_image(path: pathlib.Path, name: str | None = None) -> Document:
     w, h = scaled_size(rgb.shape[1], rgb.shape[0])
     frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
     frames = center_crop(_scale(VideoReformatter(), frame, (w, h)))[None].copy()
+    if onscreen is not None:
+        _read_text(onscreen, VideoReformatter(), frame, 0.0)
     return Document(segments=[FramesSegment(name, 0, 1)], frames=frames,
                     frame_times=np.zeros((1,), np.float64))

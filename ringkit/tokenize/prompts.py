@@ -7,9 +7,9 @@
   the segments in order, each frames segment as ``<vision>`` + 257 tokens per frame (256 VQGAN
   codes, then ``<eof>`` = 8192, or ``<eov>`` = 8193 after the last frame) + ``</vision>``; the
   modality mask is True on the codes and markers, which index the vision vocabulary.
-- For a text-only model a video contributes its text segments (sidecar subtitles, on-screen
-  text read with ``ingest(..., ocr=True)``) and its frames are left out; frames without any
-  text raise.
+- For a text-only model a video contributes its text segments (subtitles, on-screen text read
+  with ``ingest(..., ocr=True)``, which ``ringkit.read`` asks for) and its frames are left out;
+  frames without any text raise, saying what the model could not see and what would.
 
 Every token records the document segment it came from (``Tokens.segment``), and results go to
 the token store (``ringkit.tokenize.store``), so the same input tokenizes once.
@@ -27,7 +27,8 @@ import dataclasses
 
 import numpy as np
 
-from ringkit.errors import ConfigError, SourceError, UnsupportedError
+from ringkit.errors import (
+    ConfigError, MissingDependencyError, SourceError, UnsupportedError, advice)
 from ringkit.inputs.document import Document, FramesSegment, TextSegment
 from ringkit.tokenize.store import NO_SEGMENT, TokenStore
 
@@ -258,12 +259,7 @@ def _prompt(doc: Document, model, question, vqgan, cache, *, open_end: bool) -> 
         # leaves the frames out.
         if not doc.text.strip():
             if frames:
-                raise UnsupportedError(
-                    f"{model.config.name} reads text only, and this document holds "
-                    f"{len(doc.frames)} frames (of videos or images) and no text: ingest it with "
-                    "ocr=True to read their on-screen text, put a video's subtitles beside it "
-                    "(talk.srt or talk.vtt for talk.mp4), or use a vision model (an LWM vision "
-                    "checkpoint with its vqgan)")
+                raise _no_text(doc, model.config.name)
             raise SourceError("the document holds no text to read")
         return _text_prompt(doc, tok, question, store, sources, open_end=open_end)
     if vqgan is None:
@@ -302,3 +298,29 @@ def _prompt(doc: Document, model, question, vqgan, cache, *, open_end: bool) -> 
     key = TokenStore.key("video", tok.digest, vqgan.digest, question or "", "\x00".join(texts),
                          doc.frames, doc.frame_times)
     return _cached(store, key, sources, compute)
+
+
+def _no_text(doc: Document, model_name: str):
+    """The error for frames that reach a text-only model with no text: what it could not see,
+    and what to do (install Tesseract, add subtitles, or load a vision model)."""
+    from ringkit.inputs.ocr import INSTALL
+
+    names = [t.source for t in doc.video_text] or sorted(
+        {s.source for s in doc.segments if isinstance(s, FramesSegment)})
+    what = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    subs = "subtitles (talk.srt or talk.vtt beside talk.mp4)"
+    vision = advice("model=ringkit.load_model('<LWM vision checkpoint>') and "
+                    "vqgan=ringkit.tokenize.vqgan.VQGAN.load('<checkpoint>/vqgan')",
+                    "--model <LWM vision checkpoint> --vqgan <checkpoint>/vqgan")
+    if any(t.ocr == "missing" for t in doc.video_text):
+        return MissingDependencyError(
+            f"{model_name} reads text only, and {what} ({len(doc.frames):,} frames) came with no "
+            f"subtitles; to read the text on screen, install Tesseract: {INSTALL}")
+    read = doc.video_text and all(t.ocr == "read" for t in doc.video_text)
+    found = ("no subtitles, and OCR found no text on screen" if read else
+             f"no subtitles and no text read from the screen ({advice('ocr=True', '--ocr')} "
+             "reads it)")
+    return UnsupportedError(
+        f"{model_name} reads text only: {what} ({len(doc.frames):,} frames) had {found}, so "
+        f"nothing of it reaches the model. Add {subs}, or load a vision model, which sees the "
+        f"frames: {vision}")
