@@ -2,7 +2,8 @@
 
     ringkit ask book.txt "Who is the narrator?"
     ringkit ask ./repo "Which file implements ring attention?" --max-new-tokens 64
-    ringkit info talk.mp4 --ocr --mesh 1,1,1,8
+    ringkit ask talk.mp4 "What is announced?"     # subtitles and on-screen text for text models
+    ringkit info talk.mp4 --no-ocr --mesh 1,1,1,8
     ringkit needle --lengths 1024 2048 4096 --depths 0 0.5 1 --trials 3 --out needle.jsonl
     ringkit ruler --tasks niah vt --lengths 4096 8192 --samples 10 --out ruler.jsonl
     ringkit bench attention --seqs 8192 32768 --mesh 1,1,1,8
@@ -10,12 +11,14 @@
 
 A ``RingkitError`` (a missing file, an empty question, a source too long for the model or for
 memory, a mesh that does not fit the devices) prints one line and exits with status 2; ``--debug``
-shows the traceback instead.
+shows the traceback instead. Its advice names this command's flags (``--rope-scaling yarn:4``,
+``--include-secrets``), not Python arguments (``ringkit.errors.advice``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 
@@ -59,9 +62,19 @@ def _parser() -> argparse.ArgumentParser:
                        help="compute dtype (default: float32 on CPU, bfloat16 on accelerators)")
         p.add_argument("--rope-scaling", type=_rope, metavar="KIND:FACTOR",
                        help=_ROPE_HELP)
+        p.add_argument("--vqgan", metavar="PATH",
+                       help="LWM's VQGAN (<checkpoint>/vqgan), for a vision model to see frames")
         p.add_argument("--fps", type=float, default=1.0, help="video frames kept per second")
-        p.add_argument("--ocr", action="store_true",
-                       help="also read on-screen text of frames and images (ringkit[ocr])")
+        p.add_argument("--ocr", action=argparse.BooleanOptionalAction, default="auto",
+                       help="read the on-screen text of videos and images (Tesseract: "
+                       "ringkit[ocr]); default: for text-only models, where it is installed")
+        p.add_argument("--no-subtitles", dest="subtitles", action="store_false",
+                       help="leave out videos' subtitles (streams and .srt/.vtt beside them)")
+        p.add_argument("--include-secrets", action="store_true",
+                       help="also read files that may hold secrets (.env, private keys, "
+                       "credentials), which are skipped by default")
+        p.add_argument("--max-file-bytes", type=int, metavar="N",
+                       help="skip files of a source tree larger than this (default 1 MB)")
         p.add_argument("--fit", choices=["auto", "whole", "outline"], default="auto",
                        help="a source tree longer than the model's context: 'auto' (default) "
                        "reads its outline (paths and what each file holds) and says so, 'whole' "
@@ -75,6 +88,13 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("question", metavar="QUESTION", help="the question, quoted")
     ask.add_argument("--max-new-tokens", type=int, default=256,
                      help="at most this many answer tokens (default 256)")
+    ask.add_argument("--temperature", type=float,
+                     help="sampling temperature; 0 is greedy (default: what the model's authors "
+                     "recommend, 0.2 for the embedded SmolLM2, else greedy)")
+    ask.add_argument("--top-p", type=float, help="nucleus sampling's probability mass")
+    ask.add_argument("--seed", type=int, default=0, help="seeds sampling (default 0)")
+    ask.add_argument("--no-loop-guard", dest="loop_guard", action="store_false",
+                     help="let an answer that repeats itself run to --max-new-tokens")
     info = sub.add_parser("info", help="what reading SOURCE would take",
                           description="Show what would be read from SOURCE, what was left out "
                           "and why, its tokens by modality, and the estimated memory per device.")
@@ -207,14 +227,17 @@ def evaluation(parser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 
 
-def _model(args):
+def _model(args, *, quick: bool = False):
+    """The model the flags name. ``quick`` (ask, info): the embedded model computes in bfloat16
+    where the CPU has native bf16, as ``ringkit.ask`` does; evaluations and benchmarks keep
+    ``load_model``'s default (float32 on CPU) unless ``--dtype`` says otherwise."""
     import ringkit as rk
 
     mesh = rk.make_mesh(args.mesh) if args.mesh else None
-    if args.model is None and args.dtype is None and args.rope_scaling is None:
-        from ringkit.context import default_model
+    if args.model is None and args.rope_scaling is None:
+        from ringkit.context import resolve_model
 
-        return default_model(mesh)
+        return resolve_model(None, mesh, args.dtype, quick=quick)
     scaling = rk.model.RopeScaling(*args.rope_scaling) if args.rope_scaling else None
     return rk.load_model(args.model, mesh=mesh, dtype=args.dtype, rope_scaling=scaling)
 
@@ -266,37 +289,70 @@ def _run(args) -> None:
         return
     if args.command == "ask" and not args.question.strip():
         raise SourceError("the question is empty; ask something")
-    # Read the sources first: a typo fails before a model loads.
+    # A typo fails before a model loads; what to read of a video depends on the model.
+    for source in args.source:
+        if not os.path.lexists(source):
+            raise SourceError(f"no such file or directory: {source}")
+    model = _model(args, quick=True)
+    vqgan = None
+    if args.vqgan:
+        from ringkit.tokenize.vqgan import VQGAN
+
+        vqgan = VQGAN.load(args.vqgan)
+    ocr = (False if model.config.has_vision else "auto") if args.ocr == "auto" else args.ocr
     sources = args.source if len(args.source) > 1 else args.source[0]
-    doc = rk.ingest(sources, fps=args.fps, ocr=args.ocr)
-    model = _model(args)
+    options = dict(fps=args.fps, ocr=ocr, subtitles=args.subtitles,
+                   include_secrets=args.include_secrets)
+    if args.max_file_bytes is not None:
+        options["max_file_bytes"] = args.max_file_bytes
+    doc = rk.ingest(sources, **options)
     if args.command == "ask":
         rk.ask(doc, args.question, model=model, max_new_tokens=args.max_new_tokens, stream=True,
-               fit=args.fit)
+               fit=args.fit, vqgan=vqgan, temperature=args.temperature, top_p=args.top_p,
+               seed=args.seed, loop_guard=args.loop_guard)
         return
     from ringkit.context import DEFAULT_ROOM, _fit
+    from ringkit.inputs.ocr import describe
     from ringkit.tokenize.prompts import context_prompt
 
-    prompt = context_prompt(doc, model)
+    prompt = context_prompt(doc, model, vqgan=vqgan)
     whole = prompt.prefix
-    _, prompt, note = _fit(doc, prompt, model, DEFAULT_ROOM, args.fit, None, None)
+    _, prompt, note = _fit(doc, prompt, model, DEFAULT_ROOM, args.fit, vqgan, None)
     tokens = prompt.prefix
     print(doc)
     for skipped in doc.skipped[:20]:
         print(f"  skipped {skipped.path}: {skipped.reason}")
     if len(doc.skipped) > 20:
         print(f"  ... and {len(doc.skipped) - 20} more skipped")
+    if not model.config.has_vision:
+        for text in doc.video_text:
+            print(describe(text))
     print(tokens.summary(model))
     if note:
         print(f"{len(whole):,} tokens read whole; {note}")
 
 
+def _dash_values(argv: list[str]) -> list[str]:
+    """``--mesh -1,1,1,1`` as ``--mesh=-1,1,1,1``: argparse takes a value that starts with
+    '-' for an option unless it is joined to its flag."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--mesh" and i + 1 < len(argv) and argv[i + 1].startswith("-"):
+            out.append(f"--mesh={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv=None) -> int:
+    argv = _dash_values(list(sys.argv[1:] if argv is None else argv))
     args = _parser().parse_args(argv)
-    from ringkit.errors import FitWarning, RingkitError
+    from ringkit.errors import FitWarning, RingkitError, cli_audience
 
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), cli_audience():
             show = warnings.showwarning
 
             def note(message, category, *rest, **kw):

@@ -28,7 +28,7 @@ from typing import Callable
 import jax.numpy as jnp
 import numpy as np
 
-from ringkit.errors import ConfigError, FitWarning, ResourceError, ShapeError
+from ringkit.errors import ConfigError, FitWarning, ResourceError, ShapeError, advice
 from ringkit.generate import check_sampling, decode, stop_strings
 from ringkit.inputs.document import Document, TextSegment
 from ringkit.inputs.repo import HEADER
@@ -40,25 +40,31 @@ QUESTION_PIECE = 8   # question tokens fed per decode step (see ``Context.ask``)
 _MODELS: dict = {}
 
 
-def default_model(mesh=None):
-    """The embedded SmolLM2 on ``mesh`` (default: every device on 'sp'), loaded once per mesh."""
+def default_model(mesh=None, dtype: str | None = None):
+    """The embedded SmolLM2 on ``mesh`` (default: every device on 'sp') computing in ``dtype``
+    (default: ``load_model``'s), loaded once per mesh and dtype."""
     from ringkit.mesh import make_mesh
     from ringkit.model import load_model
 
     mesh = mesh if mesh is not None else make_mesh()
-    key = (tuple(mesh.shape.items()), tuple(d.id for d in mesh.devices.flat))
+    key = (tuple(mesh.shape.items()), tuple(d.id for d in mesh.devices.flat), dtype)
     if key not in _MODELS:
-        _MODELS[key] = load_model(mesh=mesh)
+        _MODELS[key] = load_model(mesh=mesh, dtype=dtype)
     return _MODELS[key]
 
 
-def resolve_model(model, mesh):
-    """``model``, or the embedded SmolLM2 on ``mesh`` when it is None (not both)."""
+def resolve_model(model, mesh, dtype: str | None = None, *, quick: bool = False):
+    """``model``, or the embedded SmolLM2 on ``mesh`` in ``dtype`` when it is None (a model
+    comes with its mesh and dtype: not both). ``quick`` (``read``, ``ask``): the default dtype
+    is ``ringkit.model.load.quick_dtype()``, bfloat16 compute on a CPU with native bf16."""
     if model is None:
-        return default_model(mesh)
-    if mesh is not None:
-        raise ConfigError("pass either model= (already on its mesh) or mesh= (for the default "
-                          "model), not both")
+        from ringkit.model.load import quick_dtype
+
+        return default_model(mesh, dtype or (quick_dtype() if quick else None))
+    if mesh is not None or dtype is not None:
+        raise ConfigError(f"pass either model= (already on its mesh, in its dtype) or "
+                          f"{'mesh=' if mesh is not None else 'dtype='} (for the default model), "
+                          "not both")
     return model
 
 
@@ -209,8 +215,11 @@ class Context:
             from ringkit.inputs.ocr import describe
 
             note += "".join(f"\n{describe(t)}" for t in self.doc.video_text)
+        runtime = self.model.runtime
+        compute = (f"{runtime.dtype} compute" if runtime.dtype == "float32" else
+                   f"{runtime.dtype} compute, float32 accumulation")
         return (f"Context: {self.tokens.summary(self.model, max_new_tokens=self.room)}\n"
-                f"read from {shown} in {self.prefill_seconds:.1f} s; KV cache "
+                f"read from {shown} in {self.prefill_seconds:.1f} s ({compute}); KV cache "
                 f"{self.cache.nbytes_per_device() / 1e6:,.0f} MB per device, sharded over "
                 f"sp={self.model.sp}; room for {self.room:,} question + answer tokens{note}")
 
@@ -266,8 +275,9 @@ def _check_memory(model, tokens: int, new_tokens: int = 0) -> None:
         raise ResourceError(
             f"{tokens:,} tokens need about {need / 1e9:.1f} GB "
             f"({'all devices' if devices[0].platform == 'cpu' else 'per device'}) and "
-            f"{have / 1e9:.1f} GB is available: use a mesh with more devices on 'sp' "
-            f"(ringkit.make_mesh(sp=...)), or read less of the source")
+            f"{have / 1e9:.1f} GB is available: use a mesh with more devices on 'sp' ("
+            + advice("ringkit.make_mesh(sp=...)", "--mesh 1,1,1,N") + "), or read less of the "
+            "source")
 
 
 def _fit(doc: Document, prompt, model, room: int, fit: str, vqgan, cache, focus=None):
@@ -278,8 +288,8 @@ def _fit(doc: Document, prompt, model, room: int, fit: str, vqgan, cache, focus=
     limit = model.config.context_length
     whole = len(prompt.prefix)
     if fit == "outline" and not doc.files:
-        raise ConfigError("fit='outline' reads a source tree's outline, and this source has no "
-                          "source-tree files: use fit='auto' or 'whole'")
+        raise ConfigError(f"{advice('fit=', '--fit ')}outline reads a source tree's outline, and "
+                          "this source has no source-tree files: use auto or whole")
     if fit == "whole" or (fit == "auto" and (whole + room <= limit or not doc.files)):
         return doc, prompt, None
     count = lambda d: len(context_prompt(d, model, vqgan=vqgan, cache=False).prefix)
@@ -302,18 +312,21 @@ def _fit(doc: Document, prompt, model, room: int, fit: str, vqgan, cache, focus=
                if read_whole else "")
     note = (f"read as an outline ({kind} per file{focused}; {len(prompt.prefix):,} tokens): "
             f"the whole source is {whole:,} tokens and {model.config.name} reads {limit:,}; "
-            "for all of it, use a longer-context model or RoPE scaling with fit='whole'")
+            "for all of it, use a longer-context model or RoPE scaling with "
+            + advice("fit='whole'", "--rope-scaling yarn:FACTOR --fit whole"))
     return small, prompt, note
 
 
-def read(source, *, model=None, mesh=None, room: int = DEFAULT_ROOM, fit: str = "auto",
-         focus: str | None = None, vqgan=None, cache=None, ocr: bool | str = "auto",
-         **ingest_options) -> Context:
+def read(source, *, model=None, mesh=None, dtype: str | None = None, room: int = DEFAULT_ROOM,
+         fit: str = "auto", focus: str | None = None, vqgan=None, cache=None,
+         ocr: bool | str = "auto", **ingest_options) -> Context:
     """Ingest ``source`` (a path, a list, or a ``Document``) and prefill it for questions.
 
     Args:
       model: a ``ringkit.Model`` (default: the embedded SmolLM2 on ``mesh``).
       mesh: where the default model runs (default: every device on 'sp').
+      dtype: the default model's compute dtype, "float32" or "bfloat16" (default: bfloat16 on
+        accelerators and on CPUs with native bf16, where it is faster, else float32).
       room: question + answer tokens each ``ask`` may use.
       fit: what to do with a source longer than the model's context. ``"auto"`` (default)
         reads a source tree that does not fit as its outline (paths, and what each file holds:
@@ -350,7 +363,7 @@ def read(source, *, model=None, mesh=None, room: int = DEFAULT_ROOM, fit: str = 
                           f"{room!r}")
     if fit not in ("auto", "whole", "outline"):
         raise ConfigError(f"fit must be 'auto', 'whole' or 'outline', got {fit!r}")
-    model = resolve_model(model, mesh)
+    model = resolve_model(model, mesh, dtype, quick=True)
     if room >= model.config.context_length:
         raise ConfigError(f"room={room:,} (question + answer tokens) leaves nothing of the "
                           f"{model.config.context_length:,}-token context of "
@@ -376,8 +389,8 @@ def read(source, *, model=None, mesh=None, room: int = DEFAULT_ROOM, fit: str = 
                    kv.next_pos.copy(), fitted=note)
 
 
-def ask(source, question: str, *, model=None, mesh=None, max_new_tokens: int = 256,
-        stream=None, **options) -> str:
+def ask(source, question: str, *, model=None, mesh=None, dtype: str | None = None,
+        max_new_tokens: int = 256, stream=None, **options) -> str:
     """Ask one question of ``source`` (a book, a source tree, a video, a list, a ``Document``).
 
     ``stream=True`` prints the answer as it is generated (a callable receives each piece).
@@ -398,11 +411,12 @@ def ask(source, question: str, *, model=None, mesh=None, max_new_tokens: int = 2
                                                  sampling.get("top_p")))
     stop_strings(sampling.get("stop"))
     _check_stream(stream)
-    model = resolve_model(model, mesh)
+    model = resolve_model(model, mesh, dtype, quick=True)
     room = max_new_tokens + len(model.tokenizer.encode(question)) + 32  # + the template's
     if room >= model.config.context_length:
         raise ConfigError(f"max_new_tokens={max_new_tokens:,} and the question leave nothing of "
                           f"the {model.config.context_length:,}-token context of "
-                          f"{model.config.name} for the document: ask for fewer new tokens")
+                          f"{model.config.name} for the document: ask for fewer new tokens ("
+                          + advice("max_new_tokens=", "--max-new-tokens ") + "N)")
     ctx = read(source, model=model, room=room, focus=question, **options)
     return ctx.ask(question, max_new_tokens=max_new_tokens, stream=stream, **sampling)

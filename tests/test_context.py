@@ -115,7 +115,7 @@ def test_memory_check_counts_simulated_devices():
 def test_cli(smollm2, tmp_path, monkeypatch, capsys):
     from ringkit import cli, context
 
-    monkeypatch.setattr(context, "default_model", lambda mesh=None: smollm2)
+    monkeypatch.setattr(context, "default_model", lambda mesh=None, dtype=None: smollm2)
     # The story and a room that rounds to read(room=64)'s: the compiled prefill and steps of the
     # tests above serve rk.ask underneath.
     (tmp_path / "note.txt").write_text(STORY * 3)

@@ -180,7 +180,7 @@ def test_needle_command(tokenizer, tmp_path, monkeypatch, capsys):
     from ringkit import cli, context
 
     model = _tiny(tokenizer, 1)
-    monkeypatch.setattr(context, "default_model", lambda mesh=None: model)
+    monkeypatch.setattr(context, "default_model", lambda mesh=None, dtype=None: model)
     (tmp_path / "hay.txt").write_text(HAY)
     args = ["needle", "--lengths", "256", "--depths", "0", "1", "--trials", "1",
             "--haystack", str(tmp_path / "hay.txt"), "--out", str(tmp_path / "n.jsonl"),

@@ -174,7 +174,7 @@ def test_run_and_resume(tok, tiny2, tmp_path, monkeypatch):
 def test_ruler_command(tok, tiny2, tmp_path, monkeypatch, capsys):
     from ringkit import cli, context
 
-    monkeypatch.setattr(context, "default_model", lambda mesh=None: tiny2)
+    monkeypatch.setattr(context, "default_model", lambda mesh=None, dtype=None: tiny2)
     (tmp_path / "essay.txt").write_text(" ".join(ESSAY))
     args = ["ruler", "--tasks", "niah_single_1", "--lengths", "640", "--samples", "2",
             "--haystack", str(tmp_path / "essay.txt"), "--out", str(tmp_path / "r.jsonl"),

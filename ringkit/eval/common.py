@@ -13,7 +13,7 @@ from typing import Callable, Hashable, Sequence
 
 import numpy as np
 
-from ringkit.errors import ConfigError, FormatError, MissingDependencyError
+from ringkit.errors import ConfigError, FormatError, MissingDependencyError, advice
 from ringkit.progress import bar
 
 SYSTEM = "You are a helpful assistant."
@@ -104,9 +104,11 @@ def load_done(resume, config: dict, cell_of: Callable[[dict], Hashable]) -> dict
         return done
     path = pathlib.Path(resume)
     if path.is_dir():
-        raise FormatError(f"resume={str(resume)!r} is a directory; give a .jsonl file")
+        raise FormatError(f"{advice('resume=', '--out ')}{str(resume)!r} is a directory; give a "
+                          ".jsonl file")
     if not path.parent.is_dir():
-        raise FormatError(f"resume={str(resume)!r}: its folder {str(path.parent)!r} does not exist")
+        raise FormatError(f"{advice('resume=', '--out ')}{str(resume)!r}: its folder "
+                          f"{str(path.parent)!r} does not exist")
     if not path.exists():
         return done
     data = path.read_bytes()

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from ringkit.context import resolve_model
-from ringkit.errors import ConfigError, ShapeError
+from ringkit.errors import ConfigError, ShapeError, advice
 from ringkit.eval.common import (Prompter, answer_cells, check_counts, grid_values, heatmap,
                                   html_table, load_done, pandas, write_jsonl)
 from ringkit.eval.haystack import haystack_text, sentences as split_sentences
@@ -202,7 +202,7 @@ def _check(model, lengths, depths, trials, needles, retrieve, hay: Haystack,
         raise ShapeError(f"lengths {bad} leave no room for {max_new_tokens} answer tokens in "
                          f"the {limit:,}-token context of {model.config.name}: use lengths up "
                          f"to {longest:,}, or load the model with "
-                         "rope_scaling=ringkit.model.RopeScaling(...)")
+                         + advice("rope_scaling=ringkit.model.RopeScaling(...)", "--rope-scaling yarn:FACTOR"))
     if any(n > hay.approx_tokens for n in lengths):
         raise ShapeError(f"the {hay.name} haystack holds about {hay.approx_tokens:,} tokens, "
                          f"fewer than the longest length {max(lengths):,}: use a longer haystack")
@@ -215,8 +215,10 @@ def _check(model, lengths, depths, trials, needles, retrieve, hay: Haystack,
         raise ConfigError(f"need 1 <= retrieve <= needles <= {len(CITIES)}, got "
                           f"needles={needles}, retrieve={retrieve}")
     if not keys and needles > 1:
-        raise ConfigError(f"needles without keys cannot be told apart: use keys=True for "
-                          f"{needles} needles, or needles=1")
+        raise ConfigError(f"needles without keys cannot be told apart: "
+                          + advice(f"use keys=True for {needles} needles, or needles=1",
+                                   f"leave out --no-keys for {needles} needles, or use "
+                                   "--needles 1"))
 
 
 def needle(model=None, *, lengths, depths, trials: int = 3, needles: int = 1, retrieve: int = 1,

@@ -22,7 +22,7 @@ import zlib
 import numpy as np
 
 from ringkit.context import resolve_model
-from ringkit.errors import ConfigError, ShapeError
+from ringkit.errors import ConfigError, ShapeError, advice
 from ringkit.eval.common import (Prompter, answer_cells, check_counts, grid_values, heatmap,
                                  html_table, load_done, pandas, write_jsonl)
 from ringkit.eval.haystack import haystack_text, sentences
@@ -135,15 +135,17 @@ def _check(model, lengths: list[int], samples: int, tasks: list[str], qa_files: 
     if bad:
         raise ShapeError(f"lengths {bad} exceed the {limit:,}-token context of "
                          f"{model.config.name}: use lengths up to {limit:,}, or load the model "
-                         "with rope_scaling=ringkit.model.RopeScaling(...)")
+                         "with " + advice("rope_scaling=ringkit.model.RopeScaling(...)", "--rope-scaling yarn:FACTOR"))
     unknown = set(qa_files) - set(QA_DATASET)
     if unknown:
         raise ConfigError(f"qa_files takes the keys {sorted(QA_DATASET)}, got {sorted(unknown)}")
     for t in tasks:
         if t in QA_DATASET and t not in qa_files:
-            raise ConfigError(f"{t} needs {QA_DATASET[t]} data on disk: pass qa_files="
-                              f"{{'{t}': 'path/to/{QA_DATASET[t]}.json'}} (the original release "
-                              "or rows in the Hugging Face layout)")
+            flag = {"qa_1": "--squad", "qa_2": "--hotpotqa"}[t]
+            raise ConfigError(f"{t} needs {QA_DATASET[t]} data on disk: pass " + advice(
+                f"qa_files={{'{t}': 'path/to/{QA_DATASET[t]}.json'}}",
+                f"{flag} path/to/{QA_DATASET[t]}.json") + " (the original release or rows in "
+                "the Hugging Face layout)")
 
 
 def ruler(model=None, *, tasks="all", length=4096, samples: int = 10, seed: int = 0, mesh=None,

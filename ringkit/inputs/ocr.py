@@ -173,12 +173,13 @@ def read_onscreen_text(frames: np.ndarray, times: np.ndarray, source: str, *,
 
 def describe(text: VideoText) -> str:
     """One line on how a video or image became text for a text-only model."""
+    count = lambda n, what: f"{n:,} {what}{'' if n == 1 else 's'}"
     parts = []
     if text.subtitle_lines:
-        parts.append(f"{text.subtitle_lines:,} subtitle lines")
+        parts.append(count(text.subtitle_lines, "subtitle line"))
     if text.ocr == "read":
-        parts.append(f"on-screen text by OCR ({text.frames:,} frames, {text.frames_read:,} read, "
-                     f"{text.ocr_lines:,} lines kept)")
+        parts.append(f"on-screen text by OCR ({count(text.frames, 'frame')}, "
+                     f"{text.frames_read:,} read, {count(text.ocr_lines, 'line')} kept)")
     elif text.ocr == "missing":
         parts.append(f"on-screen text not read (Tesseract is not installed: {INSTALL})")
     return f"{text.source}: " + ("; ".join(parts) if parts else "no text (frames only)")

@@ -18,7 +18,7 @@ import re
 import shutil
 import subprocess
 
-from ringkit.errors import SourceError
+from ringkit.errors import SourceError, advice
 from ringkit.inputs.book import decode_text, looks_binary
 from ringkit.inputs.document import Document, Skipped, TextSegment, printable_path
 from ringkit.progress import bar
@@ -130,7 +130,7 @@ def _skip_reason(root: pathlib.Path, rel: str, include_secrets: bool) -> str | N
     if _matches(name, GENERATED):
         return "generated file"
     if not include_secrets and _matches(name, SECRETS) and name not in SECRET_OK:
-        return "may hold secrets (pass include_secrets=True to read it)"
+        return f"may hold secrets ({advice('include_secrets=True', '--include-secrets')} reads it)"
     return None
 
 
@@ -169,7 +169,8 @@ def read_repo(root: pathlib.Path, *, max_file_bytes: int = MAX_FILE_BYTES,
             if reason is None:
                 size = path.stat().st_size
                 if size > max_file_bytes:
-                    reason = f"{size:,} bytes, over max_file_bytes={max_file_bytes:,}"
+                    reason = (f"{size:,} bytes, over "
+                              f"{advice('max_file_bytes=', '--max-file-bytes ')}{max_file_bytes:,}")
                 elif size == 0:
                     reason = "empty"
             text = None
@@ -182,7 +183,8 @@ def read_repo(root: pathlib.Path, *, max_file_bytes: int = MAX_FILE_BYTES,
                     if looks_binary(data):
                         reason = "binary"
                     elif not include_secrets and _PRIVATE_KEY.search(data):
-                        reason = "holds a private key (pass include_secrets=True to read it)"
+                        reason = ("holds a private key (" + advice(
+                            "include_secrets=True", "--include-secrets") + " reads it)")
                     else:
                         try:
                             text = decode_text(data, shown)

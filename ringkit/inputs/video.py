@@ -30,7 +30,8 @@ import threading
 
 import numpy as np
 
-from ringkit.errors import FormatError, MissingDependencyError, SourceError, UnsupportedError
+from ringkit.errors import (
+    FormatError, MissingDependencyError, SourceError, UnsupportedError, advice)
 from ringkit.inputs.document import FRAME_SIZE, Document, FramesSegment, Skipped
 from ringkit.progress import bar
 
@@ -100,7 +101,8 @@ def check_sampling(fps, max_frames):
             raise SourceError(f"max_frames={max_frames!r} must be a positive integer")
         return
     if not (isinstance(fps, (int, float)) and fps > 0 and math.isfinite(fps)):
-        raise SourceError(f"fps={fps!r} must be a positive number of frames per second")
+        raise SourceError(f"{advice('fps=', '--fps ')}{fps!r} must be a positive number of "
+                          "frames per second")
 
 
 def _uniform(n: int, max_frames: int) -> set[int]:

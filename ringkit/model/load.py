@@ -65,6 +65,26 @@ def _scaled(config: ModelConfig, rope_scaling) -> ModelConfig:
     return config.replace(rope_scaling=rope_scaling)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this machine's CPU multiplies bfloat16 natively (x86 ``avx512_bf16`` or AMX):
+    there XLA:CPU runs bf16 x bf16 -> f32 matmuls at about twice the f32 rate."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f
+                          if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def quick_dtype() -> str | None:
+    """The compute dtype ``ringkit.ask`` / ``ringkit.read`` give the embedded model:
+    "bfloat16" on a CPU with native bf16 (prefill ~1.3x faster than float32, float32
+    accumulation), else None (``load_model``'s default: float32 on CPU, bfloat16 on
+    accelerators)."""
+    return "bfloat16" if jax.default_backend() == "cpu" and cpu_has_native_bf16() else None
+
+
 def _resolve(source) -> tuple[str, Path]:
     """``(kind, path)`` with kind in gguf / hf / lwm."""
     if source is None:

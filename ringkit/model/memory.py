@@ -39,9 +39,10 @@ class MemoryEstimate:
     def describe(self) -> str:
         gb = lambda b: f"{b / 1e9:.2f} GB" if b >= 1e8 else f"{b / 1e6:.0f} MB"
         return (f"about {gb(self.prefill_peak)} per device at the prefill's peak on mesh "
-                f"{self.mesh} for {self.tokens:,} tokens: weights {gb(self.weights)} (+ "
-                f"{gb(self.decode_weights)} decode copy), KV cache {gb(self.kv_cache)}, "
-                f"activations {gb(self.activations)}")
+                f"{self.mesh} for {self.tokens:,} tokens: weights {gb(self.weights)} + "
+                f"{gb(self.decode_weights)} decode copy, KV cache {gb(self.kv_cache)} + "
+                f"{gb(self.kv_cache)} while the prefill splits it per layer, activations "
+                f"{gb(self.activations)}")
 
 
 def estimate(model, tokens: int, *, new_tokens: int = 0, mesh=None,

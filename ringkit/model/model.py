@@ -18,7 +18,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ringkit.attention import decode
-from ringkit.errors import ConfigError, ShapeError
+from ringkit.errors import ConfigError, ShapeError, advice
 from ringkit.model.batch import Batch, pack, padded_length
 from ringkit.model.config import ModelConfig
 from ringkit.model.transformer import Runtime, Transformer, spread
@@ -128,9 +128,10 @@ class Model:
         if n > limit:
             raise ShapeError(
                 f"{n} tokens exceed the {limit}-token context of {self.config.name}; shorten the "
-                f"input or load the model with RoPE scaling, e.g. ringkit.load_model(..., "
-                f"rope_scaling=ringkit.model.RopeScaling('yarn', {-(-n // limit)}.0, "
-                f"original_max_position={self.config.max_position}))")
+                "input or load the model with RoPE scaling, e.g. " + advice(
+                    f"ringkit.load_model(..., rope_scaling=ringkit.model.RopeScaling('yarn', "
+                    f"{-(-n // limit)}.0, original_max_position={self.config.max_position}))",
+                    f"--rope-scaling yarn:{-(-n // limit)}"))
 
     # -- full-sequence logits ------------------------------------------------------------------
     @functools.cached_property

@@ -263,8 +263,9 @@ def _prompt(doc: Document, model, question, vqgan, cache, *, open_end: bool) -> 
             raise SourceError("the document holds no text to read")
         return _text_prompt(doc, tok, question, store, sources, open_end=open_end)
     if vqgan is None:
-        raise ConfigError("frames become vision tokens through LWM's VQGAN: pass "
-                          "vqgan=ringkit.tokenize.vqgan.VQGAN.load('<checkpoint>/vqgan')")
+        raise ConfigError("frames become vision tokens through LWM's VQGAN: pass " + advice(
+            "vqgan=ringkit.tokenize.vqgan.VQGAN.load('<checkpoint>/vqgan')",
+            "--vqgan <checkpoint>/vqgan"))
 
     def compute():
         ids, vision, segment = [], [], []
@@ -308,7 +309,9 @@ def _no_text(doc: Document, model_name: str):
     names = [t.source for t in doc.video_text] or sorted(
         {s.source for s in doc.segments if isinstance(s, FramesSegment)})
     what = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-    subs = "subtitles (talk.srt or talk.vtt beside talk.mp4)"
+    stem, name = (names[0].rsplit("/", 1)[-1].rpartition(".")[0] or "talk",
+                  names[0].rsplit("/", 1)[-1]) if len(names) == 1 else ("talk", "talk.mp4")
+    subs = f"subtitles ({stem}.srt or {stem}.vtt beside {name})"
     vision = advice("model=ringkit.load_model('<LWM vision checkpoint>') and "
                     "vqgan=ringkit.tokenize.vqgan.VQGAN.load('<checkpoint>/vqgan')",
                     "--model <LWM vision checkpoint> --vqgan <checkpoint>/vqgan")
