@@ -289,10 +289,11 @@ def _run(args) -> None:
         return
     if args.command == "ask" and not args.question.strip():
         raise SourceError("the question is empty; ask something")
-    # A typo fails before a model loads; what to read of a video depends on the model.
-    for source in args.source:
-        if not os.path.lexists(source):
-            raise SourceError(f"no such file or directory: {source}")
+    # A typo fails before a model loads (what to read of a video depends on the model); in a
+    # list, ingest skips a missing source and says so, as long as one is there.
+    missing = [s for s in args.source if not os.path.lexists(s)]
+    if len(missing) == len(args.source):
+        raise SourceError(f"no such file or directory: {', '.join(missing)}")
     model = _model(args, quick=True)
     vqgan = None
     if args.vqgan:

@@ -414,9 +414,10 @@ def ask(source, question: str, *, model=None, mesh=None, dtype: str | None = Non
     model = resolve_model(model, mesh, dtype, quick=True)
     room = max_new_tokens + len(model.tokenizer.encode(question)) + 32  # + the template's
     if room >= model.config.context_length:
-        raise ConfigError(f"max_new_tokens={max_new_tokens:,} and the question leave nothing of "
-                          f"the {model.config.context_length:,}-token context of "
-                          f"{model.config.name} for the document: ask for fewer new tokens ("
-                          + advice("max_new_tokens=", "--max-new-tokens ") + "N)")
+        flag = advice("max_new_tokens=", "--max-new-tokens ")
+        raise ConfigError(f"{flag}{max_new_tokens:,} and the question leave nothing of the "
+                          f"{model.config.context_length:,}-token context of "
+                          f"{model.config.name} for the document: ask for fewer new tokens "
+                          f"({flag}N)")
     ctx = read(source, model=model, room=room, focus=question, **options)
     return ctx.ask(question, max_new_tokens=max_new_tokens, stream=stream, **sampling)

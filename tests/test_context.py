@@ -4,6 +4,7 @@ embedded SmolLM2 on a 2-device ring."""
 import dataclasses
 import json
 import logging
+import re
 import types
 
 import jax
@@ -46,13 +47,13 @@ def test_questions_see_the_same_document(smollm2, story, caplog):
     q1, q2 = "What did the Gannet carry?", "Where did the Kestrel go?"
     assert len(ctx.prompt.question_ids(q1)) > QUESTION_PIECE  # both step sizes are used
     with jax.log_compiles(True), caplog.at_level(logging.WARNING):
-        first = ctx.ask(q1, max_new_tokens=12)
+        first = ctx.ask(q1, max_new_tokens=12, temperature=0)
     # read() compiled the decode steps while the prefill ran: the first ask compiles none.
     assert not [r for r in caplog.records if "jit(decode_step)" in r.getMessage()]
     pieces = []
     second = ctx.ask(q2, max_new_tokens=12, stream=pieces.append)
     assert "".join(pieces) == second and second != first
-    assert ctx.ask(q1, max_new_tokens=12) == first  # the cache was rewound to the document
+    assert ctx.ask(q1, max_new_tokens=12, temperature=0) == first  # rewound to the document
     # The same greedy answer as generating from the whole prompt in one prefill.
     ids = tokenize(story, smollm2, q1, cache=False).ids.tolist()
     assert smollm2.generate(ids, max_new_tokens=12) == first
@@ -198,3 +199,55 @@ def test_load_context_refuses_what_it_cannot_use(smollm2, story, tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(SourceError, match="folder cannot be made"):
         ctx.save(tmp_path / "file" / "b.ctx")
+
+
+def test_cli_errors_advise_flags(smollm2, tmp_path, monkeypatch, capsys):
+    """Under ``ringkit``, an error's advice names the command's flags, never Python arguments or
+    calls; each flag it names exists."""
+    import ringkit.context
+    from ringkit import cli, context
+
+    monkeypatch.setattr(context, "default_model", lambda mesh=None, dtype=None: smollm2)
+    (tmp_path / "note.txt").write_text(STORY * 3)
+    (tmp_path / "long.txt").write_text("word " * 9000)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "app.py").write_text("print('hi')\n")
+    (repo / ".env").write_text("TOKEN=abc\n")
+    note, q = str(tmp_path / "note.txt"), "What did the Gannet carry?"
+    python = re.compile(r"\b[a-z_]+=[\w'\"(\[{]|ringkit\.\w|rk\.\w|\w\(\.\.\.")
+    flags = set(re.findall(r"--[a-z-]+", cli._parser().format_help()))
+    for sub in ("ask", "info", "needle", "ruler"):
+        flags |= set(re.findall(r"--[a-z-]+", cli._parser()._subparsers._group_actions[0]
+                                .choices[sub].format_help()))
+
+    def error(argv, expect):
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("ringkit: error:") and err.count("\n") == 1, err
+        assert expect in err, err
+        assert not python.search(err), err
+        assert set(re.findall(r"--[a-z-]+", err)) <= flags, err
+
+    error(["ask", str(tmp_path / "long.txt"), q], "--rope-scaling yarn:2")
+    error(["ask", note, q, "--max-new-tokens", "100000"], "--max-new-tokens N")
+    error(["ask", note, q, "--fps", "0"], "--fps 0.0 must be")
+    error(["ask", note, q, "--fit", "outline"], "--fit outline reads")
+    error(["needle", "--lengths", "64", "--needles", "2", "--no-keys"], "leave out --no-keys")
+    error(["needle", "--lengths", "100000"], "--rope-scaling yarn:FACTOR")
+    error(["ruler", "--tasks", "qa_1", "--lengths", "512"], "--squad path/to/")
+    error(["needle", "--lengths", "64", "--out", str(tmp_path)], "--out ")
+    monkeypatch.setattr(ringkit.context, "_host_available", lambda: 10_000_000)
+    error(["ask", note, q], "--mesh 1,1,1,N")
+    monkeypatch.undo()
+    monkeypatch.setattr(context, "default_model", lambda mesh=None, dtype=None: smollm2)
+    assert cli.main(["info", str(repo)]) == 0
+    out = capsys.readouterr().out
+    assert ".env: may hold secrets (--include-secrets reads it)" in out
+    assert cli.main(["info", str(repo), "--include-secrets"]) == 0
+    assert ".env" not in capsys.readouterr().out.split("skipped", 1)[-1]
+    # The same errors in Python name the arguments.
+    with pytest.raises(ShapeError, match=r"rope_scaling=ringkit\.model\.RopeScaling"):
+        rk.read(tmp_path / "long.txt", model=smollm2)
+    # A mesh string that starts with '-' is a value, not a flag.
+    assert cli.main(["info", note, "--mesh", "-1,1,1,1"]) == 0
