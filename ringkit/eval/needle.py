@@ -186,11 +186,17 @@ class NeedleResults:
                 f"{c['retrieve']}, haystack {c['haystack']}, seed {c['seed']}: score "
                 f"{self.score:.3f} over {len(self.frame)} trials")
 
+    def _shown(self):
+        """``table()`` with its depths as percentages, as the heatmap labels them."""
+        shown = self.table().rename(index=lambda d: f"{d:.0%}")
+        shown.index.name = "depth"
+        return shown
+
     def __repr__(self) -> str:
-        return f"{self.summary()}\n{self.table().round(2).to_string()}"
+        return f"{self.summary()}\n{self._shown().round(2).to_string()}"
 
     def _repr_html_(self) -> str:
-        return html_table(self.summary(), self.table(), vmax=1, digits=2)
+        return html_table(self.summary(), self._shown(), vmax=1, digits=2)
 
 
 def _check(model, lengths, depths, trials, needles, retrieve, hay: Haystack,
