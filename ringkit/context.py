@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 import time
 import warnings
 from typing import Callable
@@ -29,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ringkit.errors import ConfigError, FitWarning, ResourceError, ShapeError, advice
-from ringkit.generate import check_sampling, decode, stop_strings
+from ringkit.generate import check_sampling, decode, sampling_for, stop_strings
 from ringkit.inputs.document import Document, TextSegment
 from ringkit.inputs.repo import HEADER
 from ringkit.inputs.sources import ingest
@@ -68,38 +67,6 @@ def resolve_model(model, mesh, dtype: str | None = None, *, quick: bool = False)
     return model
 
 
-def _in_notebook() -> bool:
-    """Whether this runs in a Jupyter kernel (where output can be updated in place)."""
-    shell = sys.modules.get("IPython") and sys.modules["IPython"].get_ipython()
-    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
-
-
-class _Printer:
-    """``stream=True``: the answer as one growing output. In Jupyter, one display updated in
-    place (a saved notebook keeps one output, not one per token); elsewhere, stdout."""
-
-    def __init__(self):
-        self.text, self.handle = "", None
-        if _in_notebook():
-            from IPython.display import Pretty, display
-
-            self.handle = display(Pretty(""), display_id=True)
-
-    def __call__(self, piece: str, row: int = 0) -> None:
-        self.text += piece
-        if self.handle is not None:
-            from IPython.display import Pretty
-
-            self.handle.update(Pretty(self.text))
-        else:
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-
-    def close(self) -> None:
-        if self.handle is None:
-            print()
-
-
 def _check_stream(stream) -> None:
     if not (stream is None or isinstance(stream, bool) or callable(stream)):
         raise ConfigError(f"stream must be True (print the answer), False or a function that "
@@ -110,17 +77,11 @@ def _streamer(stream) -> Callable[[str, int], None] | None:
     _check_stream(stream)
     if stream is None or stream is False:
         return None
-    return _Printer() if stream is True else lambda piece, row: stream(piece)
+    if stream is True:
+        from ringkit.display import AnswerPrinter
 
-
-def sampling_for(model, temperature: float | None, top_p: float | None) -> tuple[float, float]:
-    """``(temperature, top_p)``: as given, else what ``model.sampling`` recommends, else greedy.
-    ``temperature=0`` is greedy whatever the model recommends."""
-    rec = getattr(model, "sampling", None)
-    if temperature is None:
-        temperature = rec.temperature if rec is not None else 0.0
-        top_p = top_p if top_p is not None else rec.top_p if rec is not None else 1.0
-    return temperature, 1.0 if top_p is None else top_p
+        return AnswerPrinter()
+    return lambda piece, row: stream(piece)
 
 
 @dataclasses.dataclass
@@ -182,7 +143,7 @@ class Context:
                          stream=streamer, loop_guard=loop_guard)
         finally:
             self._rewind()
-            if isinstance(streamer, _Printer):
+            if hasattr(streamer, "close"):
                 streamer.close()
         text = self.model.tokenizer.decode(out[0])
         cut = min((text.find(s) for s in stop if s in text), default=-1)

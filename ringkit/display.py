@@ -1,7 +1,9 @@
-"""What a context looks like: how its sequence is sharded over the ring, and its video frames.
+"""What a context looks like: how its sequence is sharded over the ring, its video frames, and
+an answer as it streams.
 
 Plain text for terminals (``sharding_text``), HTML for notebooks (``sharding_html``,
 ``frame_strip_html``); ``Context`` uses both in its ``repr`` and rich display.
+``AnswerPrinter`` shows a streamed answer as one growing output.
 
 Example::
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import sys
 
 import numpy as np
 
@@ -103,3 +106,35 @@ def frame_strip_html(frames, times=None, *, k: int = 8, size: int = 96) -> str:
                      f'<img src="data:image/png;base64,{data}" width="{size}" height="{size}">'
                      f'<figcaption style="font:10px monospace">{label}</figcaption></figure>')
     return f'<div>{"".join(cells)}</div>'
+
+
+def in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel (where output can be updated in place)."""
+    shell = sys.modules.get("IPython") and sys.modules["IPython"].get_ipython()
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
+class AnswerPrinter:
+    """``stream=True``: the answer as one growing output. In Jupyter, one display updated in
+    place (a saved notebook keeps one output, not one per token); elsewhere, stdout."""
+
+    def __init__(self):
+        self.text, self.handle = "", None
+        if in_notebook():
+            from IPython.display import Pretty, display
+
+            self.handle = display(Pretty(""), display_id=True)
+
+    def __call__(self, piece: str, row: int = 0) -> None:
+        self.text += piece
+        if self.handle is not None:
+            from IPython.display import Pretty
+
+            self.handle.update(Pretty(self.text))
+        else:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+
+    def close(self) -> None:
+        if self.handle is None:
+            print()

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections import Counter
 from typing import Callable, Sequence
 
 import jax
@@ -175,6 +174,16 @@ def generate_ids(model, rows: Sequence[Sequence[int]], *, max_new_tokens: int = 
     logits, cache = model.prefill(rows, max_new_tokens=max_new_tokens, vision_rows=vision_rows)
     return decode(model, logits, cache, max_new_tokens=max_new_tokens, temperature=temperature,
                   top_p=top_p, seed=seed, stop=stop, stream=stream, loop_guard=loop_guard)
+
+
+def sampling_for(model, temperature: float | None, top_p: float | None) -> tuple[float, float]:
+    """``(temperature, top_p)``: as given, else what ``model.sampling`` recommends, else greedy.
+    ``temperature=0`` is greedy whatever the model recommends."""
+    rec = getattr(model, "sampling", None)
+    if temperature is None:
+        temperature = rec.temperature if rec is not None else 0.0
+        top_p = top_p if top_p is not None else rec.top_p if rec is not None else 1.0
+    return temperature, 1.0 if top_p is None else top_p
 
 
 def check_sampling(max_new_tokens: int, temperature: float, top_p: float) -> None:

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 import ringkit as rk
-from ringkit.context import sampling_for
-from ringkit.generate import LoopGuard, Sampling, nucleus
+from ringkit.generate import LoopGuard, Sampling, nucleus, sampling_for
 
 
 def most_repeated(text: str, n: int = 5) -> int:

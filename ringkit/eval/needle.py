@@ -218,10 +218,11 @@ def _check(model, lengths, depths, trials, needles, retrieve, hay: Haystack,
         raise ConfigError(f"need at least one length (each >= 1 token), one depth and "
                           f"trials >= 1, got lengths {lengths}")
     if not 1 <= retrieve <= needles <= len(CITIES):
-        raise ConfigError(f"need 1 <= retrieve <= needles <= {len(CITIES)}, got "
-                          f"needles={needles}, retrieve={retrieve}")
+        got = advice(f"needles={needles}, retrieve={retrieve}",
+                     f"--needles {needles}, --retrieve {retrieve}")
+        raise ConfigError(f"need 1 <= retrieve <= needles <= {len(CITIES)}, got {got}")
     if not keys and needles > 1:
-        raise ConfigError(f"needles without keys cannot be told apart: "
+        raise ConfigError("needles without keys cannot be told apart: "
                           + advice(f"use keys=True for {needles} needles, or needles=1",
                                    f"leave out --no-keys for {needles} needles, or use "
                                    "--needles 1"))

