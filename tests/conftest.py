@@ -76,3 +76,21 @@ def pytest_sessionfinish(session):
 
         jax.clear_caches()
         gc.collect()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_models_after_each_module():
+    """Drop the embedded models ``rk.read``/``rk.ask`` loaded and JAX's in-memory executables
+    when a test module ends. On 8 simulated devices each default model holds its weights once
+    per device (~4.3 GB for SmolLM2 in float32): kept for a worker's whole life they added up to
+    8 GB per worker, and two workers beside a notebook kernel ran a 24 GB machine out of memory.
+    Later modules reload (seconds) and find their programs in the persistent compile cache."""
+    yield
+    import gc
+    import sys
+
+    context = sys.modules.get("ringkit.context")
+    if context is not None:
+        context._MODELS.clear()
+    jax.clear_caches()
+    gc.collect()
