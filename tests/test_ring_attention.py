@@ -116,3 +116,29 @@ def test_jit_and_grad_compose(rng):
     g_ref = jax.grad(lambda *a: jnp.sum(attention_reference(*a) ** 2), argnums=(0, 1, 2))(
         *f64(q, k, v))
     assert max(rel_err(a, b) for a, b in zip(g, g_ref)) < 1e-5
+
+
+@pytest.mark.parametrize("impl", ["xla", "gpu", "tpu"])
+def test_nan_and_inf_propagate_as_in_dot_product_attention(impl, rng):
+    """A NaN in q or an inf in k makes the rows that read it NaN, forward and backward, as in
+    ``jax.nn.dot_product_attention`` (an ``l > 0`` test once turned such rows into exact zeros)."""
+    mesh = rk.make_mesh(sp=4, devices=jax.devices()[:4])
+    q, k, v = qkv(rng, 1, 64, 4, 2, 32)
+    q, k = np.array(q), np.array(k)
+    q[0, rng.integers(64), rng.integers(4), rng.integers(32)] = np.nan
+    k[0, rng.integers(64), rng.integers(2), rng.integers(32)] = np.inf
+    kw = {} if impl == "xla" else {"impl": "pallas", "interpret": impl}
+
+    def run(fn):
+        out, pull = jax.vjp(fn, q, k, v)
+        return [np.asarray(x) for x in (out, *pull(jnp.ones_like(out)))]
+
+    got = run(lambda q, k, v: rk.ring_attention(q, k, v, mesh=mesh, **kw))
+    want = run(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True))
+    np.testing.assert_array_equal(np.isnan(got[0]), np.isnan(want[0]))
+    assert np.isnan(got[0]).any() and not np.isnan(got[0]).all()
+    for name, g, w in zip(("out", "dq", "dk", "dv"), got, want):
+        # Skipped tiles never turn NaN, so a gradient holds NaN where dpa's does, not everywhere.
+        assert np.isnan(g).any() == np.isnan(w).any(), name
+        both = ~np.isnan(g) & ~np.isnan(w)
+        np.testing.assert_allclose(g[both], w[both], atol=2e-5, err_msg=name)

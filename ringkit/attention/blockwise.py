@@ -132,8 +132,12 @@ def fold_block(q, k, v, carry, q_pos, k_pos, seg_q, seg_k, spec: TileSpec):
 
 
 def finish(o, m, l, dtype):
-    """Normalise the carry: output ``[b, h, n * g, d]`` in ``dtype`` and ``lse`` float32."""
-    seen = l > 0
+    """Normalise the carry: output ``[b, h, n * g, d]`` in ``dtype`` and ``lse`` float32.
+
+    Rows that saw no visible key (``m = -inf``) give 0; NaN or inf in the inputs reach the
+    output as NaN, as in ``jax.nn.dot_product_attention`` (``l > 0`` would read NaN as empty).
+    """
+    seen = m != -jnp.inf
     out = jnp.where(seen[..., None], o / jnp.where(seen, l, 1.0)[..., None], 0.0)
     lse = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), -jnp.inf)
     return out.astype(dtype), lse

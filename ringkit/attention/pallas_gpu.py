@@ -154,7 +154,7 @@ def _fold_kernel(*refs, order, causal, has_seg, fresh, final, block_k):
     o, m2, l = lax.fori_loop(lead, end_ref[i], step(True), carry)
     if final:
         out_ref, lse_ref = out_refs
-        seen = l > 0
+        seen = m2 != -jnp.inf  # no visible key; a NaN row stays NaN
         safe_l = jnp.where(seen, l, 1.0)
         out_ref[...] = jnp.where(seen[:, None], o / safe_l[:, None], 0.0).astype(out_ref.dtype)
         lse_ref[...] = jnp.where(seen, (m2 + jnp.log2(safe_l)) * LN2, -jnp.inf)

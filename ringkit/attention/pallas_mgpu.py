@@ -323,7 +323,7 @@ def _kernel(*refs, ops: _Ops, has_seg, fresh, final, block_k, stages, dtype):
         # which leaves through Q's slot (no longer needed) by TMA.
         if final:
             out_ref, lse_ref = outs
-            seen = l > 0
+            seen = m2 != -jnp.inf  # no visible key; a NaN row stays NaN
             safe_l = jnp.where(seen, l, 1.0)
             out = jnp.where(_bcast(seen, acc.shape, 0), acc * _bcast(1.0 / safe_l, acc.shape, 0),
                             0.0)

@@ -159,7 +159,7 @@ def _fold_kernel(tiles_ref, kinds_ref, count_ref, *refs, causal, has_seg, fresh,
         acc, m, l = acc_sc[...], m_sc[...], l_sc[...]
         if final:
             out_ref, lse_ref = out_refs
-            seen = l > 0
+            seen = m != -jnp.inf  # no visible key; a NaN row stays NaN
             safe_l = jnp.where(seen, l, 1.0)
             out_ref[...] = jnp.where(seen[:, :1], acc / safe_l[:, :1], 0.0).astype(out_ref.dtype)
             lse_ref[...] = jnp.where(seen, m + jnp.log(safe_l), -jnp.inf)
