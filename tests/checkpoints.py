@@ -73,28 +73,41 @@ def _permute(w, heads):
         w.shape)
 
 
-def write_gguf(path, variables, cfg, *, arch="llama", quant_type=None):
-    """A llama GGUF (F32 tensors, one optionally stored as ``quant_type`` raw bytes)."""
+def write_gguf(path, variables, cfg, *, arch="llama", quant_type=None, fields=None,
+               extra_tensors=None):
+    """A llama GGUF (F32 tensors, one optionally stored as ``quant_type`` raw bytes).
+
+    ``fields`` overrides metadata: ``{key: value}`` (the value's type picks the GGUF type: int
+    -> uint32, float -> float32, str -> string) or ``{key: None}`` to leave a field out; an
+    ``{arch}`` in a key is the architecture. ``extra_tensors`` adds tensors by name."""
     import gguf
 
     writer = gguf.GGUFWriter(str(path), arch)
-    writer.add_context_length(cfg.max_position)
-    writer.add_embedding_length(cfg.d_model)
-    writer.add_block_count(cfg.n_layers)
-    writer.add_feed_forward_length(cfg.ffn_dim)
-    writer.add_head_count(cfg.n_heads)
-    writer.add_head_count_kv(cfg.n_kv_heads)
-    writer.add_rope_freq_base(cfg.rope_theta)
-    writer.add_layer_norm_rms_eps(cfg.norm_eps)
-    writer.add_vocab_size(cfg.vocab_size)
     byte_tokens = [chr(b) if 33 <= b <= 126 else f"<0x{b:02X}>" for b in range(cfg.vocab_size)]
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(byte_tokens)
-    writer.add_token_types([1] * cfg.vocab_size)
-    writer.add_token_merges([])
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
+    meta = {
+        "{arch}.context_length": cfg.max_position,
+        "{arch}.embedding_length": cfg.d_model, "{arch}.block_count": cfg.n_layers,
+        "{arch}.feed_forward_length": cfg.ffn_dim, "{arch}.attention.head_count": cfg.n_heads,
+        "{arch}.attention.head_count_kv": cfg.n_kv_heads,
+        "{arch}.rope.freq_base": float(cfg.rope_theta),
+        "{arch}.attention.layer_norm_rms_epsilon": float(cfg.norm_eps),
+        "{arch}.vocab_size": cfg.vocab_size, "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": "default", "tokenizer.ggml.tokens": byte_tokens,
+        "tokenizer.ggml.token_type": [1] * cfg.vocab_size, "tokenizer.ggml.merges": [],
+        "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2,
+    }
+    meta.update(fields or {})
+    kinds = {int: gguf.GGUFValueType.UINT32, float: gguf.GGUFValueType.FLOAT32,
+             str: gguf.GGUFValueType.STRING, bool: gguf.GGUFValueType.BOOL}
+    for key, value in meta.items():
+        if value is None or value == []:  # gguf writes no empty arrays
+            continue
+        key = key.replace("{arch}", arch)
+        if isinstance(value, list):
+            sub = kinds[type(value[0])]
+            writer.add_key_value(key, value, gguf.GGUFValueType.ARRAY, sub_type=sub)
+        else:
+            writer.add_key_value(key, value, kinds[type(value)])
     state = hf_state(variables, cfg)
     for i in range(cfg.n_layers):
         p = f"model.layers.{i}."
@@ -122,6 +135,8 @@ def write_gguf(path, variables, cfg, *, arch="llama", quant_type=None):
     writer.add_tensor("output_norm.weight", state["model.norm.weight"])
     if not cfg.tie_embeddings:
         writer.add_tensor("output.weight", state["lm_head.weight"])
+    for name, w in (extra_tensors or {}).items():
+        writer.add_tensor(name, np.asarray(w, np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

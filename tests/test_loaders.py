@@ -11,7 +11,7 @@ import pytest
 
 import ringkit as rk
 from ringkit.errors import (
-    ConfigError, FormatError, MissingDependencyError, ShapeError, UnsupportedError)
+    ConfigError, FormatError, MissingDependencyError, ShapeError, SourceError, UnsupportedError)
 from ringkit.model import Model, ModelConfig, Runtime
 from ringkit.model.weights.lwm import load_vqgan_params
 from ringkit.tokenize.text import Tokenizer
@@ -98,6 +98,21 @@ def test_vqgan_restricted_unpickler(tmp_path):
         load_vqgan_params(tmp_path / "cut")
 
 
+def test_vqgan_paths_that_hold_no_vqgan(tmp_path):
+    from ringkit.tokenize.vqgan import VQGAN
+
+    with pytest.raises(SourceError, match="no VQGAN file at .*missing"):
+        VQGAN.load(tmp_path / "missing")
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "vqgan").write_bytes(b"")
+    with pytest.raises(SourceError, match=r"ckpt is a folder; pass the VQGAN file itself \(.*vqgan\)"):
+        VQGAN.load(tmp_path / "ckpt")
+    (tmp_path / "dir").mkdir()
+    os.symlink(tmp_path / "gone", tmp_path / "dir" / "link")
+    with pytest.raises(SourceError, match="no VQGAN file"):
+        VQGAN.load(tmp_path / "dir" / "link")
+
+
 # -- GGUF -----------------------------------------------------------------------------------------
 
 def test_gguf_llama_file(tmp_path, tiny, rng):
@@ -127,6 +142,37 @@ def test_gguf_bad_inputs(tmp_path, tiny):
         rk.load_model(tmp_path / "junk.gguf")
     with pytest.raises(ConfigError, match=r"holds 5 .gguf files .*pass the one to load"):
         rk.load_model(tmp_path)
+
+
+@pytest.mark.parametrize("fields, error, match", [
+    ({"{arch}.attention.head_count": 0}, FormatError, "head_count is 0; it must be positive"),
+    ({"{arch}.block_count": "thirty"}, FormatError, "block_count is 'thirty'; it must be a whole"),
+    ({"{arch}.rope.freq_base": float("nan")}, FormatError, "freq_base is nan"),
+    ({"{arch}.attention.head_count_kv": 3}, FormatError, "do not make a LLaMA attention"),
+    ({"{arch}.embedding_length": None}, FormatError, "lacks llama.embedding_length"),
+    ({"general.alignment": 0}, FormatError, "alignment is 0, not a power of two"),
+    ({"general.alignment": "32"}, FormatError, "alignment is '32'"),
+    ({"{arch}.expert_count": 8}, UnsupportedError, "expert_count = 8 \\(a mixture of experts"),
+    ({"{arch}.attention.sliding_window": 16}, UnsupportedError, "sliding_window = 16"),
+    ({"{arch}.rope.dimension_count": 4}, UnsupportedError, "RoPE on part of each head"),
+    ({"{arch}.rope.scaling.type": "longrope"}, UnsupportedError, "'longrope'.*not supported"),
+    ({"{arch}.final_logit_softcapping": 30.0}, UnsupportedError, "soft-capped logits"),
+])
+def test_gguf_fields_are_checked_or_refused(tmp_path, tiny, fields, error, match):
+    """A field with a bad value is a FormatError naming it (never ZeroDivisionError or
+    ValueError); one that asks for what ringkit does not compute is refused by name."""
+    path = write_gguf(tmp_path / "x.gguf", tiny.variables, CFG, fields=fields)
+    with pytest.raises(error, match=match):
+        rk.load_model(path)
+
+
+def test_gguf_tensors_ringkit_would_ignore_are_refused(tmp_path, tiny):
+    bias = np.zeros(CFG.n_heads * CFG.head_dim, np.float32)
+    for extra in ({"blk.0.attn_q.bias": bias}, {"rope_freqs.weight": np.ones(4, np.float32)},
+                  {f"blk.{CFG.n_layers}.attn_norm.weight": np.ones(CFG.d_model, np.float32)}):
+        path = write_gguf(tmp_path / "x.gguf", tiny.variables, CFG, extra_tensors=extra)
+        with pytest.raises(UnsupportedError, match=f"1 tensor.*ignore \\({next(iter(extra))}\\)"):
+            rk.load_model(path)
 
 
 def test_gguf_container_reads_what_gguf_writes(tmp_path, rng):
@@ -270,6 +316,63 @@ def test_hf_bad_inputs(tmp_path, tiny, byte_tokenizer):
         rk.load_model("someone/some-model")
     with pytest.raises(FormatError, match="does not exist"):
         rk.load_model(tmp_path / "nowhere")
+    # "folder/name" whose folder exists is a local path that is missing, not a hub id.
+    (tmp_path / "checkpoints" / "other").mkdir(parents=True)
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        with pytest.raises(FormatError, match=r"checkpoints/mymodel does not exist \(its folder "
+                                              r"checkpoints holds other\)"):
+            rk.load_model("checkpoints/mymodel")
+    finally:
+        os.chdir(cwd)
+    with pytest.raises(ConfigError, match="no local file or folder someone/x exists, and as an "
+                                          "HF hub id: .*HF_HUB_OFFLINE"):
+        rk.load_model("someone/x")
+
+
+@pytest.mark.parametrize("extra, match", [
+    (dict(model_type="mistral", sliding_window=16), "sliding_window = 16"),
+    (dict(layer_types=["full_attention", "sliding_attention"]), "layer_types"),
+    (dict(quantization_config={"quant_method": "gptq"}), "quantization_config"),
+    (dict(partial_rotary_factor=0.5), "partial_rotary_factor = 0.5"),
+    (dict(rope_scaling={"rope_type": "llama3", "factor": 8.0}), "'llama3' is not supported"),
+    (dict(rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4}),
+     "'dynamic' is not supported"),
+    (dict(rope_scaling={"rope_type": "yarn", "factor": 4.0, "mscale": 0.7}), "mscale = 0.7"),
+])
+def test_hf_fields_ringkit_would_not_honour_are_refused(tmp_path, tiny, byte_tokenizer, extra,
+                                                        match):
+    """Each would load and compute another model than transformers does (a Mistral window
+    smaller than the prompt gave argmax agreement 0.25-0.4): refused, naming the field."""
+    with pytest.raises(UnsupportedError, match=match):
+        rk.load_model(write_hf_dir(tmp_path / "m", tiny.variables, CFG, byte_tokenizer, **extra))
+
+
+def test_hf_honours_what_it_reads(tmp_path, tiny, byte_tokenizer, rng):
+    """A Mistral window no shorter than the context, transformers 5's rope_parameters and a
+    buffer some exports keep load; a tensor ringkit would skip (a bias) is refused."""
+    from safetensors.numpy import save_file
+
+    ids = rng.integers(0, CFG.vocab_size, (1, 24))
+    ref = reference_logits(tiny.variables, CFG, ids)
+    theta = CFG.rope_theta
+    for extra in (dict(model_type="mistral", sliding_window=CFG.max_position),
+                  dict(rope_theta=None, rope_parameters={"rope_type": "default",
+                                                         "rope_theta": theta})):
+        model = rk.load_model(write_hf_dir(tmp_path / "ok", tiny.variables, CFG, byte_tokenizer,
+                                           **extra), mesh=mesh(1))
+        assert model.config.rope_theta == theta
+        assert np.abs(np.asarray(model.logits(ids)) - ref).max() <= 1e-5 * np.abs(ref).max()
+    folder = tmp_path / "ok"
+    save_file({"model.layers.0.self_attn.rotary_emb.inv_freq": np.ones(4, np.float32)},
+              str(folder / "extra.safetensors"))
+    rk.load_model(folder, mesh=mesh(1))
+    save_file({"model.layers.1.self_attn.q_proj.bias": np.ones(64, np.float32)},
+              str(folder / "extra.safetensors"))
+    with pytest.raises(UnsupportedError, match=r"1 tensor.*ignore \(model.layers.1.self_attn."
+                                               r"q_proj.bias\)"):
+        rk.load_model(folder)
 
 
 def test_weights_land_in_their_shards(tmp_path, tiny, byte_tokenizer):

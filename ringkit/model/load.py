@@ -110,11 +110,24 @@ def _resolve(source) -> tuple[str, Path]:
         raise FormatError(
             f"{path} holds no checkpoint ringkit can read: expected a .gguf file, an HF directory "
             "(config.json and *.safetensors) or an LWM directory (params)")
-    if str(source).count("/") == 1 and not str(source).startswith((".", "/", "~")):
+    text = str(source)
+    parent = path.parent
+    # "owner/name" is a hub id unless its first part is a local folder ("checkpoints/mine").
+    if (text.count("/") == 1 and not text.startswith((".", "/", "~")) and path.suffix != ".gguf"
+            and not parent.exists()):
         from ringkit.model.weights.hf import download
 
-        return "hf", download(str(source))
-    raise FormatError(f"{source} does not exist")
+        try:
+            return "hf", download(text)
+        except ConfigError as e:
+            raise ConfigError(f"no local file or folder {text} exists, and as an HF hub id: {e}"
+                              ) from None
+    if parent.is_dir() and parent != path:
+        near = sorted(p.name for p in parent.iterdir() if not p.name.startswith("."))[:6]
+        raise FormatError(f"{text} does not exist (its folder {parent} holds "
+                          f"{', '.join(near) if near else 'nothing'}"
+                          f"{', ...' if len(near) == 6 else ''})")
+    raise FormatError(f"{text} does not exist")
 
 
 def load_model(source=None, *, mesh=None, dtype: str | None = None,

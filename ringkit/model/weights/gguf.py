@@ -7,6 +7,7 @@ llama.cpp stores q/k rows permuted for interleaved RoPE; they are un-permuted he
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -31,36 +32,78 @@ def read_metadata(path) -> dict:
     return gguf_file.read(path, tensors=False)[0]
 
 
+def _field(fields: dict, key: str, kind, default=None, *, positive=True):
+    """``fields[key]`` as ``kind`` (int or float), checked; ``default`` when it is absent."""
+    value = fields.get(key, default)
+    if value is None:
+        raise FormatError(f"the GGUF metadata lacks {key}, which a LLaMA-family model needs")
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or (kind is int and value != int(value)) or not math.isfinite(value):
+        raise FormatError(f"GGUF field {key} is {value!r}; it must be a "
+                          f"{'whole ' if kind is int else ''}number")
+    if positive and not value > 0:
+        raise FormatError(f"GGUF field {key} is {value!r}; it must be positive")
+    return kind(value)
+
+
 def config_from_fields(fields: dict, name: str) -> ModelConfig:
+    """A ``ModelConfig`` from GGUF metadata, each field checked; a field ringkit would not
+    honour (experts, a sliding window, partial RoPE, ...) is refused by name."""
     arch = fields.get("general.architecture")
     if arch not in SUPPORTED_ARCHITECTURES:
         raise UnsupportedError(
             f"GGUF architecture {arch!r} is not supported; ringkit runs {SUPPORTED_ARCHITECTURES} "
             "(LLaMA-family decoders)")
-    get = lambda key, default=None: fields.get(f"{arch}.{key}", default)
-    try:
-        d, heads = int(get("embedding_length")), int(get("attention.head_count"))
-        kv = int(get("attention.head_count_kv", heads))
-        head_dim = int(get("attention.key_length", get("rope.dimension_count", d // heads)))
-        ctx = int(get("context_length"))
-        scaling = None
-        if get("rope.scaling.type") not in (None, "none"):
-            kind = {"linear": "linear", "yarn": "yarn"}.get(get("rope.scaling.type"))
-            if kind is None:
-                raise UnsupportedError(
-                    f"GGUF RoPE scaling {get('rope.scaling.type')!r} is not supported (linear, "
-                    "yarn)")
-            original = int(get("rope.scaling.original_context_length", ctx))
-            scaling = RopeScaling(kind, float(get("rope.scaling.factor")), original)
-        return ModelConfig(
-            name=name, vocab_size=int(get("vocab_size", len(fields["tokenizer.ggml.tokens"]))),
-            d_model=d, n_layers=int(get("block_count")), n_heads=heads, n_kv_heads=kv,
-            head_dim=head_dim, ffn_dim=int(get("feed_forward_length")), max_position=ctx,
-            rope_theta=float(get("rope.freq_base", 10000.0)),
-            norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
-            tie_embeddings=False, rope_scaling=scaling)
-    except (TypeError, KeyError) as err:
-        raise FormatError(f"GGUF metadata for {name} lacks a required field ({err})") from None
+    key = lambda k: f"{arch}.{k}"
+    get = lambda k, kind=int, default=None: _field(fields, key(k), kind, default)
+    d, heads = get("embedding_length"), get("attention.head_count")
+    kv = get("attention.head_count_kv", default=heads)
+    head_dim = get("attention.key_length", default=d // heads)
+    if heads % kv or head_dim % 2:
+        raise FormatError(f"{name}: GGUF head counts {heads} / {kv} (kv) and head size "
+                          f"{head_dim} do not make a LLaMA attention")
+    _refuse_unhonoured(fields, arch, head_dim)
+    ctx = get("context_length")
+    scaling = None
+    kind = fields.get(key("rope.scaling.type"))
+    if kind not in (None, "none"):
+        if kind not in ("linear", "yarn"):
+            raise UnsupportedError(f"GGUF RoPE scaling {kind!r} ({key('rope.scaling.type')}) is "
+                                   "not supported (linear, yarn)")
+        original = get("rope.scaling.original_context_length", default=ctx)
+        scaling = RopeScaling(kind, get("rope.scaling.factor", float), original)
+    tokens = fields.get("tokenizer.ggml.tokens")
+    return ModelConfig(
+        name=name, vocab_size=get("vocab_size", default=len(tokens) if tokens else None),
+        d_model=d, n_layers=get("block_count"), n_heads=heads, n_kv_heads=kv,
+        head_dim=head_dim, ffn_dim=get("feed_forward_length"), max_position=ctx,
+        rope_theta=get("rope.freq_base", float, 10000.0),
+        norm_eps=get("attention.layer_norm_rms_epsilon", float, 1e-5),
+        tie_embeddings=False, rope_scaling=scaling)
+
+
+def _refuse_unhonoured(fields: dict, arch: str, head_dim: int) -> None:
+    """Metadata that changes what the model computes in ways ringkit does not (yet)."""
+    def refuse(k, what):
+        raise UnsupportedError(f"this GGUF sets {arch}.{k} = {fields[f'{arch}.{k}']!r} "
+                               f"({what}), which ringkit does not compute; it refuses the file "
+                               "rather than run a different model")
+
+    present = lambda k: fields.get(f"{arch}.{k}") not in (None, 0)
+    if present("expert_count"):
+        refuse("expert_count", "a mixture of experts")
+    if present("attention.sliding_window"):
+        refuse("attention.sliding_window", "sliding-window attention")
+    if fields.get(f"{arch}.rope.dimension_count", head_dim) != head_dim:
+        refuse("rope.dimension_count", "RoPE on part of each head")
+    if fields.get(f"{arch}.attention.value_length", head_dim) != head_dim:
+        refuse("attention.value_length", "values of another size than keys")
+    for k in ("attn_logit_softcapping", "final_logit_softcapping"):
+        if present(k):
+            refuse(k, "soft-capped logits")
+    for k in ("rope.scaling.attn_factor", "logit_scale", "embedding_scale", "residual_scale"):
+        if fields.get(f"{arch}.{k}", 1) != 1:
+            refuse(k, "a scale on activations")
 
 
 def _unpermute(w: np.ndarray, heads: int) -> np.ndarray:
@@ -106,6 +149,14 @@ def read_gguf(path) -> tuple[ModelConfig, dict, dict]:
         layers.append(w)
     canonical = {"embed": get("token_embd.weight"), "final_norm": get("output_norm.weight"),
                  "layers": stack_layers(layers)}
+    used = {f"blk.{i}.{src}.weight" for i in range(config.n_layers) for src in _LAYER_TENSORS}
+    unused = sorted(set(tensors) - used - {"token_embd.weight", "output_norm.weight",
+                                           "output.weight"})
+    if unused:  # a bias, rope_freqs (Llama 3 RoPE), a layer beyond block_count: never skipped
+        raise UnsupportedError(
+            f"{path.name} holds {len(unused)} tensor(s) ringkit would ignore ({', '.join(unused[:4])}"
+            f"{', ...' if len(unused) > 4 else ''}); it refuses the file rather than run a "
+            "different model")
     if "output.weight" in tensors:
         canonical["lm_head"] = np.ascontiguousarray(get("output.weight").T)
     else:

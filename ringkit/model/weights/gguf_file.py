@@ -124,7 +124,9 @@ def _parse(buf, path: Path, want_tensors: bool):
         infos.append((name, dims, cur.scalar("<I"), cur.scalar("<Q")))
     if not want_tensors:
         return fields, {}
-    align = int(fields.get("general.alignment", 32))
+    align = fields.get("general.alignment", 32)
+    if not isinstance(align, int) or isinstance(align, bool) or align < 1 or align & (align - 1):
+        raise ValueError(f"general.alignment is {align!r}, not a power of two")
     start = -(-cur.pos // align) * align
     tensors = {}
     for name, dims, kind, offset in infos:

@@ -7,6 +7,7 @@ device's shard of it is built. A config that needs remote code is refused.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -73,12 +74,57 @@ def config_from_hf(values: dict, name: str) -> ModelConfig:
     if values.get("hidden_act", "silu") != "silu":
         raise UnsupportedError(f"{name} uses activation {values['hidden_act']!r}; only silu")
     try:
-        return _config(values, name)
+        config = _config(values, name)
+        _refuse_unhonoured(values, name, config)
     except (KeyError, TypeError, ValueError, AttributeError, ZeroDivisionError) as e:
         what = f"lacks {e}" if isinstance(e, KeyError) else f"has a bad value ({e})"
         raise FormatError(f"{name}: config.json {what}; a LLaMA-family config needs "
                           "hidden_size, num_attention_heads, num_hidden_layers, "
                           "intermediate_size and vocab_size") from None
+    return config
+
+
+def _refuse_unhonoured(values: dict, name: str, config: ModelConfig) -> None:
+    """Config fields that change what the model computes in ways ringkit does not (yet): the
+    checkpoint is refused by field name rather than run as a different model."""
+    def refuse(field, what):
+        raise UnsupportedError(f"{name}: config.json sets {field} = {values[field]!r} ({what}), "
+                               "which ringkit does not compute; it refuses the checkpoint rather "
+                               "than run a different model")
+
+    window = values.get("sliding_window")
+    if window and values.get("use_sliding_window", True) and window < config.context_length:
+        refuse("sliding_window", f"attention to the last {window} tokens only")
+    if any(t != "full_attention" for t in values.get("layer_types") or ()):
+        refuse("layer_types", "layers that are not full attention")
+    if values.get("quantization_config"):
+        refuse("quantization_config", "quantized weights; load the unquantized checkpoint or a "
+                                      "GGUF")
+    if values.get("partial_rotary_factor", 1) != 1:
+        refuse("partial_rotary_factor", "RoPE on part of each head")
+    rs = _rope_scaling(values) or {}
+    for field in ("attention_factor", "mscale", "mscale_all_dim"):
+        if rs.get(field) not in (None, 1, 1.0) and not (
+                field == "attention_factor" and math.isclose(
+                    rs[field], 0.1 * math.log(float(rs.get("factor", 1))) + 1)):
+            raise UnsupportedError(f"{name}: rope_scaling sets {field} = {rs[field]!r}, which "
+                                   "ringkit does not compute (YaRN with its default temperature)")
+    if rs and rs.get("truncate", True) is False:
+        raise UnsupportedError(f"{name}: rope_scaling sets truncate = false, which ringkit does "
+                               "not compute")
+
+
+def _rope_parameters(values: dict) -> dict:
+    """transformers 5's ``rope_parameters`` (theta and scaling in one dict), or {}."""
+    rp = values.get("rope_parameters")
+    return rp if isinstance(rp, dict) else {}
+
+
+def _rope_scaling(values: dict) -> dict | None:
+    """The RoPE scaling dict in either form: legacy ``rope_scaling`` or ``rope_parameters``
+    with a ``rope_type`` other than default."""
+    rs = values.get("rope_scaling") or _rope_parameters(values)
+    return rs if rs and rs.get("rope_type", rs.get("type", "default")) != "default" else None
 
 
 def _config(values: dict, name: str) -> ModelConfig:
@@ -87,7 +133,7 @@ def _config(values: dict, name: str) -> ModelConfig:
         raise ValueError("sizes must be >= 1")
     ctx = int(values.get("max_position_embeddings", 4096))
     scaling = None
-    rs = values.get("rope_scaling")
+    rs = _rope_scaling(values)
     if rs:
         kind = rs.get("rope_type", rs.get("type"))
         if kind not in ("linear", "yarn"):
@@ -103,7 +149,8 @@ def _config(values: dict, name: str) -> ModelConfig:
         n_kv_heads=int(values.get("num_key_value_heads") or heads),
         head_dim=int(values.get("head_dim") or d // heads),
         ffn_dim=int(values["intermediate_size"]), max_position=ctx,
-        rope_theta=float(values.get("rope_theta", 10000.0)),
+        rope_theta=float(values.get("rope_theta") or _rope_parameters(values).get("rope_theta")
+                         or 10000.0),
         norm_eps=float(values.get("rms_norm_eps", 1e-6)),
         tie_embeddings=bool(values.get("tie_word_embeddings", False)), rope_scaling=scaling)
 
@@ -191,6 +238,15 @@ def read_hf(folder) -> tuple[ModelConfig, dict, object]:
         canonical["lm_head"] = _Lazy(w, lambda x: np.asarray(x).T, tuple(reversed(w.shape)))
     elif not config.tie_embeddings:
         raise FormatError(f"{folder} has no lm_head.weight but tie_word_embeddings is false")
+    used = {f"model.layers.{i}.{src}" for i in range(config.n_layers) for src in _LAYER}
+    unused = sorted(n for n in set(tensors) - used - {"model.embed_tokens.weight",
+                                                       "model.norm.weight", "lm_head.weight"}
+                    if not n.endswith("rotary_emb.inv_freq"))  # a buffer some exports keep
+    if unused:  # biases, q/k norms, layers beyond num_hidden_layers: never silently skipped
+        raise UnsupportedError(
+            f"{folder} holds {len(unused)} tensor(s) ringkit would ignore ({', '.join(unused[:4])}"
+            f"{', ...' if len(unused) > 4 else ''}); it refuses the checkpoint rather than run a "
+            "different model")
     return config, canonical, Tokenizer.from_hf_dir(folder)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import msgpack
 import numpy as np
 
-from ringkit.errors import ConfigError, FormatError
+from ringkit.errors import ConfigError, FormatError, SourceError
 from ringkit.model.config import ModelConfig
 
 _TOP = {
@@ -195,9 +195,20 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 def load_vqgan_params(path) -> dict:
     """LWM's ``vqgan`` file as nested dicts of float32 numpy arrays (restricted unpickling)."""
-    path = Path(path)
+    path = Path(path).expanduser()
     try:
-        data = _RestrictedUnpickler(io.BytesIO(path.read_bytes())).load()
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise SourceError(f"no VQGAN file at {path}: pass the path of LWM's 'vqgan' file "
+                          "(it comes with LWM's vision checkpoints)") from None
+    except IsADirectoryError:
+        found = path / "vqgan"
+        raise SourceError(f"{path} is a folder; pass the VQGAN file itself"
+                          + (f" ({found})" if found.is_file() else "")) from None
+    except OSError as e:
+        raise SourceError(f"cannot read the VQGAN file {path} ({e.strerror or e})") from None
+    try:
+        data = _RestrictedUnpickler(io.BytesIO(raw)).load()
     except FormatError:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as err:
