@@ -10,6 +10,7 @@ import zipfile
 import pytest
 
 import ringkit as rk
+from ringkit import cli
 from ringkit.errors import FormatError, RingkitError, SourceError
 from ringkit.inputs.repo import FOOTER, HEADER
 
@@ -35,6 +36,25 @@ def test_text_markdown_and_encodings(tmp_path):
     assert latin.strip() in doc.text  # decoded, not mojibake
     assert "Grüße aus Köln" in doc.text and "Köln, no mark\n" in doc.text
     assert doc.files == [] and doc.frames.shape == (0, 256, 256, 3)
+
+
+@pytest.mark.parametrize("text", [
+    "Мой дядя самых честных правил,\nКогда не в шутку занемог...\n",
+    "床前明月光，疑是地上霜。\n举头望明月，低头思故乡。\n",
+    "Ἐν ἀρχῇ ἦν ὁ λόγος.\n", "東京は日本の首都です。 大阪も大きい。\n"])
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+def test_utf16_without_a_byte_order_mark_in_any_script(text, encoding, tmp_path, rng):
+    """Not only mostly-ASCII UTF-16: Cyrillic, Chinese, Greek and Japanese without a BOM are
+    text in either byte order (they were "binary"); a stray NUL anywhere in UTF-8 text, even
+    after the first 8 KiB, makes it binary rather than a NUL in the document."""
+    body = text * int(rng.integers(1, 200))
+    (tmp_path / "t.txt").write_bytes(body.encode(encoding))
+    assert rk.ingest(tmp_path / "t.txt").text == body
+    at = int(rng.integers(8192, 20000))
+    stray = ("The ship sailed at dawn. " * 800)[:at] + "\x00" + "and so on.\n"
+    (tmp_path / "s.txt").write_bytes(stray.encode())
+    with pytest.raises(SourceError, match="binary"):
+        rk.ingest(tmp_path / "s.txt")
 
 
 def test_undecodable_text_is_refused_not_garbled(tmp_path):
@@ -314,3 +334,88 @@ def test_shakespeare_plays_read_whole_and_in_order():
         assert seg.text == raw and seg.span == (1, raw.count("\n") + 1)
     assert doc.text == "\n\n".join(p.read_text(encoding="utf-8") for p in plays)
     assert not doc.skipped and not len(doc.frames)
+
+
+# Tokens of the documented shapes, made up here (never real), each hidden in an ordinary file.
+def _tokens(rng):
+    pick = lambda chars, n: "".join(rng.choice(list(chars), n))
+    up, alnum = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", (
+        "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+    return {
+        "AWS access key": "AKIA" + pick(up, 16),
+        "GitHub token": "ghp_" + pick(alnum, 36),
+        "GitLab token": "glpat-" + pick(alnum, 20),
+        "Slack token": "xoxb-" + pick("0123456789", 12) + "-" + pick(alnum, 24),
+        "Hugging Face token": "hf_" + pick(alnum, 34),
+        "Google API key": "AIza" + pick(alnum, 35),
+        "Stripe key": "sk_live_" + pick(alnum, 24),
+        "Telegram bot token": pick("0123456789", 9) + ":AA" + pick(alnum, 33),
+    }
+
+
+def test_credential_files_and_tokens_stay_out(tmp_path, rng):
+    """The usual credential files are skipped by name or path; tokens of well-known shapes in
+    ordinary files are redacted; each is listed in doc.skipped; include_secrets reads them."""
+    root = tmp_path / "proj"
+    files = {".git-credentials": "https://bob:pw@github.com\n", "deploy/prod.env": "DB=x\n",
+             ".kube/config": "token: abc\n", ".docker/config.json": '{"auths": {}}\n',
+             "infra/terraform.tfvars": 'password = "x"\n', "google-credentials.json": "{}\n",
+             ".aws/credentials": "[default]\n", ".netrc": "machine x\n", "certs/tls.key": "k\n",
+             ".ssh/id_ed25519": "k\n", "deploy/key.txt":
+                 "-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----\n"}
+    tokens = _tokens(rng)
+    kinds = list(tokens)
+    rng.shuffle(kinds)
+    lines = [f"{kind.upper().replace(' ', '_')} = '{tokens[kind]}'" for kind in kinds]
+    url = "postgres://admin:" + "".join(rng.choice(list("abcdefgh123!#$"), 12)) + "@db:5432/app"
+    files["src/settings.py"] = "\n".join(lines[:4]) + f"\nDATABASE = '{url}'\n"
+    files["notes.md"] = "\n".join(lines[4:]) + "\nNothing else here.\n"
+    files["src/id_utils.py"] = "def id_of(x):\n    return id(x)\n"  # id_* is not a key name
+    files[".env.example"] = "DB=\n"
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    doc = rk.ingest(root)
+    reasons = {s.path: s.reason for s in doc.skipped}
+    assert doc.files == [".env.example", "notes.md", "src/id_utils.py", "src/settings.py"]
+    for rel in set(files) - set(doc.files):
+        assert "secret" in reasons[rel] or "private key" in reasons[rel], rel
+    for token in tokens.values():
+        assert token not in doc.text
+    assert url not in doc.text and "postgres://admin:[redacted password in a URL]@db" in doc.text
+    for kind in kinds:
+        assert f"[redacted {kind}]" in doc.text, kind
+        assert kind in reasons["src/settings.py"] + reasons["notes.md"]
+    assert "include_secrets=True reads it" in reasons["notes.md"]
+    # One file given on its own is redacted the same way.
+    single = rk.ingest(root / "notes.md")
+    assert not any(t in single.text for t in tokens.values()) and single.skipped
+    everything = rk.ingest(root, include_secrets=True)
+    assert set(files) <= set(everything.files)
+    assert all(t in everything.text for t in tokens.values()) and url in everything.text
+    assert not everything.skipped
+
+
+def test_symlink_loops_and_broken_links(tmp_path):
+    """Loops (a -> b -> a, x -> x) and links to nowhere are skipped with their reason; in a list
+    the good sources are kept."""
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "main.py").write_text("print('hi')\n")
+    os.symlink(root / "b", root / "a")
+    os.symlink(root / "a", root / "b")
+    os.symlink(root / "self", root / "self")
+    os.symlink(root / "gone.py", root / "dangling.py")
+    os.symlink(".", root / "here")
+    doc = rk.ingest(root)
+    reasons = {s.path: s.reason for s in doc.skipped}
+    assert doc.files == ["main.py"]
+    assert reasons["a"] == reasons["b"] == reasons["self"] == "symlink loop (not followed)"
+    assert reasons["dangling.py"] == "broken symlink (its target does not exist)"
+    assert reasons["here"] == "symlink to . (read under that path)"
+    with pytest.raises(SourceError, match="symlink that leads nowhere"):
+        rk.ingest(root / "a")
+    (tmp_path / "book.txt").write_text("A short book.\n")
+    doc = rk.ingest([root / "a", tmp_path / "book.txt", root])
+    assert "A short book." in doc.text and "print('hi')" in doc.text
+    assert cli.main(["info", str(root / "self")]) == 2

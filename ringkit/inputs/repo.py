@@ -4,23 +4,25 @@ What is read: every text file that git would track (``git ls-files --cached --ot
 --exclude-standard`` in a checkout; the tree's ``.gitignore`` files through ``pathspec``
 elsewhere), in sorted path order, each between a header and a footer line that name its relative path.
 What is left out, each with its reason in ``doc.skipped``: vendored and generated folders and
-files, binaries, files over ``max_file_bytes``, files that may hold secrets (``.env``, private
-keys, credentials; ``include_secrets=True`` reads them) and symlinks (one pointing out of the root
+files, binaries, files over ``max_file_bytes``, files that may hold secrets (``ringkit.inputs.secrets``: credential
+files by name or path, private keys; tokens of known shapes are redacted; ``include_secrets=True``
+reads them) and symlinks (one pointing out of the root
 is never followed; one inside it is read under its target's own path).
 """
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
 import pathlib
-import re
 import shutil
 import subprocess
 
 from ringkit.errors import SourceError, advice
 from ringkit.inputs.book import decode_text, looks_binary
 from ringkit.inputs.document import Document, Skipped, TextSegment, printable_path
+from ringkit.inputs.secrets import PRIVATE_KEY, reads_it, redact, redaction_note, secret_file
 from ringkit.progress import bar
 
 MAX_FILE_BYTES = 1_000_000
@@ -34,14 +36,8 @@ SKIP_DIRS = {
 GENERATED = ("*.min.js", "*.min.css", "*.map", "*.pyc", "*.pyo", "*.so", "*.o", "*.a",
              "package-lock.json", "yarn.lock", "pnpm-lock.yaml", "poetry.lock", "Cargo.lock",
              "uv.lock", "*.egg-info")
-SECRETS = (".env", ".env.*", "*.pem", "*.key", "*.p12", "*.pfx", "*.jks", "*.keystore",
-           "id_rsa", "id_dsa", "id_ecdsa", "id_ed25519", ".netrc", ".pgpass", ".htpasswd",
-           ".npmrc", ".pypirc", "credentials", "credentials.*", "*.credentials",
-           "secrets.*", "*service-account*.json")
-SECRET_OK = (".env.example", ".env.sample", ".env.template")
 HEADER = "===== {path} ====="
 FOOTER = "===== end of {path} ====="  # the path again where the file ends: nearer what follows
-_PRIVATE_KEY = re.compile(rb"^-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----", re.MULTILINE)
 
 
 def _matches(name: str, patterns) -> bool:
@@ -117,20 +113,33 @@ def _vendored(dirname: str) -> bool:
     return dirname in SKIP_DIRS or dirname.endswith(".egg-info")
 
 
+def _loops(path: pathlib.Path) -> bool:
+    """Whether following ``path``'s symlinks comes back to where it has been."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno == errno.ELOOP
+    return False
+
+
 def _skip_reason(root: pathlib.Path, rel: str, include_secrets: bool) -> str | None:
     """Why ``rel`` is left out by name or kind (before reading it), or None."""
     parts = rel.split("/")
     name = parts[-1]
     path = root / rel
     if path.is_symlink():
-        target = path.resolve()
+        try:
+            target = path.resolve(strict=True)
+        except (OSError, RuntimeError):  # RuntimeError: Python < 3.13's "Symlink loop"
+            return ("symlink loop (not followed)" if _loops(path)
+                    else "broken symlink (its target does not exist)")
         if not target.is_relative_to(root):
             return "symlink to a path outside the repository (not followed)"
-        return f"symlink to {target.relative_to(root).as_posix()} (read under that path)"
+        return f"symlink to {target.relative_to(root).as_posix() or '.'} (read under that path)"
     if _matches(name, GENERATED):
         return "generated file"
-    if not include_secrets and _matches(name, SECRETS) and name not in SECRET_OK:
-        return f"may hold secrets ({advice('include_secrets=True', '--include-secrets')} reads it)"
+    if not include_secrets and (why := secret_file(rel)):
+        return f"may hold secrets: {why} ({reads_it()})"
     return None
 
 
@@ -182,14 +191,18 @@ def read_repo(root: pathlib.Path, *, max_file_bytes: int = MAX_FILE_BYTES,
                 else:
                     if looks_binary(data):
                         reason = "binary"
-                    elif not include_secrets and _PRIVATE_KEY.search(data):
-                        reason = ("holds a private key (" + advice(
-                            "include_secrets=True", "--include-secrets") + " reads it)")
                     else:
                         try:
                             text = decode_text(data, shown)
                         except SourceError as e:
                             reason = str(e).removeprefix(f"{shown} ")
+            if text is not None and not include_secrets:
+                if PRIVATE_KEY.search(text):
+                    reason, text = f"holds a private key ({reads_it()})", None
+                else:
+                    text, kinds = redact(text)
+                    if kinds:
+                        doc.skipped.append(Skipped(shown, redaction_note(kinds)))
             if reason is not None:
                 doc.skipped.append(Skipped(shown, reason))
                 continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 
@@ -11,6 +12,7 @@ from ringkit.inputs.document import Document, Skipped, TextSegment, VideoText, p
 from ringkit.inputs.ocr import OnScreenText
 from ringkit.inputs.pdf import read_pdf
 from ringkit.inputs.repo import MAX_FILE_BYTES, read_repo
+from ringkit.inputs.secrets import redact, redaction_note
 from ringkit.inputs.subtitles import SUBTITLE_SUFFIXES, embedded, read_subtitles, sidecars
 from ringkit.inputs.video import check_sampling, is_animated, read_image, read_video
 
@@ -35,6 +37,8 @@ def _read_one(source, *, max_file_bytes: int, include_secrets: bool, fps: float,
                           "current directory)")
     path = pathlib.Path(os.fspath(source)).expanduser()
     if not path.exists():
+        if path.is_symlink():
+            raise SourceError(f"{name} is a symlink that leads nowhere (broken, or a loop)")
         raise SourceError(f"no such file or directory: {name}")
     if path.is_dir():
         return read_repo(path, max_file_bytes=max_file_bytes, include_secrets=include_secrets,
@@ -42,6 +46,28 @@ def _read_one(source, *, max_file_bytes: int, include_secrets: bool, fps: float,
     if not path.is_file():
         raise SourceError(f"{name} is not a regular file (a pipe, socket or device); save what "
                           "it holds to a file and read that")
+    doc = _read_file(path, name, fps=fps, max_frames=max_frames, backend=backend,
+                     subtitles=subtitles, ocr=ocr)
+    return doc if include_secrets else _redacted(doc, name)
+
+
+def _redacted(doc: Document, name: str) -> Document:
+    """``doc`` with tokens of known shapes in its text redacted (``ringkit.inputs.secrets``),
+    noted in ``doc.skipped``."""
+    kinds: list[str] = []
+    for i, seg in enumerate(doc.segments):
+        if isinstance(seg, TextSegment):
+            text, found = redact(seg.text)
+            if found:
+                doc.segments[i] = dataclasses.replace(seg, text=text)
+                kinds += [k for k in found if k not in kinds]
+    if kinds:
+        doc.skipped.append(Skipped(name, redaction_note(kinds)))
+    return doc
+
+
+def _read_file(path: pathlib.Path, name: str, *, fps: float, max_frames: int | None,
+               backend: str, subtitles: bool, ocr: bool | str) -> Document:
     suffix = path.suffix.lower()
     try:
         if suffix in VIDEO_SUFFIXES or suffix in IMAGE_SUFFIXES:
