@@ -124,6 +124,14 @@ class Context:
         stop, streamer = stop_strings(stop), _streamer(stream)
         ids = self.prompt.question_ids(question)
         need = len(ids) + max_new_tokens - 1
+        if len(ids) >= self.room:  # the question alone: fewer new tokens would not help
+            whole = len(ids) + len(self.tokens) >= self.model.config.context_length
+            raise ShapeError(
+                f"the question is {len(ids)} tokens; this context keeps {self.room} for the "
+                "question and answer" + ("; with the document it exceeds the "
+                f"{self.model.config.context_length}-token context of {self.model.config.name}"
+                if whole else "") + ": shorten the question" + ("" if whole else
+                f" or read the document again with ringkit.read(..., room={need})"))
         if need > self.room:
             raise ShapeError(
                 f"the question ({len(ids)} tokens) and up to {max_new_tokens} answer tokens need "
@@ -149,9 +157,10 @@ class Context:
         cut = min((text.find(s) for s in stop if s in text), default=-1)
         return (text if cut < 0 else text[:cut]).rstrip()
 
-    def save(self, path) -> None:
-        """Write this context to the new directory ``path``; ``ringkit.load_context(path)``
-        reads it back, on this mesh or another (see ``ringkit.persist``).
+    def save(self, path):
+        """Write this context to the new directory ``path`` and return it (absolute);
+        ``ringkit.load_context(path)`` reads it back, on this mesh or another, or says that
+        it was changed or damaged since (see ``ringkit.persist``).
 
         Example::
 
@@ -160,7 +169,7 @@ class Context:
         """
         from ringkit.persist import save_context
 
-        save_context(self, path)
+        return save_context(self, path)
 
     def _rewind(self) -> None:
         self.cache.slot_pos = jnp.copy(self._slot_pos)
@@ -373,12 +382,16 @@ def ask(source, question: str, *, model=None, mesh=None, dtype: str | None = Non
     stop_strings(sampling.get("stop"))
     _check_stream(stream)
     model = resolve_model(model, mesh, dtype, quick=True)
-    room = max_new_tokens + len(model.tokenizer.encode(question)) + 32  # + the template's
-    if room >= model.config.context_length:
+    asked = len(model.tokenizer.encode(question)) + 32  # + the template's
+    room, limit = max_new_tokens + asked, model.config.context_length
+    if asked >= limit:
+        raise ConfigError(f"the question is {asked - 32:,} tokens: with the chat template it "
+                          f"fills the whole {limit:,}-token context of {model.config.name} and "
+                          "leaves nothing for the document; shorten the question")
+    if room >= limit:
         flag = advice("max_new_tokens=", "--max-new-tokens ")
         raise ConfigError(f"{flag}{max_new_tokens:,} and the question leave nothing of the "
-                          f"{model.config.context_length:,}-token context of "
-                          f"{model.config.name} for the document: ask for fewer new tokens "
-                          f"({flag}N)")
+                          f"{limit:,}-token context of {model.config.name} for the document: "
+                          f"ask for fewer new tokens ({flag}N, well under {limit - asked:,})")
     ctx = read(source, model=model, room=room, focus=question, **options)
     return ctx.ask(question, max_new_tokens=max_new_tokens, stream=stream, **sampling)

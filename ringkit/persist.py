@@ -2,10 +2,20 @@
 
 A saved context is a directory::
 
-    context.json    format version, model identity, mesh, cache bookkeeping, the question template
+    context.json    format version, model identity, mesh, cache bookkeeping, the question
+                    template, and the integrity record: SHA-256 digests of itself, of
+                    document.json and of arrays.npz, and the size of every cache file
     document.json   the document's text segments, skipped paths, files
     arrays.npz      prompt tokens (ids, modality, provenance) and the document's frames
     cache/          the KV cache and slot positions, written by orbax from their shards
+
+What a saved context guarantees: ``load_context`` gives the context that was saved or a clear
+``FormatError``, never a different one. An edited or damaged file (metadata, token ids,
+document, a cache file missing or cut short) is found by the integrity record before anything is
+read; the cache's slot positions are checked against the metadata after. A save is written to
+a hidden sibling (``.NAME.saving-PID-*``) and renamed into place at the end, so a kill at any
+moment leaves either no context or the whole one; a later save beside it removes what a killed
+one left. (The cache's values are not hashed: that would read gigabytes per save.)
 
 Reloaded on a mesh with the same 'sp', every device reads its own cache shards (no gather).
 On another 'sp' the cache is read on the host and laid out for the new ring: exact, but it holds
@@ -23,6 +33,8 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import glob
+import hashlib
 import json
 import os
 import pathlib
@@ -37,7 +49,7 @@ from jax.sharding import NamedSharding, SingleDeviceSharding
 
 from ringkit.errors import ConfigError, FormatError, SourceError
 
-FORMAT = 1
+FORMAT = 2  # 2: the integrity record
 _ARRAYS, _META, _DOC, _CACHE = "arrays.npz", "context.json", "document.json", "cache"
 
 
@@ -97,8 +109,9 @@ def save_context(ctx, path) -> pathlib.Path:
     leaves no half-written context behind.
     """
     path = pathlib.Path(path).expanduser().absolute()
-    if path.exists():
-        raise SourceError(f"{path} already exists: choose a new path or remove it first")
+    if path.exists() or path.is_symlink():
+        what = "already exists" if path.exists() else "is a symlink (to nothing)"
+        raise SourceError(f"{path} {what}: choose a new path or remove it first")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # a file where a folder should be, a read-only disk
@@ -110,8 +123,12 @@ def save_context(ctx, path) -> pathlib.Path:
     # writes its shards to the final path (orbax commits the cache atomically itself) and
     # process 0 writes the rest.
     single = jax.process_count() == 1
-    tmp = (pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) if single
-           else path)
+    if single:
+        _remove_leftovers(path)
+        tmp = pathlib.Path(tempfile.mkdtemp(prefix=f"{_saving(path)}{os.getpid()}-",
+                                            dir=path.parent))
+    else:
+        tmp = path
     try:
         with _checkpointer() as ckpt:
             ckpt.save(tmp / _CACHE, dict(k=list(cache.k), v=list(cache.v),
@@ -129,15 +146,65 @@ def save_context(ctx, path) -> pathlib.Path:
                     slots=cache.slots,
                     next_pos=[int(p) for p in ctx._next_pos], rows=cache.rows, room=ctx.room,
                     template=ctx.prompt.template, prefill_seconds=ctx.prefill_seconds,
-                    fitted=ctx.fitted)
+                    fitted=ctx.fitted,
+                    digests={name: _file_digest(tmp / name) for name in (_ARRAYS, _DOC)},
+                    cache_files=_cache_files(tmp) if single else None)
+        meta["digest"] = _meta_digest(meta)
         (tmp / _META).write_text(json.dumps(meta, indent=1))
         if single:
-            os.replace(tmp, path)
+            try:
+                os.rename(tmp, path)  # a directory onto a name nothing holds: atomic
+            except OSError as e:
+                raise SourceError(f"cannot save to {path}: {e.strerror or e} (another save may "
+                                  "have made it meanwhile); choose a new path") from None
     except BaseException:
         if single:
             shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _saving(path: pathlib.Path) -> str:
+    """The name prefix of ``path``'s save in progress (a hidden sibling)."""
+    return f".{path.name}.saving-"
+
+
+def _remove_leftovers(path: pathlib.Path) -> None:
+    """Remove what saves to ``path`` killed midway left beside it (their process is gone)."""
+    for tmp in path.parent.glob(f"{glob.escape(_saving(path))}*"):
+        pid = tmp.name[len(_saving(path)):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _file_digest(path: pathlib.Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _cache_files(root: pathlib.Path) -> dict[str, int]:
+    """Size of every file orbax wrote, by path relative to ``root``."""
+    cache = root / _CACHE
+    return {p.relative_to(root).as_posix(): p.stat().st_size
+            for p in sorted(cache.rglob("*")) if p.is_file()}
+
+
+def _meta_digest(meta: dict) -> str:
+    body = {k: v for k, v in meta.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 # -- load -----------------------------------------------------------------------------------
@@ -157,7 +224,32 @@ def _read_meta(path: pathlib.Path) -> dict:
     problem = _meta_problem(meta)
     if problem:
         raise FormatError(f"{path / _META} is corrupt ({problem}): read the source again")
+    problem = _integrity_problem(path, meta)
+    if problem:
+        raise FormatError(f"{path} is not the context that was saved ({problem}): read the "
+                          "source again")
     return meta
+
+
+def _integrity_problem(path: pathlib.Path, meta: dict) -> str | None:
+    """What differs from the integrity record written at save time, or None."""
+    if meta.get("digest") != _meta_digest(meta):
+        return f"{_META} was changed after it was saved"
+    digests = meta.get("digests")
+    if not isinstance(digests, dict) or set(digests) != {_ARRAYS, _DOC}:
+        return f"{_META} has no digests of {_ARRAYS} and {_DOC}"
+    for name, want in digests.items():
+        if not (path / name).is_file():
+            return f"{name} is missing"
+        if _file_digest(path / name) != want:
+            return f"{name} was changed or damaged after it was saved"
+    for name, size in (meta.get("cache_files") or {}).items():
+        file = path / name
+        if not file.is_file():
+            return f"the cache file {name} is missing"
+        if file.stat().st_size != size:
+            return f"the cache file {name} holds {file.stat().st_size:,} bytes, not {size:,}"
+    return None
 
 
 # What must match between the model that prefilled a context and the one that reads it.
@@ -301,9 +393,15 @@ def load_context(path, *, model=None, mesh=None):
         with _checkpointer() as ckpt:
             restored = ckpt.restore(path / _CACHE, target)
     except Exception as e:  # orbax raises several kinds for missing or damaged files
-        raise FormatError(f"{path / _CACHE} could not be read ({type(e).__name__}: {e}): read "
-                          "the source again") from e
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        raise FormatError(f"{path / _CACHE} could not be read ({type(e).__name__}"
+                          f"{': ' + first if first else ''}): read the source again") from None
     k, v, slot_pos, base = restored["k"], restored["v"], restored["slot_pos"], meta["base"]
+    filled = np.asarray(slot_pos).max(axis=1) + 1  # each row's prompt length
+    if filled[:meta["rows"]].tolist() != meta["next_pos"][:meta["rows"]]:
+        raise FormatError(f"{path / _CACHE} does not match {_META} (rows of "
+                          f"{filled.tolist()} tokens, not {meta['next_pos']}): read the source "
+                          "again")
     if not same_ring:
         sp = model.sp
         base = padded_length(int(max(meta["next_pos"])), sp, saved["layout"]) // sp

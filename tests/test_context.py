@@ -4,6 +4,7 @@ embedded SmolLM2 on a 2-device ring."""
 import dataclasses
 import json
 import logging
+import os
 import re
 import types
 
@@ -191,14 +192,110 @@ def test_load_context_refuses_what_it_cannot_use(smollm2, story, tmp_path):
     meta_file.write_text(json.dumps(meta))
     data = (tmp_path / "a.ctx" / "arrays.npz").read_bytes()
     (tmp_path / "a.ctx" / "arrays.npz").write_bytes(data[:len(data) // 2])  # cut short
-    with pytest.raises(FormatError, match="corrupt"):
+    with pytest.raises(FormatError, match="arrays.npz was changed or damaged"):
         rk.load_context(tmp_path / "a.ctx", model=smollm2)
     (tmp_path / "a.ctx" / "arrays.npz").write_bytes(b"not an npz")
-    with pytest.raises(FormatError, match="corrupt"):
+    with pytest.raises(FormatError, match="arrays.npz was changed or damaged"):
         rk.load_context(tmp_path / "a.ctx", model=smollm2)
     (tmp_path / "file").write_text("x")
     with pytest.raises(SourceError, match="folder cannot be made"):
         ctx.save(tmp_path / "file" / "b.ctx")
+
+
+def test_a_saved_context_is_the_one_that_was_saved(smollm2, story, tmp_path, monkeypatch,
+                                                  capfd):
+    """Edits and damage that still parse are found by the integrity record; a save killed or
+    raced midway leaves no half context, and its leftovers go with the next save there."""
+    import shutil
+
+    from ringkit import persist
+    from ringkit.errors import FormatError
+
+    model = _tiny(smollm2.tokenizer, 2)
+    ctx = rk.read(story, model=model, room=32)
+    good = ctx.save(tmp_path / "good.ctx")
+    work = tmp_path / "work.ctx"
+
+    def damaged(edit, match):
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.copytree(good, work)
+        edit(work)
+        with pytest.raises(FormatError, match=match):
+            rk.load_context(work, model=model)
+
+    def edit_meta(**changes):
+        def edit(path):
+            meta = json.loads((path / "context.json").read_text())
+            (path / "context.json").write_text(json.dumps({**meta, **changes}))
+        return edit
+
+    meta = json.loads((good / "context.json").read_text())
+    for changes in (dict(next_pos=[meta["next_pos"][0] - 1]), dict(base=meta["base"] + 1),
+                    dict(template="Answer briefly. {question}")):
+        damaged(edit_meta(**changes), "context.json was changed after it was saved")
+
+    def edit_text(name, old, new):
+        return lambda path: (path / name).write_bytes(
+            (path / name).read_bytes().replace(old, new, 1))
+
+    damaged(edit_text("document.json", b"Gannet", b"Gadget"), "document.json was changed")
+    ids = np.load(good / "arrays.npz")["ids"]
+
+    def edit_ids(path):
+        with np.load(good / "arrays.npz") as z:
+            arrays = {k: z[k] for k in z.files}
+        arrays["ids"] = np.roll(ids, 1)  # same size, same tokens, another order
+        np.savez(path / "arrays.npz", **arrays)
+
+    damaged(edit_ids, "arrays.npz was changed")
+    capfd.readouterr()
+    damaged(lambda path: (path / "cache" / "manifest.ocdbt").unlink(),
+            "the cache file cache/manifest.ocdbt is missing")
+    data = max((p for p in (good / "cache").rglob("*") if p.is_file()),
+               key=lambda p: p.stat().st_size).relative_to(good)
+    damaged(lambda path: (path / data).write_bytes((path / data).read_bytes()[:-7]),
+            f"the cache file {data.as_posix()} holds")
+    assert "Traceback" not in capfd.readouterr().err  # no orbax noise on stderr
+
+    # A save killed midway (its process gone) left a hidden folder: the next save removes it;
+    # one whose process still runs stays.
+    dead = tmp_path / ".new.ctx.saving-999999999-x1"
+    live = tmp_path / f".new.ctx.saving-{os.getpid()}-x2"
+    for folder in (dead, live):
+        (folder / "cache").mkdir(parents=True)
+    ctx.save(tmp_path / "new.ctx")
+    assert not dead.exists() and live.exists()
+    # Interrupted here: nothing is left; raced: the other save's context stays whole.
+    monkeypatch.setattr(persist.np, "savez", lambda *a, **k: (_ for _ in ()).throw(
+        KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        ctx.save(tmp_path / "cut.ctx")
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir() if "cut.ctx" in p.name) == []
+    other = tmp_path / "raced.ctx"
+    monkeypatch.setattr(persist, "_remove_leftovers", lambda path: shutil.copytree(good, other))
+    with pytest.raises(SourceError, match="another save may have made it"):
+        ctx.save(other)
+    monkeypatch.undo()
+    assert rk.load_context(other, model=model).tokens.ids.tolist() == ids.tolist()
+    os.symlink(tmp_path / "nowhere", tmp_path / "link.ctx")
+    with pytest.raises(SourceError, match="is a symlink"):
+        ctx.save(tmp_path / "link.ctx")
+
+
+def test_a_question_too_long_says_so(smollm2, story):
+    """A question longer than the room (or the whole context) asks for a shorter question, not
+    for fewer new tokens."""
+    model = _tiny(smollm2.tokenizer, 2)
+    ctx = rk.read(story, model=model, room=32)
+    with pytest.raises(ShapeError, match=r"question is \d+ tokens; this context keeps 32 .*: "
+                                         r"shorten the question or read .*room="):
+        ctx.ask("Why? " * 40)
+    with pytest.raises(ShapeError, match="fewer new tokens"):
+        ctx.ask("Why?", max_new_tokens=64)
+    with pytest.raises(ConfigError, match=r"question is [\d,]+ tokens: .* fills the whole 4,096-"
+                                          r"token context .*shorten the question"):
+        rk.ask(story, "Why? " * 2100, model=model)
 
 
 def test_cli_errors_advise_flags(smollm2, tmp_path, monkeypatch, capsys):
@@ -243,7 +340,8 @@ def test_cli_errors_advise_flags(smollm2, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(context, "default_model", lambda mesh=None, dtype=None: smollm2)
     assert cli.main(["info", str(repo)]) == 0
     out = capsys.readouterr().out
-    assert ".env: may hold secrets (--include-secrets reads it)" in out
+    assert ".env: may hold secrets: named like a credentials file (--include-secrets reads it)" \
+        in out
     assert cli.main(["info", str(repo), "--include-secrets"]) == 0
     assert ".env" not in capsys.readouterr().out.split("skipped", 1)[-1]
     # The same errors in Python name the arguments.

@@ -10,7 +10,9 @@ header::
     meta.json     {"format", "tokens", "counts", "segments": [provenance of each segment]}
 
 Entries are written to a temporary directory and renamed into place, so a crash never leaves a
-half-written entry that a later read would trust. The root is ``$RINGKIT_CACHE/tokens`` (default
+half-written entry that a later read would trust; ``meta.json`` records the arrays' SHA-256,
+checked on every read (an edited or damaged entry is a miss, rewritten by the next ``put``), and
+a ``put`` removes temporary directories that crashed writers left (older than an hour). The root is ``$RINGKIT_CACHE/tokens`` (default
 ``~/.cache/ringkit/tokens``).
 
 Example::
@@ -28,11 +30,13 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 
-FORMAT = 2  # 2: special-token strings in documents are text
+FORMAT = 3  # 2: special-token strings in documents are text; 3: arrays' digest in meta.json
+STALE_SECONDS = 3600  # a temporary directory this old belongs to a writer that died
 NO_SEGMENT = 2**32 - 1
 _FILES = ("ids", "vision", "segment")
 
@@ -97,8 +101,12 @@ class TokenStore:
                 return None
             arrays = [np.memmap(path / f"{name}.u32", np.uint32, "r", shape=(n,)) if n else
                       np.zeros(0, np.uint32) for name in _FILES]
+            if any((path / f"{name}.u32").stat().st_size != 4 * n for name in _FILES if n):
+                return None  # longer than recorded: appended to
         except (OSError, ValueError, KeyError, TypeError):
             return None
+        if meta.get("digest") != digest(*arrays):
+            return None  # edited or damaged since it was written
         return Entry(*arrays, meta)
 
     def put(self, key: str, ids, vision, segment, meta: dict) -> Entry:
@@ -106,10 +114,11 @@ class TokenStore:
         entry. A store that cannot be written (read-only disk, full) is skipped silently: the
         arrays are returned as they are, since caching is an optimisation."""
         arrays = [np.asarray(a).astype(np.uint32) for a in (ids, vision, segment)]
-        meta = {**meta, "format": FORMAT, "tokens": len(arrays[0])}
+        meta = {**meta, "format": FORMAT, "tokens": len(arrays[0]), "digest": digest(*arrays)}
         tmp = None
         try:
             self.root.mkdir(parents=True, exist_ok=True)
+            self._remove_stale()
             tmp = Path(tempfile.mkdtemp(prefix=f".{key[:16]}-", dir=self.root))
             for name, a in zip(_FILES, arrays):
                 a.tofile(tmp / f"{name}.u32")
@@ -123,3 +132,13 @@ class TokenStore:
                 shutil.rmtree(tmp, ignore_errors=True)
             return Entry(*arrays, meta)
         return self.get(key) or Entry(*arrays, meta)
+
+    def _remove_stale(self) -> None:
+        """Remove temporary directories that writers killed midway left behind."""
+        now = time.time()
+        for tmp in self.root.glob(".*-*"):
+            try:
+                if tmp.is_dir() and now - tmp.stat().st_mtime > STALE_SECONDS:
+                    shutil.rmtree(tmp, ignore_errors=True)
+            except OSError:
+                pass
