@@ -134,3 +134,35 @@ def test_summary(smollm2_like, tmp_path):
     assert f"{len(tokens):,} tokens: {len(tokens):,} text, 0 vision (0 frames) from 1 segments" \
         in text
     assert "per device" in text and "'sp': 2" in text
+
+
+def test_an_edited_entry_is_a_miss_and_crashed_writes_are_cleared(tmp_path, rng):
+    """A same-size edit of a stored array (or one appended to) is not returned as cached; the
+    next put rewrites it; temporaries a killed writer left are removed once they are stale."""
+    import os
+    import time
+
+    store = TokenStore(tmp_path)
+    n = int(rng.integers(5, 500))
+    ids = rng.integers(0, 49152, n)
+    key = TokenStore.key("text", "x", str(n))
+    store.put(key, ids, np.zeros(n), np.zeros(n), {"segments": []})
+    assert store.get(key).ids.tolist() == ids.tolist()
+    path = tmp_path / key / "ids.u32"
+    edited = ids.astype(np.uint32)
+    edited[rng.integers(n)] += 1
+    edited.tofile(path)
+    assert store.get(key) is None
+    store.put(key, ids, np.zeros(n), np.zeros(n), {"segments": []})
+    assert store.get(key).ids.tolist() == ids.tolist()
+    with open(path, "ab") as f:
+        f.write(b"\0\0\0\0")
+    assert store.get(key) is None
+    old, fresh = tmp_path / f".{key[:16]}-dead", tmp_path / f".{key[:16]}-busy"
+    for folder in (old, fresh):
+        folder.mkdir()
+        (folder / "ids.u32").write_bytes(b"\0" * 64)
+    an_hour_ago = time.time() - 3700
+    os.utime(old, (an_hour_ago, an_hour_ago))
+    store.put(key, ids, np.zeros(n), np.zeros(n), {"segments": []})
+    assert not old.exists() and fresh.exists()

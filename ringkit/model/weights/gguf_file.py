@@ -14,6 +14,7 @@ Strings are a u64 length and UTF-8 bytes.
 from __future__ import annotations
 
 import dataclasses
+import math
 import mmap
 import struct
 from pathlib import Path
@@ -93,7 +94,7 @@ def read(path, *, tensors: bool = True) -> tuple[dict, dict[str, Tensor]]:
                           "corrupt: download it again") from None
     try:
         return _parse(memoryview(buf), path, tensors)
-    except (struct.error, EOFError, ValueError, UnicodeDecodeError) as err:
+    except (struct.error, EOFError, ValueError, OverflowError, MemoryError) as err:
         raise FormatError(
             f"{path} is not a readable GGUF file ({type(err).__name__}: {err}); it may be "
             "truncated or corrupt: download it again") from None
@@ -141,7 +142,7 @@ def _parse(buf, path: Path, want_tensors: bool):
             raise ValueError(f"tensor {name}'s rows ({shape[-1]}) do not fill "
                              f"{qtype.name} blocks of {block}")
         row_bytes = shape[-1] // block * type_size
-        count = int(np.prod(shape[:-1], dtype=np.int64)) * row_bytes
+        count = math.prod(shape[:-1]) * row_bytes  # Python ints: a huge shape cannot wrap
         if start + offset + count > len(buf):
             raise EOFError(f"tensor {name} runs past the end of the file")
         data = np.frombuffer(buf, np.uint8, count=count, offset=start + offset)

@@ -38,27 +38,42 @@ def read_safetensors(path) -> dict[str, np.ndarray]:
             if n <= 0 or 8 + n > size:
                 raise ValueError("header length out of range")
             header = json.loads(f.read(n))
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, RecursionError) as err:  # RecursionError: "[[[[..."
         raise FormatError(f"{path} is not a safetensors file ({err}); it may be truncated or "
                           "corrupt") from None
+    if not isinstance(header, dict):
+        raise FormatError(f"{path} is not a safetensors file (its header is not a JSON object)")
     header.pop("__metadata__", None)
     out = {}
     for name, info in header.items():
-        dtype = _DTYPES.get(info.get("dtype"))
-        if dtype is None:
-            raise UnsupportedError(f"tensor {name} in {path.name} has dtype {info.get('dtype')}; "
-                                   f"supported: {sorted(_DTYPES)}")
-        if dtype == "bfloat16":
-            import ml_dtypes
-
-            dtype = ml_dtypes.bfloat16
-        start, end = info["data_offsets"]
-        shape = tuple(info["shape"])
-        if 8 + n + end > size or end - start != np.dtype(dtype).itemsize * int(np.prod(shape)):
-            raise FormatError(f"tensor {name} lies outside {path} ({size} bytes): the file is "
-                              "truncated or corrupt")
-        out[name] = np.memmap(path, dtype=dtype, mode="r", offset=8 + n + start, shape=shape)
+        try:
+            out[name] = _tensor(path, name, info, 8 + n, size)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise FormatError(f"tensor {name} in {path} has a malformed header entry ({err!r:.80})"
+                              "; the file is corrupt") from None
     return out
+
+
+def _tensor(path: Path, name: str, info: dict, data_start: int, size: int) -> np.memmap:
+    dtype = _DTYPES.get(info.get("dtype"))
+    if dtype is None:
+        raise UnsupportedError(f"tensor {name} in {path.name} has dtype {info.get('dtype')}; "
+                               f"supported: {sorted(_DTYPES)}")
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        dtype = ml_dtypes.bfloat16
+    start, end = info["data_offsets"]
+    shape = tuple(info["shape"])
+    whole = lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= 0
+    if not all(map(whole, (start, end, *shape))):
+        raise ValueError("offsets and shape must be whole numbers >= 0")
+    if data_start + end > size or end - start != np.dtype(dtype).itemsize * math.prod(shape):
+        raise FormatError(f"tensor {name} lies outside {path} ({size} bytes): the file is "
+                          "truncated or corrupt")
+    if not math.prod(shape):
+        return np.zeros(shape, dtype)  # a memmap cannot map zero bytes
+    return np.memmap(path, dtype=dtype, mode="r", offset=data_start + start, shape=shape)
 
 
 def config_from_hf(values: dict, name: str) -> ModelConfig:
