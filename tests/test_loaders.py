@@ -1,5 +1,6 @@
 """Checkpoint loaders: LWM conformance vectors, GGUF and HF directories, and their bad inputs."""
 
+import json
 import os
 import pickle
 import shutil
@@ -78,6 +79,16 @@ def test_lwm_bad_inputs(tmp_path):
     shutil.copy(LWM / "params", bare / "params")
     with pytest.raises(ConfigError, match="theta"):
         rk.load_model(bare)  # no config: LWM checkpoints do not record RoPE theta
+    manifest = json.loads((LWM / "manifest.json").read_text())
+    config = manifest.get("lm_config", manifest)
+    for bad in (dict(num_attention_heads=0), dict(hidden_size="wide"), dict(theta=None)):
+        values = {**config, **bad}
+        (bare / "config.json").write_text(json.dumps(values))
+        with pytest.raises(ConfigError, match="bad value"):
+            rk.load_model(bare)
+    (bare / "config.json").write_text("{")
+    with pytest.raises(FormatError, match="cannot read"):
+        rk.load_model(bare)
 
 
 @needs_lwm
@@ -164,6 +175,19 @@ def test_gguf_fields_are_checked_or_refused(tmp_path, tiny, fields, error, match
     path = write_gguf(tmp_path / "x.gguf", tiny.variables, CFG, fields=fields)
     with pytest.raises(error, match=match):
         rk.load_model(path)
+
+
+def test_cli_says_what_is_wrong_with_a_checkpoint_in_one_line(tmp_path, tiny, capsys):
+    from ringkit import cli
+
+    (tmp_path / "note.txt").write_text("A note.\n")
+    for name, fields in (("zero", {"{arch}.attention.head_count": 0}),
+                         ("moe", {"{arch}.expert_count": 4}), ("align", {"general.alignment": 0})):
+        path = write_gguf(tmp_path / f"{name}.gguf", tiny.variables, CFG, fields=fields)
+        assert cli.main(["info", str(tmp_path / "note.txt"), "--model", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("ringkit: error:") and err.count("\n") == 1, err
+        assert "Traceback" not in err
 
 
 def test_gguf_tensors_ringkit_would_ignore_are_refused(tmp_path, tiny):

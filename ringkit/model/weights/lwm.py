@@ -141,15 +141,22 @@ def config_from_lwm(values: dict, name: str = "lwm") -> ModelConfig:
             vision_vocab_size=int(values.get("vision_vocab_size", 0) or 0))
     except KeyError as err:
         raise ConfigError(f"LWM config lacks {err}") from None
+    except (TypeError, ValueError, ZeroDivisionError) as err:
+        raise ConfigError(f"LWM config has a bad value ({err}); it needs whole numbers for "
+                          "hidden_size, num_attention_heads, num_hidden_layers, "
+                          "intermediate_size, vocab_size, max_sequence_length and a theta") from None
 
 
 def _find_config(folder: Path) -> ModelConfig | None:
     for name in ("config.json", "manifest.json"):
         path = folder / name
         if path.exists():
-            values = json.loads(path.read_text())
-            values = values.get("lm_config", values)
-            if "hidden_size" in values and "theta" in values:
+            try:
+                values = json.loads(path.read_text())
+            except (OSError, ValueError) as e:
+                raise FormatError(f"cannot read {path}: {e}") from None
+            values = values.get("lm_config", values) if isinstance(values, dict) else {}
+            if isinstance(values, dict) and "hidden_size" in values and "theta" in values:
                 return config_from_lwm(values, name=folder.name or "lwm")
     return None
 
