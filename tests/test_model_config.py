@@ -11,6 +11,12 @@ def test_presets_have_the_published_sizes():
     assert ModelConfig.preset("lwm-7b").param_count() == 6_738_415_616  # LLaMA-2-7B
     vision = ModelConfig.preset("lwm-7b-vision")
     assert vision.has_vision and vision.param_count() == 6_738_415_616 + 2 * 8448 * 4096
+    # The counts their model cards and safetensors indexes give.
+    assert ModelConfig.preset("llama-3.1-8b").param_count() == 8_030_261_248
+    assert ModelConfig.preset("llama-3.2-1b").param_count() == 1_235_814_400
+    assert ModelConfig.preset("qwen2.5-7b-1m").param_count() == 7_615_616_512
+    assert ModelConfig.preset("qwen3-8b").param_count() == 8_190_735_360
+    assert ModelConfig.preset("llama-3.1-8b").context_length == 131072
     assert set(PRESETS) >= {"smollm2-135m", "lwm-7b", "lwm-7b-vision", "tiny"}
 
 

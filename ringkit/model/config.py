@@ -23,6 +23,8 @@ class ModelConfig:
     ``rope_convention`` says how RoPE pairs dimensions: "half" (rotate-half, HF LLaMA) or
     "interleaved" (adjacent pairs, LWM and llama.cpp's stored q/k weights).
     ``vision_vocab_size > 0`` adds LWM's ``vte`` embedding and ``vision_head``.
+    ``qkv_bias`` adds biases to the q, k and v projections (Qwen2); ``qk_norm`` an RMSNorm over
+    each head's q and k before RoPE (Qwen3).
     """
 
     name: str
@@ -40,6 +42,8 @@ class ModelConfig:
     rope_convention: str = "half"
     rope_scaling: RopeScaling | None = None
     vision_vocab_size: int = 0
+    qkv_bias: bool = False
+    qk_norm: bool = False
 
     def __post_init__(self):
         for field in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
@@ -69,8 +73,8 @@ class ModelConfig:
     @property
     def context_length(self) -> int:
         """Longest sequence the configured RoPE covers (trained length times any scaling)."""
-        if self.rope_scaling is None:
-            return self.max_position
+        if self.rope_scaling is None or self.rope_scaling.kind == "llama3":
+            return self.max_position  # Llama 3's max_position is already the scaled context
         return int(self.max_position * self.rope_scaling.factor)
 
     def replace(self, **changes) -> "ModelConfig":
@@ -81,6 +85,7 @@ class ModelConfig:
         """Number of parameters (embeddings, layers, final norm, untied heads)."""
         d, h, kv, hd = self.d_model, self.n_heads, self.n_kv_heads, self.head_dim
         attention = d * h * hd * 2 + d * kv * hd * 2  # wq, wo; wk, wv
+        attention += (h + 2 * kv) * hd * self.qkv_bias + 2 * hd * self.qk_norm
         layer = attention + 3 * d * self.ffn_dim + 2 * d
         embed = self.vocab_size * d * (1 if self.tie_embeddings else 2)
         vision = 2 * self.vision_vocab_size * d
@@ -111,6 +116,26 @@ PRESETS: dict[str, ModelConfig] = {
         n_kv_heads=32, head_dim=128, ffn_dim=11008, max_position=1_048_576,
         rope_theta=50_000_000.0, norm_eps=1e-6, rope_convention="interleaved",
         vision_vocab_size=8448),
+    # Llama 3.1 8B and 3.2 1B (128K): GQA 32/8, RoPE theta 5e5 with Llama 3's scaling of an
+    # 8K trained context.
+    "llama-3.1-8b": ModelConfig(
+        name="llama-3.1-8b", vocab_size=128256, d_model=4096, n_layers=32, n_heads=32,
+        n_kv_heads=8, head_dim=128, ffn_dim=14336, max_position=131072, rope_theta=500_000.0,
+        norm_eps=1e-5, rope_scaling=RopeScaling("llama3", 8.0, 8192)),
+    "llama-3.2-1b": ModelConfig(
+        name="llama-3.2-1b", vocab_size=128256, d_model=2048, n_layers=16, n_heads=32,
+        n_kv_heads=8, head_dim=64, ffn_dim=8192, max_position=131072, rope_theta=500_000.0,
+        norm_eps=1e-5, tie_embeddings=True, rope_scaling=RopeScaling("llama3", 32.0, 8192)),
+    # Qwen2.5-7B-Instruct-1M: q/k/v biases, theta 1e7, 1,010,000 positions.
+    "qwen2.5-7b-1m": ModelConfig(
+        name="qwen2.5-7b-1m", vocab_size=152064, d_model=3584, n_layers=28, n_heads=28,
+        n_kv_heads=4, head_dim=128, ffn_dim=18944, max_position=1_010_000,
+        rope_theta=10_000_000.0, norm_eps=1e-5, qkv_bias=True),
+    # Qwen3-8B: per-head q/k RMSNorm, 32K native (40,960 in its config).
+    "qwen3-8b": ModelConfig(
+        name="qwen3-8b", vocab_size=151936, d_model=4096, n_layers=36, n_heads=32, n_kv_heads=8,
+        head_dim=128, ffn_dim=12288, max_position=40960, rope_theta=1_000_000.0, norm_eps=1e-6,
+        qk_norm=True),
     # A small model for tests.
     "tiny": ModelConfig(
         name="tiny", vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,

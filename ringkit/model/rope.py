@@ -7,8 +7,10 @@ are looked up by position: ``pos = hi * 4096 + lo`` and ``cos(a + b) = cos a cos
 with two small tables, so traced positions (decode steps) stay exact too.
 
 Scaling to run beyond the trained context: ``linear`` (positions / factor), ``ntk`` (NTK-aware:
-theta * factor ** (d / (d - 2))) and ``yarn`` (per-frequency blend of the two, plus an attention
-temperature of 0.1 ln(factor) + 1 applied to cos and sin, as in the YaRN paper and HF).
+theta * factor ** (d / (d - 2))), ``yarn`` (per-frequency blend of the two, plus an attention
+temperature, by default 0.1 ln(factor) + 1, applied to cos and sin, as in the YaRN paper and HF)
+and ``llama3`` (Llama 3.1's: long wavelengths divided by the factor, short ones kept, a smooth
+blend between, set by ``low_freq_factor`` and ``high_freq_factor``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 from ringkit.errors import ConfigError
 
 ROPE_CONVENTIONS = ("half", "interleaved")
-SCALING_KINDS = ("linear", "ntk", "yarn")
+SCALING_KINDS = ("linear", "ntk", "yarn", "llama3")
 _SPLIT = 4096  # positions = hi * _SPLIT + lo
 
 
@@ -42,6 +44,9 @@ class RopeScaling:
     original_max_position: int | None = None
     beta_fast: float = 32.0
     beta_slow: float = 1.0
+    attention_factor: float | None = None  # YaRN's temperature; None: 0.1 ln(factor) + 1
+    low_freq_factor: float = 1.0   # llama3
+    high_freq_factor: float = 4.0  # llama3
 
     def __post_init__(self):
         if self.kind not in SCALING_KINDS:
@@ -58,6 +63,14 @@ class RopeScaling:
                 and self.beta_fast > self.beta_slow > 0):
             raise ConfigError(f"YaRN needs beta_fast > beta_slow > 0, got {self.beta_fast!r}, "
                               f"{self.beta_slow!r}")
+        if self.attention_factor is not None and not (number(self.attention_factor)
+                                                      and 0 < self.attention_factor < math.inf):
+            raise ConfigError(f"attention_factor must be a positive number, got "
+                              f"{self.attention_factor!r}")
+        if not (number(self.low_freq_factor) and number(self.high_freq_factor)
+                and self.high_freq_factor > self.low_freq_factor > 0):
+            raise ConfigError(f"llama3 scaling needs high_freq_factor > low_freq_factor > 0, got "
+                              f"{self.high_freq_factor!r}, {self.low_freq_factor!r}")
 
 
 def inv_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None = None) -> np.ndarray:
@@ -71,8 +84,10 @@ def inv_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None = N
     if scaling.kind == "linear":
         return inv / scaling.factor
     if scaling.original_max_position is None:
-        raise ConfigError("YaRN scaling needs original_max_position (the trained context); "
-                          "ringkit.load_model fills it in from the model")
+        raise ConfigError(f"{scaling.kind} scaling needs original_max_position (the trained "
+                          "context); ringkit.load_model fills it in from the model")
+    if scaling.kind == "llama3":
+        return _llama3(inv, scaling)
     # YaRN: dimensions that turn many times over the trained context keep their frequency,
     # those that turn less than once are interpolated, a linear ramp blends the ones between.
     def correction_dim(rotations):
@@ -86,11 +101,26 @@ def inv_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None = N
     return inv / scaling.factor * ramp + inv * (1.0 - ramp)
 
 
+def _llama3(inv: np.ndarray, scaling: RopeScaling) -> np.ndarray:
+    """Llama 3.1's frequencies: wavelengths longer than original / low_freq_factor are divided
+    by the factor, those shorter than original / high_freq_factor kept, a blend between."""
+    original, factor = scaling.original_max_position, scaling.factor
+    low, high = scaling.low_freq_factor, scaling.high_freq_factor
+    wavelength = 2 * math.pi / inv
+    smooth = (original / wavelength - low) / (high - low)
+    blended = (1 - smooth) * inv / factor + smooth * inv
+    out = np.where(wavelength > original / low, inv / factor, inv)
+    middle = (wavelength >= original / high) & (wavelength <= original / low)
+    return np.where(middle, blended, out)
+
+
 def attention_factor(scaling: RopeScaling | None) -> float:
     """YaRN's temperature on cos and sin (1.0 for other kinds)."""
-    if scaling is None or scaling.kind != "yarn" or scaling.factor <= 1.0:
+    if scaling is None or scaling.kind != "yarn":
         return 1.0
-    return 0.1 * math.log(scaling.factor) + 1.0
+    if scaling.attention_factor is not None:
+        return float(scaling.attention_factor)
+    return 1.0 if scaling.factor <= 1.0 else 0.1 * math.log(scaling.factor) + 1.0
 
 
 @functools.lru_cache(maxsize=32)

@@ -11,6 +11,8 @@ Parameters (one name per tensor, the layer axis first when layers are scanned)::
     lm_head [d, vocab] (absent when tied)                vision_head [d, vision_vocab]
     layers: attn_norm [d]  wq [d, heads, hd]  wk, wv [d, kv_heads, hd]  wo [heads, hd, d]
             mlp_norm [d]   w_gate, w_up [d, ffn]          w_down [ffn, d]
+            bq [heads, hd]  bk, bv [kv_heads, hd]   (config.qkv_bias: Qwen2)
+            q_norm, k_norm [hd]                     (config.qk_norm: Qwen3, before RoPE)
 
 ``PARAM_AXES`` gives each tensor's logical axes; ``param_shardings`` maps them to the mesh and
 refuses a tensor it has no rule for.
@@ -47,6 +49,11 @@ PARAM_AXES: dict[str, tuple[str, ...]] = {
     "wk": ("embed", "kv_heads", "head_dim"),
     "wv": ("embed", "kv_heads", "head_dim"),
     "wo": ("heads", "head_dim_o", "embed"),  # head_dim of the output projection's input
+    "bq": ("heads", "head_dim"),              # Qwen2's q/k/v biases
+    "bk": ("kv_heads", "head_dim"),
+    "bv": ("kv_heads", "head_dim"),
+    "q_norm": ("norm",),                      # Qwen3's per-head q/k RMSNorm
+    "k_norm": ("norm",),
     "w_gate": ("embed", "mlp"),
     "w_up": ("embed", "mlp"),
     "w_down": ("mlp", "embed"),
@@ -156,9 +163,16 @@ class Block(nn.Module):
         w = lambda a: a.astype(dt)
         n = _rms_norm(x, attn_norm, cfg.norm_eps, dt)
         # q, k, v stay whole per device (RoPE pairs features across any split of head_dim).
-        q = rope.apply(_mm("bsd,dhk->bshk", n, w(wq)), aux["positions"]).astype(dt)
-        k = rope.apply(_mm("bsd,dhk->bshk", n, w(wk)), aux["positions"]).astype(dt)
-        v = _mm("bsd,dhk->bshk", n, w(wv)).astype(dt)
+        q, k, v = (_mm("bsd,dhk->bshk", n, w(wt)) for wt in (wq, wk, wv))  # float32
+        if cfg.qkv_bias:
+            q, k, v = (t + self._param(name, t.shape[2:], nn.initializers.zeros).astype(t.dtype)
+                       for t, name in ((q, "bq"), (k, "bk"), (v, "bv")))
+        if cfg.qk_norm:
+            q = _rms_norm(q, self._param("q_norm", (hd,), ones), cfg.norm_eps, jnp.float32)
+            k = _rms_norm(k, self._param("k_norm", (hd,), ones), cfg.norm_eps, jnp.float32)
+        q = rope.apply(q, aux["positions"]).astype(dt)
+        k = rope.apply(k, aux["positions"]).astype(dt)
+        v = v.astype(dt)
         kv_out = None
         if not decoding:
             attn = ring_attention_permuted(

@@ -238,9 +238,12 @@ class Tokenizer:
     def apply_chat_template(self, messages, *, add_generation_prompt: bool = True,
                             tokenize: bool = False, **variables):
         """Render ``messages`` (``[{"role": ..., "content": ...}]`` or one user string) with the
-        model's chat template; ``tokenize=True`` returns ids instead of text."""
+        model's chat template; ``tokenize=True`` returns ids instead of text. ``variables`` reach
+        the template; ``enable_thinking`` is False unless given (Qwen3 then answers without a
+        ``<think>`` block: an answer, not a transcript of reasoning, fits ``ask``)."""
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
+        variables.setdefault("enable_thinking", False)
         template = self.chat_template or LWM_CHAT_TEMPLATE
         text = _render(template, messages=messages, add_generation_prompt=add_generation_prompt,
                        bos_token=self.bos_token or "", eos_token=self.eos_token or "",

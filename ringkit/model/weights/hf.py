@@ -1,4 +1,5 @@
-"""HF LLaMA-family checkpoints: ``config.json``, safetensors shards, tokenizer files.
+"""HF checkpoints of the LLaMA family (llama incl. Llama 3.x, mistral, qwen2, qwen3):
+``config.json``, safetensors shards, tokenizer files.
 
 Safetensors are memory-mapped (bfloat16 included), so a tensor's bytes are read only when a
 device's shard of it is built. A config that needs remote code is refused.
@@ -17,7 +18,7 @@ from ringkit.errors import ConfigError, FormatError, ShapeError, UnsupportedErro
 from ringkit.model.config import ModelConfig
 from ringkit.model.rope import RopeScaling
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 _DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": "bfloat16", "F64": np.float64}
 _LAYER = {
     "input_layernorm.weight": "attn_norm", "post_attention_layernorm.weight": "mlp_norm",
@@ -26,6 +27,15 @@ _LAYER = {
     "mlp.gate_proj.weight": "w_gate", "mlp.up_proj.weight": "w_up",
     "mlp.down_proj.weight": "w_down",
 }
+_BIASES = {"self_attn.q_proj.bias": "bq", "self_attn.k_proj.bias": "bk",
+           "self_attn.v_proj.bias": "bv"}                                     # qkv_bias
+_QK_NORMS = {"self_attn.q_norm.weight": "q_norm", "self_attn.k_norm.weight": "k_norm"}  # qk_norm
+
+
+def layer_tensors(config: ModelConfig) -> dict[str, str]:
+    """HF per-layer tensor names -> canonical names, for this config's pieces."""
+    return {**_LAYER, **(_BIASES if config.qkv_bias else {}),
+            **(_QK_NORMS if config.qk_norm else {})}
 
 
 def read_safetensors(path) -> dict[str, np.ndarray]:
@@ -84,8 +94,9 @@ def config_from_hf(values: dict, name: str) -> ModelConfig:
     if kind not in SUPPORTED_MODEL_TYPES:
         raise UnsupportedError(
             f"model_type {kind!r} is not supported; ringkit runs {SUPPORTED_MODEL_TYPES}")
-    if values.get("attention_bias") or values.get("mlp_bias"):
-        raise UnsupportedError(f"{name} uses attention or MLP biases, which ringkit does not run")
+    if values.get("attention_bias") or values.get("mlp_bias"):  # Qwen2's q/k/v biases are run
+        raise UnsupportedError(f"{name} sets attention_bias or mlp_bias (biases on every "
+                               "projection), which ringkit does not run")
     if values.get("hidden_act", "silu") != "silu":
         raise UnsupportedError(f"{name} uses activation {values['hidden_act']!r}; only silu")
     try:
@@ -118,12 +129,6 @@ def _refuse_unhonoured(values: dict, name: str, config: ModelConfig) -> None:
     if values.get("partial_rotary_factor", 1) != 1:
         refuse("partial_rotary_factor", "RoPE on part of each head")
     rs = _rope_scaling(values) or {}
-    for field in ("attention_factor", "mscale", "mscale_all_dim"):
-        if rs.get(field) not in (None, 1, 1.0) and not (
-                field == "attention_factor" and math.isclose(
-                    rs[field], 0.1 * math.log(float(rs.get("factor", 1))) + 1)):
-            raise UnsupportedError(f"{name}: rope_scaling sets {field} = {rs[field]!r}, which "
-                                   "ringkit does not compute (YaRN with its default temperature)")
     if rs and rs.get("truncate", True) is False:
         raise UnsupportedError(f"{name}: rope_scaling sets truncate = false, which ringkit does "
                                "not compute")
@@ -142,6 +147,17 @@ def _rope_scaling(values: dict) -> dict | None:
     return rs if rs and rs.get("rope_type", rs.get("type", "default")) != "default" else None
 
 
+def _yarn_attention_factor(rs: dict, factor: float) -> float | None:
+    """YaRN's temperature as transformers computes it: given, or from ``mscale`` and
+    ``mscale_all_dim`` (DeepSeek), else None (the default 0.1 ln(factor) + 1)."""
+    if rs.get("attention_factor") is not None:
+        return float(rs["attention_factor"])
+    if rs.get("mscale") and rs.get("mscale_all_dim"):
+        m = lambda scale: 1.0 if factor <= 1 else 0.1 * scale * math.log(factor) + 1.0
+        return m(float(rs["mscale"])) / m(float(rs["mscale_all_dim"]))
+    return None
+
+
 def _config(values: dict, name: str) -> ModelConfig:
     d, heads = int(values["hidden_size"]), int(values["num_attention_heads"])
     if min(d, heads, int(values["num_hidden_layers"]), int(values["vocab_size"])) < 1:
@@ -151,13 +167,19 @@ def _config(values: dict, name: str) -> ModelConfig:
     rs = _rope_scaling(values)
     if rs:
         kind = rs.get("rope_type", rs.get("type"))
-        if kind not in ("linear", "yarn"):
-            raise UnsupportedError(f"RoPE scaling {kind!r} is not supported (linear, yarn)")
-        original = int(rs.get("original_max_position_embeddings", ctx))
-        scaling = RopeScaling(kind, float(rs["factor"]), original,
-                              beta_fast=float(rs.get("beta_fast", 32.0)),
-                              beta_slow=float(rs.get("beta_slow", 1.0)))
-        ctx = original
+        if kind not in ("linear", "yarn", "llama3"):
+            raise UnsupportedError(f"RoPE scaling {kind!r} is not supported (linear, yarn, "
+                                   "llama3)")
+        original = int(rs.get("original_max_position_embeddings") or ctx)
+        factor = float(rs.get("factor") or ctx / original)  # DeepSeek-style: the ratio
+        scaling = RopeScaling(
+            kind, factor, original, beta_fast=float(rs.get("beta_fast") or 32.0),
+            beta_slow=float(rs.get("beta_slow") or 1.0),
+            attention_factor=_yarn_attention_factor(rs, factor) if kind == "yarn" else None,
+            low_freq_factor=float(rs.get("low_freq_factor", 1.0)),
+            high_freq_factor=float(rs.get("high_freq_factor", 4.0)))
+        if kind != "llama3":  # Llama 3's max_position_embeddings is the scaled context already
+            ctx = original
     return ModelConfig(
         name=name, vocab_size=int(values["vocab_size"]), d_model=d,
         n_layers=int(values["num_hidden_layers"]), n_heads=heads,
@@ -167,7 +189,8 @@ def _config(values: dict, name: str) -> ModelConfig:
         rope_theta=float(values.get("rope_theta") or _rope_parameters(values).get("rope_theta")
                          or 10000.0),
         norm_eps=float(values.get("rms_norm_eps", 1e-6)),
-        tie_embeddings=bool(values.get("tie_word_embeddings", False)), rope_scaling=scaling)
+        tie_embeddings=bool(values.get("tie_word_embeddings", False)), rope_scaling=scaling,
+        qkv_bias=values.get("model_type") == "qwen2", qk_norm=values.get("model_type") == "qwen3")
 
 
 class _Lazy:
@@ -229,11 +252,15 @@ def read_hf(folder) -> tuple[ModelConfig, dict, object]:
         "wo": lambda w: np.asarray(w).T.reshape(h, hd, d),
         "w_gate": lambda w: np.asarray(w).T, "w_up": lambda w: np.asarray(w).T,
         "w_down": lambda w: np.asarray(w).T,
+        "bq": lambda b: np.asarray(b).reshape(h, hd), "bk": lambda b: np.asarray(b).reshape(kv, hd),
+        "bv": lambda b: np.asarray(b).reshape(kv, hd),
     }
     # The projections are split into heads here, before placement checks the other shapes.
-    expected = {"wq": (h * hd, d), "wk": (kv * hd, d), "wv": (kv * hd, d), "wo": (d, h * hd)}
+    expected = {"wq": (h * hd, d), "wk": (kv * hd, d), "wv": (kv * hd, d), "wo": (d, h * hd),
+                "bq": (h * hd,), "bk": (kv * hd,), "bv": (kv * hd,)}
+    names = layer_tensors(config)
     layers = {}
-    for src, canon in _LAYER.items():
+    for src, canon in names.items():
         per = []
         for i in range(config.n_layers):
             w = need(f"model.layers.{i}.{src}")
@@ -253,7 +280,7 @@ def read_hf(folder) -> tuple[ModelConfig, dict, object]:
         canonical["lm_head"] = _Lazy(w, lambda x: np.asarray(x).T, tuple(reversed(w.shape)))
     elif not config.tie_embeddings:
         raise FormatError(f"{folder} has no lm_head.weight but tie_word_embeddings is false")
-    used = {f"model.layers.{i}.{src}" for i in range(config.n_layers) for src in _LAYER}
+    used = {f"model.layers.{i}.{src}" for i in range(config.n_layers) for src in names}
     unused = sorted(n for n in set(tensors) - used - {"model.embed_tokens.weight",
                                                        "model.norm.weight", "lm_head.weight"}
                     if not n.endswith("rotary_emb.inv_freq"))  # a buffer some exports keep
