@@ -74,6 +74,83 @@ def _checkpoint(folder, kind, rope, legacy, rng):
     return model
 
 
+def _llama3_divisors(rope: dict, theta: float, head_dim: int) -> np.ndarray:
+    """llama.cpp's rope_freqs for Llama 3 scaling, as its converter computes them."""
+    inv = theta ** -(np.arange(0, head_dim, 2) / head_dim)
+    factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
+    original = rope["original_max_position_embeddings"]
+    out = []
+    for wavelength in 2 * np.pi / inv:
+        if wavelength < original / high:
+            out.append(1.0)
+        elif wavelength > original / low:
+            out.append(factor)
+        else:
+            smooth = (original / wavelength - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.asarray(out, np.float32)
+
+
+def _gguf(path, reference, kind, rope):
+    """The same weights as llama.cpp's converter writes them (arch llama for Llama and Mistral,
+    with q/k rows permuted; qwen2, qwen3 as they are)."""
+    import gguf
+
+    cfg = reference.config
+    arch = "llama" if kind in ("llama", "mistral") else kind
+    rp = dict(cfg.rope_parameters)
+    if rope not in ("default", "llama3"):
+        pytest.skip(f"{rope} scaling is written by llama.cpp as metadata, not tested here")
+    w = gguf.GGUFWriter(str(path), arch)
+    heads, kv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    for key, value in (("context_length", cfg.max_position_embeddings),
+                       ("embedding_length", cfg.hidden_size), ("block_count", cfg.num_hidden_layers),
+                       ("feed_forward_length", cfg.intermediate_size),
+                       ("attention.head_count", heads), ("attention.head_count_kv", kv),
+                       ("attention.key_length", hd), ("attention.value_length", hd),
+                       ("rope.dimension_count", hd), ("vocab_size", VOCAB)):
+        w.add_uint32(f"{arch}.{key}", value)
+    w.add_float32(f"{arch}.rope.freq_base", rp["rope_theta"])
+    w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", cfg.rms_norm_eps)
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list([f"<{i}>" for i in range(VOCAB)])
+    w.add_token_types([1] * VOCAB)
+    w.add_eos_token_id(1)
+
+    def permute(x, n):  # HF rotate-half rows -> llama.cpp's interleaved rows
+        if arch != "llama":
+            return x
+        return x.reshape(n, 2, x.shape[0] // n // 2, *x.shape[1:]).swapaxes(1, 2).reshape(x.shape)
+
+    names = {"input_layernorm.weight": "attn_norm.weight",
+             "post_attention_layernorm.weight": "ffn_norm.weight",
+             "self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
+             "self_attn.v_proj.weight": "attn_v.weight",
+             "self_attn.o_proj.weight": "attn_output.weight", "mlp.gate_proj.weight": "ffn_gate.weight",
+             "mlp.up_proj.weight": "ffn_up.weight", "mlp.down_proj.weight": "ffn_down.weight",
+             "self_attn.q_proj.bias": "attn_q.bias", "self_attn.k_proj.bias": "attn_k.bias",
+             "self_attn.v_proj.bias": "attn_v.bias", "self_attn.q_norm.weight": "attn_q_norm.weight",
+             "self_attn.k_norm.weight": "attn_k_norm.weight"}
+    state = {k: v.detach().numpy().astype(np.float32) for k, v in reference.state_dict().items()}
+    for name, value in state.items():
+        if name.startswith("model.layers."):
+            i, rest = name[len("model.layers."):].split(".", 1)
+            if rest.startswith(("self_attn.q_proj", "self_attn.k_proj")):
+                value = permute(value, heads if "q_proj" in rest else kv)
+            w.add_tensor(f"blk.{i}.{names[rest]}", np.ascontiguousarray(value))
+    w.add_tensor("token_embd.weight", state["model.embed_tokens.weight"])
+    w.add_tensor("output_norm.weight", state["model.norm.weight"])
+    if not cfg.tie_word_embeddings:
+        w.add_tensor("output.weight", state["lm_head.weight"])
+    if rope == "llama3":
+        w.add_tensor("rope_freqs.weight", _llama3_divisors(rp, rp["rope_theta"], hd))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
 @pytest.mark.parametrize("kind, rope, legacy", FAMILIES,
                          ids=[f"{k}-{r}-{'legacy' if f else 'v5'}" for k, r, f in FAMILIES])
 def test_family_matches_transformers(kind, rope, legacy, tmp_path, rng):
@@ -86,6 +163,14 @@ def test_family_matches_transformers(kind, rope, legacy, tmp_path, rng):
     err = np.abs(got - want).max() / np.abs(want).max()
     assert err < 1e-4, f"relative error {err:.2e}"
     assert (got.argmax(-1) == want.argmax(-1)).mean() == 1.0
+    if rope in ("default", "llama3"):  # the same weights as llama.cpp writes them
+        from_gguf = rk.load_model(_gguf(tmp_path / "m.gguf", reference, kind, rope),
+                                  mesh=rk.make_mesh(sp=8))
+        assert (from_gguf.config.rope_scaling is not None) == (rope == "llama3")
+        assert (from_gguf.config.qkv_bias, from_gguf.config.qk_norm) == (
+            kind == "qwen2", kind == "qwen3")
+        err = np.abs(np.asarray(from_gguf.logits(ids)) - got).max() / np.abs(got).max()
+        assert err < 1e-5, f"GGUF vs HF: relative error {err:.2e}"
 
     # Greedy tokens through prefill + the sharded decode, KV heads split over tp (one per
     # device; a single KV head cannot be split: tp=1 there).

@@ -1,7 +1,6 @@
 """Fuzzing the readers of untrusted files: a ``RingkitError`` or a correct result, never another
 exception. Seeded (``derandomize``), so a run is reproducible, and sized to run in seconds."""
 
-import io
 import json
 import os
 import pathlib

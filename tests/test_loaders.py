@@ -192,7 +192,7 @@ def test_cli_says_what_is_wrong_with_a_checkpoint_in_one_line(tmp_path, tiny, ca
 
 def test_gguf_tensors_ringkit_would_ignore_are_refused(tmp_path, tiny):
     bias = np.zeros(CFG.n_heads * CFG.head_dim, np.float32)
-    for extra in ({"blk.0.attn_q.bias": bias}, {"rope_freqs.weight": np.ones(4, np.float32)},
+    for extra in ({"blk.0.attn_q.bias": bias}, {"blk.1.attn_q_norm.weight": np.ones(8, np.float32)},
                   {f"blk.{CFG.n_layers}.attn_norm.weight": np.ones(CFG.d_model, np.float32)}):
         path = write_gguf(tmp_path / "x.gguf", tiny.variables, CFG, extra_tensors=extra)
         with pytest.raises(UnsupportedError, match=f"1 tensor.*ignore \\({next(iter(extra))}\\)"):
@@ -360,10 +360,11 @@ def test_hf_bad_inputs(tmp_path, tiny, byte_tokenizer):
     (dict(layer_types=["full_attention", "sliding_attention"]), "layer_types"),
     (dict(quantization_config={"quant_method": "gptq"}), "quantization_config"),
     (dict(partial_rotary_factor=0.5), "partial_rotary_factor = 0.5"),
-    (dict(rope_scaling={"rope_type": "llama3", "factor": 8.0}), "'llama3' is not supported"),
+    (dict(rope_scaling={"rope_type": "longrope", "factor": 8.0}), "'longrope' is not supported"),
     (dict(rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4}),
      "'dynamic' is not supported"),
-    (dict(rope_scaling={"rope_type": "yarn", "factor": 4.0, "mscale": 0.7}), "mscale = 0.7"),
+    (dict(rope_scaling={"rope_type": "yarn", "factor": 4.0, "truncate": False}),
+     "truncate = false"),
 ])
 def test_hf_fields_ringkit_would_not_honour_are_refused(tmp_path, tiny, byte_tokenizer, extra,
                                                         match):

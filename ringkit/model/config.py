@@ -73,7 +73,7 @@ class ModelConfig:
     @property
     def context_length(self) -> int:
         """Longest sequence the configured RoPE covers (trained length times any scaling)."""
-        if self.rope_scaling is None or self.rope_scaling.kind == "llama3":
+        if self.rope_scaling is None or self.rope_scaling.kind in ("llama3", "factors"):
             return self.max_position  # Llama 3's max_position is already the scaled context
         return int(self.max_position * self.rope_scaling.factor)
 

@@ -10,7 +10,8 @@ Scaling to run beyond the trained context: ``linear`` (positions / factor), ``nt
 theta * factor ** (d / (d - 2))), ``yarn`` (per-frequency blend of the two, plus an attention
 temperature, by default 0.1 ln(factor) + 1, applied to cos and sin, as in the YaRN paper and HF)
 and ``llama3`` (Llama 3.1's: long wavelengths divided by the factor, short ones kept, a smooth
-blend between, set by ``low_freq_factor`` and ``high_freq_factor``).
+blend between, set by ``low_freq_factor`` and ``high_freq_factor``); ``factors`` divides each
+frequency by its own number (llama.cpp stores Llama 3's scaling so, as ``rope_freqs``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 from ringkit.errors import ConfigError
 
 ROPE_CONVENTIONS = ("half", "interleaved")
-SCALING_KINDS = ("linear", "ntk", "yarn", "llama3")
+SCALING_KINDS = ("linear", "ntk", "yarn", "llama3", "factors")
 _SPLIT = 4096  # positions = hi * _SPLIT + lo
 
 
@@ -47,6 +48,7 @@ class RopeScaling:
     attention_factor: float | None = None  # YaRN's temperature; None: 0.1 ln(factor) + 1
     low_freq_factor: float = 1.0   # llama3
     high_freq_factor: float = 4.0  # llama3
+    divisors: tuple[float, ...] | None = None  # factors: each frequency divided by its own
 
     def __post_init__(self):
         if self.kind not in SCALING_KINDS:
@@ -67,6 +69,11 @@ class RopeScaling:
                                                       and 0 < self.attention_factor < math.inf):
             raise ConfigError(f"attention_factor must be a positive number, got "
                               f"{self.attention_factor!r}")
+        if self.kind == "factors" and not (
+                isinstance(self.divisors, tuple) and self.divisors
+                and all(number(x) and 0 < x < math.inf for x in self.divisors)):
+            raise ConfigError("'factors' scaling needs divisors: a tuple of positive numbers, "
+                              "one per frequency (head_dim / 2)")
         if not (number(self.low_freq_factor) and number(self.high_freq_factor)
                 and self.high_freq_factor > self.low_freq_factor > 0):
             raise ConfigError(f"llama3 scaling needs high_freq_factor > low_freq_factor > 0, got "
@@ -83,6 +90,11 @@ def inv_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None = N
         return inv
     if scaling.kind == "linear":
         return inv / scaling.factor
+    if scaling.kind == "factors":  # llama.cpp's rope_freqs tensor (Llama 3's scaling, stored)
+        if len(scaling.divisors) != len(inv):
+            raise ConfigError(f"'factors' scaling has {len(scaling.divisors)} divisors for "
+                              f"{len(inv)} frequencies (head_dim {head_dim})")
+        return inv / np.asarray(scaling.divisors, np.float64)
     if scaling.original_max_position is None:
         raise ConfigError(f"{scaling.kind} scaling needs original_max_position (the trained "
                           "context); ringkit.load_model fills it in from the model")

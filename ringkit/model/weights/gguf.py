@@ -1,8 +1,12 @@
-"""llama-architecture GGUF files (llama.cpp's format): config, dequantized weights, tokenizer.
+"""GGUF files (llama.cpp's format) of the LLaMA family: architectures ``llama`` (Llama 1-3.x,
+Mistral), ``qwen2`` (q/k/v biases) and ``qwen3`` (per-head q/k norms); config, dequantized
+weights, tokenizer.
 
 ``gguf_file`` reads the container and ``gguf`` dequantizes every supported type to float32 numpy.
-llama.cpp stores q/k rows permuted for interleaved RoPE; they are un-permuted here to the HF
-(rotate-half) order, so weights from every loader share one layout.
+llama.cpp stores a ``llama`` model's q/k rows permuted for interleaved RoPE; they are un-permuted
+here to the HF (rotate-half) order, so weights from every loader share one layout (``qwen2`` and
+``qwen3`` are stored unpermuted). Llama 3's RoPE scaling arrives as the ``rope_freqs`` tensor
+(a divisor per frequency), honoured exactly.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ from ringkit.model.rope import RopeScaling
 from ringkit.model.weights import gguf_file
 from ringkit.model.weights.place import stack_layers
 
-SUPPORTED_ARCHITECTURES = ("llama",)
-_LAYER_TENSORS = {  # GGUF name -> (canonical name, transform)
-    "attn_norm": "attn_norm", "ffn_norm": "mlp_norm", "attn_q": "wq", "attn_k": "wk",
-    "attn_v": "wv", "attn_output": "wo", "ffn_gate": "w_gate", "ffn_up": "w_up",
-    "ffn_down": "w_down",
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")
+_LAYER_TENSORS = {  # GGUF name -> canonical name
+    "attn_norm.weight": "attn_norm", "ffn_norm.weight": "mlp_norm", "attn_q.weight": "wq",
+    "attn_k.weight": "wk", "attn_v.weight": "wv", "attn_output.weight": "wo",
+    "ffn_gate.weight": "w_gate", "ffn_up.weight": "w_up", "ffn_down.weight": "w_down",
 }
+_BIASES = {"attn_q.bias": "bq", "attn_k.bias": "bk", "attn_v.bias": "bv"}
+_QK_NORMS = {"attn_q_norm.weight": "q_norm", "attn_k_norm.weight": "k_norm"}
 
 
 def read_metadata(path) -> dict:
@@ -79,7 +85,8 @@ def config_from_fields(fields: dict, name: str) -> ModelConfig:
         head_dim=head_dim, ffn_dim=get("feed_forward_length"), max_position=ctx,
         rope_theta=get("rope.freq_base", float, 10000.0),
         norm_eps=get("attention.layer_norm_rms_epsilon", float, 1e-5),
-        tie_embeddings=False, rope_scaling=scaling)
+        tie_embeddings=False, rope_scaling=scaling, qkv_bias=arch == "qwen2",
+        qk_norm=arch == "qwen3")
 
 
 def _refuse_unhonoured(fields: dict, arch: str, head_dim: int) -> None:
@@ -125,34 +132,56 @@ def _dequantize(tensor: gguf_file.Tensor) -> np.ndarray:
     return out.reshape(tensor.shape).astype(np.float32, copy=False)
 
 
+def _layer(get, names: dict, i: int, config: ModelConfig, unpermute) -> dict:
+    """Layer ``i``'s canonical tensors from ``get`` (GGUF name -> float32 array)."""
+    h, kv, hd, d = config.n_heads, config.n_kv_heads, config.head_dim, config.d_model
+    w = {canon: get(f"blk.{i}.{src}") for src, canon in names.items()}
+    w["wq"] = unpermute(w["wq"], h).T.reshape(d, h, hd)
+    w["wk"] = unpermute(w["wk"], kv).T.reshape(d, kv, hd)
+    w["wv"] = w["wv"].T.reshape(d, kv, hd)
+    w["wo"] = w["wo"].T.reshape(h, hd, d)
+    for name in ("w_gate", "w_up", "w_down"):
+        w[name] = np.ascontiguousarray(w[name].T)
+    if config.qkv_bias:
+        w["bq"] = unpermute(w["bq"], h).reshape(h, hd)
+        w["bk"] = unpermute(w["bk"], kv).reshape(kv, hd)
+        w["bv"] = w["bv"].reshape(kv, hd)
+    return w
+
+
 def read_gguf(path) -> tuple[ModelConfig, dict, dict]:
-    """``(config, canonical weights, metadata fields)`` of a llama-architecture GGUF file."""
+    """``(config, canonical weights, metadata fields)`` of a GGUF file (see the module)."""
     path = Path(path)
     fields, tensors = gguf_file.read(path)
     config = config_from_fields(fields, name=fields.get("general.name") or path.stem)
-    h, kv, hd, d = config.n_heads, config.n_kv_heads, config.head_dim, config.d_model
 
     def get(name):
         if name not in tensors:
-            raise FormatError(f"{path.name} has no tensor {name!r}: not a complete llama GGUF")
+            raise FormatError(f"{path.name} has no tensor {name!r}: not a complete "
+                              f"{fields['general.architecture']} GGUF")
         return _dequantize(tensors[name])
 
-    layers = []
-    for i in range(config.n_layers):
-        w = {canon: get(f"blk.{i}.{src}.weight") for src, canon in _LAYER_TENSORS.items()}
-        w["wq"] = _unpermute(w["wq"], h).T.reshape(d, h, hd)
-        w["wk"] = _unpermute(w["wk"], kv).T.reshape(d, kv, hd)
-        w["wv"] = w["wv"].T.reshape(d, kv, hd)
-        w["wo"] = w["wo"].T.reshape(h, hd, d)
-        for name in ("w_gate", "w_up", "w_down"):
-            w[name] = np.ascontiguousarray(w[name].T)
-        layers.append(w)
+    names = {**_LAYER_TENSORS, **(_BIASES if config.qkv_bias else {}),
+             **(_QK_NORMS if config.qk_norm else {})}
+    permuted = fields["general.architecture"] == "llama"
+    unpermute = (lambda w, heads: _unpermute(w, heads)) if permuted else (lambda w, heads: w)
+    try:
+        layers = [_layer(get, names, i, config, unpermute) for i in range(config.n_layers)]
+    except ValueError as e:  # a tensor whose size does not fit the metadata's shapes
+        raise FormatError(f"{path.name}: a tensor's shape does not match the metadata ({e})"
+                          ) from None
     canonical = {"embed": get("token_embd.weight"), "final_norm": get("output_norm.weight"),
                  "layers": stack_layers(layers)}
-    used = {f"blk.{i}.{src}.weight" for i in range(config.n_layers) for src in _LAYER_TENSORS}
+    if "rope_freqs.weight" in tensors:  # Llama 3's scaling: one divisor per frequency
+        if config.rope_scaling is not None:
+            raise UnsupportedError(f"{path.name} has both rope_freqs and a RoPE scaling type")
+        divisors = tuple(float(x) for x in get("rope_freqs.weight").reshape(-1))
+        config = config.replace(rope_scaling=RopeScaling(
+            "factors", 1.0, config.max_position, divisors=divisors))
+    used = {f"blk.{i}.{src}" for i in range(config.n_layers) for src in names}
     unused = sorted(set(tensors) - used - {"token_embd.weight", "output_norm.weight",
-                                           "output.weight"})
-    if unused:  # a bias, rope_freqs (Llama 3 RoPE), a layer beyond block_count: never skipped
+                                           "output.weight", "rope_freqs.weight"})
+    if unused:  # a bias, a norm, a layer beyond block_count: never skipped
         raise UnsupportedError(
             f"{path.name} holds {len(unused)} tensor(s) ringkit would ignore ({', '.join(unused[:4])}"
             f"{', ...' if len(unused) > 4 else ''}); it refuses the file rather than run a "

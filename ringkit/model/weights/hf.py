@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ringkit.errors import ConfigError, FormatError, ShapeError, UnsupportedError
+from ringkit.errors import ConfigError, FormatError, RingkitError, ShapeError, UnsupportedError
 from ringkit.model.config import ModelConfig
 from ringkit.model.rope import RopeScaling
 
@@ -58,6 +58,8 @@ def read_safetensors(path) -> dict[str, np.ndarray]:
     for name, info in header.items():
         try:
             out[name] = _tensor(path, name, info, 8 + n, size)
+        except RingkitError:  # some are ValueErrors too
+            raise
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise FormatError(f"tensor {name} in {path} has a malformed header entry ({err!r:.80})"
                               "; the file is corrupt") from None
