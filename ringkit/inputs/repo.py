@@ -4,9 +4,9 @@ What is read: every text file that git would track (``git ls-files --cached --ot
 --exclude-standard`` in a checkout; the tree's ``.gitignore`` files through ``pathspec``
 elsewhere), in sorted path order, each between a header and a footer line that name its relative path.
 What is left out, each with its reason in ``doc.skipped``: vendored and generated folders and
-files, binaries, files over ``max_file_bytes``, files that may hold secrets (``ringkit.inputs.secrets``: credential
-files by name or path, private keys; tokens of known shapes are redacted; ``include_secrets=True``
-reads them) and symlinks (one pointing out of the root
+files, binaries, files over ``max_file_bytes``, files that may hold secrets
+(``ringkit.inputs.secrets``: credential files by name or path, private keys; tokens of known
+shapes are redacted; ``include_secrets=True`` reads them) and symlinks (one pointing out of the root
 is never followed; one inside it is read under its target's own path).
 """
 

@@ -15,7 +15,8 @@ business in it. Two rules, both turned off by ``include_secrets=True`` (``--incl
 Example::
 
     redact("git clone https://bob:hunter22@example.com/x.git")
-    # ('git clone https://bob:[redacted password in a URL]@example.com/x.git', ['password in a URL'])
+    # ('git clone https://bob:[redacted password in a URL]@example.com/x.git',
+    #  ['password in a URL'])
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ TOKENS = {
     "Stripe key": r"\b[rs]k_live_[0-9A-Za-z]{20,}\b",
     "OpenAI key": r"\bsk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{20,}T3BlbkFJ[A-Za-z0-9_\-]{20,}",
     "Anthropic key": r"\bsk-ant-[A-Za-z0-9_\-]{32,}",
-    "password in a URL": r"\b[a-z][a-z0-9+.\-]{1,20}://[^\s:/@\"'<>]{1,64}:(?P<s3>[^\s/@\"'<>]{1,128})@",
+    "password in a URL": (r"\b[a-z][a-z0-9+.\-]{1,20}://[^\s:/@\"'<>]{1,64}:"
+                          r"(?P<s3>[^\s/@\"'<>]{1,128})@"),
 }
 _TOKENS = re.compile("|".join(f"(?P<t{i}>{p})" for i, p in enumerate(TOKENS.values())))
 _KINDS = list(TOKENS)

@@ -12,8 +12,8 @@ header::
 Entries are written to a temporary directory and renamed into place, so a crash never leaves a
 half-written entry that a later read would trust; ``meta.json`` records the arrays' SHA-256,
 checked on every read (an edited or damaged entry is a miss, rewritten by the next ``put``), and
-a ``put`` removes temporary directories that crashed writers left (older than an hour). The root is ``$RINGKIT_CACHE/tokens`` (default
-``~/.cache/ringkit/tokens``).
+a ``put`` removes temporary directories that crashed writers left (older than an hour). The
+root is ``$RINGKIT_CACHE/tokens`` (default ``~/.cache/ringkit/tokens``).
 
 Example::
 

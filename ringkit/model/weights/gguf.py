@@ -183,9 +183,9 @@ def read_gguf(path) -> tuple[ModelConfig, dict, dict]:
                                            "output.weight", "rope_freqs.weight"})
     if unused:  # a bias, a norm, a layer beyond block_count: never skipped
         raise UnsupportedError(
-            f"{path.name} holds {len(unused)} tensor(s) ringkit would ignore ({', '.join(unused[:4])}"
-            f"{', ...' if len(unused) > 4 else ''}); it refuses the file rather than run a "
-            "different model")
+            f"{path.name} holds {len(unused)} tensor(s) ringkit would ignore "
+            f"({', '.join(unused[:4])}{', ...' if len(unused) > 4 else ''}); it refuses the file "
+            "rather than run a different model")
     if "output.weight" in tensors:
         canonical["lm_head"] = np.ascontiguousarray(get("output.weight").T)
     else:

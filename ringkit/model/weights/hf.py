@@ -288,9 +288,9 @@ def read_hf(folder) -> tuple[ModelConfig, dict, object]:
                     if not n.endswith("rotary_emb.inv_freq"))  # a buffer some exports keep
     if unused:  # biases, q/k norms, layers beyond num_hidden_layers: never silently skipped
         raise UnsupportedError(
-            f"{folder} holds {len(unused)} tensor(s) ringkit would ignore ({', '.join(unused[:4])}"
-            f"{', ...' if len(unused) > 4 else ''}); it refuses the checkpoint rather than run a "
-            "different model")
+            f"{folder} holds {len(unused)} tensor(s) ringkit would ignore "
+            f"({', '.join(unused[:4])}{', ...' if len(unused) > 4 else ''}); it refuses the checkpoint "
+            "rather than run a different model")
     return config, canonical, Tokenizer.from_hf_dir(folder)
 
 

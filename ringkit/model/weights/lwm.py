@@ -144,7 +144,8 @@ def config_from_lwm(values: dict, name: str = "lwm") -> ModelConfig:
     except (TypeError, ValueError, ZeroDivisionError) as err:
         raise ConfigError(f"LWM config has a bad value ({err}); it needs whole numbers for "
                           "hidden_size, num_attention_heads, num_hidden_layers, "
-                          "intermediate_size, vocab_size, max_sequence_length and a theta") from None
+                          "intermediate_size, vocab_size, max_sequence_length and a theta"
+                          ) from None
 
 
 def _find_config(folder: Path) -> ModelConfig | None:
