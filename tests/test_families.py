@@ -184,7 +184,12 @@ def test_family_matches_transformers(kind, rope, legacy, tmp_path, rng):
 
     (mine,) = generate_ids(sharded, [prompt], max_new_tokens=16)
     with torch.no_grad():
+        # The checkpoint's generation_config may name another eos (Llama's default 2): stop
+        # where ringkit does.
+        stops = list(sharded.tokenizer.eos_ids)
         theirs = reference.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False,
-                                    eos_token_id=1, pad_token_id=1)[0, len(prompt):].tolist()
-    theirs = theirs[:theirs.index(1)] if 1 in theirs else theirs
+                                    eos_token_id=stops, pad_token_id=stops[0]
+                                    )[0, len(prompt):].tolist()
+    cut = [i for i, t in enumerate(theirs) if t in stops]
+    theirs = theirs[:cut[0]] if cut else theirs
     assert mine == theirs
