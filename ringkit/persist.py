@@ -33,8 +33,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import glob
-import hashlib
 import json
 import os
 import pathlib
@@ -47,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, SingleDeviceSharding
 
+from ringkit import integrity
 from ringkit.errors import ConfigError, FormatError, SourceError
 
 FORMAT = 2  # 2: the integrity record
@@ -124,8 +123,8 @@ def save_context(ctx, path) -> pathlib.Path:
     # process 0 writes the rest.
     single = jax.process_count() == 1
     if single:
-        _remove_leftovers(path)
-        tmp = pathlib.Path(tempfile.mkdtemp(prefix=f"{_saving(path)}{os.getpid()}-",
+        integrity.remove_leftovers(path)
+        tmp = pathlib.Path(tempfile.mkdtemp(prefix=f"{integrity.saving_prefix(path)}{os.getpid()}-",
                                             dir=path.parent))
     else:
         tmp = path
@@ -147,9 +146,9 @@ def save_context(ctx, path) -> pathlib.Path:
                     next_pos=[int(p) for p in ctx._next_pos], rows=cache.rows, room=ctx.room,
                     template=ctx.prompt.template, prefill_seconds=ctx.prefill_seconds,
                     fitted=ctx.fitted,
-                    digests={name: _file_digest(tmp / name) for name in (_ARRAYS, _DOC)},
-                    cache_files=_cache_files(tmp) if single else None)
-        meta["digest"] = _meta_digest(meta)
+                    digests={name: integrity.file_digest(tmp / name) for name in (_ARRAYS, _DOC)},
+                    cache_files=integrity.file_sizes(tmp / _CACHE, tmp) if single else None)
+        meta["digest"] = integrity.meta_digest(meta)
         (tmp / _META).write_text(json.dumps(meta, indent=1))
         if single:
             try:
@@ -162,49 +161,6 @@ def save_context(ctx, path) -> pathlib.Path:
             shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
-
-
-def _saving(path: pathlib.Path) -> str:
-    """The name prefix of ``path``'s save in progress (a hidden sibling)."""
-    return f".{path.name}.saving-"
-
-
-def _remove_leftovers(path: pathlib.Path) -> None:
-    """Remove what saves to ``path`` killed midway left beside it (their process is gone)."""
-    for tmp in path.parent.glob(f"{glob.escape(_saving(path))}*"):
-        pid = tmp.name[len(_saving(path)):].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
-def _file_digest(path: pathlib.Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _cache_files(root: pathlib.Path) -> dict[str, int]:
-    """Size of every file orbax wrote, by path relative to ``root``."""
-    cache = root / _CACHE
-    return {p.relative_to(root).as_posix(): p.stat().st_size
-            for p in sorted(cache.rglob("*")) if p.is_file()}
-
-
-def _meta_digest(meta: dict) -> str:
-    body = {k: v for k, v in meta.items() if k != "digest"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 # -- load -----------------------------------------------------------------------------------
@@ -224,32 +180,11 @@ def _read_meta(path: pathlib.Path) -> dict:
     problem = _meta_problem(meta)
     if problem:
         raise FormatError(f"{path / _META} is corrupt ({problem}): read the source again")
-    problem = _integrity_problem(path, meta)
+    problem = integrity.problem(path, meta, _META, (_ARRAYS, _DOC))
     if problem:
         raise FormatError(f"{path} is not the context that was saved ({problem}): read the "
                           "source again")
     return meta
-
-
-def _integrity_problem(path: pathlib.Path, meta: dict) -> str | None:
-    """What differs from the integrity record written at save time, or None."""
-    if meta.get("digest") != _meta_digest(meta):
-        return f"{_META} was changed after it was saved"
-    digests = meta.get("digests")
-    if not isinstance(digests, dict) or set(digests) != {_ARRAYS, _DOC}:
-        return f"{_META} has no digests of {_ARRAYS} and {_DOC}"
-    for name, want in digests.items():
-        if not (path / name).is_file():
-            return f"{name} is missing"
-        if _file_digest(path / name) != want:
-            return f"{name} was changed or damaged after it was saved"
-    for name, size in (meta.get("cache_files") or {}).items():
-        file = path / name
-        if not file.is_file():
-            return f"the cache file {name} is missing"
-        if file.stat().st_size != size:
-            return f"the cache file {name} holds {file.stat().st_size:,} bytes, not {size:,}"
-    return None
 
 
 # What must match between the model that prefilled a context and the one that reads it.

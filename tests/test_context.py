@@ -273,7 +273,8 @@ def test_a_saved_context_is_the_one_that_was_saved(smollm2, story, tmp_path, mon
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir() if "cut.ctx" in p.name) == []
     other = tmp_path / "raced.ctx"
-    monkeypatch.setattr(persist, "_remove_leftovers", lambda path: shutil.copytree(good, other))
+    monkeypatch.setattr(persist.integrity, "remove_leftovers",
+                        lambda path: shutil.copytree(good, other))
     with pytest.raises(SourceError, match="another save may have made it"):
         ctx.save(other)
     monkeypatch.undo()

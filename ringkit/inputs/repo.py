@@ -13,7 +13,6 @@ is never followed; one inside it is read under its target's own path).
 from __future__ import annotations
 
 import errno
-import fnmatch
 import os
 import pathlib
 import shutil
@@ -22,7 +21,8 @@ import subprocess
 from ringkit.errors import SourceError, advice
 from ringkit.inputs.book import decode_text, looks_binary
 from ringkit.inputs.document import Document, Skipped, TextSegment, printable_path
-from ringkit.inputs.secrets import PRIVATE_KEY, reads_it, redact, redaction_note, secret_file
+from ringkit.inputs.secrets import (
+    PRIVATE_KEY, matches, reads_it, redact, redaction_note, secret_file)
 from ringkit.progress import bar
 
 MAX_FILE_BYTES = 1_000_000
@@ -38,10 +38,6 @@ GENERATED = ("*.min.js", "*.min.css", "*.map", "*.pyc", "*.pyo", "*.so", "*.o", 
              "uv.lock", "*.egg-info")
 HEADER = "===== {path} ====="
 FOOTER = "===== end of {path} ====="  # the path again where the file ends: nearer what follows
-
-
-def _matches(name: str, patterns) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
 def _git_files(root: pathlib.Path) -> list[str] | None:
@@ -136,7 +132,7 @@ def _skip_reason(root: pathlib.Path, rel: str, include_secrets: bool) -> str | N
         if not target.is_relative_to(root):
             return "symlink to a path outside the repository (not followed)"
         return f"symlink to {target.relative_to(root).as_posix() or '.'} (read under that path)"
-    if _matches(name, GENERATED):
+    if matches(name, GENERATED):
         return "generated file"
     if not include_secrets and (why := secret_file(rel)):
         return f"may hold secrets: {why} ({reads_it()})"

@@ -72,7 +72,8 @@ _KINDS = list(TOKENS)
 PRIVATE_KEY = re.compile(r"^-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----", re.MULTILINE)
 
 
-def _matches(name: str, patterns) -> bool:
+def matches(name: str, patterns) -> bool:
+    """Whether ``name`` fits any of the shell ``patterns`` (case-sensitively)."""
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
@@ -80,7 +81,7 @@ def secret_file(rel: str) -> str | None:
     """Why the file at relative path ``rel`` (``/``-separated) may hold secrets, or None."""
     parts = rel.split("/")
     name = parts[-1]
-    if _matches(name, FILE_NAMES) and not _matches(name, FILE_NAME_EXCEPTIONS):
+    if matches(name, FILE_NAMES) and not matches(name, FILE_NAME_EXCEPTIONS):
         return "named like a credentials file"
     for pattern in FILE_PATHS:
         n = pattern.count("/") + 1
