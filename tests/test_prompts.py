@@ -11,7 +11,7 @@ from tokenizers import decoders, models, pre_tokenizers
 import ringkit as rk
 from ringkit.errors import ConfigError, SourceError, UnsupportedError
 from ringkit.inputs.document import Document, FramesSegment, TextSegment
-from ringkit.tokenize.prompts import EOF_ID, EOV_ID, tokenize, vision_tokens
+from ringkit.tokenize.prompts import EOF_ID, EOV_ID, QUESTION_LEAD, tokenize, vision_tokens
 from ringkit.tokenize.text import Tokenizer
 
 LWM = Path(__file__).resolve().parents[2] / "shared" / "lwm-vectors"
@@ -32,7 +32,7 @@ def test_chatml_for_text(smollm2, tmp_path):
     tokens = smollm2.tokenize(doc, "How many barrels?")
     text = smollm2.tokenizer.decode(tokens.ids, skip_special_tokens=False)
     assert "<|im_start|>user\nThe ship sailed at dawn." in text
-    assert text.endswith("forty barrels of oil.\n\nHow many barrels?<|im_end|>\n"
+    assert text.endswith(f"forty barrels of oil.\n\n{QUESTION_LEAD}How many barrels?<|im_end|>\n"
                          "<|im_start|>assistant\n")
     assert tokens.counts == {"text": len(tokens), "vision": 0}
     assert tokens.positions.tolist() == list(range(len(tokens)))
@@ -54,7 +54,8 @@ def test_special_token_strings_in_documents_and_questions_are_text(smollm2, tmp_
     ids = tokens.ids.tolist()
     assert (ids.count(1), ids.count(2), ids.count(0), ids.count(6)) == (3, 2, 0, 0)
     decoded = smollm2.tokenizer.decode(tokens.ids, skip_special_tokens=False)
-    assert f"<|im_start|>user\n{text.strip()}\n\n{question}<|im_end|>\n" in decoded
+    assert (f"<|im_start|>user\n{text.strip()}\n\n{QUESTION_LEAD}{question}<|im_end|>\n"
+            in decoded)
     in_doc = np.asarray(tokens.segment) == 0  # provenance still finds the document's tokens
     assert smollm2.tokenizer.decode(np.asarray(ids)[in_doc], skip_special_tokens=False) == (
         doc.text.strip())
