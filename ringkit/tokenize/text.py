@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import functools
 import json
 import re
@@ -48,6 +49,7 @@ _BYTE_LEVEL_PRE = {
 
 
 _CHUNK_CHARS = 1 << 16
+_MARKUP = re.compile(r"</?[A-Za-z_|][^\s<>]*>")  # <think>, </tool_call>, <|fim_pad|>
 _WORD_GAP = re.compile(r"(?<=[^\W\d_]) (?=[^\W\d_])")  # a space between two letters
 
 
@@ -158,11 +160,31 @@ class Tokenizer:
         return np.concatenate(ids), np.concatenate(starts)
 
     @functools.cached_property
+    def _markup(self) -> frozenset[str]:
+        """Added tokens not flagged special that are control markup all the same (Qwen3's
+        ``<think>``, ``</tool_call>``): a document's copy of one is text too."""
+        return frozenset(t.content for t in self.backend.get_added_tokens_decoder().values()
+                         if not t.special and _MARKUP.fullmatch(t.content))
+
+    @functools.cached_property
     def _special_strings(self) -> re.Pattern | None:
-        """The special tokens' strings, longest first (as the tokenizer matches them)."""
+        """The special tokens' strings and markup, longest first (as the tokenizer matches
+        them)."""
         specials = sorted({t.content for t in self.backend.get_added_tokens_decoder().values()
-                           if t.special}, key=len, reverse=True)
+                           if t.special} | self._markup, key=len, reverse=True)
         return re.compile("|".join(map(re.escape, specials))) if specials else None
+
+    @functools.cached_property
+    def _literal_backend(self) -> tokenizers.Tokenizer:
+        """``backend`` with the markup tokens flagged special, so that encoding with special
+        tokens off reads them as text too (the same ids otherwise)."""
+        if not self._markup:
+            return self.backend
+        spec = json.loads(self.backend.to_str())
+        for token in spec.get("added_tokens") or []:
+            if token["content"] in self._markup:
+                token["special"] = True
+        return tokenizers.Tokenizer.from_str(json.dumps(spec))
 
     def _template_specials(self, text: str, literal) -> list[tuple[int, int, int]] | None:
         """``(start, end, id)`` of the special tokens outside the ``literal`` spans, or None when
@@ -180,25 +202,27 @@ class Tokenizer:
         """``encode_with_offsets`` of text that holds no template special token; ``special=False``
         reads special-token strings as text."""
         ids, starts = [], []
-        previous = self.backend.encode_special_tokens
-        self.backend.encode_special_tokens = not special
+        backend = self.backend if special else self._literal_backend
+        previous = backend.encode_special_tokens
+        backend.encode_special_tokens = not special
         try:
-            for offset, enc in self._encode_parts(text, offsets=True):
+            for offset, enc in self._encode_parts(text, offsets=True, backend=backend):
                 ids.append(np.asarray(enc.ids, np.int64))
                 starts.append(np.asarray([a for a, _ in enc.offsets], np.int64) + offset)
         finally:
-            self.backend.encode_special_tokens = previous
+            backend.encode_special_tokens = previous
         if not ids:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         return np.concatenate(ids), np.concatenate(starts)
 
-    def _encode_parts(self, text: str, *, offsets: bool):
+    def _encode_parts(self, text: str, *, offsets: bool, backend=None):
         """``[(char offset, Encoding)]`` of ``text``, chunked where that is exact (``encode``)."""
+        backend = backend or self.backend
         if len(text) <= 2 * _CHUNK_CHARS or not self._cuts_before_words:
-            return [(0, self.backend.encode(text, add_special_tokens=False))]
+            return [(0, backend.encode(text, add_special_tokens=False))]
         chunks = _word_chunks(text)
-        fast = getattr(self.backend, "encode_batch_fast", None)
-        batch = self.backend.encode_batch if offsets or fast is None else fast
+        fast = getattr(backend, "encode_batch_fast", None)
+        batch = backend.encode_batch if offsets or fast is None else fast
         starts = np.cumsum([0] + [len(c) for c in chunks[:-1]])
         return list(zip(starts.tolist(), batch(chunks, add_special_tokens=False)))
 
@@ -303,9 +327,12 @@ class Tokenizer:
         extra = gen.get("eos_token_id")
         extra = [extra] if isinstance(extra, int) else list(extra or [])
         extra_tokens = tuple(backend.id_to_token(i) for i in extra if backend.id_to_token(i))
-        return cls(backend, bos_token=_token_str(config.get("bos_token")),
-                   eos_token=_token_str(config.get("eos_token")),
-                   add_bos=bool(config.get("add_bos_token", False)),
+        bos = _token_str(config.get("bos_token"))
+        add_bos = config.get("add_bos_token")
+        if add_bos is None:  # Llama 3 adds its BOS in tokenizer.json's post-processor
+            add_bos = bos is not None and _post_processor_starts_with(backend, bos)
+        return cls(backend, bos_token=bos, eos_token=_token_str(config.get("eos_token")),
+                   add_bos=bool(add_bos),
                    chat_template=template if isinstance(template, str) else None,
                    extra_eos_tokens=extra_tokens)
 
@@ -320,6 +347,16 @@ class Tokenizer:
                    eos_token=_token_str(config.get("eos_token")) or eos,
                    add_bos=bool(config.get("add_bos_token", True)),
                    chat_template=config.get("chat_template"))
+
+
+def _post_processor_starts_with(backend: tokenizers.Tokenizer, token: str) -> bool:
+    """Whether ``backend``'s post-processor puts ``token`` before a single text."""
+    spec = json.loads(backend.to_str()).get("post_processor") or {}
+    steps = spec.get("processors", []) if spec.get("type") == "Sequence" else [spec]
+    for step in steps:
+        if step.get("type") == "TemplateProcessing" and step.get("single"):
+            return step["single"][0].get("SpecialToken", {}).get("id") == token
+    return False
 
 
 def _token_str(value) -> str | None:
@@ -374,6 +411,8 @@ def _render(template: str, **context) -> str:
     env.filters["tojson"] = lambda x, indent=None, **_: json.dumps(x, indent=indent,
                                                                    ensure_ascii=False)
     env.globals["raise_exception"] = raise_exception
+    # As transformers renders: Llama 3.2's template dates its system turn with this.
+    env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
     try:
         return env.from_string(template).render(**context)
     except jinja2.TemplateError as err:
