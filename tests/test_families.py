@@ -99,9 +99,13 @@ def _gguf(path, reference, kind, rope):
     cfg = reference.config
     arch = "llama" if kind in ("llama", "mistral") else kind
     rp = dict(cfg.rope_parameters)
-    if rope not in ("default", "llama3"):
-        pytest.skip(f"{rope} scaling is written by llama.cpp as metadata, not tested here")
     w = gguf.GGUFWriter(str(path), arch)
+    if rope in ("yarn", "linear"):  # llama.cpp's converter writes these as metadata
+        w.add_string(f"{arch}.rope.scaling.type", rope)
+        w.add_float32(f"{arch}.rope.scaling.factor", rp["factor"])
+        if "original_max_position_embeddings" in rp:
+            w.add_uint32(f"{arch}.rope.scaling.original_context_length",
+                         rp["original_max_position_embeddings"])
     heads, kv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
     for key, value in (("context_length", cfg.max_position_embeddings),
                        ("embedding_length", cfg.hidden_size), ("block_count", cfg.num_hidden_layers),
@@ -163,14 +167,15 @@ def test_family_matches_transformers(kind, rope, legacy, tmp_path, rng):
     err = np.abs(got - want).max() / np.abs(want).max()
     assert err < 1e-4, f"relative error {err:.2e}"
     assert (got.argmax(-1) == want.argmax(-1)).mean() == 1.0
-    if rope in ("default", "llama3"):  # the same weights as llama.cpp writes them
-        from_gguf = rk.load_model(_gguf(tmp_path / "m.gguf", reference, kind, rope),
-                                  mesh=rk.make_mesh(sp=8))
-        assert (from_gguf.config.rope_scaling is not None) == (rope == "llama3")
-        assert (from_gguf.config.qkv_bias, from_gguf.config.qk_norm) == (
-            kind == "qwen2", kind == "qwen3")
-        err = np.abs(np.asarray(from_gguf.logits(ids)) - got).max() / np.abs(got).max()
-        assert err < 1e-5, f"GGUF vs HF: relative error {err:.2e}"
+    # The same weights as llama.cpp writes them.
+    from_gguf = rk.load_model(_gguf(tmp_path / "m.gguf", reference, kind, rope),
+                              mesh=rk.make_mesh(sp=8))
+    assert from_gguf.config.context_length == model.config.context_length
+    assert (from_gguf.config.rope_scaling is not None) == (rope != "default")
+    assert (from_gguf.config.qkv_bias, from_gguf.config.qk_norm) == (
+        kind == "qwen2", kind == "qwen3")
+    err = np.abs(np.asarray(from_gguf.logits(ids)) - got).max() / np.abs(got).max()
+    assert err < 1e-5, f"GGUF vs HF: relative error {err:.2e}"
 
     # Greedy tokens through prefill + the sharded decode, KV heads split over tp (one per
     # device; a single KV head cannot be split: tp=1 there).
@@ -193,3 +198,21 @@ def test_family_matches_transformers(kind, rope, legacy, tmp_path, rng):
     cut = [i for i, t in enumerate(theirs) if t in stops]
     theirs = theirs[:cut[0]] if cut else theirs
     assert mine == theirs
+
+
+def test_dual_chunk_attention_is_named_not_ignored(tmp_path, rng):
+    """Qwen2.5-1M declares 1,010,000 positions reached with dual chunk attention, which ringkit
+    does not compute: the model runs up to the chunk length, and a longer input is refused by
+    the field's name."""
+    from ringkit.errors import ShapeError
+
+    _checkpoint(tmp_path, "qwen2", "default", False, rng)
+    values = json.loads((tmp_path / "config.json").read_text())
+    values["dual_chunk_attention_config"] = {"chunk_size": 1024, "local_size": 64,
+                                             "original_max_position_embeddings": 1024}
+    (tmp_path / "config.json").write_text(json.dumps(values))
+    model = rk.load_model(tmp_path)
+    assert model.config.context_length == 1024
+    model.check_length(1024)
+    with pytest.raises(ShapeError, match=r"dual_chunk_attention_config.*up to 4,096"):
+        model.logits(rng.integers(2, VOCAB, (1, 1025)))

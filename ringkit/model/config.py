@@ -44,6 +44,9 @@ class ModelConfig:
     vision_vocab_size: int = 0
     qkv_bias: bool = False
     qk_norm: bool = False
+    # What the checkpoint uses past ``max_position`` that ringkit does not compute (Qwen2.5-1M's
+    # dual chunk attention): longer inputs are refused naming it, not run as another model.
+    beyond_context: str | None = None
 
     def __post_init__(self):
         for field in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
@@ -126,11 +129,13 @@ PRESETS: dict[str, ModelConfig] = {
         name="llama-3.2-1b", vocab_size=128256, d_model=2048, n_layers=16, n_heads=32,
         n_kv_heads=8, head_dim=64, ffn_dim=8192, max_position=131072, rope_theta=500_000.0,
         norm_eps=1e-5, tie_embeddings=True, rope_scaling=RopeScaling("llama3", 32.0, 8192)),
-    # Qwen2.5-7B-Instruct-1M: q/k/v biases, theta 1e7, 1,010,000 positions.
+    # Qwen2.5-7B-Instruct-1M: q/k/v biases, theta 1e7. Its config declares 1,010,000 positions,
+    # reached with dual chunk attention past 262,144 (what ringkit runs it at).
     "qwen2.5-7b-1m": ModelConfig(
         name="qwen2.5-7b-1m", vocab_size=152064, d_model=3584, n_layers=28, n_heads=28,
-        n_kv_heads=4, head_dim=128, ffn_dim=18944, max_position=1_010_000,
-        rope_theta=10_000_000.0, norm_eps=1e-5, qkv_bias=True),
+        n_kv_heads=4, head_dim=128, ffn_dim=18944, max_position=262_144,
+        rope_theta=10_000_000.0, norm_eps=1e-5, qkv_bias=True,
+        beyond_context="dual chunk attention (dual_chunk_attention_config) up to 1,010,000"),
     # Qwen3-8B: per-head q/k RMSNorm, 32K native (40,960 in its config).
     "qwen3-8b": ModelConfig(
         name="qwen3-8b", vocab_size=151936, d_model=4096, n_layers=36, n_heads=32, n_kv_heads=8,

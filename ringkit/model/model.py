@@ -125,6 +125,11 @@ class Model:
 
     def check_length(self, n: int) -> None:
         limit = self.config.context_length
+        if n > limit and self.config.beyond_context:
+            raise ShapeError(
+                f"{n} tokens exceed the {limit}-token context ringkit runs {self.config.name} at: "
+                f"past it the checkpoint uses {self.config.beyond_context}, which ringkit does "
+                "not compute; shorten the input")
         if n > limit:
             raise ShapeError(
                 f"{n} tokens exceed the {limit}-token context of {self.config.name}; shorten the "

@@ -78,6 +78,7 @@ def config_from_fields(fields: dict, name: str) -> ModelConfig:
                                    "not supported (linear, yarn)")
         original = get("rope.scaling.original_context_length", default=ctx)
         scaling = RopeScaling(kind, get("rope.scaling.factor", float), original)
+        ctx = original  # the context is original x factor, as for an HF config
     tokens = fields.get("tokenizer.ggml.tokens")
     return ModelConfig(
         name=name, vocab_size=get("vocab_size", default=len(tokens) if tokens else None),

@@ -182,6 +182,13 @@ def _config(values: dict, name: str) -> ModelConfig:
             high_freq_factor=float(rs.get("high_freq_factor", 4.0)))
         if kind != "llama3":  # Llama 3's max_position_embeddings is the scaled context already
             ctx = original
+    beyond = None
+    dca = values.get("dual_chunk_attention_config")
+    if dca:  # Qwen2.5-1M: full attention up to its chunk length, DCA (not run here) past it
+        reach = int(dca.get("original_max_position_embeddings") or dca["chunk_size"])
+        if reach < ctx:
+            beyond = f"dual chunk attention (dual_chunk_attention_config) up to {ctx:,}"
+            ctx = reach
     return ModelConfig(
         name=name, vocab_size=int(values["vocab_size"]), d_model=d,
         n_layers=int(values["num_hidden_layers"]), n_heads=heads,
@@ -192,7 +199,8 @@ def _config(values: dict, name: str) -> ModelConfig:
                          or 10000.0),
         norm_eps=float(values.get("rms_norm_eps", 1e-6)),
         tie_embeddings=bool(values.get("tie_word_embeddings", False)), rope_scaling=scaling,
-        qkv_bias=values.get("model_type") == "qwen2", qk_norm=values.get("model_type") == "qwen3")
+        qkv_bias=values.get("model_type") == "qwen2", qk_norm=values.get("model_type") == "qwen3",
+        beyond_context=beyond)
 
 
 class _Lazy:
