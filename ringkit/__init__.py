@@ -15,13 +15,14 @@ from ringkit.mesh import (
     make_mesh)
 from ringkit.model import Model, ModelConfig, RopeScaling, load_model
 from ringkit.persist import load_context
+from ringkit.planner import Plan, plan
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BlockSizes", "Context", "Document", "LOGICAL_AXIS_RULES", "MeshConfig", "Model", "ModelConfig",
-    "RingkitError", "RopeScaling", "ask", "attention", "bench", "errors", "eval", "from_layout",
-    "ingest", "initialize_distributed", "layout_positions",
-    "load_context", "load_model", "logical_sharding", "logical_to_spec", "make_mesh", "model", "pad_for_ring",
-    "read", "ring_attention", "ring_attention_permuted", "to_layout",
+    "BlockSizes", "Context", "Document", "LOGICAL_AXIS_RULES", "MeshConfig", "Model",
+    "ModelConfig", "Plan", "RingkitError", "RopeScaling", "ask", "attention", "bench", "errors",
+    "eval", "from_layout", "ingest", "initialize_distributed", "layout_positions", "load_context",
+    "load_model", "logical_sharding", "logical_to_spec", "make_mesh", "model", "pad_for_ring",
+    "plan", "read", "ring_attention", "ring_attention_permuted", "to_layout",
 ]

@@ -181,6 +181,22 @@ def _parser() -> argparse.ArgumentParser:
     mod.add_argument("--model", help="as for 'ask' (default: the embedded SmolLM2)")
     mod.add_argument("--dtype", choices=["float32", "bfloat16"], help="compute dtype")
     mod.add_argument("--rope-scaling", type=_rope, metavar="KIND:FACTOR", help=_ROPE_HELP)
+    plan = sub.add_parser(
+        "plan", help="memory, devices and time for N tokens of a model, from shapes alone",
+        description="Bytes per device (weights, KV cache, activations, peak), whether it fits, "
+        "prefill FLOPs and time, decode reads per token (ringkit.plan); no weights are read.")
+    plan.add_argument("--model", required=True,
+                      help="a preset (lwm-7b, llama-3.1-8b, qwen2.5-7b-1m, ...), an HF directory "
+                      "or config.json, or a .gguf file")
+    plan.add_argument("--tokens", required=True, help="e.g. 131072, 128K, 1M")
+    plan.add_argument("--mesh", default="1,1,1,8", help="dp,fsdp,tp,sp sizes (default 1,1,1,8)")
+    plan.add_argument("--device", help="h100, h200, tpu-v4, tpu-v5e, tpu-v5p or a memory size "
+                      "in bytes")
+    plan.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
+    plan.add_argument("--new-tokens", type=int, default=0, help="tokens decoded after it")
+    plan.add_argument("--feasible", type=int, metavar="N",
+                      help="also list the meshes of N devices that fit --device, best first")
+    plan.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     for p in (att, mod):
         p.add_argument("--repeats", type=int, default=5, help="timed runs (default 5)")
         p.add_argument("--mesh", help=_MESH_HELP)
@@ -266,6 +282,16 @@ def _run(args) -> None:
     if args.command == "bench":
         _check_output(args.out, "--out", overwrite=False)
         _bench(args)
+        return
+    if args.command == "plan":
+        p = rk.plan(args.model, args.tokens, args.mesh, dtype=args.dtype, device=args.device,
+                    new_tokens=args.new_tokens)
+        print(p)
+        if args.feasible:
+            print(f"\nmeshes of {args.feasible} devices that fit (dp,fsdp,tp,sp; fastest first):")
+            for q in p.feasible_meshes(args.feasible)[:10] or ():
+                print(f"  {','.join(map(str, q.mesh.values()))}: peak {q.peak / 1e9:,.2f} GB, "
+                      f"prefill {q.prefill_seconds:,.1f} s")
         return
     if args.command in ("needle", "ruler"):
         if args.command == "needle":

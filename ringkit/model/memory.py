@@ -51,19 +51,30 @@ def estimate(model, tokens: int, *, new_tokens: int = 0, mesh=None,
     with a cache kept for ``new_tokens`` more (rounded up as ``Model.prefill`` rounds them) on
     ``mesh``: a mesh, or axis sizes such as ``{"sp": 64}`` for one not at hand (default: the
     model's own)."""
+    rt = model.runtime
+    mesh = model.mesh if mesh is None else mesh
+    return estimate_shapes(model.config, tokens, mesh=mesh, weights_dtype=rt.weights_dtype,
+                           dtype=rt.dtype, scan_layers=rt.scan_layers, new_tokens=new_tokens,
+                           batch=batch)
+
+
+def estimate_shapes(cfg, tokens: int, *, mesh, weights_dtype: str = "float32",
+                    dtype: str = "float32", scan_layers: bool = True, new_tokens: int = 0,
+                    batch: int = 1) -> MemoryEstimate:
+    """``estimate`` from a ``ModelConfig`` and how it would run, without a model: ``mesh`` is a
+    mesh or axis sizes (``{"sp": 8, "tp": 2}``), the dtypes as ``ringkit.load_model`` takes them
+    (``weights_dtype``: how weights and the KV cache are stored)."""
     from ringkit.attention.decode import SPARE_SLOTS, room_slots
 
-    cfg, rt = model.config, model.runtime
-    mesh = model.mesh if mesh is None else mesh
     shape = dict(mesh.shape) if hasattr(mesh, "shape") else dict(mesh)
     sp, tp = shape.get("sp", 1), shape.get("tp", 1)
     fsdp, dp = shape.get("fsdp", 1), shape.get("dp", 1)
-    w_item = np.dtype(rt.weights_dtype).itemsize
-    c_item = np.dtype(rt.dtype).itemsize
+    w_item = np.dtype(weights_dtype).itemsize
+    c_item = np.dtype(dtype).itemsize
     weights = cfg.param_count() * w_item // (fsdp * tp)
     # Decode reads per-layer weights: unstacked once when layers are scanned, and with sp > 1
     # features also split over 'sp' (see Model._decode_variables).
-    decode_weights = 0 if (sp == 1 and not rt.scan_layers) else weights // sp
+    decode_weights = 0 if (sp == 1 and not scan_layers) else weights // sp
     rows = math.ceil(batch / (dp * fsdp))
     local = rows * math.ceil(tokens / sp)  # prompt tokens per device
     room = room_slots(new_tokens - 1, sp) + SPARE_SLOTS if new_tokens else 0  # as Model.prefill
