@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ringkit.errors import ConfigError, FormatError, MeshError, ShapeError
 from ringkit.model.config import ModelConfig
-from ringkit.model.memory import MemoryEstimate, estimate_shapes
+from ringkit.model.memory import CompiledMemory, MemoryEstimate, estimate_shapes
 
 AXES = ("dp", "fsdp", "tp", "sp")
 
@@ -64,7 +64,8 @@ class Plan:
     ``fits``: ``peak`` within the device's usable memory (None without a device).
     ``prefill_flops``: matmul FLOPs of the whole prefill (causal attention counted once);
     ``prefill_seconds`` at ``efficiency`` of the devices' peak rate. ``decode_bytes_per_token``:
-    what each device reads per decode step (its weights and its slice of the cache)."""
+    what each device reads per decode step (its weights and its slice of the cache).
+    ``compiled_peak``: XLA's figure for the same programs (``plan(..., compile=True)``)."""
 
     config: ModelConfig
     tokens: int
@@ -75,6 +76,12 @@ class Plan:
     memory: MemoryEstimate = dataclasses.field(repr=False)
     new_tokens: int = 0
     efficiency: float = EFFICIENCY
+    compiled: CompiledMemory | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def compiled_peak(self) -> int | None:
+        """XLA's per-device peak of the compiled prefill and decode step (``compile=True``)."""
+        return None if self.compiled is None else self.compiled.peak
 
     @property
     def within_context(self) -> bool:
@@ -143,7 +150,12 @@ class Plan:
                ("weights / device", gb(self.weights)),
                ("KV cache / device", gb(self.kv_cache)),
                ("activations / device", gb(self.activations)),
-               ("peak / device", gb(self.peak)),
+               ("peak / device", gb(self.peak))]
+        if self.compiled is not None:
+            out += [("XLA's peak / device", f"{gb(self.compiled_peak)} (compiled; the plan is "
+                                            f"{self.peak / self.compiled_peak:.2f}x it)")]
+        out += [
+
                ("prefill", f"{self.prefill_flops / 1e15:,.1f} PFLOP" if self.prefill_flops
                 >= 1e15 else f"{self.prefill_flops / 1e12:,.2f} TFLOP"),
                ("decode reads / token / device", gb(self.decode_bytes_per_token))]
@@ -199,7 +211,7 @@ def _memory(p: Plan, mesh: dict) -> MemoryEstimate:
 
 def plan(model, tokens, mesh="1,1,1,8", *, dtype: str | None = None,
          param_dtype: str | None = None, device: str | int | Device | None = None,
-         new_tokens: int = 0, efficiency: float = EFFICIENCY) -> Plan:
+         new_tokens: int = 0, efficiency: float = EFFICIENCY, compile: bool = False) -> Plan:
     """Plan a prefill of ``tokens`` tokens of ``model`` on ``mesh``, from shapes alone.
 
     Args:
@@ -213,6 +225,11 @@ def plan(model, tokens, mesh="1,1,1,8", *, dtype: str | None = None,
       device: ``"h100"``, ``"h200"``, ``"tpu-v4"``, ``"tpu-v5e"``, ``"tpu-v5p"``, a memory size
         in bytes, or a ``Device``; None leaves ``fits`` and the times out.
       new_tokens: tokens to decode after the prefill (the cache keeps room for them).
+      compile: also compile (not run) the real prefill and decode step with abstract weights on
+        this process's devices and report XLA's memory analysis (``compiled_peak``); simulated
+        CPU devices serve (``XLA_FLAGS=--xla_force_host_platform_device_count=64`` before JAX
+        starts). On a CPU keep ``param_dtype="float32"``, as ringkit runs there: XLA:CPU
+        computes bfloat16 dots in float32 and counts copies an accelerator does not make.
 
     Example::
 
@@ -237,7 +254,25 @@ def plan(model, tokens, mesh="1,1,1,8", *, dtype: str | None = None,
     shape = mesh_sizes(mesh)
     p = Plan(config, tokens, shape, dtype, param_dtype or dtype, device_spec(device),
              memory=None, new_tokens=int(new_tokens), efficiency=efficiency)
-    return dataclasses.replace(p, memory=_memory(p, shape))
+    p = dataclasses.replace(p, memory=_memory(p, shape))
+    return dataclasses.replace(p, compiled=_compiled(p)) if compile else p
+
+
+def _compiled(p: Plan) -> CompiledMemory:
+    import jax
+
+    from ringkit.mesh import MeshConfig, make_mesh
+    from ringkit.model.memory import compiled_memory
+
+    have = jax.devices()
+    if len(have) < p.devices:
+        raise MeshError(
+            f"compile=True builds the {p.devices}-device mesh, and this process has "
+            f"{len(have)} device(s); on a CPU start Python with XLA_FLAGS="
+            f"--xla_force_host_platform_device_count={p.devices}")
+    mesh = make_mesh(MeshConfig(*(p.mesh[a] for a in AXES)), devices=have[:p.devices])
+    return compiled_memory(p.config, p.tokens, mesh=mesh, weights_dtype=p.weights_dtype,
+                           dtype=p.dtype, new_tokens=p.new_tokens)
 
 
 def model_config(model) -> ModelConfig:

@@ -27,7 +27,7 @@ def _config(rng) -> ModelConfig:
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 def test_kv_cache_is_exactly_the_formula(rng, dtype):
-    for _ in range(20):
+    for _ in range(10):
         cfg = _config(rng)
         tp = int(rng.choice([t for t in (1, 2, 4, 8) if cfg.n_kv_heads % t == 0]))
         sp = int(rng.choice([1, 2, 8, 64, 256]))
@@ -118,3 +118,52 @@ def test_cli_plan(capsys):
                           for line in listed)
     assert cli.main(["plan", "--model", "lwm-7b", "--tokens", "lots"]) == 2
     assert "ringkit: error: tokens 'lots'" in capsys.readouterr().err
+
+
+def _close(p, tolerance=0.15):
+    assert p.compiled.decode_weights == p.memory.decode_weights  # exact, from the shardings
+    assert abs(p.peak / p.compiled_peak - 1) < tolerance, (
+        f"plan {p.peak / 1e9:.2f} GB vs XLA {p.compiled_peak / 1e9:.2f} GB on {p.mesh}")
+
+
+@pytest.mark.parametrize("tokens", ["256K", "1M"])
+def test_compiled_peak_agrees_with_the_plan(tokens):
+    """The real prefill and decode step compiled with abstract weights (nothing allocated) on
+    sp=8: XLA's per-device peak within 15% of the plan. Float32 weights, bfloat16 compute, as
+    ringkit runs on a CPU (XLA:CPU computes bfloat16 dots in float32)."""
+    p = rk.plan("smollm2-135m", tokens, "1,1,1,8", param_dtype="float32", compile=True)
+    _close(p)
+    assert "XLA's peak" in str(p)
+
+
+def test_compiled_peak_of_drawn_configs(rng):
+    for _ in range(3):
+        cfg = _config(rng).replace(n_layers=int(rng.integers(1, 6)))
+        tp = int(rng.choice([t for t in (1, 2) if cfg.n_kv_heads % t == 0]))
+        mesh = {"tp": tp, "sp": int(rng.choice([2, 4])) if tp == 2 else 8, "fsdp": 1}
+        tokens = int(rng.integers(16_000, 200_000))
+        _close(rk.plan(cfg, tokens, mesh, param_dtype="float32",
+                       new_tokens=int(rng.integers(0, 300)), compile=True))
+
+
+def test_compiled_peak_of_lwm_7b_at_1m_on_64_devices():
+    """LWM-7B's shape at 1M tokens on 64 simulated devices (a process of its own)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import ringkit as rk\n"
+            "for mesh in ('1,1,1,64', '1,1,8,8'):\n"
+            "    p = rk.plan('lwm-7b', '1M', mesh, param_dtype='float32', compile=True)\n"
+            "    print(p.peak, p.compiled_peak, p.memory.decode_weights, "
+            "p.compiled.decode_weights)\n")
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=64",
+           "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for line in out.stdout.split("\n")[:2]:
+        peak, compiled, decode_plan, decode_xla = map(int, line.split())
+        assert decode_plan == decode_xla and abs(peak / compiled - 1) < 0.15, line
+    with pytest.raises(MeshError, match="xla_force_host_platform_device_count=64"):
+        rk.plan("lwm-7b", "1M", "1,1,1,64", compile=True)  # this process has 8 devices

@@ -335,26 +335,30 @@ def param_shardings(shapes, mesh: Mesh, *, decode: bool = False):
     layout decode steps read (see ``spread``); each device keeps a 1/sp slice beside its
     full copy, so a step never re-slices the weights.
     """
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: NamedSharding(mesh, param_spec(path, leaf.shape, dict(mesh.shape),
+                                                          decode=decode)), shapes)
+
+
+def param_spec(path, shape, mesh_shape: dict, *, decode: bool = False) -> PartitionSpec:
+    """The ``PartitionSpec`` of the parameter at tree ``path`` with ``shape`` on a mesh of
+    ``mesh_shape`` axis sizes (``param_shardings``; ``ringkit.model.memory`` sizes shards with
+    it for meshes not at hand)."""
     from ringkit.mesh import LOGICAL_AXIS_RULES
 
     rules = LOGICAL_AXIS_RULES + _RULES_EXTRA
     if decode:
         rules = rules + _DECODE_RULES  # later rules override earlier ones
-
-    def one(path, leaf):
-        names = tuple(getattr(p, "key", getattr(p, "name", str(p))) for p in path)
-        spec = logical_to_spec(param_axes(names, len(leaf.shape)), rules)
-        return NamedSharding(mesh, _fit(spec, leaf.shape, mesh))
-
-    return jax.tree_util.tree_map_with_path(one, shapes)
+    names = tuple(getattr(p, "key", getattr(p, "name", str(p))) for p in path)
+    return _fit(logical_to_spec(param_axes(names, len(shape)), rules), shape, mesh_shape)
 
 
-def _fit(spec: PartitionSpec, shape, mesh: Mesh) -> PartitionSpec:
+def _fit(spec: PartitionSpec, shape, mesh_shape: dict) -> PartitionSpec:
     """Drop trailing mesh axes of a dimension they do not divide (e.g. 9 heads on tp=2)."""
     out = []
     for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
         names = (axes,) if isinstance(axes, str) else tuple(axes or ())
-        while names and dim % math.prod(mesh.shape[a] for a in names):
+        while names and dim % math.prod(mesh_shape[a] for a in names):
             names = names[:-1]
         out.append(None if not names else names[0] if len(names) == 1 else names)
     return PartitionSpec(*out)
