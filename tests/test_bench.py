@@ -106,3 +106,24 @@ def test_cli(tmp_path, capsys):
         assert cli.main(["bench", "attention", "--seqs", "128", "--out", str(path)]) == 2
         assert why in capsys.readouterr().err
     assert json.loads(out.read_text()) == saved
+
+
+def test_million_dry_run(tmp_path):
+    """benchmarks/million.py (the GPU run of 128K-1M tokens) runs its same code at tiny sizes
+    on CPU: every row timed and planned, the real-text check done or skipped with its reason."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "million.py"
+    spec = importlib.util.spec_from_file_location("million", path)
+    million = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(million)
+    out = million.main(["--dry-run", "--out", str(tmp_path / "m.json")])
+    assert json.loads((tmp_path / "m.json").read_text()) == json.loads(json.dumps(out))
+    assert [r["tokens"] for r in out["rows"]] == [512, 1024]
+    for row in out["rows"]:
+        assert row["prefill_s"] > 0 and row["decode_ms"] > 0 and row["plan_peak"] > 0
+        assert row["attention_tflops"] < row["model_tflops"]
+    check = out["real_text"]
+    assert "skipped" in check or (check["relative"] < 1e-5 and check["argmax_agree"] == 1.0
+                                  and check["answer"])
