@@ -5,8 +5,8 @@ CPU devices (all in this process's memory), float32 as ringkit runs on a CPU wit
 bfloat16: one prefill of ``--tokens`` random ids, then ``--decode`` greedy steps through the
 sharded KV cache. Records wall times, tokens/s, and the run's memory: the process's peak RSS
 (sampled every 10 ms while the prefill and decode run) above its size before the model was made,
-less what compiling the prefill ahead left in XLA's allocator, against ``rk.plan``'s peak per device x devices (the planner's figure for one
-host holding every simulated device). Writes ``benchmarks/results/long-context-<stamp>.json``::
+less what compiling the prefill ahead left in XLA's allocator, against ``rk.plan``'s peak per
+device x devices (the planner's figure for one host holding every simulated device). Writes ``benchmarks/results/long-context-<stamp>.json``::
 
     python benchmarks/long_context.py                      # 128K tokens, ~15 minutes here
     python benchmarks/long_context.py --tokens 32768       # a quicker look

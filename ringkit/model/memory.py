@@ -85,11 +85,14 @@ def estimate_shapes(cfg, tokens: int, *, mesh, weights_dtype: str = "float32",
     kv_cache = 2 * cfg.n_layers * kv_heads * cfg.head_dim * (local + rows * room) * w_item
     heads = math.ceil(cfg.n_heads / tp)
     ffn = math.ceil(cfg.ffn_dim / tp)
-    activations = local * (
-        2 * cfg.d_model * 4                                   # residual stream and norm (f32)
-        + (heads + 2 * kv_heads) * cfg.head_dim * c_item * 2  # q, k, v and the KV in flight
-        + heads * cfg.head_dim * 4                            # attention accumulator (f32)
-        + ffn * (2 * 4 + c_item))                             # gate, up (f32) and their product
+    # A layer's attention and its MLP do not hold their temporaries at the same time: the
+    # peak is the residual stream with the larger of the two (XLA's buffer assignment agrees,
+    # benchmarks/plan_table.py).
+    attention = ((heads + 2 * kv_heads) * cfg.head_dim * c_item * 2  # q, k, v, the KV in flight
+                 + heads * cfg.head_dim * 4)                         # accumulator (f32)
+    mlp = ffn * (2 * 4 + c_item)                                    # gate, up (f32), product
+    activations = local * (cfg.d_model * (4 + c_item)              # residual (f32), normed
+                           + max(attention, mlp))
     return MemoryEstimate(shape, tokens + new_tokens, weights, decode_weights, kv_cache,
                           activations)
 
