@@ -288,10 +288,7 @@ def _run(args) -> None:
                     new_tokens=args.new_tokens)
         print(p)
         if args.feasible:
-            print(f"\nmeshes of {args.feasible} devices that fit (dp,fsdp,tp,sp; fastest first):")
-            for q in p.feasible_meshes(args.feasible)[:10] or ():
-                print(f"  {','.join(map(str, q.mesh.values()))}: peak {q.peak / 1e9:,.2f} GB, "
-                      f"prefill {q.prefill_seconds:,.1f} s")
+            print("\n" + p.describe_meshes(args.feasible))
         return
     if args.command in ("needle", "ruler"):
         if args.command == "needle":

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from ringkit.errors import ConfigError, FormatError, MeshError, ShapeError
 from ringkit.model.config import ModelConfig
-from ringkit.model.memory import CompiledMemory, MemoryEstimate, estimate_shapes
+from ringkit.model.compiled import CompiledMemory
+from ringkit.model.memory import MemoryEstimate, estimate_shapes
 
 AXES = ("dp", "fsdp", "tp", "sp")
 
@@ -203,6 +204,14 @@ class Plan:
                     plans.append(p)
         return sorted(plans, key=lambda p: (p.prefill_seconds, p.peak))
 
+    def describe_meshes(self, devices: int, top: int = 10) -> str:
+        """The ``top`` meshes of ``feasible_meshes(devices)``, a line each."""
+        lines = [f"meshes of {devices} devices that fit (dp,fsdp,tp,sp; fastest first):"]
+        lines += [f"  {','.join(map(str, q.mesh.values()))}: peak {q.peak / 1e9:,.2f} GB, "
+                  f"prefill {q.prefill_seconds:,.1f} s"
+                  for q in self.feasible_meshes(devices)[:top]]
+        return "\n".join(lines)
+
 
 def _memory(p: Plan, mesh: dict) -> MemoryEstimate:
     return estimate_shapes(p.config, p.tokens, mesh=mesh, weights_dtype=p.weights_dtype,
@@ -262,7 +271,7 @@ def _compiled(p: Plan) -> CompiledMemory:
     import jax
 
     from ringkit.mesh import MeshConfig, make_mesh
-    from ringkit.model.memory import compiled_memory
+    from ringkit.model.compiled import compiled_memory
 
     have = jax.devices()
     if len(have) < p.devices:

@@ -15,7 +15,6 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import functools
 import json
 import re
@@ -26,15 +25,8 @@ import numpy as np
 import tokenizers
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 
-from ringkit.errors import ConfigError, FormatError, UnsupportedError
-
-# The prompt LWM's own scripts build for text QA; used when a checkpoint carries no template.
-LWM_CHAT_TEMPLATE = (
-    "{% if bos_token and add_bos %}{{ bos_token }}{% endif %}You are a helpful assistant."
-    "{% for m in messages %}{% if m['role'] == 'user' %} USER: {{ m['content'] }}"
-    "{% elif m['role'] == 'assistant' %} ASSISTANT: {{ m['content'] }}{{ eos_token }}{% endif %}"
-    "{% endfor %}{% if add_generation_prompt %} ASSISTANT:{% endif %}"
-)
+from ringkit.errors import FormatError, UnsupportedError
+from ringkit.tokenize.chat import LWM_CHAT_TEMPLATE, render
 
 # llama.cpp pre-tokenizer names -> the split regex their merges were learned with.
 _GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
@@ -269,9 +261,9 @@ class Tokenizer:
             messages = [{"role": "user", "content": messages}]
         variables.setdefault("enable_thinking", False)
         template = self.chat_template or LWM_CHAT_TEMPLATE
-        text = _render(template, messages=messages, add_generation_prompt=add_generation_prompt,
-                       bos_token=self.bos_token or "", eos_token=self.eos_token or "",
-                       add_bos=self.add_bos, **variables)
+        text = render(template, messages=messages, add_generation_prompt=add_generation_prompt,
+                      bos_token=self.bos_token or "", eos_token=self.eos_token or "",
+                      add_bos=self.add_bos, **variables)
         return self.encode(text, add_bos=False) if tokenize else text
 
     # -- construction --------------------------------------------------------------------------
@@ -397,23 +389,3 @@ def _add_special(backend: tokenizers.Tokenizer, tokens: list[str], types: list[i
         backend.add_special_tokens(special)
     if user:
         backend.add_tokens(user)
-
-
-def _render(template: str, **context) -> str:
-    import jinja2
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message):
-        raise ConfigError(f"chat template error: {message}")
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=["jinja2.ext.loopcontrols"])
-    env.filters["tojson"] = lambda x, indent=None, **_: json.dumps(x, indent=indent,
-                                                                   ensure_ascii=False)
-    env.globals["raise_exception"] = raise_exception
-    # As transformers renders: Llama 3.2's template dates its system turn with this.
-    env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
-    try:
-        return env.from_string(template).render(**context)
-    except jinja2.TemplateError as err:
-        raise ConfigError(f"the model's chat template failed to render: {err}")
