@@ -10,11 +10,20 @@ device x devices (the planner's figure for one host holding every simulated devi
 
     python benchmarks/long_context.py                      # 128K tokens, ~15 minutes here
     python benchmarks/long_context.py --tokens 32768       # a quicker look
+    python benchmarks/long_context.py --no-ynn             # XLA:CPU without YNNPACK fusions
 """
 
 import argparse
 import os
 import sys
+
+
+# XLA:CPU runs dots and reductions through YNNPACK on a thread pool. With 8 simulated devices on
+# 2 cores every worker is busy with a device's program, so the task objects each parallel dot
+# enqueues wait in the queue until the program ends: heaptrack counts ~630K of them, 230 MB at
+# 32K tokens, growing with the number of attention tiles run. Without these fusions the process
+# holds what XLA's buffer assignment says (attention ~1.4x slower here).
+NO_YNN = "--xla_cpu_experimental_ynn_fusion_type="
 
 
 def rss_now() -> int:
@@ -74,8 +83,12 @@ def main():
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--sp", type=int, default=8)
     ap.add_argument("--decode", type=int, default=32)
+    ap.add_argument("--no-ynn", action="store_true",
+                    help="turn off XLA:CPU's YNNPACK fusions, whose thread-pool tasks pile up "
+                         "while more simulated devices than cores run (see benchmarks/README.md)")
     args = ap.parse_args()
-    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.sp}"
+    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.sp}" + (
+        f" {NO_YNN}" if args.no_ynn else "")
 
     import json
     import pathlib
@@ -127,7 +140,8 @@ def main():
         decode_first_ms=step_s[0] * 1e3, peak_rss_above_base=peak - base, base_rss=base,
         compiler_rss=compiler, run_rss=used,
         plan_peak_per_device=p.peak, plan_peak_all_devices=planned, rss_over_plan=used / planned,
-        plan=str(p), jax=jax.__version__, cpu_count=os.cpu_count())
+        plan=str(p), xla_flags=os.environ["XLA_FLAGS"], jax=jax.__version__,
+        cpu_count=os.cpu_count())
     print(json.dumps({k: v for k, v in result.items() if k != "plan"}, indent=1))
     print(p)
     stamp = time.strftime("%Y-%m-%dT%H%M%S")
