@@ -7,14 +7,13 @@ from ringkit import attention, bench, errors, eval, model  # noqa: A004 (ringkit
 from ringkit.attention import (
     BlockSizes, from_layout, layout_positions, pad_for_ring, ring_attention,
     ring_attention_permuted, to_layout)
-from ringkit.context import Context, ask, read
+from ringkit.context import Context, ask, load_context, read
 from ringkit.errors import RingkitError
 from ringkit.inputs import Document, ingest
 from ringkit.mesh import (
     LOGICAL_AXIS_RULES, MeshConfig, initialize_distributed, logical_sharding, logical_to_spec,
     make_mesh)
 from ringkit.model import Model, ModelConfig, RopeScaling, load_model
-from ringkit.persist import load_context
 from ringkit.planner import Plan, plan
 
 __version__ = "0.1.0"

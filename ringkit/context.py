@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pathlib
 import time
 import warnings
 from typing import Callable
@@ -27,7 +28,8 @@ from typing import Callable
 import jax.numpy as jnp
 import numpy as np
 
-from ringkit.errors import ConfigError, FitWarning, ResourceError, ShapeError, advice
+from ringkit import persist
+from ringkit.errors import ConfigError, FitWarning, ResourceError, ShapeError, SourceError, advice
 from ringkit.generate import check_sampling, decode, sampling_for, stop_strings
 from ringkit.inputs.document import Document, TextSegment
 from ringkit.inputs.repo import HEADER
@@ -167,9 +169,7 @@ class Context:
             ctx.save("hamlet.ctx")
             ctx = ringkit.load_context("hamlet.ctx")
         """
-        from ringkit.persist import save_context
-
-        return save_context(self, path)
+        return persist.save_context(self, path)
 
     def _rewind(self) -> None:
         self.cache.slot_pos = jnp.copy(self._slot_pos)
@@ -395,3 +395,41 @@ def ask(source, question: str, *, model=None, mesh=None, dtype: str | None = Non
                           f"ask for fewer new tokens ({flag}N, well under {limit - asked:,})")
     ctx = read(source, model=model, room=room, focus=question, **options)
     return ctx.ask(question, max_new_tokens=max_new_tokens, stream=stream, **sampling)
+
+
+def load_context(path, *, model=None, mesh=None) -> Context:
+    """A context saved by ``Context.save``, ready for questions (``ringkit.persist`` has the
+    format and what a load checks).
+
+    Args:
+      path: the saved context's directory.
+      model: the model that prefilled it (default: the embedded model, or the checkpoint the
+        context was prefilled from, loaded on ``mesh``). A different model is refused.
+      mesh: where the default model runs (default: every device on 'sp'); any 'sp' works.
+
+    Example::
+
+        ctx = ringkit.load_context("hamlet.ctx", mesh=ringkit.make_mesh(sp=8))
+        ctx.ask("Where is the play set?")
+    """
+    path = pathlib.Path(path).expanduser().absolute()
+    meta = persist.read_meta(path)
+    if model is not None and mesh is not None:
+        raise ConfigError("pass either model= (already on its mesh) or mesh= (for the model the "
+                          "context was prefilled with), not both")
+    model = model if model is not None else _saved_model(meta["model"]["source"], mesh)
+    doc, prompt, cache = persist.restore(path, meta, model)
+    return Context(model, doc, prompt, cache, meta["room"], meta["prefill_seconds"],
+                   jnp.copy(cache.slot_pos), cache.next_pos.copy(), fitted=meta.get("fitted"))
+
+
+def _saved_model(source: str | None, mesh):
+    """The model a context was prefilled with: the embedded one, or its checkpoint's."""
+    from ringkit.model import load_model
+
+    if source is None:
+        return default_model(mesh)
+    if not pathlib.Path(source).exists():
+        raise SourceError(f"the context was prefilled by {source}, which is gone: "
+                          "pass model=ringkit.load_model(...) with the same checkpoint")
+    return load_model(source, mesh=mesh)

@@ -1,4 +1,5 @@
-"""Prefilled contexts on disk: ``Context.save(path)`` and ``ringkit.load_context(path)``.
+"""Prefilled contexts on disk: the format behind ``Context.save(path)`` and
+``ringkit.load_context(path)`` (which live in ``ringkit.context``).
 
 A saved context is a directory::
 
@@ -46,7 +47,13 @@ import numpy as np
 from jax.sharding import NamedSharding, SingleDeviceSharding
 
 from ringkit import integrity
+from ringkit.attention.decode import LAYER_SPEC, SLOT_SPEC, SPARE_SLOTS, room_slots
+from ringkit.attention.layouts import layout_positions
 from ringkit.errors import ConfigError, FormatError, SourceError
+from ringkit.inputs.document import Document, FramesSegment, Skipped, TextSegment, VideoText
+from ringkit.model.batch import padded_length
+from ringkit.model.model import KVCache
+from ringkit.tokenize.prompts import ContextPrompt, Tokens, document_sources
 
 FORMAT = 2  # 2: the integrity record
 _ARRAYS, _META, _DOC, _CACHE = "arrays.npz", "context.json", "document.json", "cache"
@@ -63,8 +70,6 @@ def _checkpointer():
 # -- the document ---------------------------------------------------------------------------
 
 def _doc_json(doc) -> dict:
-    from ringkit.inputs.document import TextSegment
-
     segments = [dict(kind="text", text=s.text, source=s.source, span=s.span, title=s.title)
                 if isinstance(s, TextSegment) else
                 dict(kind="frames", source=s.source, first=s.first, count=s.count)
@@ -75,8 +80,6 @@ def _doc_json(doc) -> dict:
 
 
 def _doc_from(data: dict, frames, frame_times):
-    from ringkit.inputs.document import Document, FramesSegment, Skipped, TextSegment, VideoText
-
     segments = []
     for s in data["segments"]:
         if s["kind"] == "text":
@@ -165,7 +168,8 @@ def save_context(ctx, path) -> pathlib.Path:
 
 # -- load -----------------------------------------------------------------------------------
 
-def _read_meta(path: pathlib.Path) -> dict:
+def read_meta(path: pathlib.Path) -> dict:
+    """The checked metadata of the context saved at ``path`` (its ``context.json``)."""
     if not (path / _META).is_file():
         what = "does not exist" if not path.exists() else f"has no {_META}"
         raise SourceError(f"{path} {what}: it is not a context saved by Context.save")
@@ -224,18 +228,6 @@ def _check_model(model, saved: dict, path) -> None:
                           f"{saved['source']!r}))")
 
 
-def _default_model_for(saved: dict, mesh):
-    from ringkit.context import default_model
-    from ringkit.model import load_model
-
-    if saved["source"] is None:
-        return default_model(mesh)
-    if not pathlib.Path(saved["source"]).exists():
-        raise SourceError(f"the context was prefilled by {saved['source']}, which is gone: "
-                          "pass model=ringkit.load_model(...) with the same checkpoint")
-    return load_model(saved["source"], mesh=mesh)
-
-
 def relayout_cache(arrays, slot_pos, *, sp: int, base: int, layout: str, extra: int):
     """Lay a cache read on the host out for a ring of ``sp`` devices.
 
@@ -244,8 +236,6 @@ def relayout_cache(arrays, slot_pos, *, sp: int, base: int, layout: str, extra: 
     in the prefill layout for ``sp``: ``base`` slots per device in ``layout`` order, then
     ``extra`` empty ones (numpy).
     """
-    from ringkit.attention.layouts import layout_positions
-
     b, total = slot_pos.shape[0], base * sp
     order = layout_positions(total, sp, layout)
     source = np.full((b, total), -1)  # the old slot of every natural position (-1: none)
@@ -269,33 +259,13 @@ def relayout_cache(arrays, slot_pos, *, sp: int, base: int, layout: str, extra: 
     return [lay(a) for a in arrays], pos
 
 
-def load_context(path, *, model=None, mesh=None):
-    """A context saved by ``Context.save``, ready for questions.
-
-    Args:
-      path: the saved context's directory.
-      model: the model that prefilled it (default: the embedded model, or the checkpoint the
-        context was prefilled from, loaded on ``mesh``). A different model is refused.
-      mesh: where the default model runs (default: every device on 'sp'); any 'sp' works.
-
-    Example::
-
-        ctx = ringkit.load_context("hamlet.ctx", mesh=ringkit.make_mesh(sp=8))
-        ctx.ask("Where is the play set?")
+def restore(path: pathlib.Path, meta: dict, model):
+    """The document, prompt and KV cache saved at ``path`` (whose metadata ``read_meta`` gave),
+    laid out for ``model``'s mesh: ``(doc, prompt, cache)``. A model other than the one that
+    prefilled it is refused with a ``ConfigError``; damage found on the way is a
+    ``FormatError``. ``ringkit.load_context`` builds the ``Context`` from them.
     """
-    from ringkit.attention.decode import LAYER_SPEC, SLOT_SPEC, SPARE_SLOTS, room_slots
-    from ringkit.context import Context
-    from ringkit.model.batch import padded_length
-    from ringkit.model.model import KVCache
-    from ringkit.tokenize.prompts import ContextPrompt, Tokens, _sources
-
-    path = pathlib.Path(path).expanduser().absolute()
-    meta = _read_meta(path)
     saved = meta["model"]
-    if model is not None and mesh is not None:
-        raise ConfigError("pass either model= (already on its mesh) or mesh= (for the model the "
-                          "context was prefilled with), not both")
-    model = model if model is not None else _default_model_for(saved, mesh)
     _check_model(model, saved, path)
     try:
         with np.load(path / _ARRAYS) as z:
@@ -306,7 +276,7 @@ def load_context(path, *, model=None, mesh=None):
         raise FormatError(f"{path} is corrupt or incomplete ({type(e).__name__}: {e}): read the "
                           "source again") from e
     segment = arrays["segment"] if bool(arrays["has_segment"]) else None
-    tokens = Tokens(arrays["ids"], arrays["vision"], segment, _sources(doc))
+    tokens = Tokens(arrays["ids"], arrays["vision"], segment, document_sources(doc))
 
     dtype = jnp.dtype(saved["weights_dtype"])
     rows, slots = len(meta["next_pos"]), meta["slots"]
@@ -351,8 +321,6 @@ def load_context(path, *, model=None, mesh=None):
     next_pos = np.asarray(meta["next_pos"], np.int32)
     cache = KVCache(tuple(k), tuple(v), slot_pos, base=base, appended=0, next_pos=next_pos,
                     rows=meta["rows"])
-    prompt = ContextPrompt(tokens, meta["template"], model.tokenizer)
-    return Context(model, doc, prompt, cache, meta["room"], meta["prefill_seconds"],
-                   jnp.copy(slot_pos), next_pos.copy(), fitted=meta.get("fitted"))
+    return doc, ContextPrompt(tokens, meta["template"], model.tokenizer), cache
 
 

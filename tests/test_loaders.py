@@ -14,7 +14,7 @@ import ringkit as rk
 from ringkit.errors import (
     ConfigError, FormatError, MissingDependencyError, ShapeError, SourceError, UnsupportedError)
 from ringkit.model import Model, ModelConfig, Runtime
-from ringkit.model.weights.lwm import load_vqgan_params
+from ringkit.tokenize.vqgan_file import load_vqgan_params
 from ringkit.tokenize.text import Tokenizer
 from checkpoints import rewrite_lwm_unscanned, write_gguf, write_hf_dir
 from model_reference import reference_logits

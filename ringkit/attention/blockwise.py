@@ -88,6 +88,13 @@ def _slice(x, start, size, axis):
     return None if x is None else lax.dynamic_slice_in_dim(x, start, size, axis)
 
 
+def fresh_carry(q):
+    """The empty ``(o, m, l)`` carry for queries ``q [b, h, r, d]``: zeros, -inf, zeros (f32)."""
+    rows = q.shape[:3]
+    return (jnp.zeros(q.shape, jnp.float32), jnp.full(rows, -jnp.inf, jnp.float32),
+            jnp.zeros(rows, jnp.float32))
+
+
 def fold_block(q, k, v, carry, q_pos, k_pos, seg_q, seg_k, spec: TileSpec):
     """Fold the KV block ``k, v`` into the running ``carry = (o, m, l)`` of queries ``q``.
 

@@ -35,7 +35,8 @@ from jax.experimental.pallas import triton as plgpu
 
 from ringkit.attention import blockwise
 from ringkit.attention.gpu_order import LaunchOrder
-from ringkit.attention.spec import BlockSizes, gpu_defaults
+from ringkit.attention.bounds import LN2, LOG2E, key_bounds, row_bounds, row_inputs
+from ringkit.attention.sizes import BlockSizes, gpu_defaults
 from ringkit.errors import ConfigError
 
 
@@ -50,7 +51,7 @@ def _fit(block: int, n: int, what: str) -> int:
     return block
 
 
-LOG2E, LN2 = 1.4426950408889634, 0.6931471805599453
+
 
 
 def _dot(a, b, contract_a: int, contract_b: int):
@@ -77,33 +78,6 @@ def _visible(qp, kp, sq, sk, causal: bool, keys_first=False):
 
 # ---------------------------------------------------------------------------------------------
 # Loop bounds per tile, from position bounds (XLA, outside the kernels).
-
-
-def row_bounds(q_rows, k_pos, block_r, block_k, causal):
-    """Per row tile: end of the leading run of fully visible key tiles, and end of visibility."""
-    nk_tiles = k_pos.shape[0] // block_k
-    if not causal:
-        full = jnp.full((q_rows.shape[0] // block_r,), nk_tiles, jnp.int32)
-        return full, full
-    kind = blockwise.tile_kind(*(b[:, None] for b in blockwise.tile_bounds(q_rows, block_r)),
-                               *(b[None, :] for b in blockwise.tile_bounds(k_pos, block_k)))
-    lead_full = jnp.cumprod(kind == blockwise.FULL, axis=1).sum(axis=1)
-    last_seen = jnp.max(jnp.where(kind != blockwise.SKIP, jnp.arange(nk_tiles) + 1, 0), axis=1)
-    return lead_full.astype(jnp.int32), jnp.maximum(last_seen, lead_full).astype(jnp.int32)
-
-
-def _key_bounds(q_rows, k_pos, block_r, block_k, causal):
-    """Per key tile: first row tile to mask, and start of the trailing run of fully visible ones."""
-    nr_tiles = q_rows.shape[0] // block_r
-    if not causal:
-        zero = jnp.zeros((k_pos.shape[0] // block_k,), jnp.int32)
-        return zero, zero
-    kind = blockwise.tile_kind(*(b[None, :] for b in blockwise.tile_bounds(q_rows, block_r)),
-                               *(b[:, None] for b in blockwise.tile_bounds(k_pos, block_k)))
-    trail_full = jnp.cumprod((kind == blockwise.FULL)[:, ::-1], axis=1).sum(axis=1)
-    full_from = nr_tiles - trail_full
-    first_seen = jnp.min(jnp.where(kind != blockwise.SKIP, jnp.arange(nr_tiles), nr_tiles), axis=1)
-    return jnp.minimum(first_seen, full_from).astype(jnp.int32), full_from.astype(jnp.int32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,13 +221,6 @@ def _pad_head_dim(*xs):
                  for x in xs)
 
 
-def row_inputs(q_pos, seg_q, groups):
-    """Positions and segments per row (row = pos * g + j)."""
-    q_rows = jnp.repeat(q_pos.astype(jnp.int32), groups)
-    seg_rows = None if seg_q is None else jnp.repeat(seg_q.astype(jnp.int32), groups, axis=1)
-    return q_rows, seg_rows
-
-
 def _specs(b_idx, shape_tail):
     """BlockSpec over [b, h, ...] with the batch and head dims squeezed."""
     return pl.BlockSpec((None, None, *shape_tail), b_idx)
@@ -279,10 +246,8 @@ def fold_block(q, k, v, carry, q_pos, k_pos, seg_q, seg_k, spec: blockwise.TileS
     b, h, r, d = q.shape
     blocks = _blocks(blocks, d, q.dtype)
     if blocks.gpu_forward == "mosaic":
-        from ringkit.attention import pallas_mgpu  # it builds on this module's bounds
-        return pallas_mgpu.fold_block(
-            q, k, v, carry, q_pos, k_pos, seg_q, seg_k, spec, final_dtype=final_dtype,
-            sizes=pallas_mgpu.MosaicSizes(blocks.block_k, blocks.num_stages), interpret=interpret)
+        raise ConfigError("pallas_gpu.fold_block runs the Triton forward; the Mosaic forward is "
+                          "pallas_mgpu.fold_block (ring_attention picks it from BlockSizes)")
     nk = k.shape[2]
     br, bk = _fit(blocks.block_q, r, "rows per device"), _fit(blocks.block_k, nk, "keys per device")
     q_rows, seg_rows = row_inputs(q_pos, seg_q, spec.groups)
@@ -403,7 +368,7 @@ def grad_dkv(g: GradInputs, dk, dv, blocks: BlockSizes, launch, interpret):
     q_rows, k_pos = g.args[6:8]
     br, bk = (_fit(blocks.block_q_dkv, r, "rows per device"),
               _fit(blocks.block_k_dkv, nk, "keys per device"))
-    first, full_from = _key_bounds(q_rows, k_pos, br, bk, g.spec.causal)
+    first, full_from = key_bounds(q_rows, k_pos, br, bk, g.spec.causal)
     order = LaunchOrder(nk // bk, b, h, heavy_last_tile=False)
     key = lambda p: (*order(p), 0)  # (batch, head, key tile, 0)
     whole = lambda p: (*order(p)[:2], 0, 0)

@@ -41,7 +41,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from ringkit.attention import blockwise
-from ringkit.attention.pallas_gpu import LN2, LOG2E, row_bounds, row_inputs
+from ringkit.attention.bounds import LN2, LOG2E, row_bounds, row_inputs
 from ringkit.errors import ConfigError, UnsupportedError
 
 BLOCK_Q = 64  # rows per compute warpgroup: one wgmma M tile

@@ -33,7 +33,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from ringkit.attention import blockwise
-from ringkit.attention.spec import BlockSizes, tpu_defaults
+from ringkit.attention.sizes import BlockSizes, tpu_defaults
 from ringkit.errors import ConfigError
 
 LANES = 128

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ringkit.attention import blockwise, pallas_gpu
+from ringkit.attention import blockwise, kernels
 from ringkit.attention.layouts import device_positions, relayout_local
 from ringkit.attention.spec import RingSpec, describe as describe_spec, make_spec
 from ringkit.mesh import logical_to_spec
@@ -30,37 +30,16 @@ _log = logging.getLogger("ringkit.attention")
 # The per-step kernels, chosen by spec.kernel.
 
 
-def _tpu():
-    from ringkit.attention import pallas_tpu  # imported only where it runs
-    return pallas_tpu
-
-
-def _fresh_carry(qh):
-    rows = qh.shape[:3]
-    return (jnp.zeros(qh.shape, jnp.float32), jnp.full(rows, -jnp.inf, jnp.float32),
-            jnp.zeros(rows, jnp.float32))
-
-
-def _kernels(spec: RingSpec):
-    return pallas_gpu if spec.kernel == "gpu" else _tpu()
-
-
 def _fold(spec: RingSpec, qh, kh, vh, carry, q_pos, k_pos, seg_q, seg_k, final_dtype=None):
-    """Fold one KV block into ``carry`` (None: fresh); with ``final_dtype`` return ``(out, lse)``."""
-    if spec.kernel in ("gpu", "tpu"):  # they finish inside the kernel, saving a pass over the carry
-        return _kernels(spec).fold_block(qh, kh, vh, carry, q_pos, k_pos, seg_q, seg_k, spec.tiles,
-                                          final_dtype=final_dtype, blocks=spec.blocks,
-                                          interpret=spec.interpret)
-    carry = _fresh_carry(qh) if carry is None else carry
-    carry = blockwise.fold_block(qh, kh, vh, carry, q_pos, k_pos, seg_q, seg_k, spec.tiles)
-    return carry if final_dtype is None else blockwise.finish(*carry, final_dtype)
+    """Fold one KV block into ``carry`` (None: fresh); with ``final_dtype`` return ``(out, lse)``
+    (the Pallas kernels finish inside the kernel, saving a pass over the carry)."""
+    return kernels.fold(spec.kernel, spec.blocks)(
+        qh, kh, vh, carry, q_pos, k_pos, seg_q, seg_k, spec.tiles, final_dtype=final_dtype,
+        interpret=spec.interpret)
 
 
 def _grad(spec: RingSpec, *args):
-    if spec.kernel in ("gpu", "tpu"):
-        return _kernels(spec).grad_block(*args, spec.tiles, blocks=spec.blocks,
-                                         interpret=spec.interpret)
-    return blockwise.grad_block(*args, spec.tiles)
+    return kernels.grad(spec.kernel, spec.blocks)(*args, spec.tiles, interpret=spec.interpret)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,7 +116,7 @@ def _forward_local(*args, spec: RingSpec):
         incoming = _rotate(kv, sp)  # issued before the fold so transfer and compute overlap
         return incoming, fold(t, kv, carry)
 
-    kv, carry = lax.fori_loop(0, sp - 1, step, (kv, _fresh_carry(qh)))
+    kv, carry = lax.fori_loop(0, sp - 1, step, (kv, blockwise.fresh_carry(qh)))
     out, lse = fold(sp - 1, kv, carry, q.dtype)  # the last block is never sent on
     return _seq_major(out, g), lse
 

@@ -17,172 +17,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from ringkit.attention import blockwise
+from ringkit.attention import blockwise, kernels
 from ringkit.attention.layouts import (
     check_layout, check_seq_len, chunks_per_device, layout_positions)
-from ringkit.errors import ConfigError, ShapeError, UnsupportedError
+from ringkit.attention.sizes import BlockSizes
+from ringkit.errors import ConfigError, ShapeError
 from ringkit.mesh import MESH_AXES, require_axes
 
 DEFAULT_BLOCK = 256  # tiles of 256 x 256 keep 8 CPU devices inside the caches (benchmarks/README.md)
-IMPLS = ("auto", "xla", "pallas")
-GPU_FORWARDS = ("triton", "mosaic")
-INTERPRET = (None, "gpu", "tpu")
-KERNELS = {"xla": "XLA blockwise tiles", "gpu": "Pallas GPU kernels",
-           "tpu": "Pallas TPU (Mosaic) kernels"}
 
-
-@dataclasses.dataclass(frozen=True)
-class BlockSizes:
-    """Tiles and launch settings of the Pallas kernels, in rows by keys.
-
-    A row is one query position of one query head in a GQA group (``rows = seq * q_heads /
-    kv_heads`` per KV head), so grouped heads share every KV tile. ``block_q, block_k`` tile the
-    forward kernel, ``block_q_dq, block_k_dq`` the dq kernel, ``block_q_dkv, block_k_dkv`` the
-    dk/dv kernel. Powers of two >= 16 (Triton's matmul minimum; the TPU kernels also need key
-    tiles of >= 128). A tile larger than what a device holds shrinks to fit. ``num_warps`` and
-    ``num_stages`` (Triton's software-pipelining depth) launch the GPU forward kernel, the
-    ``_bwd`` pair both GPU backward kernels; the TPU kernels ignore them.
-
-    ``gpu_forward="mosaic"`` runs the GPU forward as a warp-specialized Mosaic GPU kernel for
-    Hopper (``pallas_mgpu``; 16-bit inputs, head_dim a multiple of 64 up to 256) instead of
-    Triton's. It takes 128 rows per program (two warpgroups of 64), ``block_k`` keys per tile
-    (64, 128 or 256) and ``num_stages`` K/V tiles in flight; ``block_q`` and ``num_warps`` do not
-    apply to it. The backward stays on Triton. Left unset, the ring picks Mosaic where it was
-    measured faster (``auto_gpu_forward``: Hopper, 16-bit, head_dim 64 or 128, Triton's
-    ``block_q`` and ``num_warps`` unset) and Triton elsewhere; ``gpu_forward="triton"`` keeps
-    Triton's.
-
-    Every field left ``None`` takes the kernel's tuned default for the head dim and dtype
-    (``gpu_defaults`` / ``tpu_defaults``), so ``BlockSizes(num_stages=2)`` changes that alone.
-
-    Example::
-
-        rk.ring_attention(q, k, v, mesh=mesh, impl="pallas",
-                          block_sizes=rk.BlockSizes(block_q=64, block_k=128, num_warps=4))
-    """
-
-    block_q: int | None = None
-    block_k: int | None = None
-    block_q_dkv: int | None = None
-    block_k_dkv: int | None = None
-    block_q_dq: int | None = None
-    block_k_dq: int | None = None
-    num_warps: int | None = None
-    num_stages: int | None = None
-    num_warps_bwd: int | None = None
-    num_stages_bwd: int | None = None
-    gpu_forward: str | None = None  # 'triton' or 'mosaic'; None: auto_gpu_forward decides
-
-    def __post_init__(self):
-        for name in ("block_q", "block_k", "block_q_dkv", "block_k_dkv", "block_q_dq",
-                     "block_k_dq"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, numbers.Integral) or value < 16
-                                      or value & (value - 1)):
-                raise ConfigError(f"BlockSizes.{name}={value!r} must be a power of two >= 16")
-        for name in ("num_warps", "num_warps_bwd"):
-            if getattr(self, name) not in (None, 1, 2, 4, 8, 16):
-                raise ConfigError(f"BlockSizes.{name}={getattr(self, name)!r} must be 1, 2, 4, 8 "
-                                  "or 16")
-        for name in ("num_stages", "num_stages_bwd"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, numbers.Integral) or value < 1):
-                raise ConfigError(f"BlockSizes.{name}={value!r} must be a positive integer")
-        if self.gpu_forward not in (None, *GPU_FORWARDS):
-            raise ConfigError(f"BlockSizes.gpu_forward={self.gpu_forward!r} must be one of "
-                              f"{GPU_FORWARDS}")
-
-    def filled(self, defaults: "BlockSizes") -> "BlockSizes":
-        """These sizes with every ``None`` taken from ``defaults``."""
-        return BlockSizes(**{f.name: getattr(defaults, f.name) if getattr(self, f.name) is None
-                             else getattr(self, f.name) for f in dataclasses.fields(self)})
-
-    def launch(self, backward: bool = False) -> tuple[int, int]:
-        """``(num_warps, num_stages)`` of the GPU forward or backward kernels (filled sizes)."""
-        return ((self.num_warps_bwd, self.num_stages_bwd) if backward
-                else (self.num_warps, self.num_stages))
-
-
-def gpu_defaults(head_dim: int, itemsize: int, forward: str | None = None) -> BlockSizes:
-    """Tuned GPU sizes. 16-bit inputs up to head_dim 128: the best of sweeps on an H100 at
-    head_dim 128, the forward's at S = 16K and 32K, the backward kernels' at 32K
-    (benchmarks/README.md). float32 tiles take twice the shared memory,
-    so they stay smaller; above head_dim 128 the tiles halve for the same reason. The Mosaic
-    forward (``forward="mosaic"``) runs 128-key tiles, 2 in flight: the fastest of its sweep on
-    an H200 at head_dim 128, S = 32K (benchmarks/README.md)."""
-    warps = 4 if head_dim <= 64 else 8
-    if itemsize <= 2 and head_dim <= 128:
-        blocks = BlockSizes(128, 128, 64, 128, 128, 64, warps, 3, warps, 3, "triton")
-    elif head_dim <= 128:
-        blocks = BlockSizes(128, 64, 64, 128, 128, 64, warps, 2, warps, 2, "triton")
-    else:
-        blocks = BlockSizes(64, 64, 32, 64, 64, 64, 8, 2, 8, 2, "triton")
-    if forward == "mosaic":  # 64-key tiles past head_dim 128 keep to the shared memory
-        blocks = dataclasses.replace(blocks, block_q=128, block_k=128 if head_dim <= 128 else 64,
-                                     num_stages=2, gpu_forward="mosaic")
-    return blocks
-
-
-# Head dims at which the Mosaic GPU forward was timed faster than Triton's (benchmarks/README.md).
-MOSAIC_HEAD_DIMS = (64, 128)
-
-
-def auto_gpu_forward(blocks: BlockSizes, compute_capability: str | None, dtype, head_dim: int,
-                     rows: int, keys: int) -> str:
-    """The GPU forward a ring call runs when ``blocks.gpu_forward`` is unset: "mosaic" on
-    Hopper (compute capability 9.x) for 16-bit inputs at ``MOSAIC_HEAD_DIMS`` where its tiles
-    fit the ``rows`` and ``keys`` per device and the CUDA runtime compiles it correctly, unless
-    ``blocks`` sets Triton's own forward knobs (``block_q``, ``num_warps``); else "triton".
-
-    Example::
-
-        >>> auto_gpu_forward(BlockSizes(), "9.0", jnp.bfloat16, 128, 4096, 4096)
-        'mosaic'
-    """
-    if (blocks.block_q is not None or blocks.num_warps is not None
-            or not str(compute_capability or "").startswith("9.")
-            or head_dim not in MOSAIC_HEAD_DIMS):
-        return "triton"
-    from ringkit.attention import pallas_mgpu  # imports the GPU kernels, which import this
-    sizes = blocks.filled(gpu_defaults(head_dim, jnp.dtype(dtype).itemsize, "mosaic"))
-    try:
-        pallas_mgpu.plan(dtype, head_dim, rows, keys,
-                         pallas_mgpu.MosaicSizes(sizes.block_k, sizes.num_stages))
-        pallas_mgpu.check_cuda()
-    except (ConfigError, UnsupportedError):
-        return "triton"
-    return "mosaic"
-
-
-def tpu_defaults(head_dim: int, itemsize: int) -> BlockSizes:
-    """TPU sizes: 128-row by 512-key forward tiles; 128 x 128 backward tiles (not yet tuned on a
-    TPU; lane-dense key tiles are what Mosaic needs)."""
-    del head_dim, itemsize
-    return BlockSizes(128, 512, 128, 128, 128, 128)
-
-
-def _platform(mesh: Mesh) -> str:
-    return mesh.devices.flat[0].platform
-
-
-def choose_kernel(impl: str, interpret, mesh: Mesh) -> str:
-    """Which per-step kernel runs: 'xla', 'gpu' or 'tpu' (decided at call time from the mesh)."""
-    if impl not in IMPLS:
-        raise ConfigError(f"unknown impl {impl!r}; choose one of {IMPLS}")
-    if interpret not in INTERPRET:
-        raise ConfigError(f"interpret={interpret!r} must be one of {INTERPRET}")
-    platform = _platform(mesh)
-    if interpret is not None:
-        if impl != "pallas":
-            raise ConfigError(f"interpret={interpret!r} runs a Pallas kernel; pass impl='pallas'")
-        return interpret
-    if impl == "xla" or (impl == "auto" and platform not in ("gpu", "tpu")):
-        return "xla"
-    if platform in ("gpu", "tpu"):
-        return platform
-    raise UnsupportedError(
-        f"impl='pallas' needs a GPU or TPU, but the mesh holds {platform} devices; use impl='xla' "
-        "(or 'auto'), or interpret='gpu' / interpret='tpu' to run a kernel in interpret mode")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,7 +40,7 @@ class RingSpec:
     block_k: int
     groups: int
     has_segments: bool
-    kernel: str = "xla"  # 'xla', 'gpu' or 'tpu' (see choose_kernel)
+    kernel: str = "xla"  # 'xla', 'gpu' or 'tpu' (kernels.choose_kernel)
     interpret: bool = False
     blocks: BlockSizes = BlockSizes()  # filled for the kernel, head dim and dtype
 
@@ -265,7 +108,7 @@ def make_spec(q, k, v, segment_ids, *, mesh, causal, layout, scale, block_q, blo
         raise ConfigError(f"mesh must be a jax.sharding.Mesh (ringkit.make_mesh(...)), got {mesh!r}")
     require_axes(mesh, MESH_AXES)
     check_layout(layout)
-    kernel = choose_kernel(impl, interpret, mesh)
+    kernel = kernels.choose_kernel(impl, interpret, mesh)
     if block_sizes is not None and not isinstance(block_sizes, BlockSizes):
         raise ConfigError(f"block_sizes must be a ringkit.BlockSizes, got {block_sizes!r}")
     if not isinstance(causal, (bool, np.bool_)):
@@ -312,14 +155,11 @@ def make_spec(q, k, v, segment_ids, *, mesh, causal, layout, scale, block_q, blo
     blocks = block_sizes or BlockSizes()
     if kernel == "gpu" and interpret is None and blocks.gpu_forward is None:
         capability = getattr(mesh.devices.flat[0], "compute_capability", None)
-        blocks = dataclasses.replace(blocks, gpu_forward=auto_gpu_forward(
+        blocks = dataclasses.replace(blocks, gpu_forward=kernels.auto_gpu_forward(
             blocks, capability, q.dtype, d, rows, local))
-    blocks = _filled(kernel, blocks, d, q.dtype)
+    blocks = kernels.filled_sizes(kernel, blocks, d, q.dtype)
     if blocks.gpu_forward == "mosaic":
-        from ringkit.attention import pallas_mgpu  # imports the GPU kernels, which import this
-        pallas_mgpu.plan(q.dtype, d, rows, local,
-                         pallas_mgpu.MosaicSizes(blocks.block_k, blocks.num_stages),
-                         interpret=interpret is not None)
+        kernels.check_mosaic(q.dtype, d, rows, local, blocks, interpret=interpret is not None)
         if interpret is not None and mesh.size > 1:
             raise ConfigError(
                 f"the Mosaic GPU forward's interpreter runs one device at a time, but the mesh "
@@ -333,17 +173,6 @@ def make_spec(q, k, v, segment_ids, *, mesh, causal, layout, scale, block_q, blo
         groups=hq // hkv, has_segments=segment_ids is not None, kernel=kernel,
         interpret=interpret is not None, blocks=blocks,
     )
-
-
-def _filled(kernel: str, block_sizes, head_dim: int, dtype) -> BlockSizes:
-    blocks = block_sizes or BlockSizes()
-    itemsize = jnp.dtype(dtype).itemsize
-    if blocks.gpu_forward == "mosaic" and kernel != "gpu":
-        raise ConfigError(f"BlockSizes(gpu_forward='mosaic') picks a GPU kernel, but this call runs "
-                          f"the {KERNELS[kernel]}; drop it, or run on a GPU (or interpret='gpu')")
-    if kernel == "gpu":
-        return blocks.filled(gpu_defaults(head_dim, itemsize, blocks.gpu_forward))
-    return blocks.filled(tpu_defaults(head_dim, itemsize)) if kernel == "tpu" else blocks
 
 
 def describe(spec: RingSpec) -> str:
@@ -363,7 +192,8 @@ def describe(spec: RingSpec) -> str:
     else:
         tiles = f"tiles {spec.block_q}x{spec.block_k} positions"
     mode = " in interpret mode" if spec.interpret else ""
-    return (f"ring attention: {KERNELS[spec.kernel]}{mode} on {_platform(spec.mesh)}, sp={spec.sp}, "
+    return (f"ring attention: {kernels.KERNELS[spec.kernel]}{mode} on "
+            f"{kernels.platform(spec.mesh)}, sp={spec.sp}, "
             f"layout={spec.layout}, {'causal' if spec.causal else 'full'}, GQA groups="
             f"{spec.groups}, {tiles}")
 

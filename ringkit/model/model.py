@@ -21,6 +21,7 @@ from ringkit.attention import decode
 from ringkit.errors import ConfigError, ShapeError, advice
 from ringkit.model.batch import Batch, pack, padded_length
 from ringkit.model.config import ModelConfig
+from ringkit.model.memory import estimate
 from ringkit.model.transformer import Runtime, Transformer, spread
 from ringkit.progress import _Silent, bar, reporting
 
@@ -301,6 +302,17 @@ class Model:
         cache.appended += t
         cache.next_pos = cache.next_pos + t
         return logits[:cache.rows]
+
+    def memory(self, tokens: int, *, new_tokens: int = 0, mesh=None, batch: int = 1):
+        """The estimated memory per device (``ringkit.model.memory.MemoryEstimate``) of
+        prefilling ``tokens`` with room for ``new_tokens``, on this mesh or ``mesh`` (a mesh or
+        axis sizes such as ``{"sp": 64}``).
+
+        Example::
+
+            print(model.memory(1_000_000, mesh={"sp": 64}).describe())
+        """
+        return estimate(self, tokens, new_tokens=new_tokens, mesh=mesh, batch=batch)
 
     def tokenize(self, doc, question: str | None = None, *, vqgan=None, cache=None):
         """``doc`` (a ``ringkit.Document``) and ``question`` as prompt tokens for this model:

@@ -82,17 +82,14 @@ class Tokens:
 
     def summary(self, model=None, *, mesh=None, max_new_tokens: int = 256) -> str:
         """Tokens by modality and frames; with ``model`` (and optionally another ``mesh``) the
-        estimated memory per device of a prefill plus ``max_new_tokens`` of decoding (see
-        ``ringkit.model.memory.estimate``)."""
+        estimated memory per device of a prefill plus ``max_new_tokens`` of decoding
+        (``Model.memory``)."""
         c = self.counts
         lines = [f"{len(self):,} tokens: {c['text']:,} text, {c['vision']:,} vision "
                  f"({self.frames:,} frames) from {len(self.sources)} segments"
                  + (" (read from the token store)" if self.cached else "")]
         if model is not None:
-            from ringkit.model.memory import estimate
-
-            est = estimate(model, len(self), new_tokens=max_new_tokens, mesh=mesh)
-            lines.append(est.describe())
+            lines.append(model.memory(len(self), new_tokens=max_new_tokens, mesh=mesh).describe())
         return "\n".join(lines)
 
 
@@ -111,7 +108,7 @@ def vision_tokens(codes) -> np.ndarray:
 _SENTINEL = "\x00ringkit-document\x00"
 
 
-def _sources(doc: Document) -> tuple[dict, ...]:
+def document_sources(doc: Document) -> tuple[dict, ...]:
     out = []
     for seg in doc.segments:
         if isinstance(seg, TextSegment):
@@ -257,7 +254,7 @@ def check_question(question: str | None, *, optional: bool = False) -> None:
 
 def _prompt(doc: Document, model, question, vqgan, cache, *, open_end: bool) -> Tokens:
     tok = model.tokenizer
-    store, sources = _store(cache), _sources(doc)
+    store, sources = _store(cache), document_sources(doc)
     frames = [s for s in doc.segments if isinstance(s, FramesSegment)]
     if not frames or not model.config.has_vision:
         # A text-only model reads the text segments (a video's subtitles among them) and

@@ -4,7 +4,7 @@ The architecture is LWM's (a taming-transformers VQGAN without attention blocks,
 NHWC, 3 x 3 SAME convolutions, GroupNorm(32 groups, eps 1e-6), swish; a downsample pads one row
 and column at the bottom/right and runs a VALID stride-2 conv; an upsample is nearest x2 then a
 conv; codes are ``argmin |z|^2 + |e|^2 - 2 z.e``. Module names follow Flax's creation order, so
-LWM's ``vqgan`` file (``ringkit.model.weights.lwm.load_vqgan_params``) loads as it is, and the
+LWM's ``vqgan`` file (``ringkit.tokenize.vqgan_file.load_vqgan_params``) loads as it is, and the
 configuration is read off the parameters' shapes (the release's 256 px / 5 levels and the test
 set's 128 px / 4 levels alike).
 
@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ringkit.errors import FormatError, UnsupportedError
+from ringkit.tokenize.vqgan_file import load_vqgan_params
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -185,8 +186,6 @@ class VQGAN:
     @classmethod
     def load(cls, path, **kwargs) -> "VQGAN":
         """Read LWM's ``vqgan`` file (restricted unpickling: containers and arrays only)."""
-        from ringkit.model.weights.lwm import load_vqgan_params
-
         return cls(load_vqgan_params(path), **kwargs)
 
     @functools.cached_property

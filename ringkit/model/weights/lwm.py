@@ -1,25 +1,21 @@
-"""LWM (Large World Model) checkpoints: the ``params`` msgpack stream and the ``vqgan`` pickle.
+"""LWM (Large World Model) checkpoints: the ``params`` msgpack stream (the ``vqgan`` pickle
+beside it is read by ``ringkit.tokenize.vqgan_file``).
 
 ``params`` is a concatenation of msgpack records ``[key_path, flax_bytes]`` where ``flax_bytes``
 is ``flax.serialization.to_bytes(array)``: msgpack ExtType 1 holding ``[shape, dtype, raw]``
 (float32 or bfloat16). Layers are stacked under ``transformer/h/scan_decoder`` (``scan_layers``)
 or stored per layer under ``transformer/h/<i>``. Dense kernels are ``(in, out)``.
-
-``vqgan`` is a pickle of nested dicts of numpy arrays. It is read with an unpickler that accepts
-only those containers and numpy's array reconstruction, so a malicious file cannot run code.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import pickle
 from pathlib import Path
 
 import msgpack
 import numpy as np
 
-from ringkit.errors import ConfigError, FormatError, SourceError
+from ringkit.errors import ConfigError, FormatError
 from ringkit.model.config import ModelConfig
 
 _TOP = {
@@ -183,45 +179,3 @@ def read_lwm(params_path, config: ModelConfig | None):
 
         tokenizer = Tokenizer.from_sentencepiece(folder / "tokenizer.model")
     return config, reshape_heads(canonical, config), tokenizer
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"), ("collections", "OrderedDict"),
-        ("builtins", "dict"), ("builtins", "list"), ("builtins", "tuple"),
-    }
-
-    def find_class(self, module, name):
-        if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
-        raise FormatError(
-            f"the VQGAN file refers to {module}.{name}; only dicts of numpy arrays are accepted "
-            "(refusing to run code from a pickle)")
-
-
-def load_vqgan_params(path) -> dict:
-    """LWM's ``vqgan`` file as nested dicts of float32 numpy arrays (restricted unpickling)."""
-    path = Path(path).expanduser()
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise SourceError(f"no VQGAN file at {path}: pass the path of LWM's 'vqgan' file "
-                          "(it comes with LWM's vision checkpoints)") from None
-    except IsADirectoryError:
-        found = path / "vqgan"
-        raise SourceError(f"{path} is a folder; pass the VQGAN file itself"
-                          + (f" ({found})" if found.is_file() else "")) from None
-    except OSError as e:
-        raise SourceError(f"cannot read the VQGAN file {path} ({e.strerror or e})") from None
-    try:
-        data = _RestrictedUnpickler(io.BytesIO(raw)).load()
-    except FormatError:
-        raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as err:
-        raise FormatError(f"{path} is not a readable VQGAN pickle ({err}); it may be truncated "
-                          "or corrupt") from None
-    if not isinstance(data, dict):
-        raise FormatError(f"{path} does not hold a dict of VQGAN parameters")
-    return data
