@@ -61,14 +61,14 @@ def precompile(model, prompt, max_new_tokens: int) -> float:
 
     from ringkit.attention import decode
     from ringkit.model.batch import pack
-    from ringkit.model.model import _ROWS
+    from ringkit.model.model import ROWS
 
     jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="rk-long-"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     batch = pack([prompt], sp=model.sp, layout=model.runtime.layout,
                  row_multiple=model._batch_shards)
-    put = lambda x: model._put(x, _ROWS)
+    put = lambda x: model._put(x, ROWS)
     t0 = time.perf_counter()
     model._prefill_fn.lower(model.variables, put(batch.ids), put(batch.positions),
                             put(batch.segment_ids), put(batch.vision_mask),

@@ -335,13 +335,13 @@ def _run(args) -> None:
                fit=args.fit, vqgan=vqgan, temperature=args.temperature, top_p=args.top_p,
                seed=args.seed, loop_guard=args.loop_guard)
         return
-    from ringkit.context import DEFAULT_ROOM, _fit
+    from ringkit.context import DEFAULT_ROOM, fit_prompt
     from ringkit.inputs.ocr import describe
     from ringkit.tokenize.prompts import context_prompt
 
     prompt = context_prompt(doc, model, vqgan=vqgan)
     whole = prompt.prefix
-    _, prompt, note = _fit(doc, prompt, model, DEFAULT_ROOM, args.fit, vqgan, None)
+    _, prompt, note = fit_prompt(doc, prompt, model, DEFAULT_ROOM, args.fit, vqgan, None)
     tokens = prompt.prefix
     print(doc)
     for skipped in doc.skipped[:20]:

@@ -25,6 +25,7 @@ import time
 import warnings
 from typing import Callable
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -34,7 +35,8 @@ from ringkit.generate import check_sampling, decode, sampling_for, stop_strings
 from ringkit.inputs.document import Document, TextSegment
 from ringkit.inputs.repo import HEADER
 from ringkit.inputs.sources import ingest
-from ringkit.tokenize.prompts import check_question
+from ringkit.model.model import KVCache, Model
+from ringkit.tokenize.prompts import ContextPrompt, check_question
 
 DEFAULT_ROOM = 1024  # question + answer tokens a context keeps room for
 QUESTION_PIECE = 8   # question tokens fed per decode step (see ``Context.ask``)
@@ -93,14 +95,14 @@ class Context:
     ``prefill_seconds`` is what reading it cost; ``fitted`` says how a source tree too long for
     the model was read as its outline (None: read whole). Build one with ``ringkit.read``."""
 
-    model: object
+    model: Model
     doc: Document
-    prompt: object
-    cache: object
+    prompt: ContextPrompt
+    cache: KVCache
     room: int
     prefill_seconds: float
-    _slot_pos: object = dataclasses.field(repr=False)
-    _next_pos: object = dataclasses.field(repr=False)
+    _slot_pos: jax.Array = dataclasses.field(repr=False)
+    _next_pos: np.ndarray = dataclasses.field(repr=False)
     fitted: str | None = None  # how the source was shortened to fit, if it was
 
     @property
@@ -153,8 +155,9 @@ class Context:
                          stream=streamer, loop_guard=loop_guard)
         finally:
             self._rewind()
-            if hasattr(streamer, "close"):
-                streamer.close()
+            close = getattr(streamer, "close", None)
+            if close is not None:
+                close()
         text = self.model.tokenizer.decode(out[0])
         cut = min((text.find(s) for s in stop if s in text), default=-1)
         return (text if cut < 0 else text[:cut]).rstrip()
@@ -240,7 +243,7 @@ def _check_memory(model, tokens: int, new_tokens: int = 0) -> None:
         have, need = _host_available(), est.prefill_peak * len(devices)
     else:
         stats = devices[0].memory_stats() or {}
-        have, need = stats.get("bytes_limit"), est.prefill_peak
+        have, need = int(stats.get("bytes_limit") or 0), est.prefill_peak
     if have and need > have:
         raise ResourceError(
             f"{tokens:,} tokens need about {need / 1e9:.1f} GB "
@@ -250,7 +253,8 @@ def _check_memory(model, tokens: int, new_tokens: int = 0) -> None:
             "source")
 
 
-def _fit(doc: Document, prompt, model, room: int, fit: str, vqgan, cache, focus=None):
+def fit_prompt(doc: Document, prompt, model, room: int, fit: str, vqgan, cache,
+               focus=None):
     """``(doc, prompt, note)``: the document as it will be read under ``fit`` (see ``read``)."""
     from ringkit.inputs.outline import fit_focused, fit_outline
     from ringkit.tokenize.prompts import context_prompt
@@ -342,7 +346,7 @@ def read(source, *, model=None, mesh=None, dtype: str | None = None, room: int =
         ocr = False if model.config.has_vision else "auto"
     doc = source if isinstance(source, Document) else ingest(source, ocr=ocr, **ingest_options)
     prompt = context_prompt(doc, model, vqgan=vqgan, cache=cache)
-    doc, prompt, note = _fit(doc, prompt, model, room, fit, vqgan, cache, focus)
+    doc, prompt, note = fit_prompt(doc, prompt, model, room, fit, vqgan, cache, focus)
     if note and fit == "auto":
         warnings.warn(f"ringkit.read: {note}", FitWarning, stacklevel=2)
     n = len(prompt.prefix)

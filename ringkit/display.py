@@ -57,8 +57,15 @@ def sharding_text(n: int, sp: int, layout: str = "zigzag", *, max_devices: int =
 
 def sharding_html(n: int, sp: int, layout: str = "zigzag", vision=None, *,
                   max_devices: int = 16, width: int = 480) -> str:
-    """One bar per device over the whole sequence: the spans it holds, coloured by modality
-    (``vision``: bool ``[n]``; orange where a span is mostly vision tokens)."""
+    """HTML: one bar per device over the whole sequence of ``n`` tokens laid out on ``sp``
+    devices, showing the spans it holds, coloured by modality (``vision``: bool ``[n]``; orange
+    where a span is mostly vision tokens). A ``Context`` shows its own in Jupyter.
+
+    Example::
+
+        from IPython.display import HTML
+        HTML(rk.sharding_html(131072, 8))      # zigzag: each device holds two spans
+    """
     ranges = device_ranges(n, sp, layout)
     rows = []
     for d, rs in enumerate(ranges[:max_devices]):

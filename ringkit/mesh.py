@@ -167,7 +167,7 @@ def logical_to_spec(
     """
     table = dict(rules)
     used: set[str] = set()
-    out = []
+    out: list = []
     for name in names:
         if name is None:
             out.append(None)

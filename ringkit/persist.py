@@ -80,7 +80,7 @@ def _doc_json(doc) -> dict:
 
 
 def _doc_from(data: dict, frames, frame_times):
-    segments = []
+    segments: list[TextSegment | FramesSegment] = []
     for s in data["segments"]:
         if s["kind"] == "text":
             span = tuple(s["span"]) if s["span"] is not None else None
@@ -244,7 +244,7 @@ def relayout_cache(arrays, slot_pos, *, sp: int, base: int, layout: str, extra: 
         source[r, slot_pos[r, filled]] = filled
     source = source[:, order]  # ... of every new slot, in layout order
     pos = np.where(source >= 0, order[None, :], -1).astype(np.int32).reshape(b, sp, base)
-    pos = np.pad(pos, ((0, 0), (0, 0), (0, extra)), constant_values=-1).reshape(b, -1)
+    pos = np.pad(pos, ((0, 0), (0, 0), (0, extra)), constant_values=-1)
 
     def lay(a):
         a = np.asarray(a)
@@ -256,7 +256,7 @@ def relayout_cache(arrays, slot_pos, *, sp: int, base: int, layout: str, extra: 
         out = np.pad(out, ((0, 0), (0, 0), (0, 0), (0, extra), (0, 0)))
         return out.reshape(b, a.shape[1], sp * (base + extra), a.shape[3])
 
-    return [lay(a) for a in arrays], pos
+    return [lay(a) for a in arrays], pos.reshape(b, -1)
 
 
 def restore(path: pathlib.Path, meta: dict, model):
@@ -312,11 +312,11 @@ def restore(path: pathlib.Path, meta: dict, model):
         base = padded_length(int(max(meta["next_pos"])), sp, saved["layout"]) // sp
         extra = room_slots(meta["room"], sp) + SPARE_SLOTS  # as ``Model.prefill``
         n_layers = len(k)
-        arrays, pos = relayout_cache(list(k) + list(v), np.asarray(slot_pos), sp=sp,
-                                     base=base, layout=saved["layout"], extra=extra)
+        laid, pos = relayout_cache(list(k) + list(v), np.asarray(slot_pos), sp=sp,
+                                   base=base, layout=saved["layout"], extra=extra)
         layer = NamedSharding(model.mesh, LAYER_SPEC)
-        arrays = [jax.device_put(a, layer) for a in arrays]
-        k, v = arrays[:n_layers], arrays[n_layers:]
+        placed = [jax.device_put(a, layer) for a in laid]
+        k, v = placed[:n_layers], placed[n_layers:]
         slot_pos = jax.device_put(pos, NamedSharding(model.mesh, SLOT_SPEC))
     next_pos = np.asarray(meta["next_pos"], np.int32)
     cache = KVCache(tuple(k), tuple(v), slot_pos, base=base, appended=0, next_pos=next_pos,

@@ -153,8 +153,9 @@ class Plan:
                ("activations / device", gb(self.activations)),
                ("peak / device", gb(self.peak))]
         if self.compiled is not None:
-            out += [("XLA's peak / device", f"{gb(self.compiled_peak)} (compiled; the plan is "
-                                            f"{self.peak / self.compiled_peak:.2f}x it)")]
+            xla = self.compiled.peak
+            out += [("XLA's peak / device", f"{gb(xla)} (compiled; the plan is "
+                                            f"{self.peak / xla:.2f}x it)")]
         out += [
 
                ("prefill", f"{self.prefill_flops / 1e15:,.1f} PFLOP" if self.prefill_flops
@@ -164,7 +165,7 @@ class Plan:
             d = self.device
             out += [("device", f"{d.name}: {d.memory / 1e9:,.0f} GB, {d.usable:.0%} usable"),
                     ("fits", "yes" if self.fits else "no")]
-        if self.prefill_seconds is not None:
+        if self.prefill_seconds is not None and self.device is not None:
             d = self.device
             out += [("prefill time", f"{self.prefill_seconds:,.1f} s at {self.efficiency:.0%} of "
                                      f"{d.bf16_flops / 1e12:,.0f} TFLOP/s per device"),
@@ -261,9 +262,11 @@ def plan(model, tokens, mesh="1,1,1,8", *, dtype: str | None = None,
         raise ConfigError(f"efficiency must be in (0, 1], got {efficiency!r}")
     tokens = parse_tokens(tokens)
     shape = mesh_sizes(mesh)
-    p = Plan(config, tokens, shape, dtype, param_dtype or dtype, device_spec(device),
-             memory=None, new_tokens=int(new_tokens), efficiency=efficiency)
-    p = dataclasses.replace(p, memory=_memory(p, shape))
+    weights_dtype = param_dtype or dtype
+    memory = estimate_shapes(config, tokens, mesh=shape, weights_dtype=weights_dtype, dtype=dtype,
+                             new_tokens=int(new_tokens))
+    p = Plan(config, tokens, shape, dtype, weights_dtype, device_spec(device), memory=memory,
+             new_tokens=int(new_tokens), efficiency=efficiency)
     return dataclasses.replace(p, compiled=_compiled(p)) if compile else p
 
 
@@ -324,8 +327,10 @@ def parse_tokens(tokens) -> int:
     if isinstance(tokens, str):
         m = re.fullmatch(r"\s*([\d_.,]+)\s*([KMG]?)\s*", tokens.upper())
         try:
+            if m is None:
+                raise ValueError(tokens)
             value = float(m.group(1).replace(",", "").replace("_", "")) * _SUFFIX[m.group(2)]
-        except (AttributeError, ValueError):
+        except ValueError:
             raise ShapeError(f"tokens {tokens!r}: give a number such as 131072, '128K' or "
                              "'1M'") from None
         tokens = int(value) if value == int(value) else -1

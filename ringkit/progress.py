@@ -20,7 +20,7 @@ import os
 _REPORTING: list = []  # bars that compiled code reports to through ``tick`` (innermost last)
 
 
-class _Silent:
+class Silent:
     def update(self, n: int = 1) -> None:
         pass
 
@@ -54,7 +54,7 @@ def bar(total: int, desc: str, unit: str, *, show: bool | None = None, threshold
     if show is None:
         show = (total if amount is None else amount) >= threshold
     if not show:
-        return _Silent()
+        return Silent()
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)

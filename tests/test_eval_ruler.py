@@ -49,8 +49,7 @@ def _asked(text: str, start: str = "") -> str:
 
 
 def test_niah_needles_answer_the_question(tok):
-    for task, kw in [("niah_multikey_1", {}), ("niah_multivalue", {}), ("niah_multiquery", {}),
-                     ("niah_multikey_3", {})]:
+    for task in ("niah_multikey_1", "niah_multivalue", "niah_multiquery", "niah_multikey_3"):
         spec = TASKS[task]
         b = _build(tok, task, 2000, index=1)
         text = _asked(tok.decode(b["ids"]))

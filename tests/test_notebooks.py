@@ -1,8 +1,9 @@
 """The notebooks under notebooks/ run top to bottom on CPU (a fresh kernel each, 1 device unless
 the notebook sets its own), with outputs cleared in git and markdown before every code cell.
 
-The default run checks each notebook's form; running one takes 1-4 minutes here (a model load,
-compilation, a prefill), so execution runs with the slow tests, ``pytest -m slow``."""
+The default run checks each notebook's form. Executing them is CI's second command,
+``pytest -m notebooks -n 2`` (``.ci/run``): each has 5 minutes with the embedded model; on 2
+cores they took 37-86 s each, 2m47s for the five."""
 
 import pathlib
 
@@ -30,7 +31,8 @@ def test_notebook_is_clean_and_explained(path):
                 f"cell {i}: library code belongs in ringkit, not in a notebook")
 
 
-@pytest.mark.slow
+@pytest.mark.notebooks
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs(path, monkeypatch, tmp_path):
     nb = nbformat.read(path, as_version=4)
@@ -38,7 +40,7 @@ def test_notebook_runs(path, monkeypatch, tmp_path):
     monkeypatch.setenv("RINGKIT_PROGRESS", "0")
     # The kernels share the run's persistent compilation cache (tests/conftest.py).
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", jax.config.jax_compilation_cache_dir)
-    client = nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
+    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]

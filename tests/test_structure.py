@@ -121,3 +121,31 @@ def test_the_circle_finder_finds_circles():
     graph["ringkit.attention.sizes"].add("ringkit.attention.spec")  # a circle made on purpose
     assert any({"ringkit.attention.sizes", "ringkit.attention.spec"} <= set(c)
                for c in circles(graph))
+
+
+def test_ruff_passes():
+    """The lint rules in pyproject.toml ([tool.ruff.lint]) hold on every Python file and notebook."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    pytest.importorskip("ruff", reason="ruff comes with the dev extras: pip install -e '.[dev]'")
+    root = ROOT.parent
+    run = subprocess.run([sys.executable, "-m", "ruff", "check", "--quiet", "--output-format",
+                          "concise", "ringkit", "tests", "benchmarks", "examples", "notebooks"],
+                         cwd=root, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_public_modules_type_check(tmp_path):
+    """mypy passes on the public modules ([tool.mypy] files in pyproject.toml)."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    pytest.importorskip("mypy", reason="mypy comes with the dev extras: pip install -e '.[dev]'")
+    run = subprocess.run([sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path)],
+                         cwd=ROOT.parent, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]

@@ -122,8 +122,8 @@ def _forward_local(*args, spec: RingSpec):
 
 
 def _backward_local(*args, spec: RingSpec):
-    *args, o, lse, do = args
-    (q, k, v), seg = _split_segments(args, spec)
+    *inputs, o, lse, do = args
+    (q, k, v), seg = _split_segments(inputs, spec)
     sp, g = spec.sp, spec.groups
     n = q.shape[1]
     me = lax.axis_index("sp")

@@ -79,8 +79,12 @@ class BlockSizes:
 
     def launch(self, backward: bool = False) -> tuple[int, int]:
         """``(num_warps, num_stages)`` of the GPU forward or backward kernels (filled sizes)."""
-        return ((self.num_warps_bwd, self.num_stages_bwd) if backward
-                else (self.num_warps, self.num_stages))
+        warps, stages = ((self.num_warps_bwd, self.num_stages_bwd) if backward
+                         else (self.num_warps, self.num_stages))
+        if warps is None or stages is None:
+            raise ConfigError("BlockSizes.launch needs filled sizes: blocks.filled(gpu_defaults("
+                              "head_dim, itemsize))")
+        return warps, stages
 
 
 def gpu_defaults(head_dim: int, itemsize: int, forward: str | None = None) -> BlockSizes:

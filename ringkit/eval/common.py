@@ -38,9 +38,9 @@ class Prompter:
 
     @classmethod
     def for_model(cls, tok) -> "Prompter":
-        from ringkit.tokenize.prompts import _chat_shell
+        from ringkit.tokenize.prompts import chat_shell
 
-        shell = _chat_shell(tok, True) if tok.chat_template is not None else None
+        shell = chat_shell(tok, True) if tok.chat_template is not None else None
         if shell is None:  # LWM's plain prompt
             return cls(tok.encode(f"{SYSTEM} USER:", add_bos=True), " ASSISTANT:")
         before, after = shell

@@ -239,7 +239,7 @@ def fit_focused(doc: Document, query: str, count_tokens, budget: int,
 
     ``max_whole`` is 1 by default. On 10 which-file questions about this repository,
     SmolLM2-135M named the right path for none of them with up to 8 files read whole (as many as
-    fit), and for 1-2 with one (benchmarks/README.md, session 8). BM25 ranked the right file
+    fit), and for 1-2 with one (benchmarks/README.md). BM25 ranked the right file
     first for 7 of the 10 either way. Larger models may do better with more.
     Returns ``(document, detail, files read whole)`` or None when not even the paths fit."""
     scores = relevance(doc, query)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+from typing import Any
 
 from ringkit.errors import FormatError, MissingDependencyError, SourceError, UnsupportedError
 from ringkit.inputs.book import BOOK_SUFFIXES, decode_text, looks_binary, read_book
@@ -115,14 +116,16 @@ def _read_visual(path: pathlib.Path, name: str, *, fps: float, max_frames: int |
         else:
             doc = read_image(path, name, onscreen=onscreen)
         if subtitles and suffix in VIDEO_SUFFIXES:
-            found = Document(segments=embedded(path, name) if backend == "av" else [])
+            inside: list = embedded(path, name) if backend == "av" else []
+            found = Document(segments=inside)
             for sub in sidecars(path):  # one bad sidecar costs its own text, not the video
                 sub_name = str(pathlib.Path(name).parent / sub.name)
                 try:
                     found.extend(read_subtitles(sub, sub_name))
                 except (SourceError, FormatError) as e:
                     doc.skipped.append(Skipped(sub_name, str(e)))
-            subtitle_lines = sum(s.text.count("\n") + 1 for s in found.segments)
+            subtitle_lines = sum(s.text.count("\n") + 1 for s in found.segments
+                                 if isinstance(s, TextSegment))
             doc.extend(found)
         if onscreen is not None and (segment := onscreen.segment()) is not None:
             doc.segments.append(segment)
@@ -179,9 +182,9 @@ def ingest(source, *, max_file_bytes: int = MAX_FILE_BYTES, include_secrets: boo
     check_sampling(fps, max_frames)  # whatever the sources: a bad option is refused up front
     if ocr not in (True, False, "auto"):
         raise SourceError(f"ocr must be True, False or 'auto', got {ocr!r:.40}")
-    options = dict(max_file_bytes=max_file_bytes, include_secrets=include_secrets, fps=fps,
-                   max_frames=max_frames, backend=backend, subtitles=subtitles,
-                   ocr=ocr)
+    options: dict[str, Any] = dict(
+        max_file_bytes=max_file_bytes, include_secrets=include_secrets, fps=fps,
+        max_frames=max_frames, backend=backend, subtitles=subtitles, ocr=ocr)
     if isinstance(source, (str, os.PathLike)):
         return _read_one(source, **options)
     if isinstance(source, bytes) or not hasattr(source, "__iter__"):

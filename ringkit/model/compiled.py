@@ -39,7 +39,7 @@ def compiled_memory(cfg, tokens: int, *, mesh, weights_dtype: str = "float32",
 
     from ringkit.attention import decode
     from ringkit.model.batch import padded_length
-    from ringkit.model.model import _ROWS, _STEP, Model
+    from ringkit.model.model import ROWS, STEP, Model
     from ringkit.model.transformer import Runtime, param_shardings
     from ringkit.model.weights.place import abstract_variables
 
@@ -50,7 +50,7 @@ def compiled_memory(cfg, tokens: int, *, mesh, weights_dtype: str = "float32",
     model = Model(cfg, variables, None, runtime)
     sp, rows = mesh.shape["sp"], mesh.shape["dp"] * mesh.shape["fsdp"]
     ids = jax.ShapeDtypeStruct((rows, padded_length(tokens, sp, runtime.layout)), jnp.int32,
-                               sharding=NamedSharding(mesh, _ROWS))
+                               sharding=NamedSharding(mesh, ROWS))
     scalar = jax.ShapeDtypeStruct((), jnp.int32)
     extra = decode.room_slots(max(new_tokens, 1) - 1, sp)
     prefill = model._prefill_fn.lower(variables, ids, ids, ids, None, scalar, extra).compile()
@@ -63,7 +63,7 @@ def compiled_memory(cfg, tokens: int, *, mesh, weights_dtype: str = "float32",
     decode_vars = jax.tree.map(sds, shapes, param_shardings(shapes, mesh, decode=True))
     decode_weights = sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
                          for x in jax.tree.leaves(decode_vars))
-    one = jax.ShapeDtypeStruct((rows, 1), jnp.int32, sharding=NamedSharding(mesh, _STEP))
+    one = jax.ShapeDtypeStruct((rows, 1), jnp.int32, sharding=NamedSharding(mesh, STEP))
     step = model._step_fn.lower(decode_vars, k, v, slot_pos, one, one, scalar, scalar).compile()
     total = lambda m: (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
                        - m.alias_size_in_bytes)

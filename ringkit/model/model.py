@@ -19,14 +19,15 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ringkit.attention import decode
 from ringkit.errors import ConfigError, ShapeError, advice
+from ringkit.generate import Sampling
 from ringkit.model.batch import Batch, pack, padded_length
 from ringkit.model.config import ModelConfig
 from ringkit.model.memory import estimate
 from ringkit.model.transformer import Runtime, Transformer, spread
-from ringkit.progress import _Silent, bar, reporting
+from ringkit.progress import Silent, bar, reporting
 
-_ROWS = P(("dp", "fsdp"), "sp")       # [b, S] inputs of a prefill
-_STEP = P(("dp", "fsdp"), None)       # [b, t] inputs of a decode step
+ROWS = P(("dp", "fsdp"), "sp")       # [b, S] inputs of a prefill
+STEP = P(("dp", "fsdp"), None)       # [b, t] inputs of a decode step
 PREFILL_BAR_TOKENS = 4096             # prefills of at least this many tokens show a bar per layer
 
 
@@ -81,7 +82,7 @@ class Model:
         self.config, self.variables, self.tokenizer, self.runtime = (
             config, variables, tokenizer, runtime)
         self.source: str | None = None
-        self.sampling = None  # a ringkit.generate.Sampling its authors recommend
+        self.sampling: Sampling | None = None  # what its authors recommend
         self._plain = Transformer(config, runtime)
         # Decode steps run the layers unrolled (see ``Transformer``), on ``_decode_variables``.
         self._decoder = Transformer(
@@ -179,11 +180,11 @@ class Model:
 
         order = layout_positions(total, self.sp, self.runtime.layout)
         lay = lambda x: np.ascontiguousarray(x[:, order])
-        vm = None if vision_mask is None else self._put(lay(rows(vision_mask, False)), _ROWS)
+        vm = None if vision_mask is None else self._put(lay(rows(vision_mask, False)), ROWS)
         out = self._logits_fn(
-            self.variables, self._put(lay(rows(ids, 0)), _ROWS),
-            self._put(lay(rows(positions, 0).astype(np.int32)), _ROWS),
-            self._put(lay(rows(seg, -1)), _ROWS), vm, head)
+            self.variables, self._put(lay(rows(ids, 0)), ROWS),
+            self._put(lay(rows(positions, 0).astype(np.int32)), ROWS),
+            self._put(lay(rows(seg, -1)), ROWS), vm, head)
         # The layout's order is undone on the host: a gather along the sharded sequence axis on
         # the devices would replicate the whole [b, S, vocab] on every one of them.
         inverse = np.argsort(order)
@@ -228,15 +229,15 @@ class Model:
         with bar(self.config.n_layers, "prefill", "layer", threshold=PREFILL_BAR_TOKENS,
                  amount=batch.ids.size) as progress, reporting(progress):
             logits, k, v, slot_pos = self._prefill_fn(
-                self.variables, self._put(batch.ids, _ROWS), self._put(batch.positions, _ROWS),
-                self._put(batch.segment_ids, _ROWS), self._put(batch.vision_mask, _ROWS),
+                self.variables, self._put(batch.ids, ROWS), self._put(batch.positions, ROWS),
+                self._put(batch.segment_ids, ROWS), self._put(batch.vision_mask, ROWS),
                 jnp.int32(batch.last_slot), extra)
             cache = KVCache(k, v, slot_pos, base=batch.ids.shape[1] // self.sp, appended=0,
                             next_pos=batch.lengths.copy(), rows=len(rows))
             # The prefill was dispatched asynchronously: compile the decode steps meanwhile.
             for t in steps:
                 self._compile_step(cache, t)
-            if not isinstance(progress, _Silent):
+            if not isinstance(progress, Silent):
                 jax.block_until_ready(logits)  # the bar stays until the last layer is done
         return logits[:len(rows)], cache
 
@@ -244,7 +245,7 @@ class Model:
         """Compile (or find compiled) the decode step that appends ``t`` tokens to ``cache``:
         later ``step`` calls of that shape reuse it."""
         tokens = jax.ShapeDtypeStruct((len(cache.next_pos), t), jnp.int32,
-                                      sharding=NamedSharding(self.mesh, _STEP))
+                                      sharding=NamedSharding(self.mesh, STEP))
         self._step_fn.lower(self._decode_variables, cache.k, cache.v, cache.slot_pos, tokens,
                             tokens, jnp.int32(0), jnp.int32(0)).compile()
 
@@ -296,8 +297,8 @@ class Model:
         positions = cache.next_pos[:, None] + np.arange(t, dtype=np.int32)
         self.check_length(int(positions.max()) + 1)
         logits, cache.k, cache.v, cache.slot_pos = self._step_fn(
-            self._decode_variables, cache.k, cache.v, cache.slot_pos, self._put(tokens, _STEP),
-            self._put(positions.astype(np.int32), _STEP), jnp.int32(cache.appended),
+            self._decode_variables, cache.k, cache.v, cache.slot_pos, self._put(tokens, STEP),
+            self._put(positions.astype(np.int32), STEP), jnp.int32(cache.appended),
             jnp.int32(cache.base))
         cache.appended += t
         cache.next_pos = cache.next_pos + t

@@ -36,4 +36,4 @@ def render(template: str, **context) -> str:
     try:
         return env.from_string(template).render(**context)
     except jinja2.TemplateError as err:
-        raise ConfigError(f"the model's chat template failed to render: {err}")
+        raise ConfigError(f"the model's chat template failed to render: {err}") from err

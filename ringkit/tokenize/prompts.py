@@ -142,7 +142,7 @@ def _cached(store, key, sources, compute) -> Tokens:
                   np.asarray(segment, np.uint32), sources)
 
 
-def _chat_shell(tok, generation_prompt: bool) -> tuple[str, str] | None:
+def chat_shell(tok, generation_prompt: bool) -> tuple[str, str] | None:
     """The chat template's text before and after the user's content, or None for a template
     that alters its content."""
     shell = tok.apply_chat_template([{"role": "user", "content": _SENTINEL}],
@@ -156,7 +156,7 @@ def _text_prompt(doc: Document, tok, question, store, sources, *, open_end=False
     prefix of a ``context_prompt``)."""
     body = doc.text.strip()
     content = body if question is None else f"{body}\n\n{QUESTION_LEAD}{question.strip()}"
-    parts = _chat_shell(tok, question is not None or open_end)
+    parts = chat_shell(tok, question is not None or open_end)
     if parts is not None:
         before, after = parts
         prompt = before + content + ("" if open_end else after)
@@ -237,7 +237,7 @@ def context_prompt(doc: Document, model, *, vqgan=None, cache=None) -> ContextPr
     prefix = _prompt(doc, model, None, vqgan, cache, open_end=True)
     if prefix.counts["vision"]:
         return ContextPrompt(prefix, "\n{question} ASSISTANT:", tok)
-    after = _chat_shell(tok, True)[1]
+    after = chat_shell(tok, True)[1]
     return ContextPrompt(prefix, "\n\n" + QUESTION_LEAD + "{question}" + after, tok)
 
 

@@ -306,7 +306,7 @@ class Tokenizer:
             try:
                 backend = tokenizers.Tokenizer.from_file(str(path / "tokenizer.json"))
             except Exception as err:
-                raise FormatError(f"{path / 'tokenizer.json'} is not a valid tokenizer: {err}")
+                raise FormatError(f"{path / 'tokenizer.json'} is not a valid tokenizer: {err}") from err
         elif (path / "tokenizer.model").exists():
             return cls.from_sentencepiece(path / "tokenizer.model", config=config)
         else:
@@ -359,7 +359,7 @@ def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise FormatError(f"cannot read {path}: {err}")
+        raise FormatError(f"cannot read {path}: {err}") from err
 
 
 def _byte_level(tokens: list[str], merges: Sequence[str], pre: str) -> tokenizers.Tokenizer:

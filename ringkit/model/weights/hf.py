@@ -17,6 +17,7 @@ import numpy as np
 from ringkit.errors import ConfigError, FormatError, RingkitError, ShapeError, UnsupportedError
 from ringkit.model.config import ModelConfig
 from ringkit.model.rope import RopeScaling
+from ringkit.tokenize.text import Tokenizer
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 _DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": "bfloat16", "F64": np.float64}
@@ -233,10 +234,8 @@ class _Stack:
         return np.stack([np.asarray(self.layers[i])[rest] for i in range(self.shape[0])[first]])
 
 
-def read_hf(folder) -> tuple[ModelConfig, dict, object]:
+def read_hf(folder) -> tuple[ModelConfig, dict, Tokenizer]:
     """``(config, canonical weights, tokenizer)`` of an HF LLaMA-family directory."""
-    from ringkit.tokenize.text import Tokenizer
-
     folder = Path(folder)
     try:
         values = json.loads((folder / "config.json").read_text())
