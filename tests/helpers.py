@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 
 def lower_for_h100(fn, *args) -> str:
@@ -47,15 +48,39 @@ def ring_case_id(case):
             f"{'-seg' if seg else ''}-{blocks.block_q}x{blocks.block_k}")
 
 
-def check_interpreted_ring(case, rng, interpret: str):
-    """``ring_attention(impl='pallas', interpret=...)`` forward and gradients against the float64
-    reference and against ``impl='xla'``, each within 1e-5."""
+def native(backend: str) -> bool:
+    """Whether this process runs on ``backend`` ('gpu' or 'tpu'). The Pallas tests run their
+    kernels natively there and in interpret mode elsewhere (JAX's ``INTERPRET`` pattern), so a
+    GPU or TPU machine checks the real kernels with ``pytest``."""
     import jax
 
+    return jax.default_backend() == backend
+
+
+def native_mosaic() -> bool:
+    """Whether the Mosaic GPU forward runs natively here (a Hopper GPU)."""
+    return native("gpu") and str(getattr(jax.devices()[0], "compute_capability", "")).startswith(
+        "9.")
+
+
+def interpret_for(backend: str) -> str | None:
+    """``ring_attention``'s ``interpret=``: None where ``backend`` is this machine, else it."""
+    return None if native(backend) else backend
+
+
+def check_pallas_ring(case, rng, backend: str):
+    """``ring_attention(impl='pallas')`` forward and gradients against the float64 reference and
+    against ``impl='xla'``, each within 1e-5: natively on ``backend``, else in interpret mode."""
     import ringkit as rk
     from ringkit.attention import attention_reference
 
     sp, b, s, hq, hkv, d, causal, layout, seg, blocks = case
+    if len(jax.devices()) < sp:
+        pytest.skip(f"sp={sp} needs {sp} devices, this machine has {len(jax.devices())}")
+    mosaic = blocks is not None and blocks.gpu_forward == "mosaic"
+    if mosaic and native("gpu") and not native_mosaic():
+        pytest.skip("the Mosaic GPU forward needs a Hopper GPU (compute capability 9.x)")
+    interpret = interpret_for(backend)
     mesh = rk.make_mesh(sp=sp, devices=jax.devices()[:sp])
     q, k, v = qkv(rng, b, s, hq, hkv, d)
     seg_ids = segments(rng, b, s) if seg else None
@@ -64,12 +89,14 @@ def check_interpreted_ring(case, rng, interpret: str):
     def run(impl, **kw):
         fn = lambda q, k, v: rk.ring_attention(q, k, v, mesh=mesh, causal=causal, layout=layout,
                                                segment_ids=seg_ids, impl=impl, **kw)
-        out, pull = jax.vjp(fn, q, k, v)
-        # Each result before the next dispatch: JAX's Mosaic GPU interpreter runs a kernel's
-        # warpgroups as computations of their own on the same CPU device, and work queued
-        # behind it meanwhile can deadlock it (jax 0.10).
-        jax.block_until_ready(out)
-        return jax.block_until_ready((out, *pull(cot)))
+        # Native float32: XLA's own dots at full precision too (TF32 is a GPU's default).
+        with jax.default_matmul_precision("highest"):
+            out, pull = jax.vjp(fn, q, k, v)
+            # Each result before the next dispatch: JAX's Mosaic GPU interpreter runs a kernel's
+            # warpgroups as computations of their own on the same CPU device, and work queued
+            # behind it meanwhile can deadlock it (jax 0.10).
+            jax.block_until_ready(out)
+            return jax.block_until_ready((out, *pull(cot)))
 
     got = run("pallas", interpret=interpret, block_sizes=blocks)
     xla = run("xla")

@@ -1,4 +1,4 @@
-"""The Pallas GPU (Triton) kernels on CPU: interpret mode against the float64 reference and the XLA
+"""The Pallas GPU (Triton) kernels, natively on a GPU and in interpret mode elsewhere, against the float64 reference and the XLA
 tiles, forward and gradients; Triton lowering checked without a GPU; bad options."""
 
 import jax
@@ -10,7 +10,10 @@ import ringkit as rk
 from ringkit.attention import attention_reference, blockwise, gpu_order, pallas_gpu
 from ringkit.attention.layouts import device_positions
 from ringkit.errors import ConfigError, UnsupportedError
-from helpers import check_interpreted_ring, f64, lower_for_h100, qkv, rel_err, ring_case_id
+from helpers import check_pallas_ring, native, f64, lower_for_h100, qkv, rel_err, ring_case_id
+
+# Natively on the backend when this machine has it, else in interpret mode (JAX's pattern).
+INTERPRET = not native("gpu")
 
 SMALL = rk.BlockSizes(block_q=32, block_k=16, block_q_dkv=16, block_k_dkv=32)
 OTHER = rk.BlockSizes(block_q=16, block_k=32, block_q_dkv=32, block_k_dkv=16, block_q_dq=64,
@@ -33,7 +36,7 @@ DEFAULT = (0, 2)
 @pytest.mark.parametrize("case", [c if i in DEFAULT else pytest.param(c, marks=pytest.mark.slow)
                                   for i, c in enumerate(CASES)], ids=ring_case_id)
 def test_interpret_matches_reference_and_xla(case, rng):
-    check_interpreted_ring(case, rng, interpret="gpu")
+    check_pallas_ring(case, rng, "gpu")
 
 
 @pytest.mark.parametrize("n_tiles,batch,heads", [(64, 1, 16), (4, 2, 3), (256, 1, 5), (1, 3, 7),
@@ -79,12 +82,12 @@ def test_fold_into_a_running_carry(rng, monkeypatch):
              jnp.asarray(rng.random(rows) + 0.5, jnp.float32))
     args = (q, k, v, carry, q_pos, k_pos, seg_q, seg_k, spec)
     want = blockwise.fold_block(*args)
-    got = pallas_gpu.fold_block(*args, blocks=SMALL, interpret=True)
+    got = pallas_gpu.fold_block(*args, blocks=SMALL, interpret=INTERPRET)
     for g_, w in zip(got, want):
         assert rel_err(g_, w) < 1e-5
     # The kernel saw the block: a different key changes the result.
     other = pallas_gpu.fold_block(q, k.at[:, :, 0].add(1.0), *args[2:], blocks=SMALL,
-                                  interpret=True)
+                                  interpret=INTERPRET)
     assert rel_err(other[0], got[0]) > 1e-4
 
     do = jnp.asarray(rng.standard_normal(shape_q), jnp.float32)
@@ -92,7 +95,7 @@ def test_fold_into_a_running_carry(rng, monkeypatch):
     delta = jnp.asarray(rng.standard_normal(rows), jnp.float32)
     grads = tuple(jnp.asarray(rng.standard_normal(x.shape), jnp.float32) for x in (q, k, v))
     gargs = (q, k, v, do, lse, delta, grads, q_pos, k_pos, seg_q, seg_k, spec)
-    for g_, w in zip(pallas_gpu.grad_block(*gargs, blocks=OTHER, interpret=True),
+    for g_, w in zip(pallas_gpu.grad_block(*gargs, blocks=OTHER, interpret=INTERPRET),
                      blockwise.grad_block(*gargs)):
         assert rel_err(g_, w) < 1e-5
 

@@ -1,4 +1,4 @@
-"""The Pallas TPU (Mosaic) kernels on CPU: TPU interpret mode against the float64 reference and
+"""The Pallas TPU (Mosaic) kernels, natively on a TPU and in interpret mode elsewhere, against the float64 reference and
 the XLA tiles, forward and gradients; the visit lists that skip hidden tiles; Mosaic lowering
 checked without a TPU; tile rules."""
 
@@ -11,7 +11,10 @@ import ringkit as rk
 from ringkit.attention import attention_reference, blockwise, pallas_tpu
 from ringkit.attention.layouts import device_positions
 from ringkit.errors import ConfigError
-from helpers import check_interpreted_ring, f64, qkv, rel_err, ring_case_id
+from helpers import check_pallas_ring, native, f64, qkv, rel_err, ring_case_id
+
+# Natively on the backend when this machine has it, else in interpret mode (JAX's pattern).
+INTERPRET = not native("tpu")
 
 # Key tiles are lane-dense (multiples of 128); rows go down to 8.
 SMALL = rk.BlockSizes(block_q=64, block_k=128, block_q_dq=32, block_k_dq=128, block_q_dkv=64,
@@ -35,7 +38,7 @@ DEFAULT = (0,)
 @pytest.mark.parametrize("case", [c if i in DEFAULT else pytest.param(c, marks=pytest.mark.slow)
                                   for i, c in enumerate(CASES)], ids=ring_case_id)
 def test_interpret_matches_reference_and_xla(case, rng):
-    check_interpreted_ring(case, rng, interpret="tpu")
+    check_pallas_ring(case, rng, "tpu")
 
 
 def test_visit_lists_skip_hidden_tiles():
@@ -72,11 +75,11 @@ def test_fold_into_a_running_carry_and_grads(rng):
     for segs in ((None, None), (seg_q, seg_k)):
         args = (q, k, v, carry, q_pos, k_pos, *segs, spec)
         want = blockwise.fold_block(*args)
-        got = pallas_tpu.fold_block(*args, blocks=SMALL, interpret=True)
+        got = pallas_tpu.fold_block(*args, blocks=SMALL, interpret=INTERPRET)
         for g_, w in zip(got, want):
             assert rel_err(g_, w) < 1e-5
     other = pallas_tpu.fold_block(q, k.at[:, :, 0].add(1.0), *args[2:], blocks=SMALL,
-                                  interpret=True)
+                                  interpret=INTERPRET)
     assert rel_err(other[0], got[0]) > 1e-4  # the kernel saw the block
 
     do = jnp.asarray(rng.standard_normal(shape_q), jnp.float32)
@@ -84,7 +87,7 @@ def test_fold_into_a_running_carry_and_grads(rng):
     delta = jnp.asarray(rng.standard_normal(rows), jnp.float32)
     grads = tuple(jnp.asarray(rng.standard_normal(x.shape), jnp.float32) for x in (q, k, v))
     gargs = (q, k, v, do, lse, delta, grads, q_pos, k_pos, seg_q, seg_k, spec)
-    got = pallas_tpu.grad_block(*gargs, blocks=WIDE, interpret=True)
+    got = pallas_tpu.grad_block(*gargs, blocks=WIDE, interpret=INTERPRET)
     for g_, w, before in zip(got, blockwise.grad_block(*gargs), grads):
         assert rel_err(g_, w) < 1e-5
         assert rel_err(g_, before) > 1e-3  # the block added something
