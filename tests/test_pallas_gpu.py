@@ -142,6 +142,8 @@ def test_choice_and_bad_options():
         rk.ring_attention(x, x, x, mesh=mesh, impl="pallas")
     with pytest.raises(ConfigError, match="interpret='gpu' runs a Pallas kernel"):
         rk.ring_attention(x, x, x, mesh=mesh, interpret="gpu")
+    with pytest.raises(ConfigError, match="block_q/block_k tile the XLA kernel.*block_sizes="):
+        rk.ring_attention(x, x, x, mesh=mesh, impl="pallas", interpret="gpu", block_q=16)
     with pytest.raises(ConfigError, match="interpret='cuda' must be one of"):
         rk.ring_attention(x, x, x, mesh=mesh, impl="pallas", interpret="cuda")
     with pytest.raises(ConfigError, match="block_k=48 must be a power of two"):

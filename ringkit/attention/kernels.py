@@ -75,11 +75,14 @@ def auto_gpu_forward(blocks: BlockSizes, compute_capability: str | None, dtype, 
 
 
 def filled_sizes(kernel: str, block_sizes, head_dim: int, dtype) -> BlockSizes:
+    """``block_sizes`` with every unset field from ``kernel``'s tuned defaults for this head dim
+    and dtype (the XLA kernel takes none)."""
     blocks = block_sizes or BlockSizes()
     itemsize = jnp.dtype(dtype).itemsize
     if blocks.gpu_forward == "mosaic" and kernel != "gpu":
-        raise ConfigError(f"BlockSizes(gpu_forward='mosaic') picks a GPU kernel, but this call runs "
-                          f"the {KERNELS[kernel]}; drop it, or run on a GPU (or interpret='gpu')")
+        raise ConfigError(f"BlockSizes(gpu_forward='mosaic') picks a GPU kernel, but this call "
+                          f"runs the {KERNELS[kernel]}; drop it, or run on a GPU (or "
+                          "interpret='gpu')")
     if kernel == "gpu":
         return blocks.filled(gpu_defaults(head_dim, itemsize, blocks.gpu_forward))
     return blocks.filled(tpu_defaults(head_dim, itemsize)) if kernel == "tpu" else blocks

@@ -278,9 +278,9 @@ def ring_attention(q, k, v, *, mesh, causal=True, segment_ids=None, layout="zigz
         ``interpret`` is given. ``describe(...)`` says which one a call runs.
       interpret: ``"gpu"`` or ``"tpu"`` runs that backend's Pallas kernel in interpret mode (on
         CPU, for tests); needs ``impl="pallas"``.
-      block_q, block_k: tile sizes per device for the XLA and TPU kernels (default: up to 256,
+      block_q, block_k: the XLA kernel's tiles, in positions per device (default: up to 256,
         dividing the layout chunk).
-      block_sizes: ``ringkit.BlockSizes`` for the GPU kernels.
+      block_sizes: ``ringkit.BlockSizes`` for the Pallas (GPU and TPU) kernels, in rows by keys.
       scale: softmax scale, default ``1 / sqrt(head_dim)``.
 
     Returns:

@@ -41,7 +41,7 @@ class RingSpec:
     groups: int
     has_segments: bool
     kernel: str = "xla"  # 'xla', 'gpu' or 'tpu' (kernels.choose_kernel)
-    interpret: bool = False
+    interpret: bool = False  # a Pallas kernel in interpret mode (make_spec's interpret="gpu"/"tpu")
     blocks: BlockSizes = BlockSizes()  # filled for the kernel, head dim and dtype
 
     @property
@@ -109,6 +109,11 @@ def make_spec(q, k, v, segment_ids, *, mesh, causal, layout, scale, block_q, blo
     require_axes(mesh, MESH_AXES)
     check_layout(layout)
     kernel = kernels.choose_kernel(impl, interpret, mesh)
+    if kernel != "xla" and (block_q is not None or block_k is not None):
+        raise ConfigError(
+            f"block_q/block_k tile the XLA kernel (in positions); this call runs the "
+            f"{kernels.KERNELS[kernel]}, which take block_sizes=ringkit.BlockSizes(block_q=..., "
+            "block_k=...) in rows (positions x GQA group) by keys")
     if block_sizes is not None and not isinstance(block_sizes, BlockSizes):
         raise ConfigError(f"block_sizes must be a ringkit.BlockSizes, got {block_sizes!r}")
     if not isinstance(causal, (bool, np.bool_)):
@@ -200,7 +205,8 @@ def describe(spec: RingSpec) -> str:
 
 def tiles_per_device(seq_len: int, sp: int, layout: str = "zigzag", *, causal: bool = True,
                      block_q: int | None = None, block_k: int | None = None):
-    """Number of ``block_q x block_k`` tiles each device computes in one forward ring.
+    """Number of ``block_q x block_k`` tiles (positions) each device's XLA kernel computes in one
+    forward ring (the Pallas kernels tile rows by keys with ``BlockSizes``).
 
     Uses the kernel's own skip rule (``blockwise.tile_kind``), so ``max / mean`` of the result is
     the causal load imbalance of a layout: ~1.0 for zigzag, ~1.8 for contiguous on 8 devices.
