@@ -23,7 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ringkit.attention import describe, ring_attention
+from ringkit.context import resolve_model
 from ringkit.errors import ConfigError
+from ringkit.mesh import make_mesh
 
 # The one-device baseline materialises [batch, heads, S, S] float32 scores, except for 16-bit
 # inputs on GPUs (cuDNN's flash attention): beyond this many bytes it is skipped rather than
@@ -95,9 +98,8 @@ def _baseline(q, k, v, causal, flops, repeats, device) -> dict:
 
 def _attention_row(shapes, dtype, seed, options, backward, baseline, repeats, device) -> dict:
     """Timings of one sequence length (see ``attention``)."""
-    from jax.sharding import NamedSharding, PartitionSpec as P
-
-    from ringkit.attention import describe, ring_attention
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     keys = jax.random.split(jax.random.key(seed), 3)
     q, k, v = (jax.random.normal(key, shape, dtype) for key, shape in zip(keys, shapes))
@@ -143,8 +145,6 @@ def attention(*, seqs: Sequence[int] = (8192,), batch: int = 1, heads: int = 16,
         print(df[["seq", "forward_tflops", "vs_baseline"]])
     """
     import pandas as pd
-
-    from ringkit.mesh import make_mesh
 
     mesh = mesh if mesh is not None else make_mesh()
     kv_heads = kv_heads or heads
@@ -203,8 +203,6 @@ def model(model=None, *, lengths: Sequence[int] = (1024, 4096), decode_tokens: i
         df = rk.bench.model(lengths=[2048], decode_tokens=16)
     """
     import pandas as pd
-
-    from ringkit.context import resolve_model
 
     model = resolve_model(model, mesh)
     if not lengths or min(lengths) < 1 or decode_tokens < 1:

@@ -22,6 +22,9 @@ import os
 import sys
 import warnings
 
+# ringkit's own modules are imported inside the commands, not here: ``ringkit --help`` and a
+# mistyped flag answer at once instead of after JAX's ~1 s import.
+
 _MESH_HELP = ("device mesh as LWM's 'dp,fsdp,tp,sp' sizes, one of them -1 for the remaining "
               "devices (default: every device on the sequence axis 'sp')")
 

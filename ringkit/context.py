@@ -30,13 +30,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from ringkit import persist
+from ringkit.display import AnswerPrinter, frame_strip_html, sharding_html, sharding_text
 from ringkit.errors import ConfigError, FitWarning, ResourceError, ShapeError, SourceError, advice
 from ringkit.generate import check_sampling, decode, sampling_for, stop_strings
 from ringkit.inputs.document import Document, TextSegment
+from ringkit.inputs.ocr import describe
+from ringkit.inputs.outline import fit_focused, fit_outline
 from ringkit.inputs.repo import HEADER
 from ringkit.inputs.sources import ingest
+from ringkit.mesh import make_mesh
+from ringkit.model import load_model
+from ringkit.model.load import quick_dtype
+from ringkit.model.memory import estimate
 from ringkit.model.model import KVCache, Model
-from ringkit.tokenize.prompts import ContextPrompt, check_question
+from ringkit.tokenize.prompts import ContextPrompt, check_question, context_prompt
 
 DEFAULT_ROOM = 1024  # question + answer tokens a context keeps room for
 QUESTION_PIECE = 8   # question tokens fed per decode step (see ``Context.ask``)
@@ -46,9 +53,6 @@ _MODELS: dict = {}
 def default_model(mesh=None, dtype: str | None = None):
     """The embedded SmolLM2 on ``mesh`` (default: every device on 'sp') computing in ``dtype``
     (default: ``load_model``'s), loaded once per mesh and dtype."""
-    from ringkit.mesh import make_mesh
-    from ringkit.model import load_model
-
     mesh = mesh if mesh is not None else make_mesh()
     key = (tuple(mesh.shape.items()), tuple(d.id for d in mesh.devices.flat), dtype)
     if key not in _MODELS:
@@ -61,8 +65,6 @@ def resolve_model(model, mesh, dtype: str | None = None, *, quick: bool = False)
     comes with its mesh and dtype: not both). ``quick`` (``read``, ``ask``): the default dtype
     is ``ringkit.model.load.quick_dtype()``, bfloat16 compute on a CPU with native bf16."""
     if model is None:
-        from ringkit.model.load import quick_dtype
-
         return default_model(mesh, dtype or (quick_dtype() if quick else None))
     if mesh is not None or dtype is not None:
         raise ConfigError(f"pass either model= (already on its mesh, in its dtype) or "
@@ -82,8 +84,6 @@ def _streamer(stream) -> Callable[[str, int], None] | None:
     if stream is None or stream is False:
         return None
     if stream is True:
-        from ringkit.display import AnswerPrinter
-
         return AnswerPrinter()
     return lambda piece, row: stream(piece)
 
@@ -185,8 +185,6 @@ class Context:
         shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
         note = f"\n{self.fitted}" if self.fitted else ""
         if not self.model.config.has_vision:  # how each video or image reached it as text
-            from ringkit.inputs.ocr import describe
-
             note += "".join(f"\n{describe(t)}" for t in self.doc.video_text)
         runtime = self.model.runtime
         compute = (f"{runtime.dtype} compute" if runtime.dtype == "float32" else
@@ -197,8 +195,6 @@ class Context:
                 f"sp={self.model.sp}; room for {self.room:,} question + answer tokens{note}")
 
     def __repr__(self) -> str:
-        from ringkit.display import sharding_text
-
         n = len(self.tokens)
         frames = len(self.doc.frames)
         strip = ""
@@ -211,8 +207,6 @@ class Context:
 
     def _repr_html_(self) -> str:
         import html
-
-        from ringkit.display import frame_strip_html, sharding_html
 
         n = len(self.tokens)
         return (f"<pre>{html.escape(self.summary())}</pre>"
@@ -234,8 +228,6 @@ def _host_available() -> int:
 
 def _check_memory(model, tokens: int, new_tokens: int = 0) -> None:
     """Refuse a prompt whose estimated prefill peak exceeds the memory the devices have."""
-    from ringkit.model.memory import estimate
-
     est = estimate(model, tokens, new_tokens=new_tokens)
     tokens += new_tokens
     devices = list(model.mesh.devices.flat)
@@ -256,9 +248,6 @@ def _check_memory(model, tokens: int, new_tokens: int = 0) -> None:
 def fit_prompt(doc: Document, prompt, model, room: int, fit: str, vqgan, cache,
                focus=None):
     """``(doc, prompt, note)``: the document as it will be read under ``fit`` (see ``read``)."""
-    from ringkit.inputs.outline import fit_focused, fit_outline
-    from ringkit.tokenize.prompts import context_prompt
-
     limit = model.config.context_length
     whole = len(prompt.prefix)
     if fit == "outline" and not doc.files:
@@ -330,8 +319,6 @@ def read(source, *, model=None, mesh=None, dtype: str | None = None, room: int =
         ctx = ringkit.read(["README.md", "ringkit/"])
         ctx.ask("Which file implements ring attention?")
     """
-    from ringkit.tokenize.prompts import context_prompt
-
     if isinstance(room, bool) or not isinstance(room, (int, np.integer)) or room < 1:
         raise ConfigError(f"room (question + answer tokens) must be a whole number >= 1, got "
                           f"{room!r}")
@@ -429,8 +416,6 @@ def load_context(path, *, model=None, mesh=None) -> Context:
 
 def _saved_model(source: str | None, mesh):
     """The model a context was prefilled with: the embedded one, or its checkpoint's."""
-    from ringkit.model import load_model
-
     if source is None:
         return default_model(mesh)
     if not pathlib.Path(source).exists():

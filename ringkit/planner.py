@@ -24,9 +24,14 @@ import re
 from pathlib import Path
 
 from ringkit.errors import ConfigError, FormatError, MeshError, ShapeError
+from ringkit.mesh import MeshConfig, make_mesh
+from ringkit.model.compiled import CompiledMemory, compiled_memory
 from ringkit.model.config import ModelConfig
-from ringkit.model.compiled import CompiledMemory
 from ringkit.model.memory import MemoryEstimate, estimate_shapes
+from ringkit.model.model import Model
+from ringkit.model.weights import gguf_file
+from ringkit.model.weights.gguf import config_from_fields
+from ringkit.model.weights.hf import config_from_hf
 
 AXES = ("dp", "fsdp", "tp", "sp")
 
@@ -245,8 +250,6 @@ def plan(model, tokens, mesh="1,1,1,8", *, dtype: str | None = None,
 
         print(ringkit.plan("qwen2.5-7b-1m", "256K", "1,1,4,16", device="h100"))
     """
-    from ringkit.model.model import Model
-
     if isinstance(model, Model):
         config = model.config
         if dtype is None:
@@ -273,9 +276,6 @@ def plan(model, tokens, mesh="1,1,1,8", *, dtype: str | None = None,
 def _compiled(p: Plan) -> CompiledMemory:
     import jax
 
-    from ringkit.mesh import MeshConfig, make_mesh
-    from ringkit.model.compiled import compiled_memory
-
     have = jax.devices()
     if len(have) < p.devices:
         raise MeshError(
@@ -300,9 +300,6 @@ def model_config(model) -> ModelConfig:
                               "file") from None
     path = Path(model)
     if path.suffix == ".gguf":
-        from ringkit.model.weights import gguf_file
-        from ringkit.model.weights.gguf import config_from_fields
-
         fields, tensors = gguf_file.read(path)  # the tensor directory, not the tensors' data
         config = config_from_fields(fields, fields.get("general.name") or path.stem)
         return config.replace(tie_embeddings="output.weight" not in tensors)
@@ -310,7 +307,6 @@ def model_config(model) -> ModelConfig:
     if not file.is_file():
         raise FormatError(f"{path}: no config.json; give a preset name, a ModelConfig, an HF "
                           "directory, its config.json or a .gguf file")
-    from ringkit.model.weights.hf import config_from_hf
 
     try:
         values = json.loads(file.read_text())
@@ -342,8 +338,6 @@ def parse_tokens(tokens) -> int:
 def mesh_sizes(mesh) -> dict:
     """Axis sizes of a ``"dp,fsdp,tp,sp"`` string, a dict or a ``Mesh`` (no -1: a plan names
     every axis)."""
-    from ringkit.mesh import MeshConfig
-
     if hasattr(mesh, "shape") and not isinstance(mesh, (str, dict)):
         sizes = dict(mesh.shape)
     elif isinstance(mesh, dict):

@@ -158,10 +158,10 @@ def test_run_and_resume(tok, tiny2, tmp_path, monkeypatch):
     assert len(r.frame) == 4 and r.scores().shape == (2, 1)
     assert (r.frame["tokens"] <= 640).all() and r.frame["score"].between(0, 100).all()
     assert r.plot() is not None and "RULER" in repr(r)
-    import ringkit.generate as generate
+    import ringkit.eval.common as common  # where the evals call generate_ids
 
-    calls, original = [], generate.generate_ids
-    monkeypatch.setattr(generate, "generate_ids",
+    calls, original = [], common.generate_ids
+    monkeypatch.setattr(common, "generate_ids",
                         lambda m, rows, **k: calls.append(len(rows)) or original(m, rows, **k))
     # Resumed on another mesh (the mesh is not part of a run's settings): nothing runs again.
     again = rk.eval.ruler(_tiny(tok, 1), resume=tmp_path / "r.jsonl", **kw)

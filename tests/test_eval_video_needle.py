@@ -29,10 +29,10 @@ def test_text_model_reads_the_needle_by_ocr(smollm2_tokenizer, tmp_path, monkeyp
         config, rk.model.Runtime(rk.make_mesh(sp=2, devices=jax.devices()[:2])), seed=5,
         tokenizer=tok)
     prompts = []
-    import ringkit.generate as generate
+    import ringkit.eval.common as common  # where the evals call generate_ids
 
-    original = generate.generate_ids
-    monkeypatch.setattr(generate, "generate_ids",
+    original = common.generate_ids
+    monkeypatch.setattr(common, "generate_ids",
                         lambda m, rows, **k: prompts.extend(rows) or original(m, rows, **k))
     kw = dict(minutes=[0.5], depths=[0, 0.6], haystack=HAY, slide_seconds=5, seed=2,
               folder=tmp_path, max_new_tokens=4)
@@ -69,10 +69,10 @@ def test_vision_model_reads_the_needle_frame_as_codes(tmp_path, monkeypatch):
     model.tokenizer = _byte_tokenizer()  # the tiny checkpoint ships none
     vq = VQGAN.load(LWM / "vqgan")
     seen = []
-    import ringkit.generate as generate
+    import ringkit.eval.common as common  # where the evals call generate_ids
 
-    original = generate.generate_ids
-    monkeypatch.setattr(generate, "generate_ids", lambda m, rows, **k: seen.append(
+    original = common.generate_ids
+    monkeypatch.setattr(common, "generate_ids", lambda m, rows, **k: seen.append(
         (rows, k["vision_rows"])) or original(m, rows, **k))
     r = rk.eval.video_needle(model, minutes=[3 / 60], depths=[0.5], haystack=HAY, vqgan=vq,
                              slide_seconds=1, folder=tmp_path, max_new_tokens=2)

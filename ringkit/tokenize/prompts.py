@@ -28,8 +28,14 @@ import dataclasses
 import numpy as np
 
 from ringkit.errors import (
-    ConfigError, MissingDependencyError, SourceError, UnsupportedError, advice)
+    ConfigError,
+    MissingDependencyError,
+    SourceError,
+    UnsupportedError,
+    advice,
+)
 from ringkit.inputs.document import Document, FramesSegment, TextSegment
+from ringkit.inputs.ocr import INSTALL
 from ringkit.tokenize.store import NO_SEGMENT, TokenStore
 
 EOF_ID, EOV_ID = 8192, 8193  # LWM's end-of-frame and end-of-vision ids (vision vocabulary)
@@ -306,8 +312,6 @@ def _prompt(doc: Document, model, question, vqgan, cache, *, open_end: bool) -> 
 def _no_text(doc: Document, model_name: str):
     """The error for frames that reach a text-only model with no text: what it could not see,
     and what to do (install Tesseract, add subtitles, or load a vision model)."""
-    from ringkit.inputs.ocr import INSTALL
-
     names = [t.source for t in doc.video_text] or sorted(
         {s.source for s in doc.segments if isinstance(s, FramesSegment)})
     what = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")

@@ -27,6 +27,8 @@ from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 
 from ringkit.errors import FormatError, UnsupportedError
 from ringkit.tokenize.chat import LWM_CHAT_TEMPLATE, render
+from ringkit.tokenize.spm import read_sentencepiece, spm_bpe_tokenizer
+from ringkit.tokenize.store import digest
 
 # llama.cpp pre-tokenizer names -> the split regex their merges were learned with.
 _GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
@@ -222,8 +224,6 @@ class Tokenizer:
     def digest(self) -> str:
         """SHA-256 of everything that decides ids and prompts: vocabulary, merges, pre-tokenizer,
         special tokens, BOS rule and chat template (keys of the token store)."""
-        from ringkit.tokenize.store import digest
-
         return digest(self.backend.to_str(), str(self.bos_token), str(self.eos_token),
                       str(self.add_bos), self.chat_template or "", *self.extra_eos_tokens)
 
@@ -279,8 +279,6 @@ class Tokenizer:
             pre = fields.get("tokenizer.ggml.pre", "default")
             backend = _byte_level(tokens, fields.get("tokenizer.ggml.merges") or [], pre)
         elif kind == "llama":
-            from ringkit.tokenize.spm import spm_bpe_tokenizer
-
             backend = spm_bpe_tokenizer(tokens, list(fields["tokenizer.ggml.scores"]), types,
                                         add_dummy_prefix=fields.get(
                                             "tokenizer.ggml.add_space_prefix", True))
@@ -331,8 +329,6 @@ class Tokenizer:
     @classmethod
     def from_sentencepiece(cls, path, *, config: dict | None = None) -> "Tokenizer":
         """Build from a SentencePiece BPE ``tokenizer.model`` (LLaMA / LWM)."""
-        from ringkit.tokenize.spm import read_sentencepiece
-
         backend, bos, eos = read_sentencepiece(path)
         config = config or {}
         return cls(backend, bos_token=_token_str(config.get("bos_token")) or bos,

@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ringkit.errors import FormatError, UnsupportedError
+from ringkit.progress import bar
+from ringkit.tokenize.store import digest
 from ringkit.tokenize.vqgan_file import load_vqgan_params
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -191,8 +193,6 @@ class VQGAN:
     @functools.cached_property
     def digest(self) -> str:
         """SHA-256 of the weights (a key of the token store)."""
-        from ringkit.tokenize.store import digest
-
         flat = jax.tree_util.tree_flatten_with_path(self.params)[0]
         return digest(*[part for path, leaf in flat
                         for part in (jax.tree_util.keystr(path), np.asarray(leaf))])
@@ -221,8 +221,6 @@ class VQGAN:
         return jax.jit(fn)
 
     def _batched(self, fn, x, desc: str):
-        from ringkit.progress import bar
-
         outs = []
         with bar(len(x), desc, "frame", threshold=8 * self.batch) as progress:
             for i in range(0, len(x), self.batch):

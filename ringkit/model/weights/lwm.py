@@ -17,6 +17,7 @@ import numpy as np
 
 from ringkit.errors import ConfigError, FormatError
 from ringkit.model.config import ModelConfig
+from ringkit.tokenize.text import Tokenizer
 
 _TOP = {
     ("transformer", "wte", "embedding"): "embed",
@@ -175,7 +176,5 @@ def read_lwm(params_path, config: ModelConfig | None):
         config = config.replace(rope_convention="interleaved")
     tokenizer = None
     if (folder / "tokenizer.model").exists():
-        from ringkit.tokenize.text import Tokenizer
-
         tokenizer = Tokenizer.from_sentencepiece(folder / "tokenizer.model")
     return config, reshape_heads(canonical, config), tokenizer
