@@ -1,4 +1,5 @@
-"""The Pallas GPU kernels on a real GPU: correctness, then throughput against cuDNN and XLA.
+"""The Pallas GPU kernels on a real GPU: their tests run natively, then throughput against cuDNN
+and XLA.
 
     PYTHONPATH=. python3 benchmarks/attention_gpu.py --out results/    # on a GPU machine
 
@@ -6,9 +7,9 @@
    one per Pallas lowering ("lane", the library's default, and "warpgroup"), side by side: a
    lowering that fails or hangs is left out of everything below; each process's output is kept
    in ``--out`` as ``mosaic-smoke-LOWERING.log``.
-1. Correctness on the GPU (``gpu_checks.py``), fresh random inputs: the kernels (forward, dq,
-   dk/dv) against the float64 reference (numpy on the host) and against ``impl="xla"`` on the
-   GPU; float32 and bf16; causal, GQA, segments, two folds of zigzag KV blocks into one carry.
+1. Correctness on the GPU: the kernels' tests, natively (``tests/test_pallas_gpu.py`` and
+   ``tests/test_pallas_mgpu.py``, slow cases included): forward, dq, dk/dv against the float64
+   reference and ``impl="xla"``; float32 and bf16; causal, GQA, segments, zigzag folds.
 2. The same-run bf16 matmul rate (8192^3), the ceiling the kernels are judged against.
 3. A sweep at 32K (``--sweep-seq``, capped at ``--sweep-budget`` seconds; 0 skips it): cuDNN's
    forward, the yardstick of every line that follows; the Mosaic GPU forward's key tiles, stages
@@ -36,21 +37,22 @@ import argparse
 import dataclasses
 import datetime
 import json
+import os
 import pathlib
+import subprocess
 import sys
 import time
 import traceback
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import ringkit as rk
 from ringkit.attention import gpu_order, pallas_mgpu
 
 # This script's folder is on sys.path.
 import gpu_timing as gt
-from gpu_checks import check_correctness, mosaic_smoke
+from gpu_checks import mosaic_smoke
 from gpu_timing import (backward_part, flops_forward, kernel_bwd_time, kernel_fwd_time,
                         matmul_rate, try_time, user_times)
 
@@ -76,6 +78,22 @@ SWEEP_MOSAIC = [(128, 2), (128, 3), (64, 2), (64, 3), (64, 4)]
 SWEEP_DQ = [(128, 64), (128, 128), (64, 64), (128, 32)]
 SWEEP_DKV = [(64, 128), (32, 128), (64, 64)]
 SWEEP_LAUNCH_BWD = [(8, 3), (8, 2), (4, 3), (4, 2)]
+
+
+def kernel_tests(log) -> dict:
+    """The kernels' tests, run natively on this GPU (``tests/test_pallas_gpu.py`` and
+    ``tests/test_pallas_mgpu.py``, the slow cases too): ``{ok, summary}``."""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "slow or not slow",
+         "tests/test_pallas_gpu.py", "tests/test_pallas_mgpu.py"],
+        cwd=root, capture_output=True, text=True,
+        env=dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false"))
+    summary = (run.stdout.strip().splitlines() or ["(no output)"])[-1]
+    log(f"kernel tests on this GPU: {summary}")
+    if run.returncode:
+        log(run.stdout[-4000:] + run.stderr[-2000:])
+    return dict(ok=run.returncode == 0, summary=summary)
 
 
 def sweep(key, s, repeats, log, interpret, deadline):
@@ -212,7 +230,7 @@ def main():
     dev = jax.devices()[0]
     log(f"device: {dev.device_kind} ({dev.platform}), jax {jax.__version__}, "
         f"{len(jax.devices())} device(s), CUDA runtime {pallas_mgpu.cuda_runtime_version()}")
-    rng, key = np.random.default_rng(), jax.random.key(int(time.time()))
+    key = jax.random.key(int(time.time()))
     result = dict(device=dev.device_kind, jax=jax.__version__, heads=H, head_dim=D,
                   when=datetime.datetime.now().isoformat(timespec="seconds"))
     x = jnp.zeros((1, 8192, H, D), jnp.bfloat16)
@@ -230,9 +248,8 @@ def main():
                 + ("" if ok else "; the run goes on without it"))
         MOSAIC = tuple(passed)
     try:
-        if not args.no_checks:
-            result["correctness"] = check_correctness(rng, log, INTERPRET,
-                                                      mosaic="lane" in MOSAIC)
+        if not (args.no_checks or INTERPRET):  # on CPU the default test suite runs them
+            result["correctness"] = kernel_tests(log)
     except Exception:
         log("correctness check crashed:\n" + traceback.format_exc())
     result["matmul_tflops_start"] = rate = matmul_rate(key)

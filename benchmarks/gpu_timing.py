@@ -54,14 +54,15 @@ def kernel_fns(s, blocks):
 
     def fwd(q, k, v):
         if isinstance(blocks, pallas_mgpu.MosaicSizes):
-            return pallas_mgpu.fold_block(q, k, v, None, pos, pos, None, None, spec,
+            return pallas_mgpu.fold_block(q, k, v, None, blockwise.MaskIds(pos, pos), spec,
                                           final_dtype=q.dtype, sizes=blocks, interpret=INTERPRET)
-        return pallas_gpu.fold_block(q, k, v, None, pos, pos, None, None, spec,
+        return pallas_gpu.fold_block(q, k, v, None, blockwise.MaskIds(pos, pos), spec,
                                      final_dtype=q.dtype, blocks=blocks, interpret=INTERPRET)
 
     def bwd(q, k, v, do, lse, delta):
         zeros = tuple(jnp.zeros(x.shape, jnp.float32) for x in (q, k, v))
-        return pallas_gpu.grad_block(q, k, v, do, lse, delta, zeros, pos, pos, None, None, spec,
+        ids = blockwise.MaskIds(pos, pos)
+        return pallas_gpu.grad_block(q, k, v, do, lse, delta, zeros, ids, spec,
                                      blocks=blocks, interpret=INTERPRET)
 
     return fwd, bwd
@@ -137,7 +138,7 @@ def backward_part(key, s, blocks, part, repeats):
     launch = blocks.launch(backward=True)
 
     def run(q, k, v, do, lse, delta):
-        g = pallas_gpu.GradInputs((q, k, v, do, lse, delta, pos, pos), spec, False)
+        g = pallas_gpu.GradInputs(q, k, v, do, lse, delta, pos, pos, None, None, spec)
         zero = jnp.zeros(q.shape, jnp.float32)
         if part == "dq":
             return pallas_gpu.grad_dq(g, zero, blocks, launch, INTERPRET)

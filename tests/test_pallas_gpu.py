@@ -10,7 +10,7 @@ import ringkit as rk
 from ringkit.attention import attention_reference, blockwise, gpu_order, pallas_gpu
 from ringkit.attention.layouts import device_positions
 from ringkit.errors import ConfigError, UnsupportedError
-from helpers import check_pallas_ring, native, f64, lower_for_h100, qkv, rel_err, ring_case_id
+from helpers import check_pallas_ring, native, native_mosaic, segments, f64, lower_for_h100, qkv, rel_err, ring_case_id
 
 # Natively on the backend when this machine has it, else in interpret mode (JAX's pattern).
 INTERPRET = not native("gpu")
@@ -80,7 +80,7 @@ def test_fold_into_a_running_carry(rng, monkeypatch):
     carry = (jnp.asarray(rng.standard_normal(shape_q), jnp.float32),
              jnp.asarray(rng.standard_normal(rows), jnp.float32),
              jnp.asarray(rng.random(rows) + 0.5, jnp.float32))
-    args = (q, k, v, carry, q_pos, k_pos, seg_q, seg_k, spec)
+    args = (q, k, v, carry, blockwise.MaskIds(q_pos, k_pos, seg_q, seg_k), spec)
     want = blockwise.fold_block(*args)
     got = pallas_gpu.fold_block(*args, blocks=SMALL, interpret=INTERPRET)
     for g_, w in zip(got, want):
@@ -94,7 +94,7 @@ def test_fold_into_a_running_carry(rng, monkeypatch):
     lse = jnp.asarray(rng.standard_normal(rows), jnp.float32).at[0, 0, :5].set(-jnp.inf)
     delta = jnp.asarray(rng.standard_normal(rows), jnp.float32)
     grads = tuple(jnp.asarray(rng.standard_normal(x.shape), jnp.float32) for x in (q, k, v))
-    gargs = (q, k, v, do, lse, delta, grads, q_pos, k_pos, seg_q, seg_k, spec)
+    gargs = (q, k, v, do, lse, delta, grads, args[4], spec)
     for g_, w in zip(pallas_gpu.grad_block(*gargs, blocks=OTHER, interpret=INTERPRET),
                      blockwise.grad_block(*gargs)):
         assert rel_err(g_, w) < 1e-5
@@ -121,11 +121,13 @@ def test_kernels_lower_to_triton_without_a_gpu(dtype):
     seg = jax.ShapeDtypeStruct((b, n), jnp.int32)
 
     def both(q, k, v, seg):
-        out, lse = pallas_gpu.fold_block(q, k, v, None, pos, pos, seg, seg, spec, final_dtype=dtype)
-        carry = pallas_gpu.fold_block(q, k, v, (out.astype(jnp.float32), lse, lse), pos, pos,
-                                      None, None, spec)
+        ids = blockwise.MaskIds(pos, pos, seg, seg)
+        out, lse = pallas_gpu.fold_block(q, k, v, None, ids, spec, final_dtype=dtype)
+        carry = pallas_gpu.fold_block(q, k, v, (out.astype(jnp.float32), lse, lse),
+                                      blockwise.MaskIds(pos, pos),
+                                      spec)
         grads = (carry[0], jnp.zeros(k.shape, jnp.float32), jnp.zeros(k.shape, jnp.float32))
-        return pallas_gpu.grad_block(q, k, v, out, lse, lse, grads, pos, pos, seg, seg, spec)
+        return pallas_gpu.grad_block(q, k, v, out, lse, lse, grads, ids, spec)
 
     text = lower_for_h100(both, q, k, k, seg)
     assert text.count("__gpu$xla.gpu.triton") == 4  # forward twice, dq, dk/dv
@@ -155,3 +157,45 @@ def test_choice_and_bad_options():
     odd = jnp.zeros((1, 40, 2, 64), jnp.float32)  # 20 keys per device: no power-of-two tile
     with pytest.raises(ConfigError, match="per device = 20"):
         rk.ring_attention(odd, odd, odd, mesh=mesh, impl="pallas", interpret="gpu")
+
+
+# Sizes a user runs, on a GPU only (the interpreter would take hours): float32 and bf16, causal
+# and full, GQA, segments, a padded head dim; the bf16 cases again with the Mosaic forward.
+# (batch, seq, q_heads, kv_heads, head_dim, causal, segments, dtype, tolerance, block sizes)
+_MOSAIC = rk.BlockSizes(gpu_forward="mosaic")
+NATIVE = [
+    (1, 1024, 4, 4, 128, True, False, jnp.float32, 1e-5, None),
+    (2, 512, 8, 2, 64, True, True, jnp.float32, 1e-5, None),
+    (1, 768, 6, 2, 80, False, True, jnp.float32, 1e-5, None),
+    (1, 2048, 8, 8, 128, True, False, jnp.bfloat16, 3e-2, None),
+    (2, 1024, 12, 4, 64, True, True, jnp.bfloat16, 3e-2, None),
+    (1, 2048, 8, 8, 128, True, False, jnp.bfloat16, 3e-2, _MOSAIC),
+    (2, 1024, 12, 4, 64, True, True, jnp.bfloat16, 3e-2, _MOSAIC),
+    (1, 1024, 4, 2, 128, False, True, jnp.bfloat16, 3e-2, _MOSAIC),
+]
+
+
+@pytest.mark.skipif(not native("gpu"), reason="user-sized kernels run natively, on a GPU only")
+@pytest.mark.parametrize("case", NATIVE, ids=lambda c: (
+    f"b{c[0]}-s{c[1]}-{c[2]}q{c[3]}kv-d{c[4]}-{'causal' if c[5] else 'full'}"
+    f"{'-seg' if c[6] else ''}-{jnp.dtype(c[7]).name}{'-mosaic' if c[9] else ''}"))
+def test_user_sizes_on_a_gpu(case, rng):
+    """``ring_attention(impl="pallas")`` forward and gradients on one GPU against the float64
+    reference of the inputs as the kernel sees them (after the cast to ``dtype``)."""
+    b, s, hq, hkv, d, causal, seg, dtype, tol, blocks = case
+    if blocks is not None and not native_mosaic():
+        pytest.skip("the Mosaic GPU forward needs a Hopper GPU")
+    mesh = rk.make_mesh(sp=1, devices=jax.devices()[:1])
+    q, k, v = (jnp.asarray(x, dtype) for x in qkv(rng, b, s, hq, hkv, d))
+    seg_ids = jnp.asarray(segments(rng, b, s, 3)) if seg else None
+    cot = jnp.asarray(rng.standard_normal(q.shape), dtype)
+    fn = lambda q, k, v: rk.ring_attention(q, k, v, mesh=mesh, causal=causal,
+                                           segment_ids=seg_ids, impl="pallas", block_sizes=blocks)
+    out, pull = jax.vjp(fn, q, k, v)
+    got = (out, *pull(cot))
+    out_ref, pull_ref = jax.vjp(
+        lambda q, k, v: attention_reference(q, k, v, causal=causal, segment_ids=seg_ids),
+        *f64(q, k, v))
+    want = (out_ref, *pull_ref(jnp.asarray(np.asarray(cot, np.float32), jnp.float64)))
+    for name, g_, w in zip(("out", "dq", "dk", "dv"), got, want):
+        assert rel_err(g_, w) < tol, (name, rel_err(g_, w))

@@ -1,6 +1,6 @@
-"""The Mosaic GPU forward (``BlockSizes(gpu_forward="mosaic")``), natively on a Hopper GPU; elsewhere
-JAX's Mosaic GPU interpreter runs its warpgroups, barriers and TMA copies against the XLA tiles and the float64
-reference; the GPU path (wgmma, layouts, shared-memory tiling) is lowered for CUDA without a GPU;
+"""The Mosaic GPU forward (``BlockSizes(gpu_forward="mosaic")``), natively on a Hopper GPU;
+elsewhere JAX's Mosaic GPU interpreter runs its warpgroups, barriers and TMA copies, against the
+XLA tiles and the float64 reference; the GPU path (wgmma, layouts, shared-memory tiling) is lowered for CUDA without a GPU;
 bad options; which GPU forward the ring picks by default."""
 
 import jax
@@ -59,10 +59,11 @@ def test_fold_matches_the_xla_tiles(keys, final, rng):
     k_pos = K_BLOCKS[keys]
     seg_q, seg_k = (seg, seg) if keys == "own" else (None, None)
     spec = blockwise.TileSpec(True, 1, 64, 64)
-    want = blockwise.fold_block(q, k, v, carry, Q_POS, k_pos, seg_q, seg_k, spec)
+    ids = blockwise.MaskIds(Q_POS, k_pos, seg_q, seg_k)
+    want = blockwise.fold_block(q, k, v, carry, ids, spec)
     if final:
         want = blockwise.finish(*want, jnp.float32)
-    got = pallas_mgpu.fold_block(q, k, v, carry, Q_POS, k_pos, seg_q, seg_k, spec,
+    got = pallas_mgpu.fold_block(q, k, v, carry, ids, spec,
                                  final_dtype=jnp.float32 if final else None,
                                  sizes=pallas_mgpu.MosaicSizes(block_k=64), interpret=INTERPRET)
     assert len(got) == len(want)
@@ -85,9 +86,10 @@ def test_fresh_gqa_fold_and_a_changed_key(rng):
     spec = blockwise.TileSpec(True, 2, 64, 64)
     fresh = (jnp.zeros(q.shape, jnp.float32), jnp.full(q.shape[:3], -jnp.inf, jnp.float32),
              jnp.zeros(q.shape[:3], jnp.float32))
-    want = blockwise.finish(*blockwise.fold_block(q, k, v, fresh, pos, pos, None, None, spec),
+    ids = blockwise.MaskIds(pos, pos)
+    want = blockwise.finish(*blockwise.fold_block(q, k, v, fresh, ids, spec),
                             jnp.float32)
-    run = lambda k: pallas_mgpu.fold_block(q, k, v, None, pos, pos, None, None, spec,
+    run = lambda k: pallas_mgpu.fold_block(q, k, v, None, blockwise.MaskIds(pos, pos), spec,
                                            final_dtype=jnp.float32, interpret=INTERPRET)
     got = run(k)
     for g_, w in zip(got, want):
@@ -113,7 +115,7 @@ def test_bfloat16_matches_the_triton_forward(rng):
     q, k, v, seg, _ = _inputs(rng, d=128)
     q, k, v = (x.astype(jnp.bfloat16) for x in (q, k, v))
     spec = blockwise.TileSpec(True, 1, 64, 64)
-    args = (q, k, v, None, Q_POS, Q_POS, seg, seg, spec)
+    args = (q, k, v, None, blockwise.MaskIds(Q_POS, Q_POS, seg, seg), spec)
     # A float32 output from bf16 inputs leaves the kernel by plain stores, not Q's slot.
     got = pallas_mgpu.fold_block(*args, final_dtype=jnp.float32, interpret=INTERPRET)
     want = pallas_gpu.fold_block(*args, final_dtype=jnp.float32, interpret=INTERPRET)
@@ -136,11 +138,12 @@ def test_lowers_for_cuda_without_a_gpu(block_k, stages, lowering):
     seg = jax.ShapeDtypeStruct((b, n), jnp.int32)
 
     def both(q, k, v, seg):
-        out, lse = pallas_mgpu.fold_block(q, k, v, None, pos, pos, None, None, spec,
+        out, lse = pallas_mgpu.fold_block(q, k, v, None, blockwise.MaskIds(pos, pos), spec,
                                           final_dtype=jnp.bfloat16, sizes=sizes)
         carry = (out.astype(jnp.float32), lse, jnp.exp(lse))
-        carry = pallas_mgpu.fold_block(q, k, v, carry, pos, pos, seg, seg, spec, sizes=sizes)
-        return pallas_mgpu.fold_block(q, k, v, carry, pos, pos, seg, seg, spec,
+        ids = blockwise.MaskIds(pos, pos, seg, seg)
+        carry = pallas_mgpu.fold_block(q, k, v, carry, ids, spec, sizes=sizes)
+        return pallas_mgpu.fold_block(q, k, v, carry, ids, spec,
                                       final_dtype=jnp.float32, sizes=sizes)
 
     text = lower_for_h100(both, q, k, k, seg)
@@ -152,7 +155,7 @@ def test_bad_options():
     pos = jnp.arange(128, dtype=jnp.int32)
     spec = blockwise.TileSpec(True, 1, 64, 64)
     with pytest.raises(ConfigError, match="bfloat16 or float16.*gpu_forward unset"):
-        pallas_mgpu.fold_block(x, x, x, None, pos, pos, None, None, spec)
+        pallas_mgpu.fold_block(x, x, x, None, blockwise.MaskIds(pos, pos), spec)
     with pytest.raises(ConfigError, match="head_dim a multiple of 64 up to 256, got 48"):
         pallas_mgpu.plan(jnp.bfloat16, 48, 128, 128)
     with pytest.raises(ConfigError, match="245760 bytes .* head_dim 192 .*over the"):

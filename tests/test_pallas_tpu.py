@@ -73,7 +73,7 @@ def test_fold_into_a_running_carry_and_grads(rng):
              jnp.asarray(rng.standard_normal(rows), jnp.float32),
              jnp.asarray(rng.random(rows) + 0.5, jnp.float32))
     for segs in ((None, None), (seg_q, seg_k)):
-        args = (q, k, v, carry, q_pos, k_pos, *segs, spec)
+        args = (q, k, v, carry, blockwise.MaskIds(q_pos, k_pos, *segs), spec)
         want = blockwise.fold_block(*args)
         got = pallas_tpu.fold_block(*args, blocks=SMALL, interpret=INTERPRET)
         for g_, w in zip(got, want):
@@ -86,7 +86,8 @@ def test_fold_into_a_running_carry_and_grads(rng):
     lse = jnp.asarray(rng.standard_normal(rows), jnp.float32).at[0, 0, :5].set(-jnp.inf)
     delta = jnp.asarray(rng.standard_normal(rows), jnp.float32)
     grads = tuple(jnp.asarray(rng.standard_normal(x.shape), jnp.float32) for x in (q, k, v))
-    gargs = (q, k, v, do, lse, delta, grads, q_pos, k_pos, seg_q, seg_k, spec)
+    ids = blockwise.MaskIds(q_pos, k_pos, seg_q, seg_k)
+    gargs = (q, k, v, do, lse, delta, grads, ids, spec)
     got = pallas_tpu.grad_block(*gargs, blocks=WIDE, interpret=INTERPRET)
     for g_, w, before in zip(got, blockwise.grad_block(*gargs), grads):
         assert rel_err(g_, w) < 1e-5
@@ -114,11 +115,12 @@ def test_kernels_lower_to_mosaic_without_a_tpu(dtype):
     seg = jax.ShapeDtypeStruct((b, n), jnp.int32)
 
     def both(q, k, v, seg):
-        carry = pallas_tpu.fold_block(q, k, v, None, pos, pos, seg, seg, spec)
-        out, lse = pallas_tpu.fold_block(q, k, v, carry, pos, pos, None, None, spec,
+        carry = pallas_tpu.fold_block(q, k, v, None, blockwise.MaskIds(pos, pos, seg, seg), spec)
+        out, lse = pallas_tpu.fold_block(q, k, v, carry, blockwise.MaskIds(pos, pos), spec,
                                          final_dtype=dtype)
         grads = (carry[0], jnp.zeros(k.shape, jnp.float32), jnp.zeros(k.shape, jnp.float32))
-        return pallas_tpu.grad_block(q, k, v, out, lse, lse, grads, pos, pos, seg, seg, spec)
+        ids = blockwise.MaskIds(pos, pos, seg, seg)
+        return pallas_tpu.grad_block(q, k, v, out, lse, lse, grads, ids, spec)
 
     text = jax.jit(both).trace(q, k, k, seg).lower(lowering_platforms=("tpu",)).as_text()
     assert text.count("tpu_custom_call") == 4  # forward twice, dq, dk/dv

@@ -7,7 +7,8 @@ rows so KV is never repeated):
                                 q arrives multiplied by the softmax scale
   k, v       [b, h, nk, d]
   m, l, lse  [b, h, n * g]      float32 running max, running sum, log-sum-exp
-  q_pos [n], k_pos [nk]         global positions (causal mask); seg_q [b, n], seg_k [b, nk]
+  ids: MaskIds                  q_pos [n], k_pos [nk] global positions (causal mask);
+                                seg_q [b, n], seg_k [b, nk] segment ids (None: one segment)
 
 Tiles are ``block_q`` query positions by ``block_k`` key positions. A tile that the causal mask
 hides entirely is skipped (never computed); a tile entirely below the diagonal skips the mask.
@@ -19,6 +20,7 @@ passes, both ~1e-3 off); bf16 inputs take the fast native products.
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -88,6 +90,24 @@ def _slice(x, start, size, axis):
     return None if x is None else lax.dynamic_slice_in_dim(x, start, size, axis)
 
 
+class MaskIds(NamedTuple):
+    """What decides which scores of a (queries, KV block) pair are visible: the global positions
+    of the device's queries ``q_pos [n]`` and of the block's keys ``k_pos [nk]`` (the causal
+    mask), and their segment ids ``seg_q [b, n]`` and ``seg_k [b, nk]`` (None: one segment; as
+    JAX's ``SegmentIds`` pairs them). Every kernel's ``fold_block`` and ``grad_block`` take one.
+
+    Example::
+
+        ids = MaskIds(jnp.arange(256), jnp.arange(256))        # one causal block, no segments
+        carry = fold_block(q, k, v, fresh_carry(q), ids, TileSpec(True, 1, 128, 128))
+    """
+
+    q_pos: jax.Array
+    k_pos: jax.Array
+    seg_q: jax.Array | None = None
+    seg_k: jax.Array | None = None
+
+
 def fresh_carry(q):
     """The empty ``(o, m, l)`` carry for queries ``q [b, h, r, d]``: zeros, -inf, zeros (f32)."""
     rows = q.shape[:3]
@@ -95,12 +115,14 @@ def fresh_carry(q):
             jnp.zeros(rows, jnp.float32))
 
 
-def fold_block(q, k, v, carry, q_pos, k_pos, seg_q, seg_k, spec: TileSpec):
-    """Fold the KV block ``k, v`` into the running ``carry = (o, m, l)`` of queries ``q``.
+def fold_block(q, k, v, carry, ids: MaskIds, spec: TileSpec):
+    """Fold the KV block ``k, v`` into the running ``carry = (o, m, l)`` of queries ``q``, scores
+    masked by ``ids``.
 
     Online softmax: for each tile, ``m' = max(m, rowmax(s))``, ``l' = l e^(m-m') + rowsum(e^(s-m'))``,
     ``o' = o e^(m-m') + e^(s-m') v``. Rows that have seen no visible key keep ``m = -inf``.
     """
+    q_pos, k_pos, seg_q, seg_k = ids
     g, bq, bk = spec.groups, spec.block_q, spec.block_k
     n, nk = q.shape[2] // g, k.shape[2]
     bounds = (*tile_bounds(q_pos, bq), *tile_bounds(k_pos, bk))
@@ -150,13 +172,14 @@ def finish(o, m, l, dtype):
     return out.astype(dtype), lse
 
 
-def grad_block(q, k, v, do, lse, delta, grads, q_pos, k_pos, seg_q, seg_k, spec: TileSpec):
+def grad_block(q, k, v, do, lse, delta, grads, ids: MaskIds, spec: TileSpec):
     """Accumulate ``grads = (dq, dk, dv)`` (float32) for the pair (local queries, KV block).
 
     With ``p = e^(s - lse)``: ``dv += p^T do``, ``ds = p (do v^T - delta)``, ``dq += ds k``,
     ``dk += ds^T q``; ``delta = rowsum(do * o)``. With pre-scaled ``q`` this ``dk`` is final and
     ``dq`` still needs one multiplication by the scale.
     """
+    q_pos, k_pos, seg_q, seg_k = ids
     g, bq, bk = spec.groups, spec.block_q, spec.block_k
     n, nk = q.shape[2] // g, k.shape[2]
     bounds = (*tile_bounds(q_pos, bq), *tile_bounds(k_pos, bk))

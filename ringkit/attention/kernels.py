@@ -111,19 +111,18 @@ def check_mosaic(dtype, head_dim: int, rows: int, keys: int, blocks: BlockSizes,
               interpret=interpret)
 
 
-def _xla_fold(q, k, v, carry, q_pos, k_pos, seg_q, seg_k, tiles, final_dtype=None,
-              interpret=False):
+def _xla_fold(q, k, v, carry, ids, tiles, final_dtype=None, interpret=False):
     del interpret  # plain XLA
     carry = blockwise.fresh_carry(q) if carry is None else carry
-    carry = blockwise.fold_block(q, k, v, carry, q_pos, k_pos, seg_q, seg_k, tiles)
+    carry = blockwise.fold_block(q, k, v, carry, ids, tiles)
     return carry if final_dtype is None else blockwise.finish(*carry, final_dtype)
 
 
 def fold(kernel: str, blocks: BlockSizes):
-    """The fold function of ``kernel`` with ``blocks``: ``(q, k, v, carry, q_pos, k_pos, seg_q,
-    seg_k, tiles, final_dtype=None, interpret=False)`` folds a KV block into ``carry`` (None:
-    fresh) like ``blockwise.fold_block``; with ``final_dtype`` it returns ``(out, lse)`` like
-    ``blockwise.finish``."""
+    """The fold function of ``kernel`` with ``blocks``: ``(q, k, v, carry, ids, tiles,
+    final_dtype=None, interpret=False)`` (``ids``: a ``blockwise.MaskIds``) folds a KV block into
+    ``carry`` (None: fresh) like ``blockwise.fold_block``; with ``final_dtype`` it returns
+    ``(out, lse)`` like ``blockwise.finish``."""
     if kernel == "xla":
         return _xla_fold
     if kernel == "gpu" and blocks.gpu_forward == "mosaic":

@@ -235,7 +235,7 @@ def _call(kernel, grid, in_specs, out_specs, out_shape, args, aliases, launch, i
     )(*args)
 
 
-def fold_block(q, k, v, carry, q_pos, k_pos, seg_q, seg_k, spec: blockwise.TileSpec, *,
+def fold_block(q, k, v, carry, ids: blockwise.MaskIds, spec: blockwise.TileSpec, *,
                final_dtype=None, blocks: BlockSizes | None = None, interpret=False):
     """Fold the KV block ``k, v`` into ``carry = (o, m, l)`` (None: a fresh carry).
 
@@ -243,6 +243,7 @@ def fold_block(q, k, v, carry, q_pos, k_pos, seg_q, seg_k, spec: blockwise.TileS
     softmax and returns ``(out [b, h, r, d] in final_dtype, lse [b, h, r])`` like
     ``blockwise.finish``, saving a pass over the carry on the ring's last step.
     """
+    q_pos, k_pos, seg_q, seg_k = ids
     b, h, r, d = q.shape
     blocks = _blocks(blocks, d, q.dtype)
     if blocks.gpu_forward == "mosaic":
@@ -296,19 +297,38 @@ def fold_block(q, k, v, carry, q_pos, k_pos, seg_q, seg_k, spec: blockwise.TileS
 @dataclasses.dataclass(frozen=True)
 class GradInputs:
     """The backward's inputs, padded and laid out for the kernels (shared by the dq and dk/dv
-    launches)."""
+    launches): heads-major ``q, do [b, h, r, d]``, ``k, v [b, h, nk, d]``, ``lse, delta
+    [b, h, r]``, per-row positions ``q_rows [r]`` and key positions ``k_pos [nk]``, and per-row
+    and key segments (None: one segment)."""
 
-    args: tuple  # q, k, v, do, lse, delta, q_rows, k_pos (+ seg_rows, seg_k)
+    q: jax.Array
+    k: jax.Array
+    v: jax.Array
+    do: jax.Array
+    lse: jax.Array
+    delta: jax.Array
+    q_rows: jax.Array
+    k_pos: jax.Array
+    seg_rows: jax.Array | None
+    seg_k: jax.Array | None
     spec: blockwise.TileSpec
-    has_seg: bool
+
+    @property
+    def has_seg(self) -> bool:
+        return self.seg_rows is not None
+
+    @property
+    def args(self) -> tuple:
+        """The kernels' array operands, in their ref order (segments only when present)."""
+        head = (self.q, self.k, self.v, self.do, self.lse, self.delta, self.q_rows, self.k_pos)
+        return head + ((self.seg_rows, self.seg_k) if self.has_seg else ())
 
     @property
     def shape(self):  # (b, h, r, nk, padded head dim)
-        q, k = self.args[:2]
-        return (*q.shape[:3], k.shape[2], q.shape[3])
+        return (*self.q.shape[:3], self.k.shape[2], self.q.shape[3])
 
 
-def grad_block(q, k, v, do, lse, delta, grads, q_pos, k_pos, seg_q, seg_k,
+def grad_block(q, k, v, do, lse, delta, grads, ids: blockwise.MaskIds,
                spec: blockwise.TileSpec, *, blocks: BlockSizes | None = None, interpret=False):
     """Add this KV block's share to ``grads = (dq, dk, dv)``; contract of ``blockwise.grad_block``.
 
@@ -318,16 +338,14 @@ def grad_block(q, k, v, do, lse, delta, grads, q_pos, k_pos, seg_q, seg_k,
     acquire-release: on an H100 that backward ran at a third of this one's rate
     (benchmarks/README.md).
     """
+    q_pos, k_pos, seg_q, seg_k = ids
     d = q.shape[-1]
     blocks = _blocks(blocks, d, q.dtype)
     q_rows, seg_rows = row_inputs(q_pos, seg_q, spec.groups)
     lse = jnp.where(lse == -jnp.inf, 0.0, lse)  # empty rows: all scores -inf, p = 0
-    has_seg = seg_q is not None
     q, k, v, do, dq, dk, dv = _pad_head_dim(q, k, v, do, *grads)
-    args = (q, k, v, do, lse, delta, q_rows, k_pos.astype(jnp.int32))
-    if has_seg:
-        args += (seg_rows, seg_k.astype(jnp.int32))
-    g = GradInputs(args, spec, has_seg)
+    g = GradInputs(q, k, v, do, lse, delta, q_rows, k_pos.astype(jnp.int32), seg_rows,
+                   None if seg_k is None else seg_k.astype(jnp.int32), spec)
     launch = blocks.launch(backward=True)
     dq = grad_dq(g, dq, blocks, launch, interpret)
     dk, dv = grad_dkv(g, dk, dv, blocks, launch, interpret)
@@ -339,7 +357,7 @@ def grad_block(q, k, v, do, lse, delta, grads, q_pos, k_pos, seg_q, seg_k,
 def grad_dq(g: GradInputs, dq, blocks: BlockSizes, launch, interpret):
     """dq += this block's share: one program per row tile, looping over key tiles."""
     b, h, r, nk, dp = g.shape
-    q_rows, k_pos = g.args[6:8]
+    q_rows, k_pos = g.q_rows, g.k_pos
     br, bk = (_fit(blocks.block_q_dq, r, "rows per device"),
               _fit(blocks.block_k_dq, nk, "keys per device"))
     lead, end = row_bounds(q_rows, k_pos, br, bk, g.spec.causal)
@@ -365,7 +383,7 @@ def grad_dq(g: GradInputs, dq, blocks: BlockSizes, launch, interpret):
 def grad_dkv(g: GradInputs, dk, dv, blocks: BlockSizes, launch, interpret):
     """dk, dv += this block's share: one program per key tile, looping over row tiles."""
     b, h, r, nk, dp = g.shape
-    q_rows, k_pos = g.args[6:8]
+    q_rows, k_pos = g.q_rows, g.k_pos
     br, bk = (_fit(blocks.block_q_dkv, r, "rows per device"),
               _fit(blocks.block_k_dkv, nk, "keys per device"))
     first, full_from = key_bounds(q_rows, k_pos, br, bk, g.spec.causal)

@@ -22,7 +22,7 @@ Interpret mode runs JAX's Mosaic GPU interpreter: the warpgroups as threads, the
 copies, masks, softmax and carry. That interpreter does not model ``wgmma`` from registers or on a
 transposed operand, nor layouts, so there the two matmuls are ``jnp`` dots and layout casts are
 identities (``_Ops``); the GPU path itself is checked by lowering it for CUDA (tests, no GPU
-needed) and on a GPU by ``benchmarks/gpu_checks.py``. The interpreter runs the warpgroups as
+needed) and on a GPU by the same tests run natively (``tests/test_pallas_mgpu.py``). The interpreter runs the warpgroups as
 computations of their own on the CPU device that runs the kernel, so wait for an interpreted
 call's result (``jax.block_until_ready``) before dispatching more work: work queued behind it can
 deadlock it (jax 0.10), and so can several simulated devices (refused in ``spec.make_spec``).
@@ -367,7 +367,7 @@ def _kernel(*refs, ops: _Ops, has_seg, fresh, final, block_k, stages, dtype):
                 plgpu.barrier_wait(v_free.at[slot])
 
 
-def fold_block(q, k, v, carry, q_pos, k_pos, seg_q, seg_k, spec: blockwise.TileSpec, *,
+def fold_block(q, k, v, carry, ids: blockwise.MaskIds, spec: blockwise.TileSpec, *,
                final_dtype=None, sizes: MosaicSizes | None = None, interpret=False):
     """Fold the KV block ``k, v`` into ``carry = (o, m, l)`` (None: a fresh carry).
 
@@ -378,9 +378,10 @@ def fold_block(q, k, v, carry, q_pos, k_pos, seg_q, seg_k, spec: blockwise.TileS
 
     Example (one device, a fresh causal fold finished in one call)::
 
-        out, lse = fold_block(q, k, v, None, pos, pos, None, None,
+        out, lse = fold_block(q, k, v, None, blockwise.MaskIds(pos, pos),
                               blockwise.TileSpec(True, 1, 128, 128), final_dtype=q.dtype)
     """
+    q_pos, k_pos, seg_q, seg_k = ids
     b, h, r, d = q.shape
     nk, dtype = k.shape[2], q.dtype
     if k.dtype != dtype or v.dtype != dtype:

@@ -269,13 +269,14 @@ def _interpret(interpret):
     return bool(interpret)
 
 
-def fold_block(q, k, v, carry, q_pos, k_pos, seg_q, seg_k, spec: blockwise.TileSpec, *,
+def fold_block(q, k, v, carry, ids: blockwise.MaskIds, spec: blockwise.TileSpec, *,
                final_dtype=None, blocks: BlockSizes | None = None, interpret=False):
     """Fold the KV block ``k, v`` into ``carry = (o, m, l)`` (None: a fresh carry).
 
     Same contract as ``blockwise.fold_block`` (and ``pallas_gpu.fold_block``); with
     ``final_dtype`` the kernel also finishes the softmax and returns ``(out, lse)``.
     """
+    q_pos, k_pos, seg_q, seg_k = ids
     b, h, r, d = q.shape
     nk = k.shape[2]
     blocks = _blocks(blocks, d, q.dtype)
@@ -321,9 +322,10 @@ def fold_block(q, k, v, carry, q_pos, k_pos, seg_q, seg_k, spec: blockwise.TileS
     return (outs[0], *(x[..., 0] for x in outs[1:]))
 
 
-def grad_block(q, k, v, do, lse, delta, grads, q_pos, k_pos, seg_q, seg_k,
+def grad_block(q, k, v, do, lse, delta, grads, ids: blockwise.MaskIds,
                spec: blockwise.TileSpec, *, blocks: BlockSizes | None = None, interpret=False):
     """Add this KV block's share to ``grads = (dq, dk, dv)``; contract of ``blockwise.grad_block``."""
+    q_pos, k_pos, seg_q, seg_k = ids
     b, h, r, d = q.shape
     nk = k.shape[2]
     blocks = _blocks(blocks, d, q.dtype)

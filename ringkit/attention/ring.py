@@ -30,12 +30,11 @@ _log = logging.getLogger("ringkit.attention")
 # The per-step kernels, chosen by spec.kernel.
 
 
-def _fold(spec: RingSpec, qh, kh, vh, carry, q_pos, k_pos, seg_q, seg_k, final_dtype=None):
+def _fold(spec: RingSpec, qh, kh, vh, carry, ids: blockwise.MaskIds, final_dtype=None):
     """Fold one KV block into ``carry`` (None: fresh); with ``final_dtype`` return ``(out, lse)``
     (the Pallas kernels finish inside the kernel, saving a pass over the carry)."""
     return kernels.fold(spec.kernel, spec.blocks)(
-        qh, kh, vh, carry, q_pos, k_pos, seg_q, seg_k, spec.tiles, final_dtype=final_dtype,
-        interpret=spec.interpret)
+        qh, kh, vh, carry, ids, spec.tiles, final_dtype=final_dtype, interpret=spec.interpret)
 
 
 def _grad(spec: RingSpec, *args):
@@ -100,13 +99,15 @@ def _forward_local(*args, spec: RingSpec):
     kv = (_heads_major(k, 1), _heads_major(v, 1), seg)
     q_pos = _positions(spec, me, n)
     if sp == 1:  # one block, which a device always sees: no carry in or out
-        out, lse = _fold(spec, qh, kv[0], kv[1], None, q_pos, q_pos, seg, seg, q.dtype)
+        out, lse = _fold(spec, qh, kv[0], kv[1], None, blockwise.MaskIds(q_pos, q_pos, seg, seg),
+                         q.dtype)
         return _seq_major(out, g), lse
 
     def fold(step, kv, carry, final_dtype=None):
         kh, vh, seg_k = kv
         k_pos = _positions(spec, (me - step) % sp, n)
-        fn = lambda c: _fold(spec, qh, kh, vh, c, q_pos, k_pos, seg, seg_k, final_dtype)
+        ids = blockwise.MaskIds(q_pos, k_pos, seg, seg_k)
+        fn = lambda c: _fold(spec, qh, kh, vh, c, ids, final_dtype)
         hidden = (lambda c: c) if final_dtype is None else (
             lambda c: blockwise.finish(*c, final_dtype))
         return _if_visible(spec, q_pos, k_pos, fn, carry, hidden)
@@ -138,7 +139,8 @@ def _backward_local(*args, spec: RingSpec):
     def grads(step, kv, dq, dkv):
         kh, vh, seg_k = kv
         k_pos = _positions(spec, (me - step) % sp, n)
-        fn = lambda gr: _grad(spec, qh, kh, vh, doh, lse, delta, gr, q_pos, k_pos, seg, seg_k)
+        ids = blockwise.MaskIds(q_pos, k_pos, seg, seg_k)
+        fn = lambda gr: _grad(spec, qh, kh, vh, doh, lse, delta, gr, ids)
         dq, dk, dv = _if_visible(spec, q_pos, k_pos, fn, (dq, *dkv))
         return dq, (dk, dv)
 
