@@ -338,7 +338,8 @@ def _run(args) -> None:
                fit=args.fit, vqgan=vqgan, temperature=args.temperature, top_p=args.top_p,
                seed=args.seed, loop_guard=args.loop_guard)
         return
-    from ringkit.context import DEFAULT_ROOM, fit_prompt
+    from ringkit.budget import fit_prompt
+    from ringkit.context import DEFAULT_ROOM
     from ringkit.inputs.ocr import describe
     from ringkit.tokenize.prompts import context_prompt
 

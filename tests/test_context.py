@@ -96,22 +96,22 @@ def test_bad_input(smollm2, story, tmp_path, monkeypatch):
     (tmp_path / "long.txt").write_text("word " * 9000)
     with pytest.raises(ShapeError, match="rope_scaling"):
         rk.read(tmp_path / "long.txt", model=smollm2)
-    import ringkit.context
+    import ringkit.budget
 
-    monkeypatch.setattr(ringkit.context, "_host_available", lambda: 10_000_000)
+    monkeypatch.setattr(ringkit.budget, "host_available", lambda: 10_000_000)
     with pytest.raises(ResourceError, match="GB is available.*make_mesh"):
         rk.read(story, model=smollm2)
 
 
 def test_memory_check_counts_simulated_devices():
-    from ringkit.context import _check_memory
+    from ringkit.budget import check_memory
 
     model = types.SimpleNamespace(
         config=rk.ModelConfig.preset("smollm2-135m"), runtime=rk.model.Runtime(rk.make_mesh()),
         mesh=rk.make_mesh(), sp=8)
-    _check_memory(model, 4096)  # fits this machine
+    check_memory(model, 4096)  # fits this machine
     with pytest.raises(ResourceError):
-        _check_memory(model, 50_000_000)
+        check_memory(model, 50_000_000)
 
 
 def test_cli(smollm2, tmp_path, monkeypatch, capsys):
@@ -302,7 +302,7 @@ def test_a_question_too_long_says_so(smollm2, story):
 def test_cli_errors_advise_flags(smollm2, tmp_path, monkeypatch, capsys):
     """Under ``ringkit``, an error's advice names the command's flags, never Python arguments or
     calls; each flag it names exists."""
-    import ringkit.context
+    import ringkit.budget
     from ringkit import cli, context
 
     monkeypatch.setattr(context, "default_model", lambda mesh=None, dtype=None: smollm2)
@@ -335,7 +335,7 @@ def test_cli_errors_advise_flags(smollm2, tmp_path, monkeypatch, capsys):
     error(["needle", "--lengths", "100000"], "--rope-scaling yarn:FACTOR")
     error(["ruler", "--tasks", "qa_1", "--lengths", "512"], "--squad path/to/")
     error(["needle", "--lengths", "64", "--out", str(tmp_path)], "--out ")
-    monkeypatch.setattr(ringkit.context, "_host_available", lambda: 10_000_000)
+    monkeypatch.setattr(ringkit.budget, "host_available", lambda: 10_000_000)
     error(["ask", note, q], "--mesh 1,1,1,N")
     monkeypatch.undo()
     monkeypatch.setattr(context, "default_model", lambda mesh=None, dtype=None: smollm2)
