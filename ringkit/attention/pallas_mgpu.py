@@ -122,7 +122,8 @@ def plan(dtype, head_dim: int, rows: int, keys: int, sizes: MosaicSizes | None =
 def cuda_runtime_version() -> int | None:
     """The CUDA runtime's version (12090 for 12.9.0), or None where JAX does not say."""
     try:
-        from jax._src.lib import cuda_versions  # private: read defensively
+        # jax 0.10 has no public CUDA-version query; JAX's own attention_mgpu reads it the same way.
+        from jax._src.lib import cuda_versions
         return cuda_versions.cuda_runtime_get_version() if cuda_versions else None
     except Exception:
         return None
@@ -426,6 +427,8 @@ def fold_block(q, k, v, carry, ids: blockwise.MaskIds, spec: blockwise.TileSpec,
 
     interpret_params = None
     if interpret:
+        # jax 0.10 exports no Mosaic GPU interpreter parameters: the private import is the only
+        # way in, and only interpret mode (CPU tests) reaches it.
         from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams
         interpret_params = InterpretGPUParams()
     return plgpu.kernel(
