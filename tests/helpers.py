@@ -68,9 +68,10 @@ def interpret_for(backend: str) -> str | None:
     return None if native(backend) else backend
 
 
-def check_pallas_ring(case, rng, backend: str):
+def check_pallas_ring(case, rng, backend: str, window=None):
     """``ring_attention(impl='pallas')`` forward and gradients against the float64 reference and
-    against ``impl='xla'``, each within 1e-5: natively on ``backend``, else in interpret mode."""
+    against ``impl='xla'``, each within 1e-5: natively on ``backend``, else in interpret mode
+    (``window``: a sliding window on all three)."""
     import ringkit as rk
     from ringkit.attention import attention_reference
 
@@ -88,7 +89,8 @@ def check_pallas_ring(case, rng, backend: str):
 
     def run(impl, **kw):
         fn = lambda q, k, v: rk.ring_attention(q, k, v, mesh=mesh, causal=causal, layout=layout,
-                                               segment_ids=seg_ids, impl=impl, **kw)
+                                               segment_ids=seg_ids, impl=impl, window=window,
+                                               **kw)
         # Native float32: XLA's own dots at full precision too (TF32 is a GPU's default).
         with jax.default_matmul_precision("highest"):
             out, pull = jax.vjp(fn, q, k, v)
@@ -101,7 +103,8 @@ def check_pallas_ring(case, rng, backend: str):
     got = run("pallas", interpret=interpret, block_sizes=blocks)
     xla = run("xla")
     out_ref, pull_ref = jax.vjp(
-        lambda q, k, v: attention_reference(q, k, v, causal=causal, segment_ids=seg_ids),
+        lambda q, k, v: attention_reference(q, k, v, causal=causal, segment_ids=seg_ids,
+                                            window=window),
         *f64(q, k, v))
     ref = (out_ref, *pull_ref(jnp.asarray(cot, jnp.float64)))
     for name, g, x, r in zip(("out", "dq", "dk", "dv"), got, xla, ref):

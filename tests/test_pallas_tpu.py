@@ -9,6 +9,7 @@ import pytest
 
 import ringkit as rk
 from ringkit.attention import attention_reference, blockwise, pallas_tpu
+from ringkit.attention.bounds import tile_kinds
 from ringkit.attention.layouts import device_positions
 from ringkit.errors import ConfigError
 from helpers import check_pallas_ring, native, f64, qkv, rel_err, ring_case_id
@@ -52,7 +53,7 @@ def test_visit_lists_skip_hidden_tiles():
     # tile are exactly its non-hidden tiles.
     q_rows = jnp.repeat(device_positions(1, 512, 2, "zigzag"), 2)
     k_pos = device_positions(1, 512, 2, "zigzag")
-    kind = pallas_tpu._kinds(q_rows, k_pos, 64, 128, True)
+    kind = tile_kinds(q_rows, k_pos, 64, 128, True)
     assert set(np.unique(np.asarray(kind))) == {blockwise.SKIP, blockwise.FULL, blockwise.DIAGONAL}
     _, _, count = pallas_tpu._visits(kind)
     assert count.tolist() == np.count_nonzero(np.asarray(kind) != blockwise.SKIP, axis=1).tolist()

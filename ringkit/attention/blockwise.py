@@ -11,7 +11,9 @@ rows so KV is never repeated):
                                 seg_q [b, n], seg_k [b, nk] segment ids (None: one segment)
 
 Tiles are ``block_q`` query positions by ``block_k`` key positions. A tile that the causal mask
-hides entirely is skipped (never computed); a tile entirely below the diagonal skips the mask.
+(and the sliding window, if any) hides entirely is skipped (never computed); a tile entirely
+below the diagonal and inside the window skips the mask. A window of ``W`` lets a query at
+position ``i`` see keys ``i - W + 1 .. i`` (Hugging Face's and Mistral's convention).
 Scores, softmax statistics and accumulators are float32 whatever the input dtype. Float32 inputs
 multiply at full float32 precision on every backend (GPUs would otherwise use TF32 and TPUs bf16
 passes, both ~1e-3 off); bf16 inputs take the fast native products.
@@ -39,6 +41,7 @@ class TileSpec:
     groups: int  # query heads per KV head
     block_q: int
     block_k: int
+    window: int | None = None  # sliding window (causal only): keys at most window - 1 back
 
 
 def tile_bounds(pos, block: int):
@@ -47,10 +50,15 @@ def tile_bounds(pos, block: int):
     return tiles.min(axis=1), tiles.max(axis=1)
 
 
-def tile_kind(q_min, q_max, k_min, k_max):
-    """SKIP / FULL / DIAGONAL of causal tiles with these position bounds (numpy or jax arrays)."""
+def tile_kind(q_min, q_max, k_min, k_max, window: int | None = None):
+    """SKIP / FULL / DIAGONAL of causal tiles with these position bounds (numpy or jax arrays);
+    with a ``window``, tiles wholly before it are SKIP and tiles it cuts are DIAGONAL (masked)."""
     xp = jnp if isinstance(q_min, jax.Array) else np
-    return xp.where(q_max < k_min, SKIP, xp.where(q_min >= k_max, FULL, DIAGONAL))
+    hidden, full = q_max < k_min, q_min >= k_max
+    if window is not None:
+        hidden = hidden | (q_min - k_max >= window)
+        full = full & (q_max - k_min < window)
+    return xp.where(hidden, SKIP, xp.where(full, FULL, DIAGONAL))
 
 
 def _run_tile(spec: TileSpec, branches, bounds, iq, jk, tc, args):
@@ -58,14 +66,17 @@ def _run_tile(spec: TileSpec, branches, bounds, iq, jk, tc, args):
     if not spec.causal:
         return branches[FULL](tc, *args)
     q_min, q_max, k_min, k_max = bounds
-    return lax.switch(tile_kind(q_min[iq], q_max[iq], k_min[jk], k_max[jk]), branches, tc, *args)
+    kind = tile_kind(q_min[iq], q_max[iq], k_min[jk], k_max[jk], spec.window)
+    return lax.switch(kind, branches, tc, *args)
 
 
-def _mask(qp, kp, sq, sk, diagonal: bool, groups: int):
+def _mask(qp, kp, sq, sk, diagonal: bool, groups: int, window: int | None = None):
     """Visibility ``[b or 1, 1, bq * g, bk]`` of a tile (None when everything is visible)."""
     mask = None
     if diagonal:
         mask = (qp[:, None] >= kp[None, :])[None]
+        if window is not None:
+            mask = mask & (qp[:, None] - kp[None, :] < window)[None]
     if sq is not None:
         same = sq[:, :, None] == sk[:, None, :]
         mask = same if mask is None else mask & same
@@ -130,7 +141,7 @@ def fold_block(q, k, v, carry, ids: MaskIds, spec: TileSpec):
     def tile_update(diagonal):
         def update(tc, qt, kt, vt, qp, kp, sq, sk):
             o, m, l = tc
-            s = _scores(qt, kt, _mask(qp, kp, sq, sk, diagonal, spec.groups))
+            s = _scores(qt, kt, _mask(qp, kp, sq, sk, diagonal, spec.groups, spec.window))
             m_new = jnp.maximum(m, s.max(axis=-1))
             m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)
             p = jnp.exp(s - m_safe[..., None])  # [b, h, bq * g, bk]
@@ -190,7 +201,7 @@ def grad_block(q, k, v, do, lse, delta, grads, ids: MaskIds, spec: TileSpec):
         # transposed operand (much faster on CPU); only dq reads ds transposed.
         def update(tc, qt, dot_, lt, dt, kt, vt, qp, kp, sq, sk):
             dqt, dkt, dvt = tc
-            mask = _mask(qp, kp, sq, sk, diagonal, spec.groups)
+            mask = _mask(qp, kp, sq, sk, diagonal, spec.groups, spec.window)
             st = _einsum("bhkd,bhrd->bhkr", kt, qt)
             if mask is not None:
                 st = jnp.where(jnp.swapaxes(mask, -1, -2), st, -jnp.inf)

@@ -106,7 +106,7 @@ def _write_new(cache, new, counter, base, ready, *, sp):
 
 
 def _decode_local(q, k_new, v_new, cache_k, cache_v, slot_pos, q_pos, counter, base, *,
-                  sp, scale):
+                  sp, scale, window):
     b, t, hq, d = q.shape
     kvh = k_new.shape[2]
     g = hq // kvh
@@ -114,6 +114,8 @@ def _decode_local(q, k_new, v_new, cache_k, cache_v, slot_pos, q_pos, counter, b
     # This device's slots (the new tokens are not in the cache yet).
     s = jnp.einsum("btkgd,bksd->bkgts", qg, cache_k, preferred_element_type=jnp.float32)
     visible = (slot_pos[:, None, :] >= 0) & (slot_pos[:, None, :] <= q_pos[:, :, None])  # [b,t,s]
+    if window is not None:
+        visible = visible & (q_pos[:, :, None] - slot_pos[:, None, :] < window)
     s = jnp.where(visible[:, None, None], s, -jnp.inf)
     m = s.max(axis=-1)                                                   # [b, kv, g, t]
     m_safe = jnp.where(m == -jnp.inf, 0.0, m)
@@ -131,7 +133,8 @@ def _decode_local(q, k_new, v_new, cache_k, cache_v, slot_pos, q_pos, counter, b
     o_all = packed[:, :, 2 * n_m:].reshape((-1,) + o.shape)
     # The new tokens among themselves (causal), the same on every device.
     s_new = jnp.einsum("btkgd,bukd->bkgtu", qg, k_new, preferred_element_type=jnp.float32)
-    s_new = jnp.where(jnp.tril(jnp.ones((t, t), bool)), s_new, -jnp.inf)
+    gap = jnp.arange(t)[:, None] - jnp.arange(t)[None, :]  # consecutive positions
+    s_new = jnp.where((gap >= 0) & (gap < (window or t)), s_new, -jnp.inf)
     top = jnp.maximum(m_all.max(axis=0), s_new.max(axis=-1))            # [b, kv, g, t]
     weight = jnp.exp(m_all - top)                                        # 0 where m = -inf
     p_new = jnp.exp(s_new - top[..., None])
@@ -146,7 +149,7 @@ def _decode_local(q, k_new, v_new, cache_k, cache_v, slot_pos, q_pos, counter, b
 
 
 def decode_attention(q, k_new, v_new, cache_k, cache_v, slot_pos, q_pos, counter, base, *,
-                     mesh: Mesh, scale: float | None = None):
+                     mesh: Mesh, scale: float | None = None, window: int | None = None):
     """Attend ``t`` new queries to one layer's sequence-sharded KV cache and to each other
     (causally), then append their keys and values to the cache.
 
@@ -157,6 +160,8 @@ def decode_attention(q, k_new, v_new, cache_k, cache_v, slot_pos, q_pos, counter
       slot_pos: ``int32 [b, slots]`` positions of the cached tokens (before these ``t``).
       q_pos: ``int32 [b, t]`` positions of the new tokens; counter: appended tokens so far
         (scalar); base: prefill slots per device (scalar).
+      window: a sliding window (a local layer): a query at ``p`` sees positions
+        ``p - window + 1 .. p`` only.
 
     Returns ``(out [b, t, q_heads, hd], cache_k, cache_v)``; the caches keep their sharding and,
     when donated, their buffers.
@@ -169,7 +174,7 @@ def decode_attention(q, k_new, v_new, cache_k, cache_v, slot_pos, q_pos, counter
     if q.shape[2] % k_new.shape[2]:
         raise ShapeError(f"q_heads={q.shape[2]} must be a multiple of kv_heads={k_new.shape[2]}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    fn = functools.partial(_decode_local, sp=mesh.shape["sp"], scale=scale)
+    fn = functools.partial(_decode_local, sp=mesh.shape["sp"], scale=scale, window=window)
     return jax.shard_map(
         fn, mesh=mesh,
         in_specs=(_NEW_SPEC, _NEW_SPEC, _NEW_SPEC, LAYER_SPEC, LAYER_SPEC, SLOT_SPEC,

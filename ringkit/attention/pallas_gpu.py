@@ -9,11 +9,12 @@ heads-major shapes (one device; GQA folded into rows, so KV is never repeated):
   q_pos [n], k_pos [nk]     global positions; seg_q [b, n], seg_k [b, nk] (or None)
 
 Each program owns one tile of rows (forward, dq) or of keys (dk, dv) and loops over the other
-side. Tile visibility is decided outside the kernel from position bounds: per row tile, the loop
-runs first over the leading run of fully visible key tiles without a mask, then up to the last
-visible tile with the mask. For sorted positions (both ring layouts hold sorted positions on every
-device) that computes exactly the visible tiles and never touches a hidden one; for any other
-order it stays exact and merely computes some masked tiles.
+side. Tile visibility is decided outside the kernel from position bounds (``bounds``): per row
+tile, the loop runs over the visible key tiles in three runs, masked, unmasked, masked (the first
+is empty under a plain causal mask; a sliding window cuts tiles at both ends). For sorted
+positions (both ring layouts hold sorted positions on every device) that computes exactly the
+visible tiles and never touches a hidden one; for any other order it stays exact and merely
+computes some masked tiles.
 
 Scores, softmax statistics and accumulators are float32; matmul operands keep the input dtype
 (bf16 operands run on the tensor cores). Inside the kernels the running max and lse are kept in
@@ -62,7 +63,7 @@ def _dot(a, b, contract_a: int, contract_b: int):
                            precision=precision, preferred_element_type=jnp.float32)
 
 
-def _visible(qp, kp, sq, sk, causal: bool, keys_first=False):
+def _visible(qp, kp, sq, sk, causal: bool, keys_first=False, window=None):
     """Visibility ``[rows, keys]`` of a tile (``keys_first``: ``[keys, rows]``, built in that
     order rather than transposed), or None when every pair is visible."""
     if keys_first:
@@ -70,25 +71,32 @@ def _visible(qp, kp, sq, sk, causal: bool, keys_first=False):
     else:
         qx, kx = (lambda x: x[:, None]), (lambda x: x[None, :])
     mask = (qx(qp) >= kx(kp)) if causal else None
+    if causal and window is not None:
+        mask = mask & (qx(qp) - kx(kp) < window)
     if sq is not None:
         same = qx(sq) == kx(sk)
         mask = same if mask is None else mask & same
     return mask
 
 
-# ---------------------------------------------------------------------------------------------
-# Loop bounds per tile, from position bounds (XLA, outside the kernels).
+def _three_runs(step, bounds, carry):
+    """Masked, unmasked and masked runs of tiles (``bounds.row_bounds``/``key_bounds``); under a
+    plain causal mask the first run is empty."""
+    first, full_from, full_to, end = bounds
+    carry = lax.fori_loop(first, full_from, step(True), carry)
+    carry = lax.fori_loop(full_from, full_to, step(False), carry)
+    return lax.fori_loop(full_to, end, step(True), carry)
 
 
 # ---------------------------------------------------------------------------------------------
 # Kernels. Refs carry one (batch, head) slice: rows [block, d] or the device's whole KV [nk, d].
 
 
-def _fold_kernel(*refs, order, causal, has_seg, fresh, final, block_k):
+def _fold_kernel(*refs, order, causal, window, has_seg, fresh, final, block_k):
     it = iter(refs)
     q_ref, k_ref, v_ref, qp_ref, kp_ref = (next(it) for _ in range(5))
     sq_ref, sk_ref = (next(it), next(it)) if has_seg else (None, None)
-    lead_ref, end_ref = next(it), next(it)
+    bound_refs = tuple(next(it) for _ in range(4))
     carry_in = () if fresh else (next(it), next(it), next(it))
     out_refs = tuple(it)
 
@@ -109,7 +117,7 @@ def _fold_kernel(*refs, order, causal, has_seg, fresh, final, block_k):
             keys = pl.ds(j * block_k, block_k)
             s = _dot(q, k_ref[keys, :], 1, 1)  # [rows, block_k]
             mask = _visible(qp, kp_ref[keys], sq, sk_ref[keys] if has_seg else None,
-                            causal and masked)
+                            causal and masked, window=window)
             if mask is not None:
                 s = jnp.where(mask, s, -jnp.inf)
             m_new = jnp.maximum(m2, s.max(axis=1) * LOG2E)
@@ -123,9 +131,7 @@ def _fold_kernel(*refs, order, causal, has_seg, fresh, final, block_k):
 
         return body
 
-    lead = lead_ref[i]
-    carry = lax.fori_loop(0, lead, step(False), carry)
-    o, m2, l = lax.fori_loop(lead, end_ref[i], step(True), carry)
+    o, m2, l = _three_runs(step, [ref[i] for ref in bound_refs], carry)
     if final:
         out_ref, lse_ref = out_refs
         seen = m2 != -jnp.inf  # no visible key; a NaN row stays NaN
@@ -137,11 +143,11 @@ def _fold_kernel(*refs, order, causal, has_seg, fresh, final, block_k):
             ref[...] = x
 
 
-def _dq_kernel(*refs, order, causal, has_seg, block_k):
+def _dq_kernel(*refs, order, causal, window, has_seg, block_k):
     it = iter(refs)
     q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qp_ref, kp_ref = (next(it) for _ in range(8))
     sq_ref, sk_ref = (next(it), next(it)) if has_seg else (None, None)
-    lead_ref, end_ref, dq_in, dq_out = it
+    *bound_refs, dq_in, dq_out = it
 
     i = order(pl.program_id(0))[2]
     q, do, qp = q_ref[...], do_ref[...], qp_ref[...]
@@ -154,7 +160,7 @@ def _dq_kernel(*refs, order, causal, has_seg, block_k):
             k, v = k_ref[keys, :], v_ref[keys, :]
             s = _dot(q, k, 1, 1)
             mask = _visible(qp, kp_ref[keys], sq, sk_ref[keys] if has_seg else None,
-                            causal and masked)
+                            causal and masked, window=window)
             if mask is not None:
                 s = jnp.where(mask, s, -jnp.inf)
             p = jnp.exp2(s * LOG2E - lse2[:, None])
@@ -163,16 +169,14 @@ def _dq_kernel(*refs, order, causal, has_seg, block_k):
 
         return body
 
-    lead = lead_ref[i]
-    dq = lax.fori_loop(0, lead, step(False), dq_in[...])
-    dq_out[...] = lax.fori_loop(lead, end_ref[i], step(True), dq)
+    dq_out[...] = _three_runs(step, [ref[i] for ref in bound_refs], dq_in[...])
 
 
-def _dkv_kernel(*refs, order, causal, has_seg, block_r):
+def _dkv_kernel(*refs, order, causal, window, has_seg, block_r):
     it = iter(refs)
     q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qp_ref, kp_ref = (next(it) for _ in range(8))
     sq_ref, sk_ref = (next(it), next(it)) if has_seg else (None, None)
-    first_ref, full_ref, dk_in, dv_in, dk_out, dv_out = it
+    *bound_refs, dk_in, dv_in, dk_out, dv_out = it
 
     j = order(pl.program_id(0))[2]
     k, v, kp = k_ref[...], v_ref[...], kp_ref[...]
@@ -186,7 +190,7 @@ def _dkv_kernel(*refs, order, causal, has_seg, block_r):
             q, do = q_ref[rows, :], do_ref[rows, :]
             st = _dot(k, q, 1, 1)
             mask = _visible(qp_ref[rows], kp, sq_ref[rows] if has_seg else None, sk,
-                            causal and masked, keys_first=True)
+                            causal and masked, keys_first=True, window=window)
             if mask is not None:
                 st = jnp.where(mask, st, -jnp.inf)
             pt = jnp.exp2(st * LOG2E - (lse_ref[rows] * LOG2E)[None, :])
@@ -196,10 +200,8 @@ def _dkv_kernel(*refs, order, causal, has_seg, block_r):
 
         return body
 
-    full_from = full_ref[j]
-    grads = lax.fori_loop(first_ref[j], full_from, step(True), (dk_in[...], dv_in[...]))
-    dk, dv = lax.fori_loop(full_from, q_ref.shape[0] // block_r, step(False), grads)
-    dk_out[...], dv_out[...] = dk, dv
+    dk_out[...], dv_out[...] = _three_runs(step, [ref[j] for ref in bound_refs],
+                                           (dk_in[...], dv_in[...]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,7 +254,7 @@ def fold_block(q, k, v, carry, ids: blockwise.MaskIds, spec: blockwise.TileSpec,
     nk = k.shape[2]
     br, bk = _fit(blocks.block_q, r, "rows per device"), _fit(blocks.block_k, nk, "keys per device")
     q_rows, seg_rows = row_inputs(q_pos, seg_q, spec.groups)
-    lead, end = row_bounds(q_rows, k_pos.astype(jnp.int32), br, bk, spec.causal)
+    bounds = row_bounds(q_rows, k_pos.astype(jnp.int32), br, bk, spec.causal, spec.window)
     has_seg, fresh = seg_q is not None, carry is None
     q, k, v, o_in = _pad_head_dim(q, k, v, None if fresh else carry[0])
     dp = q.shape[-1]
@@ -269,8 +271,8 @@ def fold_block(q, k, v, carry, ids: blockwise.MaskIds, spec: blockwise.TileSpec,
         in_specs += [pl.BlockSpec((None, br), lambda p: order(p)[::2]),
                      pl.BlockSpec((None, nk), lambda p: (order(p)[0], 0))]
         args += [seg_rows, seg_k.astype(jnp.int32)]
-    in_specs += [pl.BlockSpec((n_tiles,), lambda p: (0,))] * 2
-    args += [lead, end]
+    in_specs += [pl.BlockSpec((n_tiles,), lambda p: (0,))] * 4
+    args += bounds
     carry_specs = [_specs(row, (br, dp)), _specs(row_vec, (br,)), _specs(row_vec, (br,))]
     if final_dtype is None:
         out_specs = carry_specs
@@ -286,8 +288,8 @@ def fold_block(q, k, v, carry, ids: blockwise.MaskIds, spec: blockwise.TileSpec,
         aliases = {len(args) + i: i for i in range(3)} if final_dtype is None else {}
         in_specs += carry_specs
         args += [o_in, carry[1], carry[2]]
-    kernel = functools.partial(_fold_kernel, order=order, causal=spec.causal, has_seg=has_seg,
-                               fresh=fresh, final=final_dtype is not None, block_k=bk)
+    kernel = functools.partial(_fold_kernel, order=order, causal=spec.causal, window=spec.window,
+                               has_seg=has_seg, fresh=fresh, final=final_dtype is not None, block_k=bk)
     outs = _call(kernel, order.grid, in_specs, out_specs, out_shape, args, aliases,
                  blocks.launch(), interpret, "ring_fold")
     first = outs[0][..., :d] if dp != d else outs[0]
@@ -360,7 +362,7 @@ def grad_dq(g: GradInputs, dq, blocks: BlockSizes, launch, interpret):
     q_rows, k_pos = g.q_rows, g.k_pos
     br, bk = (_fit(blocks.block_q_dq, r, "rows per device"),
               _fit(blocks.block_k_dq, nk, "keys per device"))
-    lead, end = row_bounds(q_rows, k_pos, br, bk, g.spec.causal)
+    bounds = row_bounds(q_rows, k_pos, br, bk, g.spec.causal, g.spec.window)
     order = LaunchOrder(r // br, b, h, heavy_last_tile=True)
     row = lambda p: (*order(p), 0)  # (batch, head, tile, 0)
     row_vec = lambda p: order(p)
@@ -371,10 +373,10 @@ def grad_dq(g: GradInputs, dq, blocks: BlockSizes, launch, interpret):
     if g.has_seg:
         specs += [pl.BlockSpec((None, br), lambda p: order(p)[::2]),
                   pl.BlockSpec((None, nk), lambda p: (order(p)[0], 0))]
-    specs += [pl.BlockSpec((r // br,), lambda p: (0,))] * 2 + [_specs(row, (br, dp))]
-    args = [*g.args, lead, end, dq]
+    specs += [pl.BlockSpec((r // br,), lambda p: (0,))] * 4 + [_specs(row, (br, dp))]
+    args = [*g.args, *bounds, dq]
     kernel = functools.partial(_dq_kernel, order=order, causal=g.spec.causal,
-                               has_seg=g.has_seg, block_k=bk)
+                               window=g.spec.window, has_seg=g.has_seg, block_k=bk)
     return _call(kernel, order.grid, specs, _specs(row, (br, dp)),
                  jax.ShapeDtypeStruct(dq.shape, jnp.float32), args, {len(args) - 1: 0},
                  launch, interpret, "ring_grad_dq")
@@ -386,7 +388,7 @@ def grad_dkv(g: GradInputs, dk, dv, blocks: BlockSizes, launch, interpret):
     q_rows, k_pos = g.q_rows, g.k_pos
     br, bk = (_fit(blocks.block_q_dkv, r, "rows per device"),
               _fit(blocks.block_k_dkv, nk, "keys per device"))
-    first, full_from = key_bounds(q_rows, k_pos, br, bk, g.spec.causal)
+    bounds = key_bounds(q_rows, k_pos, br, bk, g.spec.causal, g.spec.window)
     order = LaunchOrder(nk // bk, b, h, heavy_last_tile=False)
     key = lambda p: (*order(p), 0)  # (batch, head, key tile, 0)
     whole = lambda p: (*order(p)[:2], 0, 0)
@@ -397,10 +399,10 @@ def grad_dkv(g: GradInputs, dk, dv, blocks: BlockSizes, launch, interpret):
     if g.has_seg:
         specs += [pl.BlockSpec((None, r), lambda p: (order(p)[0], 0)),
                   pl.BlockSpec((None, bk), lambda p: order(p)[::2])]
-    specs += [pl.BlockSpec((nk // bk,), lambda p: (0,))] * 2 + [_specs(key, (bk, dp))] * 2
-    args = [*g.args, first, full_from, dk, dv]
+    specs += [pl.BlockSpec((nk // bk,), lambda p: (0,))] * 4 + [_specs(key, (bk, dp))] * 2
+    args = [*g.args, *bounds, dk, dv]
     kernel = functools.partial(_dkv_kernel, order=order, causal=g.spec.causal,
-                               has_seg=g.has_seg, block_r=br)
+                               window=g.spec.window, has_seg=g.has_seg, block_r=br)
     shape = jax.ShapeDtypeStruct(dk.shape, jnp.float32)
     return _call(kernel, order.grid, specs, [_specs(key, (bk, dp))] * 2, [shape, shape], args,
                  {len(args) - 2: 0, len(args) - 1: 1}, launch, interpret, "ring_grad_dkv")

@@ -393,7 +393,9 @@ def fold_block(q, k, v, carry, ids: blockwise.MaskIds, spec: blockwise.TileSpec,
         check_cuda()
     q_rows, seg_rows = row_inputs(q_pos, seg_q, spec.groups)
     k_pos = k_pos.astype(jnp.int32)
-    lead, end = row_bounds(q_rows, k_pos, BLOCK_Q, block_k, spec.causal)
+    # This kernel's loops start at tile 0: unmasked up to `lead`, then masked (no window here).
+    _, full_from, full_to, end = row_bounds(q_rows, k_pos, BLOCK_Q, block_k, spec.causal)
+    lead = jnp.where(full_from == 0, full_to, 0)
     has_seg, fresh, final = seg_q is not None, carry is None, final_dtype is not None
     args = [q, k, v, q_rows, k_pos]
     if has_seg:

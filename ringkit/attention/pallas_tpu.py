@@ -33,6 +33,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from ringkit.attention import blockwise
+from ringkit.attention.bounds import tile_kinds
 from ringkit.attention.sizes import BlockSizes, tpu_defaults
 from ringkit.errors import ConfigError
 
@@ -86,14 +87,6 @@ def _visits(kind):
     return tiles.reshape(-1), kinds.astype(jnp.int32).reshape(-1), count
 
 
-def _kinds(q_rows, k_pos, br, bk, causal):
-    """Tile kinds ``[row tiles, key tiles]`` (all FULL without a causal mask)."""
-    if not causal:
-        return jnp.full((q_rows.shape[0] // br, k_pos.shape[0] // bk), blockwise.FULL, jnp.int32)
-    qb, kb = blockwise.tile_bounds(q_rows, br), blockwise.tile_bounds(k_pos, bk)
-    return blockwise.tile_kind(qb[0][:, None], qb[1][:, None], kb[0][None, :], kb[1][None, :])
-
-
 def _on_visible(kinds_ref, index, has_seg, fold):
     """Run ``fold(masked)`` for a visible visit: unmasked on FULL tiles unless segments need it."""
     kind = kinds_ref[index]
@@ -104,9 +97,11 @@ def _on_visible(kinds_ref, index, has_seg, fold):
     pl.when(kind == blockwise.DIAGONAL)(lambda: fold(True))
 
 
-def _mask(qp_ref, kp_ref, sq_ref, sk_ref, causal_tile: bool):
+def _mask(qp_ref, kp_ref, sq_ref, sk_ref, causal_tile: bool, window=None):
     """Visibility ``[rows, keys]`` from positions ``[rows, 1]`` / ``[1, keys]`` (or None)."""
     mask = (qp_ref[...] >= kp_ref[...]) if causal_tile else None
+    if causal_tile and window is not None:
+        mask = mask & (qp_ref[...] - kp_ref[...] < window)
     if sq_ref is not None:
         same = sq_ref[...] == sk_ref[...]
         mask = same if mask is None else mask & same
@@ -117,7 +112,8 @@ def _mask(qp_ref, kp_ref, sq_ref, sk_ref, causal_tile: bool):
 # Kernels. Blocks: rows [br, d], keys [bk, d], positions [br, 1] / [1, bk], statistics [br, 128].
 
 
-def _fold_kernel(tiles_ref, kinds_ref, count_ref, *refs, causal, has_seg, fresh, final, n_visits):
+def _fold_kernel(tiles_ref, kinds_ref, count_ref, *refs, causal, window, has_seg, fresh, final,
+                 n_visits):
     del tiles_ref, count_ref  # used by the index maps; kinds say what to compute
     it = iter(refs)
     q_ref, k_ref, v_ref, qp_ref, kp_ref = (next(it) for _ in range(5))
@@ -139,7 +135,7 @@ def _fold_kernel(tiles_ref, kinds_ref, count_ref, *refs, causal, has_seg, fresh,
     def fold(masked):
         v = v_ref[...]
         s = _dot(q_ref[...], k_ref[...], 1, 1)  # [br, bk]
-        mask = _mask(qp_ref, kp_ref, sq_ref, sk_ref, causal and masked)
+        mask = _mask(qp_ref, kp_ref, sq_ref, sk_ref, causal and masked, window)
         if mask is not None:
             s = jnp.where(mask, s, -jnp.inf)
         m_prev = m_sc[...]
@@ -168,7 +164,7 @@ def _fold_kernel(tiles_ref, kinds_ref, count_ref, *refs, causal, has_seg, fresh,
                 ref[...] = x
 
 
-def _dq_kernel(tiles_ref, kinds_ref, count_ref, *refs, causal, has_seg, n_visits):
+def _dq_kernel(tiles_ref, kinds_ref, count_ref, *refs, causal, window, has_seg, n_visits):
     del tiles_ref, count_ref
     it = iter(refs)
     q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qp_ref, kp_ref = (next(it) for _ in range(8))
@@ -183,7 +179,7 @@ def _dq_kernel(tiles_ref, kinds_ref, count_ref, *refs, causal, has_seg, n_visits
     def fold(masked):
         k = k_ref[...]
         s = _dot(q_ref[...], k, 1, 1)
-        mask = _mask(qp_ref, kp_ref, sq_ref, sk_ref, causal and masked)
+        mask = _mask(qp_ref, kp_ref, sq_ref, sk_ref, causal and masked, window)
         if mask is not None:
             s = jnp.where(mask, s, -jnp.inf)
         p = jnp.exp(s - lse_ref[...][:, :1])
@@ -197,7 +193,7 @@ def _dq_kernel(tiles_ref, kinds_ref, count_ref, *refs, causal, has_seg, n_visits
         dq_out[...] = dq_sc[...]
 
 
-def _dkv_kernel(tiles_ref, kinds_ref, count_ref, *refs, causal, has_seg, n_visits):
+def _dkv_kernel(tiles_ref, kinds_ref, count_ref, *refs, causal, window, has_seg, n_visits):
     del tiles_ref, count_ref
     it = iter(refs)
     q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qp_ref, kp_ref = (next(it) for _ in range(8))
@@ -212,7 +208,7 @@ def _dkv_kernel(tiles_ref, kinds_ref, count_ref, *refs, causal, has_seg, n_visit
     def fold(masked):
         q, do = q_ref[...], do_ref[...]
         s = _dot(q, k_ref[...], 1, 1)  # [br, bk]
-        mask = _mask(qp_ref, kp_ref, sq_ref, sk_ref, causal and masked)
+        mask = _mask(qp_ref, kp_ref, sq_ref, sk_ref, causal and masked, window)
         if mask is not None:
             s = jnp.where(mask, s, -jnp.inf)
         p = jnp.exp(s - lse_ref[...][:, :1])
@@ -283,7 +279,7 @@ def fold_block(q, k, v, carry, ids: blockwise.MaskIds, spec: blockwise.TileSpec,
     br, bk = (_tile(blocks.block_q, r, 8, "rows per device"),
               _tile(blocks.block_k, nk, LANES, "keys per device"))
     q_rows, k_pos, segs = _positions(q_pos, k_pos, seg_q, seg_k, spec.groups)
-    visits = _visits(_kinds(q_rows, k_pos, br, bk, spec.causal))
+    visits = _visits(tile_kinds(q_rows, k_pos, br, bk, spec.causal, spec.window))
     n_rt, n_kt = r // br, nk // bk
     has_seg, fresh, final = segs is not None, carry is None, final_dtype is not None
 
@@ -315,8 +311,8 @@ def fold_block(q, k, v, carry, ids: blockwise.MaskIds, spec: blockwise.TileSpec,
         out_shape = [jax.ShapeDtypeStruct((b, h, r, d), jnp.float32), stat_shape, stat_shape]
     scratch = [pltpu.VMEM((br, d), jnp.float32), pltpu.VMEM((br, LANES), jnp.float32),
                pltpu.VMEM((br, LANES), jnp.float32)]
-    kernel = functools.partial(_fold_kernel, causal=spec.causal, has_seg=has_seg, fresh=fresh,
-                               final=final, n_visits=n_kt)
+    kernel = functools.partial(_fold_kernel, causal=spec.causal, window=spec.window,
+                               has_seg=has_seg, fresh=fresh, final=final, n_visits=n_kt)
     outs = _call(kernel, (b, h, n_rt, n_kt), visits, in_specs, out_specs,
                  out_shape, scratch, args, aliases, interpret, "ring_fold_tpu")
     return (outs[0], *(x[..., 0] for x in outs[1:]))
@@ -357,12 +353,13 @@ def grad_block(q, k, v, do, lse, delta, grads, ids: blockwise.MaskIds,
     br, bk = (_tile(blocks.block_q_dq, r, 8, "rows per device"),
               _tile(blocks.block_k_dq, nk, LANES, "keys per device"))
     n_rt, n_kt = r // br, nk // bk
-    visits = _visits(_kinds(q_rows, k_pos, br, bk, spec.causal))
+    visits = _visits(tile_kinds(q_rows, k_pos, br, bk, spec.causal, spec.window))
     in_specs = specs(br, bk, lambda bi, hi, i, j, *_: i,
                      lambda bi, hi, i, j, t, *_: t[i * n_kt + j])
     dq_spec = pl.BlockSpec((None, None, br, d), lambda bi, hi, i, *_: (bi, hi, i, 0))
     args = common + [dq]
-    kernel = functools.partial(_dq_kernel, causal=spec.causal, has_seg=has_seg, n_visits=n_kt)
+    kernel = functools.partial(_dq_kernel, causal=spec.causal, window=spec.window,
+                               has_seg=has_seg, n_visits=n_kt)
     dq = _call(kernel, (b, h, n_rt, n_kt), visits, in_specs + [dq_spec], dq_spec,
                jax.ShapeDtypeStruct(dq.shape, jnp.float32), [pltpu.VMEM((br, d), jnp.float32)],
                args, {len(args) - 1: 0}, interpret, "ring_grad_dq_tpu")
@@ -371,12 +368,13 @@ def grad_block(q, k, v, do, lse, delta, grads, ids: blockwise.MaskIds,
     br, bk = (_tile(blocks.block_q_dkv, r, 8, "rows per device"),
               _tile(blocks.block_k_dkv, nk, LANES, "keys per device"))
     n_rt, n_kt = r // br, nk // bk
-    visits = _visits(_kinds(q_rows, k_pos, br, bk, spec.causal).T)
+    visits = _visits(tile_kinds(q_rows, k_pos, br, bk, spec.causal, spec.window).T)
     in_specs = specs(br, bk, lambda bi, hi, jk, i, t, *_: t[jk * n_rt + i],
                      lambda bi, hi, jk, i, *_: jk)
     kv_spec = pl.BlockSpec((None, None, bk, d), lambda bi, hi, jk, *_: (bi, hi, jk, 0))
     args = common + [dk, dv]
-    kernel = functools.partial(_dkv_kernel, causal=spec.causal, has_seg=has_seg, n_visits=n_rt)
+    kernel = functools.partial(_dkv_kernel, causal=spec.causal, window=spec.window,
+                               has_seg=has_seg, n_visits=n_rt)
     shape = jax.ShapeDtypeStruct(dk.shape, jnp.float32)
     dk, dv = _call(kernel, (b, h, n_kt, n_rt), visits, in_specs + [kv_spec] * 2, [kv_spec] * 2,
                    [shape, shape], [pltpu.VMEM((bk, d), jnp.float32)] * 2, args,

@@ -11,10 +11,11 @@ import math
 import jax.numpy as jnp
 
 
-def attention_reference(q, k, v, *, causal=True, segment_ids=None, scale=None):
+def attention_reference(q, k, v, *, causal=True, segment_ids=None, scale=None, window=None):
     """Dense softmax attention. ``q [b, s, hq, d]``, ``k, v [b, s, hkv, d]`` -> ``[b, s, hq, d]``.
 
-    Rows with no visible key (possible only with segment ids) give zeros, as the ring does.
+    Rows with no visible key (possible only with segment ids) give zeros, as the ring does. A
+    ``window`` (causal only) lets position ``i`` see keys ``i - window + 1 .. i``.
     """
     b, s, hq, d = q.shape
     groups = hq // k.shape[2]
@@ -25,6 +26,9 @@ def attention_reference(q, k, v, *, causal=True, segment_ids=None, scale=None):
     mask = jnp.ones((1, 1, s, s), bool)
     if causal:
         mask = mask & jnp.tril(jnp.ones((s, s), bool))[None, None]
+    if window is not None:
+        gap = jnp.arange(s)[:, None] - jnp.arange(s)[None, :]
+        mask = mask & (gap < window)[None, None]
     if segment_ids is not None:
         mask = mask & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
     scores = jnp.where(mask, scores, -jnp.inf)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ringkit.attention import blockwise, kernels
-from ringkit.attention.layouts import device_positions, relayout_local
+from ringkit.attention.layouts import chunks_per_device, device_positions, relayout_local
 from ringkit.attention.spec import RingSpec, describe as describe_spec, make_spec
 from ringkit.mesh import logical_to_spec
 
@@ -45,11 +45,11 @@ def _grad(spec: RingSpec, *args):
 # Per-device bodies (run under shard_map).
 
 
-def _rotate(tree, sp: int):
-    """Send every array one hop along the ring: device i -> device i + 1."""
-    if sp == 1:
+def _rotate(tree, sp: int, shift: int = 1):
+    """Send every array ``shift`` hops along the ring: device i -> device i + shift."""
+    if shift % sp == 0:
         return tree
-    perm = [(j, (j + 1) % sp) for j in range(sp)]
+    perm = [(j, (j + shift) % sp) for j in range(sp)]
     return jax.tree.map(lambda x: lax.ppermute(x, "sp", perm), tree)
 
 
@@ -84,10 +84,19 @@ def _positions(spec: RingSpec, device, n: int):
 
 
 def _if_visible(spec, q_pos, k_pos, fn, state, hidden=lambda s: s):
-    """``fn(state)``, or ``hidden(state)`` when the causal mask hides the whole block pair."""
+    """``fn(state)``, or ``hidden(state)`` when the mask hides the whole block pair."""
     if not spec.causal:
         return fn(state)
-    return lax.cond(q_pos.max() >= k_pos.min(), fn, hidden, state)
+    if spec.window is None:
+        seen = q_pos.max() >= k_pos.min()
+    else:  # per layout chunk: a zigzag block's two chunks lie far apart
+        chunk = q_pos.shape[0] // chunks_per_device(spec.layout)
+        q_min, q_max = blockwise.tile_bounds(q_pos, chunk)
+        k_min, k_max = blockwise.tile_bounds(k_pos, chunk)
+        kinds = blockwise.tile_kind(q_min[:, None], q_max[:, None], k_min[None], k_max[None],
+                                    spec.window)
+        seen = (kinds != blockwise.SKIP).any()
+    return lax.cond(seen, fn, hidden, state)
 
 
 def _forward_local(*args, spec: RingSpec):
@@ -112,13 +121,24 @@ def _forward_local(*args, spec: RingSpec):
             lambda c: blockwise.finish(*c, final_dtype))
         return _if_visible(spec, q_pos, k_pos, fn, carry, hidden)
 
-    def step(t, state):
-        kv, carry = state
-        incoming = _rotate(kv, sp)  # issued before the fold so transfer and compute overlap
-        return incoming, fold(t, kv, carry)
+    forward, backward = spec.ring_hops
 
-    kv, carry = lax.fori_loop(0, sp - 1, step, (kv, blockwise.fresh_carry(qh)))
-    out, lse = fold(sp - 1, kv, carry, q.dtype)  # the last block is never sent on
+    def step(direction):
+        def body(t, state):
+            kv, carry = state
+            incoming = _rotate(kv, sp, direction)  # issued before the fold: transfer and compute
+            return incoming, fold(direction * t, kv, carry)  # overlap
+
+        return body
+
+    own = kv
+    kv, carry = lax.fori_loop(0, forward, step(1), (kv, blockwise.fresh_carry(qh)))
+    if backward:  # a window: the blocks of the next devices come the other way round
+        carry = fold(forward, kv, carry)
+        kv, carry = lax.fori_loop(1, backward, step(-1), (_rotate(own, sp, -1), carry))
+        out, lse = fold(-backward, kv, carry, q.dtype)
+    else:
+        out, lse = fold(forward, kv, carry, q.dtype)  # the last block is never sent on
     return _seq_major(out, g), lse
 
 
@@ -144,15 +164,26 @@ def _backward_local(*args, spec: RingSpec):
         dq, dk, dv = _if_visible(spec, q_pos, k_pos, fn, (dq, *dkv))
         return dq, (dk, dv)
 
-    def step(t, state):
-        kv, dq, dkv = state
-        incoming = _rotate(kv, sp)
-        dq, dkv = grads(t, kv, dq, dkv)
-        return incoming, dq, _rotate(dkv, sp)  # dk, dv travel with the block they belong to
+    def step(direction):
+        def body(t, state):
+            kv, dq, dkv = state
+            incoming = _rotate(kv, sp, direction)
+            dq, dkv = grads(direction * t, kv, dq, dkv)
+            return incoming, dq, _rotate(dkv, sp, direction)  # dk, dv travel with their block
 
-    kv, dq, dkv = lax.fori_loop(0, sp - 1, step, ((kh, vh, seg), dq, dkv))
-    dq, dkv = grads(sp - 1, kv, dq, dkv)
-    dk, dv = _rotate(dkv, sp)  # one last hop home: device i holds the gradient of block i + 1
+        return body
+
+    forward, backward = spec.ring_hops
+    own = (kh, vh, seg)
+    kv, dq, dkv = lax.fori_loop(0, forward, step(1), (own, dq, dkv))
+    dq, dkv = grads(forward, kv, dq, dkv)
+    dk, dv = _rotate(dkv, sp, -forward)  # home: device i holds the gradient of block i - forward
+    if backward:
+        zeros = (jnp.zeros(kh.shape, jnp.float32), jnp.zeros(vh.shape, jnp.float32))
+        kv, dq, dkv = lax.fori_loop(1, backward, step(-1), (_rotate(own, sp, -1), dq, zeros))
+        dq, dkv = grads(-backward, kv, dq, dkv)
+        dk_back, dv_back = _rotate(dkv, sp, backward)
+        dk, dv = dk + dk_back, dv + dv_back
     return ((_seq_major(dq, g) * spec.scale).astype(q.dtype), _seq_major(dk, 1).astype(k.dtype),
             _seq_major(dv, 1).astype(v.dtype))
 
@@ -222,10 +253,10 @@ def _natural(spec: RingSpec, *args):
 
 
 def _spec(q, k, v, segment_ids, mesh, causal, layout, impl, interpret, block_q, block_k,
-          block_sizes, scale):
+          block_sizes, scale, window):
     spec = make_spec(q, k, v, segment_ids, mesh=mesh, causal=causal, layout=layout, scale=scale,
                      block_q=block_q, block_k=block_k, impl=impl, interpret=interpret,
-                     block_sizes=block_sizes)
+                     block_sizes=block_sizes, window=window)
     _log_once(spec)
     return spec
 
@@ -236,7 +267,8 @@ def _log_once(spec: RingSpec):
 
 
 def describe(q, k, v, *, mesh, causal=True, segment_ids=None, layout="zigzag", impl="auto",
-             interpret=None, block_q=None, block_k=None, block_sizes=None, scale=None) -> str:
+             interpret=None, block_q=None, block_k=None, block_sizes=None, scale=None,
+             window=None) -> str:
     """Say what ``ring_attention`` would run for these arguments, without running it.
 
     Example::
@@ -247,24 +279,25 @@ def describe(q, k, v, *, mesh, causal=True, segment_ids=None, layout="zigzag", i
     The same line is logged once per distinct call on the ``ringkit.attention`` logger (INFO).
     """
     return describe_spec(_spec(q, k, v, segment_ids, mesh, causal, layout, impl, interpret,
-                               block_q, block_k, block_sizes, scale))
+                               block_q, block_k, block_sizes, scale, window))
 
 
 def ring_attention_permuted(q, k, v, *, mesh, causal=True, segment_ids=None, layout="zigzag",
                             impl="auto", interpret=None, block_q=None, block_k=None,
-                            block_sizes=None, scale=None):
+                            block_sizes=None, scale=None, window=None):
     """``ring_attention`` on sequences already in ``layout`` order (see ``to_layout``).
 
     For models: permute tokens once per forward pass, use ``layout_positions`` for RoPE, and call
     this in every layer. Arguments and shapes as ``ring_attention``.
     """
     spec = _spec(q, k, v, segment_ids, mesh, causal, layout, impl, interpret, block_q, block_k,
-                 block_sizes, scale)
+                 block_sizes, scale, window)
     return _permuted(spec, *_args(q, k, v, segment_ids))
 
 
 def ring_attention(q, k, v, *, mesh, causal=True, segment_ids=None, layout="zigzag", impl="auto",
-                   interpret=None, block_q=None, block_k=None, block_sizes=None, scale=None):
+                   interpret=None, block_q=None, block_k=None, block_sizes=None, scale=None,
+                   window=None):
     """Exact attention with the sequence sharded over the mesh axis 'sp'.
 
     Args:
@@ -284,6 +317,11 @@ def ring_attention(q, k, v, *, mesh, causal=True, segment_ids=None, layout="zigz
         dividing the layout chunk).
       block_sizes: ``ringkit.BlockSizes`` for the Pallas (GPU and TPU) kernels, in rows by keys.
       scale: softmax scale, default ``1 / sqrt(head_dim)``.
+      window: sliding-window attention (needs ``causal``): position ``i`` sees keys
+        ``i - window + 1 .. i``, the convention of Hugging Face's ``sliding_window`` (Mistral,
+        Gemma's local layers). Tiles and ring hops wholly outside the window are neither
+        computed nor sent: a window shorter than a device's chunk needs only the neighbouring
+        devices' blocks. ``describe`` states the hops.
 
     Returns:
       ``[batch, seq, q_heads, head_dim]`` in ``q``'s dtype and natural order. Differentiable.
@@ -292,7 +330,8 @@ def ring_attention(q, k, v, *, mesh, causal=True, segment_ids=None, layout="zigz
 
         mesh = ringkit.make_mesh(sp=8)
         out = ringkit.ring_attention(q, k, v, mesh=mesh, causal=True)
+        local = ringkit.ring_attention(q, k, v, mesh=mesh, window=4096)  # Mistral's window
     """
     spec = _spec(q, k, v, segment_ids, mesh, causal, layout, impl, interpret, block_q, block_k,
-                 block_sizes, scale)
+                 block_sizes, scale, window)
     return _natural(spec, *_args(q, k, v, segment_ids))

@@ -8,6 +8,7 @@ computes under a layout, with the kernel's own skip rule.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import numbers
 import warnings
@@ -43,6 +44,13 @@ class RingSpec:
     kernel: str = "xla"  # 'xla', 'gpu' or 'tpu' (kernels.choose_kernel)
     interpret: bool = False  # a Pallas kernel in interpret mode (make_spec's interpret="gpu"/"tpu")
     blocks: BlockSizes = BlockSizes()  # filled for the kernel, head dim and dtype
+    window: int | None = None  # sliding window: keys at most window - 1 positions back (causal)
+    hops: tuple[int, int] | None = None  # ring hops (forward, backward); None: the full ring
+
+    @property
+    def ring_hops(self) -> tuple[int, int]:
+        """Hops KV blocks travel forward (from device i - t) and backward (from i + t)."""
+        return self.hops or (self.sp - 1, 0)
 
     @property
     def sp(self) -> int:
@@ -50,7 +58,8 @@ class RingSpec:
 
     @property
     def tiles(self) -> blockwise.TileSpec:
-        return blockwise.TileSpec(self.causal, self.groups, self.block_q, self.block_k)
+        return blockwise.TileSpec(self.causal, self.groups, self.block_q, self.block_k,
+                                  self.window)
 
 
 def _largest_divisor(n: int, at_most: int) -> int:
@@ -101,8 +110,53 @@ def _check_segments(segment_ids, shape: tuple[int, int]) -> None:
                              "renumber the segments")
 
 
+def _check_window(window, causal, seq_len: int) -> int | None:
+    """A positive integer window, or None; a window covering the sequence is plain causal."""
+    if window is None:
+        return None
+    if isinstance(window, (bool, np.bool_)) or not isinstance(window, numbers.Integral) or (
+            int(window) <= 0):
+        raise ConfigError(f"window must be a positive integer (keys at most window - 1 "
+                          f"positions before the query) or None, got {window!r}")
+    if not causal:
+        raise ConfigError("window needs causal=True: a sliding window keeps the last window "
+                          "keys before each query (Mistral's and Gemma's local layers)")
+    return None if int(window) >= seq_len else int(window)
+
+
+def _chunk_kinds(positions, me: int, src: int, chunk: int, window):
+    """Tile kinds of device ``me``'s queries against device ``src``'s keys, one tile per chunk."""
+    q_min, q_max = blockwise.tile_bounds(positions[me], chunk)
+    k_min, k_max = blockwise.tile_bounds(positions[src], chunk)
+    return blockwise.tile_kind(q_min[:, None], q_max[:, None], k_min[None], k_max[None], window)
+
+
+@functools.lru_cache(maxsize=256)
+def ring_hops(seq_len: int, sp: int, layout: str, window: int | None) -> tuple[int, int]:
+    """How far KV blocks must travel so every device sees every key its queries may attend to:
+    ``(forward, backward)`` hops, forward bringing the block of device ``i - t`` to device ``i``
+    and backward that of ``i + t``. Causal attention needs the whole ring, ``(sp - 1, 0)``; a
+    window needs only the neighbours it reaches: ``(1, 0)`` contiguous, ``(1, 1)`` zigzag when
+    it is shorter than a chunk. Blocks no device needs are never sent."""
+    if window is None or sp == 1:
+        return sp - 1, 0
+    local = seq_len // sp
+    chunk = local // chunks_per_device(layout)
+    positions = layout_positions(seq_len, sp, layout).reshape(sp, local)
+    needed = [t for t in range(1, sp) if any(
+        (_chunk_kinds(positions, me, (me - t) % sp, chunk, window) != blockwise.SKIP).any()
+        for me in range(sp))]
+    best = (sp - 1, 0)
+    for split in range(sp):  # offsets <= split travel forward, the rest backward
+        hops = (max([t for t in needed if t <= split], default=0),
+                max([sp - t for t in needed if t > split], default=0))
+        if sum(hops) < sum(best):
+            best = hops
+    return best
+
+
 def make_spec(q, k, v, segment_ids, *, mesh, causal, layout, scale, block_q, block_k, impl,
-              interpret=None, block_sizes=None):
+              interpret=None, block_sizes=None, window=None):
     """Validate a call and build its ``RingSpec``; every user mistake raises a ``RingkitError``."""
     if not isinstance(mesh, Mesh):
         raise ConfigError(f"mesh must be a jax.sharding.Mesh (ringkit.make_mesh(...)), got {mesh!r}")
@@ -157,7 +211,13 @@ def make_spec(q, k, v, segment_ids, *, mesh, causal, layout, scale, block_q, blo
     local = s // sp
     chunk = local // chunks_per_device(layout)
     rows = local * (hq // hkv)  # query rows per device and KV head: each GQA group in rows
+    window = _check_window(window, causal, s)
     blocks = block_sizes or BlockSizes()
+    if window is not None and kernel == "gpu":  # the Mosaic forward takes no window yet
+        if blocks.gpu_forward == "mosaic":
+            raise ConfigError("the Mosaic GPU forward has no sliding window yet; leave "
+                              "BlockSizes.gpu_forward unset (the Triton forward takes window=)")
+        blocks = dataclasses.replace(blocks, gpu_forward="triton")
     if kernel == "gpu" and interpret is None and blocks.gpu_forward is None:
         capability = getattr(mesh.devices.flat[0], "compute_capability", None)
         blocks = dataclasses.replace(blocks, gpu_forward=kernels.auto_gpu_forward(
@@ -176,7 +236,8 @@ def make_spec(q, k, v, segment_ids, *, mesh, causal, layout, scale, block_q, blo
         scale=float(1.0 / math.sqrt(d) if scale is None else scale),
         block_q=_block("block_q", block_q, local, chunk), block_k=_block("block_k", block_k, local, chunk),
         groups=hq // hkv, has_segments=segment_ids is not None, kernel=kernel,
-        interpret=interpret is not None, blocks=blocks,
+        interpret=interpret is not None, blocks=blocks, window=window,
+        hops=ring_hops(s, sp, layout, window),
     )
 
 
@@ -197,22 +258,28 @@ def describe(spec: RingSpec) -> str:
     else:
         tiles = f"tiles {spec.block_q}x{spec.block_k} positions"
     mode = " in interpret mode" if spec.interpret else ""
+    mask = "causal" if spec.causal else "full"
+    if spec.window is not None:
+        forward, backward = spec.ring_hops
+        mask = (f"causal, window {spec.window} (ring hops: {forward} forward + {backward} "
+                f"backward of {spec.sp - 1})")
     return (f"ring attention: {kernels.KERNELS[spec.kernel]}{mode} on "
             f"{kernels.platform(spec.mesh)}, sp={spec.sp}, "
-            f"layout={spec.layout}, {'causal' if spec.causal else 'full'}, GQA groups="
-            f"{spec.groups}, {tiles}")
+            f"layout={spec.layout}, {mask}, GQA groups={spec.groups}, {tiles}")
 
 
 def tiles_per_device(seq_len: int, sp: int, layout: str = "zigzag", *, causal: bool = True,
-                     block_q: int | None = None, block_k: int | None = None):
+                     block_q: int | None = None, block_k: int | None = None,
+                     window: int | None = None):
     """Number of ``block_q x block_k`` tiles (positions) each device's XLA kernel computes in one
     forward ring (the Pallas kernels tile rows by keys with ``BlockSizes``).
 
     Uses the kernel's own skip rule (``blockwise.tile_kind``), so ``max / mean`` of the result is
-    the causal load imbalance of a layout: ~1.0 for zigzag, ~1.8 for contiguous on 8 devices.
-    Returns ``int [sp]``.
+    the causal load imbalance of a layout: ~1.0 for zigzag, ~1.8 for contiguous on 8 devices. A
+    ``window`` counts only the tiles it reaches. Returns ``int [sp]``.
     """
     check_seq_len(seq_len, sp, layout)
+    window = _check_window(window, causal, seq_len)
     local = seq_len // sp
     chunk = local // chunks_per_device(layout)
     bq, bk = _block("block_q", block_q, local, chunk), _block("block_k", block_k, local, chunk)
@@ -225,7 +292,8 @@ def tiles_per_device(seq_len: int, sp: int, layout: str = "zigzag", *, causal: b
         for step in range(sp):
             k_min, k_max = k_bounds[(me - step) % sp]
             if causal:
-                kind = blockwise.tile_kind(q_min[:, None], q_max[:, None], k_min[None], k_max[None])
+                kind = blockwise.tile_kind(q_min[:, None], q_max[:, None], k_min[None],
+                                           k_max[None], window)
                 counts[me] += int(np.count_nonzero(kind != blockwise.SKIP))
             else:
                 counts[me] += len(q_min) * len(k_min)
