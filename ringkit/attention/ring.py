@@ -127,7 +127,7 @@ def _forward_local(*args, spec: RingSpec):
         def body(t, state):
             kv, carry = state
             incoming = _rotate(kv, sp, direction)  # issued before the fold: transfer and compute
-            return incoming, fold(direction * t, kv, carry)  # overlap
+            return incoming, fold(t if direction > 0 else -t, kv, carry)  # overlap
 
         return body
 
@@ -168,7 +168,7 @@ def _backward_local(*args, spec: RingSpec):
         def body(t, state):
             kv, dq, dkv = state
             incoming = _rotate(kv, sp, direction)
-            dq, dkv = grads(direction * t, kv, dq, dkv)
+            dq, dkv = grads(t if direction > 0 else -t, kv, dq, dkv)
             return incoming, dq, _rotate(dkv, sp, direction)  # dk, dv travel with their block
 
         return body
