@@ -6,6 +6,7 @@ forms (legacy ``rope_theta`` + ``rope_scaling`` and transformers 5's ``rope_para
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -43,7 +44,7 @@ def _tokenizer(folder):
     (folder / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<1>"}))
 
 
-def _checkpoint(folder, kind, rope, legacy, rng):
+def _checkpoint(folder, kind, rope, legacy, rng, layers=2):
     """A tiny random checkpoint of ``kind`` written by transformers; returns the torch model."""
     config_cls, model_cls = (getattr(transformers, n) for n in CLASSES[kind])
     kv = int(rng.choice([1, 2, 2, 3]))
@@ -52,7 +53,7 @@ def _checkpoint(folder, kind, rope, legacy, rng):
     theta = float(rng.choice([1e4, 5e5, 1e6]))
     params = {**ROPE[rope], "rope_theta": theta}
     sizes = dict(vocab_size=VOCAB, hidden_size=heads * int(rng.choice([8, 12])),
-                 intermediate_size=int(rng.choice([64, 96])), num_hidden_layers=2,
+                 intermediate_size=int(rng.choice([64, 96])), num_hidden_layers=layers,
                  num_attention_heads=heads, num_key_value_heads=kv, head_dim=head_dim,
                  max_position_embeddings=4096, rms_norm_eps=1e-6,
                  tie_word_embeddings=bool(rng.integers(2)))
@@ -179,8 +180,6 @@ def test_family_matches_transformers(kind, rope, legacy, tmp_path, rng):
 
     # Greedy tokens through prefill + the sharded decode, KV heads split over tp (one per
     # device; a single KV head cannot be split: tp=1 there).
-    import jax
-
     tp = model.config.n_kv_heads
     sharded = rk.load_model(tmp_path, mesh=rk.make_mesh(tp=tp, sp=2 if tp > 1 else 4,
                                                         devices=jax.devices()[:2 * tp + 2 * (tp == 1)]))
@@ -198,6 +197,57 @@ def test_family_matches_transformers(kind, rope, legacy, tmp_path, rng):
     cut = [i for i, t in enumerate(theirs) if t in stops]
     theirs = theirs[:cut[0]] if cut else theirs
     assert mine == theirs
+
+
+WINDOWED = [("mistral", None), ("qwen2", "layer_types"), ("qwen3", "max_window_layers")]
+
+
+@pytest.mark.parametrize("kind, form", WINDOWED, ids=[k for k, _ in WINDOWED])
+def test_sliding_window_matches_transformers(kind, form, tmp_path, rng):
+    """Mistral's window on every layer; Qwen2/3's on the layers from ``max_window_layers`` on,
+    as transformers 5 writes them (``layer_types``) or as older configs do. The window is drawn
+    shorter and longer than a device's chunk on sp=8, and far shorter than the input."""
+    reference = _checkpoint(tmp_path, kind, "default", False, rng, layers=3)
+    window = int(rng.choice([24, 40, 90, 200]))
+    values = json.loads((tmp_path / "config.json").read_text())
+    values["sliding_window"] = window
+    if kind != "mistral":
+        values.update(use_sliding_window=True, max_window_layers=1)
+        values["layer_types"] = ["full_attention"] + ["sliding_attention"] * 2
+        if form == "max_window_layers":
+            del values["layer_types"]
+    (tmp_path / "config.json").write_text(json.dumps(values))
+    config_cls, model_cls = (getattr(transformers, n) for n in CLASSES[kind])
+    reference = model_cls.from_pretrained(tmp_path).eval()
+    assert reference.config.sliding_window == window
+    model = rk.load_model(tmp_path, mesh=rk.make_mesh(sp=8))
+    assert model.config.local_layers == ((True,) * 3 if kind == "mistral" else (False, True, True))
+    ids = rng.integers(2, VOCAB, (1, int(rng.integers(700, 1000))))
+    got = np.asarray(model.logits(ids))
+    with torch.no_grad():
+        want = reference(torch.tensor(ids)).logits.numpy()
+        unwindowed = model_cls(config_cls(**{
+            **reference.config.to_dict(), "sliding_window": None, "use_sliding_window": False,
+            "layer_types": None})).eval()
+        unwindowed.load_state_dict(reference.state_dict())
+        unwindowed = unwindowed(torch.tensor(ids)).logits.numpy()
+    assert np.abs(unwindowed - want).max() / np.abs(want).max() > 1e-3  # the window matters
+    err = np.abs(got - want).max() / np.abs(want).max()
+    assert err < 1e-4, f"relative error {err:.2e}"
+    assert (got.argmax(-1) == want.argmax(-1)).mean() == 1.0
+    # Greedy decode past the window: the cache's older slots fall out of local layers' view.
+    sharded = rk.load_model(tmp_path, mesh=rk.make_mesh(sp=4, devices=jax.devices()[:4]))
+    prompt = ids[0, :window + int(rng.integers(10, 60))].tolist()
+    from ringkit.generate import generate_ids
+
+    (mine,) = generate_ids(sharded, [prompt], max_new_tokens=24)
+    with torch.no_grad():
+        stops = list(sharded.tokenizer.eos_ids)
+        theirs = reference.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False,
+                                    eos_token_id=stops, pad_token_id=stops[0]
+                                    )[0, len(prompt):].tolist()
+    cut = [i for i, t in enumerate(theirs) if t in stops]
+    assert mine == (theirs[:cut[0]] if cut else theirs)
 
 
 def test_dual_chunk_attention_is_named_not_ignored(tmp_path, rng):

@@ -356,8 +356,7 @@ def test_hf_bad_inputs(tmp_path, tiny, byte_tokenizer):
 
 
 @pytest.mark.parametrize("extra, match", [
-    (dict(model_type="mistral", sliding_window=16), "sliding_window = 16"),
-    (dict(layer_types=["full_attention", "sliding_attention"]), "layer_types"),
+    (dict(layer_types=["full_attention", "chunked_attention"]), "layer_types"),
     (dict(quantization_config={"quant_method": "gptq"}), "quantization_config"),
     (dict(partial_rotary_factor=0.5), "partial_rotary_factor = 0.5"),
     (dict(rope_scaling={"rope_type": "longrope", "factor": 8.0}), "'longrope' is not supported"),
@@ -368,8 +367,9 @@ def test_hf_bad_inputs(tmp_path, tiny, byte_tokenizer):
 ])
 def test_hf_fields_ringkit_would_not_honour_are_refused(tmp_path, tiny, byte_tokenizer, extra,
                                                         match):
-    """Each would load and compute another model than transformers does (a Mistral window
-    smaller than the prompt gave argmax agreement 0.25-0.4): refused, naming the field."""
+    """Each would load and compute another model than transformers does (before windows ran,
+    a Mistral window smaller than the prompt gave argmax agreement 0.25-0.4): refused, naming
+    the field."""
     with pytest.raises(UnsupportedError, match=match):
         rk.load_model(write_hf_dir(tmp_path / "m", tiny.variables, CFG, byte_tokenizer, **extra))
 
@@ -389,6 +389,22 @@ def test_hf_honours_what_it_reads(tmp_path, tiny, byte_tokenizer, rng):
                                            **extra), mesh=mesh(1))
         assert model.config.rope_theta == theta
         assert np.abs(np.asarray(model.logits(ids)) - ref).max() <= 1e-5 * np.abs(ref).max()
+    # Sliding windows are read (test_families checks them against transformers).
+    from ringkit.model.weights.hf import config_from_hf
+
+    sizes = dict(hidden_size=64, num_attention_heads=4, num_hidden_layers=3,
+                 intermediate_size=128, vocab_size=256)
+    for extra, local in (
+            (dict(model_type="mistral", sliding_window=16), (True,) * 3),
+            (dict(model_type="mistral", sliding_window=None), (False,) * 3),
+            (dict(model_type="qwen2", sliding_window=16, use_sliding_window=True,
+                  max_window_layers=1), (False, True, True)),
+            (dict(model_type="qwen3", sliding_window=16, use_sliding_window=True,
+                  layer_types=["sliding_attention", "full_attention", "sliding_attention"]),
+             (True, False, True)),
+            (dict(model_type="qwen2", sliding_window=16, use_sliding_window=False,
+                  max_window_layers=1), (False,) * 3)):
+        assert config_from_hf({**sizes, **extra}, "m").local_layers == local
     folder = tmp_path / "ok"
     save_file({"model.layers.0.self_attn.rotary_emb.inv_freq": np.ones(4, np.float32)},
               str(folder / "extra.safetensors"))

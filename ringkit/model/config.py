@@ -14,6 +14,9 @@ from ringkit.errors import ConfigError
 from ringkit.model.rope import ROPE_CONVENTIONS, RopeScaling
 
 
+LAYER_TYPES = ("full_attention", "sliding_attention")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """A LLaMA-family decoder (optionally with LWM's vision embedding and head).
@@ -24,7 +27,10 @@ class ModelConfig:
     "interleaved" (adjacent pairs, LWM and llama.cpp's stored q/k weights).
     ``vision_vocab_size > 0`` adds LWM's ``vte`` embedding and ``vision_head``.
     ``qkv_bias`` adds biases to the q, k and v projections (Qwen2); ``qk_norm`` an RMSNorm over
-    each head's q and k before RoPE (Qwen3).
+    each head's q and k before RoPE (Qwen3). ``sliding_window`` makes layers local: position
+    ``i`` attends to keys ``i - sliding_window + 1 .. i`` (Mistral); ``layer_types`` says which
+    layers, as Hugging Face spells it ("sliding_attention" / "full_attention" per layer; None:
+    every layer local when ``sliding_window`` is set).
     """
 
     name: str
@@ -47,6 +53,8 @@ class ModelConfig:
     # What the checkpoint uses past ``max_position`` that ringkit does not compute (Qwen2.5-1M's
     # dual chunk attention): longer inputs are refused naming it, not run as another model.
     beyond_context: str | None = None
+    sliding_window: int | None = None
+    layer_types: tuple[str, ...] | None = None
 
     def __post_init__(self):
         for field in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
@@ -68,6 +76,27 @@ class ModelConfig:
             raise ConfigError(f"{self.name}: rope_theta and norm_eps must be positive")
         if self.vision_vocab_size < 0:
             raise ConfigError(f"{self.name}: vision_vocab_size must be >= 0")
+        window = self.sliding_window
+        if window is not None and (not isinstance(window, int) or window <= 0):
+            raise ConfigError(f"{self.name}: sliding_window must be a positive integer or None, "
+                              f"got {window!r}")
+        if self.layer_types is not None:
+            if len(self.layer_types) != self.n_layers or not set(self.layer_types) <= set(
+                    LAYER_TYPES):
+                raise ConfigError(f"{self.name}: layer_types must name {LAYER_TYPES} for each of "
+                                  f"the {self.n_layers} layers, got {self.layer_types!r}")
+            if window is None and "sliding_attention" in self.layer_types:
+                raise ConfigError(f"{self.name}: layer_types has sliding_attention layers but "
+                                  "sliding_window is None")
+
+    @property
+    def local_layers(self) -> tuple[bool, ...]:
+        """Per layer: whether it attends within ``sliding_window`` only."""
+        if self.sliding_window is None:
+            return (False,) * self.n_layers
+        if self.layer_types is None:
+            return (True,) * self.n_layers
+        return tuple(t == "sliding_attention" for t in self.layer_types)
 
     @property
     def has_vision(self) -> bool:

@@ -14,6 +14,8 @@ Parameters (one name per tensor, the layer axis first when layers are scanned)::
             bq [heads, hd]  bk, bv [kv_heads, hd]   (config.qkv_bias: Qwen2)
             q_norm, k_norm [hd]                     (config.qk_norm: Qwen3, before RoPE)
 
+Layers that ``config.local_layers`` marks attend within ``config.sliding_window`` (Mistral).
+
 ``PARAM_AXES`` gives each tensor's logical axes; ``param_shardings`` maps them to the mesh and
 refuses a tensor it has no rule for.
 """
@@ -141,7 +143,9 @@ class Block(nn.Module):
         return self.param(name, init, shape, self.runtime.weights_dtype)
 
     @nn.compact
-    def __call__(self, x, aux, cache):
+    def __call__(self, x, aux, cache, local=False):
+        """``local``: whether this layer attends within ``config.sliding_window`` only; a
+        Python bool, or a traced one in a scan over layers of both kinds (see ``_ScanBody``)."""
         cfg, rt = self.config, self.runtime
         d, h, kv, hd, f = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.ffn_dim
         dense, ones = nn.initializers.normal(0.02), nn.initializers.ones
@@ -175,9 +179,16 @@ class Block(nn.Module):
         v = v.astype(dt)
         kv_out = None
         if not decoding:
-            attn = ring_attention_permuted(
-                q, k, v, mesh=rt.mesh, causal=True, segment_ids=aux["segment_ids"],
-                layout=rt.layout, impl=rt.impl, block_q=rt.block_q, block_k=rt.block_k)
+            def ring(window):
+                return ring_attention_permuted(
+                    q, k, v, mesh=rt.mesh, causal=True, segment_ids=aux["segment_ids"],
+                    layout=rt.layout, impl=rt.impl, block_q=rt.block_q, block_k=rt.block_k,
+                    window=window)
+
+            if isinstance(local, bool):
+                attn = ring(cfg.sliding_window if local else None)
+            else:  # one scanned body for local and global layers: run the one this layer is
+                attn = lax.cond(local, lambda: ring(cfg.sliding_window), lambda: ring(None))
             if self.collect_kv is not None:  # this layer's slice of the KV cache, with room
                 kv_out = tuple(
                     extend_slots(jnp.swapaxes(a, 1, 2).astype(rt.weights_dtype),
@@ -187,7 +198,8 @@ class Block(nn.Module):
         else:
             attn, ck, cv = decode_attention(
                 q, k, v, cache["k"], cache["v"], aux["slot_pos"], aux["positions"],
-                aux["counter"], aux["base"], mesh=rt.mesh)
+                aux["counter"], aux["base"], mesh=rt.mesh,
+                window=cfg.sliding_window if local else None)
             cache = dict(k=ck, v=cv)
         names = DECODE_ACTIVATION if decoding else ACTIVATION
         x = x + _mm("bshk,hkd->bsd", split(attn, {2: ("tp",), 3: ("sp",)}), w(wo))
@@ -204,17 +216,22 @@ class Block(nn.Module):
 
 
 class _ScanBody(nn.Module):
-    """``Block`` as (carry, per-layer input) -> (carry, per-layer output) for ``nn.scan``."""
+    """``Block`` as (carry, per-layer input) -> (carry, per-layer output) for ``nn.scan``.
+
+    ``local`` is the layer's kind when it is static (every scanned layer alike, or one unrolled
+    layer); otherwise the per-layer input is a bool saying it (a model of both kinds scans one
+    body that holds both attentions and runs one)."""
 
     config: ModelConfig
     runtime: Runtime
     collect_kv: int | None = None
+    local: bool | None = False
 
     @nn.compact
-    def __call__(self, carry, _):
+    def __call__(self, carry, local):
         x, aux, cache = carry
         block = Block(self.config, self.runtime, self.collect_kv, name="block")
-        x, cache, kv_out = block(x, aux, cache)
+        x, cache, kv_out = block(x, aux, cache, self.local if self.local is not None else local)
         return (x, aux, cache), kv_out
 
 
@@ -253,13 +270,16 @@ class Transformer(nn.Module):
         body = _ScanBody
         if rt.remat:
             body = nn.remat(body, prevent_cse=not rt.scan_layers)
+        kinds = cfg.local_layers
         if rt.scan_layers:
             scanned = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True},
                               length=cfg.n_layers)
-            self.layers = scanned(cfg, rt, self.collect_kv)
+            alike = len(set(kinds)) == 1
+            self.layers = scanned(cfg, rt, self.collect_kv, kinds[0] if alike else None)
+            self.layer_kinds = None if alike else jnp.asarray(kinds)
         else:
-            self.layers = [body(cfg, rt, self.collect_kv, name=f"layers_{i}")
-                           for i in range(cfg.n_layers)]
+            self.layers = [body(cfg, rt, self.collect_kv, local, name=f"layers_{i}")
+                           for i, local in enumerate(kinds)]
 
     def embed_tokens(self, ids, vision_mask):
         """``[b, s, d]``: the vision embedding where ``vision_mask``, the text one elsewhere."""
@@ -287,7 +307,7 @@ class Transformer(nn.Module):
                 ks[i], vs[i] = c["k"], c["v"]
             kv = dict(k=tuple(ks), v=tuple(vs))
         elif rt.scan_layers:
-            (x, _, _), kv = self.layers((x, aux, None), None)
+            (x, _, _), kv = self.layers((x, aux, None), self.layer_kinds)
             if kv is not None:  # [layers, ...] -> one array per layer
                 kv = tuple(tuple(a[i] for i in range(self.config.n_layers)) for a in kv)
         else:

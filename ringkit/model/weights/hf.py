@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ringkit.errors import ConfigError, FormatError, RingkitError, ShapeError, UnsupportedError
-from ringkit.model.config import ModelConfig
+from ringkit.model.config import LAYER_TYPES, ModelConfig
 from ringkit.model.rope import RopeScaling
 from ringkit.tokenize.text import Tokenizer
 
@@ -121,11 +121,8 @@ def _refuse_unhonoured(values: dict, name: str, config: ModelConfig) -> None:
                                "which ringkit does not compute; it refuses the checkpoint rather "
                                "than run a different model")
 
-    window = values.get("sliding_window")
-    if window and values.get("use_sliding_window", True) and window < config.context_length:
-        refuse("sliding_window", f"attention to the last {window} tokens only")
-    if any(t != "full_attention" for t in values.get("layer_types") or ()):
-        refuse("layer_types", "layers that are not full attention")
+    if not set(values.get("layer_types") or ()) <= set(LAYER_TYPES):
+        refuse("layer_types", f"layers other than {' and '.join(LAYER_TYPES)}")
     if values.get("quantization_config"):
         refuse("quantization_config", "quantized weights; load the unquantized checkpoint or a "
                                       "GGUF")
@@ -201,7 +198,23 @@ def _config(values: dict, name: str) -> ModelConfig:
         norm_eps=float(values.get("rms_norm_eps", 1e-6)),
         tie_embeddings=bool(values.get("tie_word_embeddings", False)), rope_scaling=scaling,
         qkv_bias=values.get("model_type") == "qwen2", qk_norm=values.get("model_type") == "qwen3",
-        beyond_context=beyond)
+        beyond_context=beyond, **_windows(values, int(values["num_hidden_layers"])))
+
+
+def _windows(values: dict, n_layers: int) -> dict:
+    """``sliding_window`` and ``layer_types`` as transformers reads them: Mistral's window on
+    every layer; Qwen2/3's only with ``use_sliding_window``, on the layers ``layer_types`` names
+    (configs before transformers 5: from ``max_window_layers`` on)."""
+    window = values.get("sliding_window")
+    if not window or values.get("use_sliding_window", True) is False:
+        return {}
+    types = values.get("layer_types")
+    if types is None and values.get("max_window_layers") is not None:
+        first = int(values["max_window_layers"])
+        types = ["sliding_attention" if i >= first else "full_attention" for i in range(n_layers)]
+    if types is not None and "sliding_attention" not in types:
+        return {}
+    return dict(sliding_window=int(window), layer_types=None if types is None else tuple(types))
 
 
 class _Lazy:
