@@ -36,6 +36,13 @@ from ringkit.model.weights.hf import config_from_hf
 AXES = ("dp", "fsdp", "tp", "sp")
 
 
+def _visible_pairs(n: int, window: int | None) -> int:
+    """(query, key) pairs a causal mask leaves in ``n`` tokens, within ``window`` if given."""
+    if window is None or window >= n:
+        return n * (n + 1) // 2
+    return window * (window + 1) // 2 + (n - window) * window
+
+
 @dataclasses.dataclass(frozen=True)
 class Device:
     """An accelerator as its vendor states it: memory (bytes), dense bf16 rate (FLOP/s) and
@@ -122,11 +129,15 @@ class Plan:
 
     @property
     def prefill_flops(self) -> float:
+        """Matmul FLOPs of the prefill: projections, MLPs, and attention over the (query, key)
+        pairs each layer's mask leaves (causal; a sliding window on local layers)."""
         c, n = self.config, self.tokens
         per_layer = 2 * c.d_model * (c.n_heads + 2 * c.n_kv_heads) * c.head_dim  # q, k, v
         per_layer += 2 * c.n_heads * c.head_dim * c.d_model + 6 * c.d_model * c.ffn_dim  # o, MLP
-        attention = 4 * c.n_heads * c.head_dim * n * (n + 1) / 2  # QK^T and PV, causal
-        return c.n_layers * (per_layer * n + attention) + 2 * c.d_model * c.vocab_size
+        pairs = sum(_visible_pairs(n, c.sliding_window if local else None)
+                    for local in c.local_layers)
+        attention = 4 * c.n_heads * c.head_dim * pairs  # QK^T and PV over the visible pairs
+        return c.n_layers * per_layer * n + attention + 2 * c.d_model * c.vocab_size
 
     @property
     def prefill_seconds(self) -> float | None:

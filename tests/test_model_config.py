@@ -16,6 +16,15 @@ def test_presets_have_the_published_sizes():
     assert ModelConfig.preset("llama-3.2-1b").param_count() == 1_235_814_400
     assert ModelConfig.preset("qwen2.5-7b-1m").param_count() == 7_615_616_512
     assert ModelConfig.preset("qwen3-8b").param_count() == 8_190_735_360
+    assert ModelConfig.preset("mistral-7b-v0.1").param_count() == 7_241_732_096
+    assert ModelConfig.preset("gemma-3-1b").param_count() == 999_885_952
+    # The 4B and 27B: published totals less the image side they share (one SigLIP tower of
+    # 416,866,032, a 1152 x d_model projector and its 1152-wide norm): both totals agree.
+    image = lambda d: 416_866_032 + 1152 * d + 1152
+    assert ModelConfig.preset("gemma-3-4b").param_count() == 4_300_079_472 - image(2560)
+    assert ModelConfig.preset("gemma-3-27b").param_count() == 27_432_406_640 - image(5376)
+    assert ModelConfig.preset("gemma-3-27b").context_length == 131072
+    assert ModelConfig.preset("gemma-3-27b").local_layers.count(False) == 10
     assert ModelConfig.preset("llama-3.1-8b").context_length == 131072
     assert set(PRESETS) >= {"smollm2-135m", "lwm-7b", "lwm-7b-vision", "tiny"}
 

@@ -124,3 +124,13 @@ def test_a_window_covering_the_sequence_is_causal(rng):
     q, k, v = qkv(rng, 1, 128, 2, 2, 16)
     np.testing.assert_array_equal(rk.ring_attention(q, k, v, mesh=mesh, window=128),
                                   rk.ring_attention(q, k, v, mesh=mesh))
+
+
+def test_the_mosaic_forward_refuses_a_window_and_triton_runs_it():
+    q = jnp.zeros((1, 256, 2, 64), jnp.bfloat16)
+    mesh = rk.make_mesh(sp=1, devices=jax.devices()[:1])
+    with pytest.raises(ConfigError, match="Mosaic GPU forward has no sliding window"):
+        rk.ring_attention(q, q, q, mesh=mesh, impl="pallas", interpret="gpu", window=64,
+                          block_sizes=rk.BlockSizes(gpu_forward="mosaic"))
+    line = rk.attention.describe(q, q, q, mesh=mesh, impl="pallas", interpret="gpu", window=64)
+    assert "Triton forward and backward" in line and "window 64" in line

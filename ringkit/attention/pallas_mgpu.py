@@ -387,6 +387,9 @@ def fold_block(q, k, v, carry, ids: blockwise.MaskIds, spec: blockwise.TileSpec,
     nk, dtype = k.shape[2], q.dtype
     if k.dtype != dtype or v.dtype != dtype:
         raise ConfigError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    if spec.window is not None:
+        raise ConfigError("the Mosaic GPU forward has no sliding window; the Triton forward "
+                          "(pallas_gpu.fold_block) takes TileSpec.window")
     sizes = sizes or MosaicSizes()
     block_k, stages = plan(dtype, d, r, nk, sizes, interpret=interpret)
     if not interpret:

@@ -15,6 +15,7 @@ from ringkit.model.rope import ROPE_CONVENTIONS, RopeScaling
 
 
 LAYER_TYPES = ("full_attention", "sliding_attention")
+ACTIVATIONS = ("silu", "gelu_tanh")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +32,14 @@ class ModelConfig:
     ``i`` attends to keys ``i - sliding_window + 1 .. i`` (Mistral); ``layer_types`` says which
     layers, as Hugging Face spells it ("sliding_attention" / "full_attention" per layer; None:
     every layer local when ``sliding_window`` is set).
+
+    Gemma 3's pieces: ``activation`` "gelu_tanh" (GELU, tanh approximation, in the gated MLP);
+    ``post_norms`` RMSNorms on the attention and MLP outputs before the residual adds;
+    ``embed_scale`` multiplies the token embeddings (sqrt(d_model)); ``query_scale`` replaces
+    the softmax scale 1/sqrt(head_dim) (``query_pre_attn_scalar ** -0.5``); ``rope_local_theta``
+    is the RoPE base of the local layers (unscaled; the global layers keep ``rope_theta`` and
+    ``rope_scaling``); ``final_softcap`` caps the logits at ``cap * tanh(logits / cap)``. Norm
+    weights are scales as stored by ringkit: Gemma's ``(1 + w)`` is added when loading.
     """
 
     name: str
@@ -55,6 +64,12 @@ class ModelConfig:
     beyond_context: str | None = None
     sliding_window: int | None = None
     layer_types: tuple[str, ...] | None = None
+    activation: str = "silu"
+    post_norms: bool = False
+    embed_scale: float | None = None
+    query_scale: float | None = None
+    rope_local_theta: float | None = None
+    final_softcap: float | None = None
 
     def __post_init__(self):
         for field in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
@@ -76,6 +91,13 @@ class ModelConfig:
             raise ConfigError(f"{self.name}: rope_theta and norm_eps must be positive")
         if self.vision_vocab_size < 0:
             raise ConfigError(f"{self.name}: vision_vocab_size must be >= 0")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"{self.name}: activation {self.activation!r} is not one of "
+                              f"{ACTIVATIONS}")
+        for field in ("embed_scale", "query_scale", "rope_local_theta", "final_softcap"):
+            value = getattr(self, field)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{self.name}: {field} must be positive or None, got {value!r}")
         window = self.sliding_window
         if window is not None and (not isinstance(window, int) or window <= 0):
             raise ConfigError(f"{self.name}: sliding_window must be a positive integer or None, "
@@ -118,7 +140,7 @@ class ModelConfig:
         d, h, kv, hd = self.d_model, self.n_heads, self.n_kv_heads, self.head_dim
         attention = d * h * hd * 2 + d * kv * hd * 2  # wq, wo; wk, wv
         attention += (h + 2 * kv) * hd * self.qkv_bias + 2 * hd * self.qk_norm
-        layer = attention + 3 * d * self.ffn_dim + 2 * d
+        layer = attention + 3 * d * self.ffn_dim + 2 * d * (2 if self.post_norms else 1)
         embed = self.vocab_size * d * (1 if self.tie_embeddings else 2)
         vision = 2 * self.vision_vocab_size * d
         return embed + vision + self.n_layers * layer + d
@@ -129,6 +151,19 @@ class ModelConfig:
         if name not in PRESETS:
             raise ConfigError(f"unknown model preset {name!r}; available: {sorted(PRESETS)}")
         return PRESETS[name]
+
+
+def _gemma3(name, vocab, d, layers, heads, kv, head_dim, ffn, window, scalar, scaling):
+    """A Gemma 3 text config: every 6th layer global, local RoPE base 10,000 (see ModelConfig)."""
+    return ModelConfig(
+        name=name, vocab_size=vocab, d_model=d, n_layers=layers, n_heads=heads, n_kv_heads=kv,
+        head_dim=head_dim, ffn_dim=ffn, max_position=131072 // int(scaling) if scaling else 32768,
+        rope_theta=1_000_000.0, norm_eps=1e-6, tie_embeddings=True, qk_norm=True,
+        rope_scaling=RopeScaling("linear", scaling, 131072 // int(scaling)) if scaling else None,
+        sliding_window=window, activation="gelu_tanh", post_norms=True,
+        layer_types=tuple("full_attention" if (i + 1) % 6 == 0 else "sliding_attention"
+                          for i in range(layers)),
+        embed_scale=d ** 0.5, query_scale=scalar ** -0.5, rope_local_theta=10_000.0)
 
 
 PRESETS: dict[str, ModelConfig] = {
@@ -170,6 +205,16 @@ PRESETS: dict[str, ModelConfig] = {
         name="qwen3-8b", vocab_size=151936, d_model=4096, n_layers=36, n_heads=32, n_kv_heads=8,
         head_dim=128, ffn_dim=12288, max_position=40960, rope_theta=1_000_000.0, norm_eps=1e-6,
         qk_norm=True),
+    # Mistral 7B v0.1: every layer attends within a 4,096-token window.
+    "mistral-7b-v0.1": ModelConfig(
+        name="mistral-7b-v0.1", vocab_size=32000, d_model=4096, n_layers=32, n_heads=32,
+        n_kv_heads=8, head_dim=128, ffn_dim=14336, max_position=32768, rope_theta=10_000.0,
+        norm_eps=1e-5, sliding_window=4096),
+    # Gemma 3 text models (the 4B and 27B without their vision tower): five local layers per
+    # global one, global RoPE linear-scaled 8x to 128K (1B: 32K, unscaled).
+    "gemma-3-1b": _gemma3("gemma-3-1b", 262144, 1152, 26, 4, 1, 256, 6912, 512, 256, None),
+    "gemma-3-4b": _gemma3("gemma-3-4b", 262208, 2560, 34, 8, 4, 256, 10240, 1024, 256, 8.0),
+    "gemma-3-27b": _gemma3("gemma-3-27b", 262208, 5376, 62, 32, 16, 128, 21504, 1024, 168, 8.0),
     # A small model for tests.
     "tiny": ModelConfig(
         name="tiny", vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,

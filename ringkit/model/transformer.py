@@ -13,8 +13,12 @@ Parameters (one name per tensor, the layer axis first when layers are scanned)::
             mlp_norm [d]   w_gate, w_up [d, ffn]          w_down [ffn, d]
             bq [heads, hd]  bk, bv [kv_heads, hd]   (config.qkv_bias: Qwen2)
             q_norm, k_norm [hd]                     (config.qk_norm: Qwen3, before RoPE)
+            post_attn_norm, post_mlp_norm [d]       (config.post_norms: Gemma 3)
 
-Layers that ``config.local_layers`` marks attend within ``config.sliding_window`` (Mistral).
+Layers that ``config.local_layers`` marks attend within ``config.sliding_window`` (Mistral), with
+their own RoPE base where ``config.rope_local_theta`` gives one (Gemma 3). Gemma 3 also norms the
+attention and MLP outputs (``post_norms``), gates with GELU, scales the embeddings and caps the
+logits (``ModelConfig``).
 
 ``PARAM_AXES`` gives each tensor's logical axes; ``param_shardings`` maps them to the mesh and
 refuses a tensor it has no rule for.
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from functools import partial
 
 import flax.linen as nn
 import jax
@@ -47,6 +52,8 @@ PARAM_AXES: dict[str, tuple[str, ...]] = {
     "final_norm": ("norm",),
     "attn_norm": ("norm",),
     "mlp_norm": ("norm",),
+    "post_attn_norm": ("norm",),              # Gemma 3's norms on the attention and MLP outputs
+    "post_mlp_norm": ("norm",),
     "wq": ("embed", "heads", "head_dim"),
     "wk": ("embed", "kv_heads", "head_dim"),
     "wv": ("embed", "kv_heads", "head_dim"),
@@ -163,7 +170,7 @@ class Block(nn.Module):
         dt = rt.weights_dtype if decoding else rt.dtype  # decode computes in the stored dtype
         # In decode, split projections over ('tp', 'sp'): see ``spread``.
         split = (lambda y, dims: spread(y, rt.mesh, dims)) if decoding else (lambda y, dims: y)
-        rope = Rope(hd, cfg.rope_theta, cfg.context_length, cfg.rope_convention, cfg.rope_scaling)
+        rope = _rope(cfg, local)
         w = lambda a: a.astype(dt)
         n = _rms_norm(x, attn_norm, cfg.norm_eps, dt)
         # q, k, v stay whole per device (RoPE pairs features across any split of head_dim).
@@ -174,8 +181,8 @@ class Block(nn.Module):
         if cfg.qk_norm:
             q = _rms_norm(q, self._param("q_norm", (hd,), ones), cfg.norm_eps, jnp.float32)
             k = _rms_norm(k, self._param("k_norm", (hd,), ones), cfg.norm_eps, jnp.float32)
-        q = rope.apply(q, aux["positions"]).astype(dt)
-        k = rope.apply(k, aux["positions"]).astype(dt)
+        q = rope(q, aux["positions"]).astype(dt)
+        k = rope(k, aux["positions"]).astype(dt)
         v = v.astype(dt)
         kv_out = None
         if not decoding:
@@ -183,7 +190,7 @@ class Block(nn.Module):
                 return ring_attention_permuted(
                     q, k, v, mesh=rt.mesh, causal=True, segment_ids=aux["segment_ids"],
                     layout=rt.layout, impl=rt.impl, block_q=rt.block_q, block_k=rt.block_k,
-                    window=window)
+                    window=window, scale=cfg.query_scale)
 
             if isinstance(local, bool):
                 attn = ring(cfg.sliding_window if local else None)
@@ -198,21 +205,37 @@ class Block(nn.Module):
         else:
             attn, ck, cv = decode_attention(
                 q, k, v, cache["k"], cache["v"], aux["slot_pos"], aux["positions"],
-                aux["counter"], aux["base"], mesh=rt.mesh,
+                aux["counter"], aux["base"], mesh=rt.mesh, scale=cfg.query_scale,
                 window=cfg.sliding_window if local else None)
             cache = dict(k=ck, v=cv)
         names = DECODE_ACTIVATION if decoding else ACTIVATION
-        x = x + _mm("bshk,hkd->bsd", split(attn, {2: ("tp",), 3: ("sp",)}), w(wo))
-        x = _constrain(x, rt.mesh, names)
+        post = (lambda y, name: _rms_norm(y, self._param(name, (d,), ones), cfg.norm_eps,
+                                          jnp.float32)) if cfg.post_norms else (lambda y, _: y)
+        attn = _mm("bshk,hkd->bsd", split(attn, {2: ("tp",), 3: ("sp",)}), w(wo))
+        x = _constrain(x + post(attn, "post_attn_norm"), rt.mesh, names)
         m = _rms_norm(x, mlp_norm, cfg.norm_eps, dt)
         gate = split(_mm("bsd,df->bsf", m, w(w_gate)), {2: ("tp", "sp")})
         up = split(_mm("bsd,df->bsf", m, w(w_up)), {2: ("tp", "sp")})
-        x = x + _mm("bsf,fd->bsd", (nn.silu(gate) * up).astype(dt), w(w_down))
-        x = _constrain(x, rt.mesh, names)
+        act = nn.silu if cfg.activation == "silu" else partial(nn.gelu, approximate=True)
+        mlp = _mm("bsf,fd->bsd", (act(gate) * up).astype(dt), w(w_down))
+        x = _constrain(x + post(mlp, "post_mlp_norm"), rt.mesh, names)
         if self.collect_kv is not None and ticks_wanted():
             # A prefill: one progress tick per layer, once it is done.
             jax.debug.callback(tick, x[0, 0, 0])
         return x, cache, kv_out
+
+
+def _rope(cfg: ModelConfig, local):
+    """``rope(x, positions)`` for a layer: the local layers' own base where the config gives one
+    (unscaled, as Gemma 3's), else the model's RoPE; ``local`` may be traced (``_ScanBody``)."""
+    hd = cfg.head_dim
+    rope = Rope(hd, cfg.rope_theta, cfg.context_length, cfg.rope_convention, cfg.rope_scaling)
+    if cfg.rope_local_theta is None or local is False:
+        return rope.apply
+    near = Rope(hd, cfg.rope_local_theta, cfg.context_length, cfg.rope_convention, None)
+    if local is True:
+        return near.apply
+    return lambda x, pos: jnp.where(local, near.apply(x, pos), rope.apply(x, pos))
 
 
 class _ScanBody(nn.Module):
@@ -293,7 +316,10 @@ class Transformer(nn.Module):
         rt = self.runtime
         names = ACTIVATION if cache is None else DECODE_ACTIVATION
         # The residual stream is float32 whatever the weights' dtype.
-        x = self.embed_tokens(ids, aux.get("vision_mask")).astype(jnp.float32)
+        x = self.embed_tokens(ids, aux.get("vision_mask"))
+        if self.config.embed_scale is not None:  # in the weights' dtype, as transformers does
+            x = x * jnp.asarray(self.config.embed_scale, x.dtype)
+        x = x.astype(jnp.float32)
         x = _constrain(x, rt.mesh, names)
         if cache is not None:
             # Decode runs unrolled over per-layer weights and caches: sliced out of stacked
@@ -327,9 +353,12 @@ class Transformer(nn.Module):
         if head == "text" and self.config.tie_embeddings:
             # Contract with the embedding as stored: a transposed copy would cost a full
             # [d, vocab] copy per call (113 MB for SmolLM2, every decode step).
-            return jnp.einsum("btd,vd->btv", h, self.embed, preferred_element_type=jnp.float32)
-        w = self.vision_head if head == "vision" else self.lm_head
-        return jnp.einsum("btd,dv->btv", h, w, preferred_element_type=jnp.float32)
+            out = jnp.einsum("btd,vd->btv", h, self.embed, preferred_element_type=jnp.float32)
+        else:
+            w = self.vision_head if head == "vision" else self.lm_head
+            out = jnp.einsum("btd,dv->btv", h, w, preferred_element_type=jnp.float32)
+        cap = self.config.final_softcap
+        return out if cap is None else jnp.tanh(out / cap) * cap
 
 
 def param_axes(path: tuple[str, ...], ndim: int) -> tuple[str | None, ...]:

@@ -1,12 +1,17 @@
 """GGUF files (llama.cpp's format) of the LLaMA family: architectures ``llama`` (Llama 1-3.x,
-Mistral), ``qwen2`` (q/k/v biases) and ``qwen3`` (per-head q/k norms); config, dequantized
-weights, tokenizer.
+Mistral), ``qwen2`` (q/k/v biases), ``qwen3`` (per-head q/k norms) and ``gemma3`` (text); config,
+dequantized weights, tokenizer.
 
 ``gguf_file`` reads the container and ``gguf`` dequantizes every supported type to float32 numpy.
 llama.cpp stores a ``llama`` model's q/k rows permuted for interleaved RoPE; they are un-permuted
 here to the HF (rotate-half) order, so weights from every loader share one layout (``qwen2`` and
 ``qwen3`` are stored unpermuted). Llama 3's RoPE scaling arrives as the ``rope_freqs`` tensor
 (a divisor per frequency), honoured exactly.
+
+A ``gemma3`` GGUF stores its norms as ``1 + w`` already, but not what llama.cpp fixes in code:
+every 6th layer global (``attention.sliding_window_pattern`` where a file has it), local layers'
+RoPE base 10,000, the softmax scale ``1/sqrt(head_dim)`` (``1/sqrt(d_model / heads)`` for the
+62-layer 27B). Those rules are llama.cpp's and ringkit follows them.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from ringkit.model.rope import RopeScaling
 from ringkit.model.weights import gguf_file
 from ringkit.model.weights.place import stack_layers
 
-SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
 _LAYER_TENSORS = {  # GGUF name -> canonical name
     "attn_norm.weight": "attn_norm", "ffn_norm.weight": "mlp_norm", "attn_q.weight": "wq",
     "attn_k.weight": "wk", "attn_v.weight": "wv", "attn_output.weight": "wo",
@@ -30,6 +35,9 @@ _LAYER_TENSORS = {  # GGUF name -> canonical name
 }
 _BIASES = {"attn_q.bias": "bq", "attn_k.bias": "bk", "attn_v.bias": "bv"}
 _QK_NORMS = {"attn_q_norm.weight": "q_norm", "attn_k_norm.weight": "k_norm"}
+_GEMMA_NORMS = {"post_attention_norm.weight": "post_attn_norm",
+                "post_ffw_norm.weight": "post_mlp_norm"}
+GEMMA3_SWA_PATTERN, GEMMA3_LOCAL_THETA = 6, 10000.0  # llama.cpp's, not stored in the file
 
 
 def read_metadata(path) -> dict:
@@ -76,18 +84,48 @@ def config_from_fields(fields: dict, name: str) -> ModelConfig:
         if kind not in ("linear", "yarn"):
             raise UnsupportedError(f"GGUF RoPE scaling {kind!r} ({key('rope.scaling.type')}) is "
                                    "not supported (linear, yarn)")
-        original = get("rope.scaling.original_context_length", default=ctx)
-        scaling = RopeScaling(kind, get("rope.scaling.factor", float), original)
+        factor = get("rope.scaling.factor", float)
+        # Gemma 3's context_length is the scaled one (131,072 = 8 x 16,384).
+        original = get("rope.scaling.original_context_length",
+                       default=int(ctx // factor) if arch == "gemma3" else ctx)
+        scaling = RopeScaling(kind, factor, original)
         ctx = original  # the context is original x factor, as for an HF config
     tokens = fields.get("tokenizer.ggml.tokens")
+    n_layers = get("block_count")
+    gemma = {}
+    if arch == "gemma3":
+        scalar = d // heads if n_layers == 62 else head_dim  # llama.cpp: the 27B differs
+        cap = fields.get(key("final_logit_softcapping"))
+        gemma = dict(
+            sliding_window=get("attention.sliding_window"), activation="gelu_tanh",
+            layer_types=_gemma3_layer_types(fields.get(key("attention.sliding_window_pattern")),
+                                            n_layers),
+            post_norms=True, embed_scale=math.sqrt(d),
+            query_scale=get("attention.scale", float, scalar ** -0.5),
+            rope_local_theta=get("rope.freq_base_swa", float, GEMMA3_LOCAL_THETA),
+            final_softcap=float(cap) if cap else None)
     return ModelConfig(
         name=name, vocab_size=get("vocab_size", default=len(tokens) if tokens else None),
-        d_model=d, n_layers=get("block_count"), n_heads=heads, n_kv_heads=kv,
+        d_model=d, n_layers=n_layers, n_heads=heads, n_kv_heads=kv,
         head_dim=head_dim, ffn_dim=get("feed_forward_length"), max_position=ctx,
         rope_theta=get("rope.freq_base", float, 10000.0),
         norm_eps=get("attention.layer_norm_rms_epsilon", float, 1e-5),
         tie_embeddings=False, rope_scaling=scaling, qkv_bias=arch == "qwen2",
-        qk_norm=arch == "qwen3")
+        qk_norm=arch in ("qwen3", "gemma3"), **gemma)
+
+
+def _gemma3_layer_types(pattern, n_layers: int) -> tuple[str, ...]:
+    """Layer kinds from ``attention.sliding_window_pattern``: a period (every n-th layer global)
+    or one flag per layer (True: local); absent, llama.cpp's period of 6."""
+    if isinstance(pattern, (list, tuple)):
+        if len(pattern) != n_layers:
+            raise FormatError(f"attention.sliding_window_pattern has {len(pattern)} flags for "
+                              f"{n_layers} layers")
+        local = [bool(x) for x in pattern]
+    else:
+        period = int(pattern or GEMMA3_SWA_PATTERN)
+        local = [(i + 1) % period != 0 for i in range(n_layers)]
+    return tuple("sliding_attention" if x else "full_attention" for x in local)
 
 
 def _refuse_unhonoured(fields: dict, arch: str, head_dim: int) -> None:
@@ -100,14 +138,14 @@ def _refuse_unhonoured(fields: dict, arch: str, head_dim: int) -> None:
     present = lambda k: fields.get(f"{arch}.{k}") not in (None, 0)
     if present("expert_count"):
         refuse("expert_count", "a mixture of experts")
-    if present("attention.sliding_window"):
+    if present("attention.sliding_window") and arch != "gemma3":  # no layer kinds stored
         refuse("attention.sliding_window", "sliding-window attention")
     if fields.get(f"{arch}.rope.dimension_count", head_dim) != head_dim:
         refuse("rope.dimension_count", "RoPE on part of each head")
     if fields.get(f"{arch}.attention.value_length", head_dim) != head_dim:
         refuse("attention.value_length", "values of another size than keys")
     for k in ("attn_logit_softcapping", "final_logit_softcapping"):
-        if present(k):
+        if present(k) and (arch, k) != ("gemma3", "final_logit_softcapping"):
             refuse(k, "soft-capped logits")
     for k in ("rope.scaling.attn_factor", "logit_scale", "embedding_scale", "residual_scale"):
         if fields.get(f"{arch}.{k}", 1) != 1:
@@ -163,7 +201,7 @@ def read_gguf(path) -> tuple[ModelConfig, dict, dict]:
         return _dequantize(tensors[name])
 
     names = {**_LAYER_TENSORS, **(_BIASES if config.qkv_bias else {}),
-             **(_QK_NORMS if config.qk_norm else {})}
+             **(_QK_NORMS if config.qk_norm else {}), **(_GEMMA_NORMS if config.post_norms else {})}
     permuted = fields["general.architecture"] == "llama"
     unpermute = (lambda w, heads: _unpermute(w, heads)) if permuted else (lambda w, heads: w)
     try:

@@ -1,5 +1,6 @@
-"""HF checkpoints of the LLaMA family (llama incl. Llama 3.x, mistral, qwen2, qwen3):
-``config.json``, safetensors shards, tokenizer files.
+"""HF checkpoints of the LLaMA family (llama incl. Llama 3.x, mistral, qwen2, qwen3) and Gemma 3
+(gemma3_text, gemma3's text tower; its differences in ``hf_gemma``): ``config.json``,
+safetensors shards, tokenizer files.
 
 Safetensors are memory-mapped (bfloat16 included), so a tensor's bytes are read only when a
 device's shard of it is built. A config that needs remote code is refused.
@@ -17,9 +18,10 @@ import numpy as np
 from ringkit.errors import ConfigError, FormatError, RingkitError, ShapeError, UnsupportedError
 from ringkit.model.config import LAYER_TYPES, ModelConfig
 from ringkit.model.rope import RopeScaling
+from ringkit.model.weights import hf_gemma
 from ringkit.tokenize.text import Tokenizer
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", *hf_gemma.GEMMA_TYPES)
 _DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": "bfloat16", "F64": np.float64}
 _LAYER = {
     "input_layernorm.weight": "attn_norm", "post_attention_layernorm.weight": "mlp_norm",
@@ -100,11 +102,16 @@ def config_from_hf(values: dict, name: str) -> ModelConfig:
     if values.get("attention_bias") or values.get("mlp_bias"):  # Qwen2's q/k/v biases are run
         raise UnsupportedError(f"{name} sets attention_bias or mlp_bias (biases on every "
                                "projection), which ringkit does not run")
-    if values.get("hidden_act", "silu") != "silu":
+    gemma = kind in hf_gemma.GEMMA_TYPES
+    if values.get("hidden_act", "silu") != "silu" and not gemma:
         raise UnsupportedError(f"{name} uses activation {values['hidden_act']!r}; only silu")
     try:
+        if gemma:
+            values = hf_gemma.llama_view(hf_gemma.text_values(values))
         config = _config(values, name)
         _refuse_unhonoured(values, name, config)
+        if gemma:
+            config = config.replace(**hf_gemma.gemma_fields(values))
     except (KeyError, TypeError, ValueError, AttributeError, ZeroDivisionError) as e:
         what = f"lacks {e}" if isinstance(e, KeyError) else f"has a bad value ({e})"
         raise FormatError(f"{name}: config.json {what}; a LLaMA-family config needs "
@@ -261,10 +268,15 @@ def read_hf(folder) -> tuple[ModelConfig, dict, Tokenizer]:
     for path in sorted(folder.glob("*.safetensors")):
         tensors.update(read_safetensors(path))
     h, kv, hd, d = config.n_heads, config.n_kv_heads, config.head_dim, config.d_model
+    gemma = values.get("model_type") in hf_gemma.GEMMA_TYPES
+    top = hf_gemma.prefix(tensors) if gemma else "model."
+    plus_one = lambda w: np.asarray(w, np.float32) + 1  # Gemma's norms scale by 1 + w
 
-    def need(name):
+    def need(name, canon=None):
         if name not in tensors:
             raise FormatError(f"{folder} has no tensor {name!r}")
+        if gemma and canon in hf_gemma.NORMS:
+            return _Lazy(tensors[name], plus_one, tuple(tensors[name].shape))
         return tensors[name]
 
     split = {  # (out, in) -> canonical layout
@@ -280,14 +292,14 @@ def read_hf(folder) -> tuple[ModelConfig, dict, Tokenizer]:
     # The projections are split into heads here, before placement checks the other shapes.
     expected = {"wq": (h * hd, d), "wk": (kv * hd, d), "wv": (kv * hd, d), "wo": (d, h * hd),
                 "bq": (h * hd,), "bk": (kv * hd,), "bv": (kv * hd,)}
-    names = layer_tensors(config)
+    names = hf_gemma.LAYER if gemma else layer_tensors(config)
     layers = {}
     for src, canon in names.items():
         per = []
         for i in range(config.n_layers):
-            w = need(f"model.layers.{i}.{src}")
+            w = need(f"{top}layers.{i}.{src}", canon)
             if canon in expected and tuple(w.shape) != expected[canon]:
-                raise ShapeError(f"tensor model.layers.{i}.{src} has shape {tuple(w.shape)} in "
+                raise ShapeError(f"tensor {top}layers.{i}.{src} has shape {tuple(w.shape)} in "
                                  f"the checkpoint but config.json implies {expected[canon]}")
             if canon in split:
                 shape = split[canon](np.empty(w.shape, np.uint8)).shape
@@ -295,17 +307,18 @@ def read_hf(folder) -> tuple[ModelConfig, dict, Tokenizer]:
             else:
                 per.append(w)
         layers[canon] = _Stack(per)
-    canonical = {"embed": need("model.embed_tokens.weight"),
-                 "final_norm": need("model.norm.weight"), "layers": layers}
+    canonical = {"embed": need(f"{top}embed_tokens.weight"),
+                 "final_norm": need(f"{top}norm.weight", "final_norm"), "layers": layers}
     if "lm_head.weight" in tensors and not config.tie_embeddings:
         w = tensors["lm_head.weight"]
         canonical["lm_head"] = _Lazy(w, lambda x: np.asarray(x).T, tuple(reversed(w.shape)))
     elif not config.tie_embeddings:
         raise FormatError(f"{folder} has no lm_head.weight but tie_word_embeddings is false")
-    used = {f"model.layers.{i}.{src}" for i in range(config.n_layers) for src in names}
-    unused = sorted(n for n in set(tensors) - used - {"model.embed_tokens.weight",
-                                                       "model.norm.weight", "lm_head.weight"}
-                    if not n.endswith("rotary_emb.inv_freq"))  # a buffer some exports keep
+    used = {f"{top}layers.{i}.{src}" for i in range(config.n_layers) for src in names}
+    unused = sorted(n for n in set(tensors) - used - {f"{top}embed_tokens.weight",
+                                                       f"{top}norm.weight", "lm_head.weight"}
+                    if not n.endswith("rotary_emb.inv_freq")  # a buffer some exports keep
+                    and not (gemma and n.startswith(hf_gemma.UNREAD)))  # gemma3's image side
     if unused:  # biases, q/k norms, layers beyond num_hidden_layers: never silently skipped
         raise UnsupportedError(
             f"{folder} holds {len(unused)} tensor(s) ringkit would ignore "
