@@ -61,12 +61,16 @@ TPU_BLOCKS = rk.BlockSizes(block_q=128, block_k=128, block_q_dq=128, block_k_dq=
 
 
 @pytest.mark.parametrize("backend, case, window", [
+    ("gpu", (1, 1, 128, 2, 2, 64, True, "zigzag", False, GPU_BLOCKS), 40),
     ("gpu", (4, 1, 256, 4, 2, 64, True, "zigzag", True, GPU_BLOCKS), 20),
     ("gpu", (2, 1, 256, 2, 1, 64, True, "contiguous", False, GPU_BLOCKS), 50),
     ("gpu", (8, 1, 512, 4, 2, 64, True, "zigzag", False, GPU_BLOCKS), 100),
+    ("tpu", (1, 1, 512, 2, 1, 64, True, "zigzag", False, TPU_BLOCKS), 130),
     ("tpu", (4, 1, 1024, 4, 2, 64, True, "zigzag", True, TPU_BLOCKS), 20),
+    ("tpu", (4, 1, 1024, 2, 2, 64, True, "zigzag", False, TPU_BLOCKS), 300),
     ("tpu", (2, 1, 1024, 2, 1, 64, True, "contiguous", False, TPU_BLOCKS), 300),
-], ids=lambda x: x if isinstance(x, (str, int)) else f"sp{x[0]}-s{x[2]}-{x[7]}")
+], ids=lambda x: x if isinstance(x, (str, int)) else (
+    f"sp{x[0]}-s{x[2]}-{x[7]}{'-seg' * x[8]}"))
 def test_pallas_kernels_match_reference(backend, case, window, rng):
     check_pallas_ring(case, rng, backend, window=window)
 
