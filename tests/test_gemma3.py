@@ -32,6 +32,7 @@ def _gemma3(folder, form, rng):
                 num_attention_heads=heads, num_key_value_heads=kv, head_dim=head_dim,
                 sliding_window=int(rng.choice([24, 40, 90])),
                 query_pre_attn_scalar=int(rng.choice([head_dim, 2 * head_dim + 8])),
+                final_logit_softcapping=2.0 if form == "text" else None,  # Gemma 2's; 3: None
                 max_position_embeddings=8192,
                 layer_types=["full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
                              for i in range(layers)],
@@ -89,6 +90,8 @@ def _gemma3_gguf(path, reference):
         w.add_float32("gemma3.rope.scaling.factor", rp["full_attention"]["factor"])
     w.add_float32("gemma3.attention.layer_norm_rms_epsilon", cfg.rms_norm_eps)
     w.add_sliding_window_pattern([t == "sliding_attention" for t in cfg.layer_types])
+    if cfg.final_logit_softcapping:
+        w.add_float32("gemma3.final_logit_softcapping", cfg.final_logit_softcapping)
     if cfg.query_pre_attn_scalar != hd:
         w.add_float32("gemma3.attention.scale", cfg.query_pre_attn_scalar ** -0.5)
     w.add_tokenizer_model("gpt2")
@@ -147,6 +150,7 @@ def test_gemma3_matches_transformers(form, tmp_path, rng):
     reference = _gemma3(tmp_path, form, rng)
     model = rk.load_model(tmp_path, mesh=rk.make_mesh(sp=8))
     assert model.config.post_norms and model.config.sliding_window is not None
+    assert (model.config.final_softcap is not None) == (form == "text")
     assert len(set(model.config.local_layers)) == 2  # both kinds
     ids = rng.integers(2, VOCAB, (1, int(rng.integers(600, 900))))
     got = np.asarray(model.logits(ids))
@@ -157,8 +161,11 @@ def test_gemma3_matches_transformers(form, tmp_path, rng):
     assert (got.argmax(-1) == want.argmax(-1)).mean() == 1.0
 
     if form == "text":  # the same weights as llama.cpp's converter writes them
+        # On sp=4: on sp=8 its program is the HF model's, read back from the tests' persistent
+        # compilation cache, and such an executable of a Gemma 3 model crashes XLA:CPU or gives
+        # NaN now and then (jax 0.10.2; not Mistral's or Qwen's, nor a Gemma of one layer kind).
         from_gguf = rk.load_model(_gemma3_gguf(tmp_path / "m.gguf", reference),
-                                  mesh=rk.make_mesh(sp=8))
+                                  mesh=rk.make_mesh(sp=4, devices=jax.devices()[:4]))
         assert from_gguf.config.local_layers == model.config.local_layers
         assert from_gguf.config.context_length == model.config.context_length
         err = np.abs(np.asarray(from_gguf.logits(ids)) - got).max() / np.abs(got).max()
