@@ -175,3 +175,20 @@ def test_gemma3_matches_transformers(form, tmp_path, rng):
     sharded = rk.load_model(tmp_path, mesh=rk.make_mesh(tp=tp, sp=2, devices=jax.devices()[:2 * tp]))
     prompt = ids[0, :model.config.sliding_window + int(rng.integers(10, 80))]
     assert_same_greedy(sharded, reference, prompt, 24)
+
+
+def test_hub_configs_leave_out_gemma3s_defaults():
+    """gemma-3-4b's config.json names in its text_config only what differs from
+    Gemma3TextConfig's defaults (no heads, vocabulary or RoPE base); the reader fills them as
+    transformers does, giving the preset."""
+    from ringkit.model.config import ModelConfig
+    from ringkit.model.weights.hf import config_from_hf
+
+    values = {"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"],
+              "text_config": {"model_type": "gemma3_text", "hidden_size": 2560,
+                              "intermediate_size": 10240, "num_hidden_layers": 34,
+                              "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+                              "sliding_window": 1024},
+              "vision_config": {"model_type": "siglip_vision_model"}}
+    config = config_from_hf(values, "gemma-3-4b")
+    assert config == ModelConfig.preset("gemma-3-4b").replace(name="gemma-3-4b")

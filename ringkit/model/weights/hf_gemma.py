@@ -38,6 +38,14 @@ NORMS = ("attn_norm", "post_attn_norm", "mlp_norm", "post_mlp_norm", "q_norm", "
 # Where the text model's tensors live: Gemma3ForCausalLM, then Gemma3ForConditionalGeneration
 # as transformers 5 and earlier versions save it.
 PREFIXES = ("model.", "model.language_model.", "language_model.model.")
+# Gemma3TextConfig's defaults (transformers 5.25): hub configs leave out what equals them (the
+# 4B's text_config names neither heads nor vocabulary).
+DEFAULTS = {"vocab_size": 262208, "hidden_size": 2304, "intermediate_size": 9216,
+            "num_hidden_layers": 26, "num_attention_heads": 8, "num_key_value_heads": 4,
+            "head_dim": 256, "max_position_embeddings": 131072, "rms_norm_eps": 1e-6,
+            "query_pre_attn_scalar": 256, "sliding_window": 4096, "tie_word_embeddings": True,
+            "rope_theta": 1_000_000.0, "rope_local_base_freq": 10_000.0,
+            "sliding_window_pattern": 6}
 UNREAD = ("model.vision_tower.", "vision_tower.", "model.multi_modal_projector.",
           "multi_modal_projector.")  # the image side of gemma3
 
@@ -68,6 +76,9 @@ def llama_view(values: dict) -> dict:
         raise UnsupportedError(f"Gemma activation {act!r} is not computed (gelu_pytorch_tanh)")
     out = {k: v for k, v in values.items() if k not in ("hidden_activation", "hidden_act")}
     rp = values.get("rope_parameters")
+    for key, value in DEFAULTS.items():
+        if out.get(key) is None and not (key.startswith("rope") and isinstance(rp, dict)):
+            out[key] = value
     if isinstance(rp, dict) and "full_attention" in rp:  # transformers 5: one per layer kind
         local = rp.get("sliding_attention") or {}
         if local.get("rope_type", "default") != "default":
@@ -76,9 +87,6 @@ def llama_view(values: dict) -> dict:
         if local.get("rope_theta"):
             out["rope_local_base_freq"] = local["rope_theta"]  # the older configs' name
         out["rope_parameters"] = rp = dict(rp["full_attention"])
-    out.setdefault("tie_word_embeddings", True)
-    out.setdefault("rms_norm_eps", 1e-6)
-    out.setdefault("max_position_embeddings", 131072)
     # Gemma 3's max_position_embeddings is the context after its linear RoPE scaling (131,072
     # = 8 x 16,384): the scaled length, as Llama 3's is.
     scaling = out.get("rope_scaling") or (rp if isinstance(rp, dict) else None) or {}
@@ -87,9 +95,9 @@ def llama_view(values: dict) -> dict:
         scaling = {**scaling, "original_max_position_embeddings": int(
             out["max_position_embeddings"] // float(scaling["factor"]))}
         out["rope_scaling" if out.get("rope_scaling") else "rope_parameters"] = scaling
-    n = int(values["num_hidden_layers"])
-    pattern = values.get("sliding_window_pattern") or values.get("_sliding_window_pattern")
-    if out.get("layer_types") is None and pattern:
+    n = int(out["num_hidden_layers"])
+    pattern = values.get("sliding_window_pattern") or values.get("_sliding_window_pattern") or 6
+    if out.get("layer_types") is None:
         out["layer_types"] = ["full_attention" if (i + 1) % int(pattern) == 0
                               else "sliding_attention" for i in range(n)]
     return out
