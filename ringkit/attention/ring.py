@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from ringkit.attention import blockwise, kernels
+from ringkit.attention.bounds import tile_kinds
 from ringkit.attention.layouts import chunks_per_device, device_positions, relayout_local
 from ringkit.attention.spec import RingSpec, describe as describe_spec, make_spec
 from ringkit.mesh import logical_to_spec
@@ -91,11 +92,7 @@ def _if_visible(spec, q_pos, k_pos, fn, state, hidden=lambda s: s):
         seen = q_pos.max() >= k_pos.min()
     else:  # per layout chunk: a zigzag block's two chunks lie far apart
         chunk = q_pos.shape[0] // chunks_per_device(spec.layout)
-        q_min, q_max = blockwise.tile_bounds(q_pos, chunk)
-        k_min, k_max = blockwise.tile_bounds(k_pos, chunk)
-        kinds = blockwise.tile_kind(q_min[:, None], q_max[:, None], k_min[None], k_max[None],
-                                    spec.window)
-        seen = (kinds != blockwise.SKIP).any()
+        seen = (tile_kinds(q_pos, k_pos, chunk, chunk, True, spec.window) != blockwise.SKIP).any()
     return lax.cond(seen, fn, hidden, state)
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from ringkit.attention import blockwise, kernels
+from ringkit.attention.bounds import tile_kinds
 from ringkit.attention.layouts import (
     check_layout, check_seq_len, chunks_per_device, layout_positions)
 from ringkit.attention.sizes import BlockSizes
@@ -124,13 +125,6 @@ def _check_window(window, causal, seq_len: int) -> int | None:
     return None if int(window) >= seq_len else int(window)
 
 
-def _chunk_kinds(positions, me: int, src: int, chunk: int, window):
-    """Tile kinds of device ``me``'s queries against device ``src``'s keys, one tile per chunk."""
-    q_min, q_max = blockwise.tile_bounds(positions[me], chunk)
-    k_min, k_max = blockwise.tile_bounds(positions[src], chunk)
-    return blockwise.tile_kind(q_min[:, None], q_max[:, None], k_min[None], k_max[None], window)
-
-
 @functools.lru_cache(maxsize=256)
 def ring_hops(seq_len: int, sp: int, layout: str, window: int | None) -> tuple[int, int]:
     """How far KV blocks must travel so every device sees every key its queries may attend to:
@@ -144,8 +138,8 @@ def ring_hops(seq_len: int, sp: int, layout: str, window: int | None) -> tuple[i
     chunk = local // chunks_per_device(layout)
     positions = layout_positions(seq_len, sp, layout).reshape(sp, local)
     needed = [t for t in range(1, sp) if any(
-        (_chunk_kinds(positions, me, (me - t) % sp, chunk, window) != blockwise.SKIP).any()
-        for me in range(sp))]
+        (tile_kinds(positions[me], positions[(me - t) % sp], chunk, chunk, True, window)
+         != blockwise.SKIP).any() for me in range(sp))]
     best = (sp - 1, 0)
     for split in range(sp):  # offsets <= split travel forward, the rest backward
         hops = (max([t for t in needed if t <= split], default=0),

@@ -44,8 +44,7 @@ DEFAULTS = {"vocab_size": 262208, "hidden_size": 2304, "intermediate_size": 9216
             "num_hidden_layers": 26, "num_attention_heads": 8, "num_key_value_heads": 4,
             "head_dim": 256, "max_position_embeddings": 131072, "rms_norm_eps": 1e-6,
             "query_pre_attn_scalar": 256, "sliding_window": 4096, "tie_word_embeddings": True,
-            "rope_theta": 1_000_000.0, "rope_local_base_freq": 10_000.0,
-            "sliding_window_pattern": 6}
+            "rope_theta": 1_000_000.0, "rope_local_base_freq": 10_000.0}
 UNREAD = ("model.vision_tower.", "vision_tower.", "model.multi_modal_projector.",
           "multi_modal_projector.")  # the image side of gemma3
 
@@ -106,8 +105,7 @@ def llama_view(values: dict) -> dict:
 def gemma_fields(values: dict) -> dict:
     """The ``ModelConfig`` fields that make a LLaMA config Gemma 3's (``values``: ``llama_view``'s)."""
     local_theta = values.get("rope_local_base_freq") or 10000.0
-    scalar = values.get("query_pre_attn_scalar") or values.get("head_dim") or (
-        values["hidden_size"] // values["num_attention_heads"])
+    scalar = values["query_pre_attn_scalar"]  # filled by llama_view
     cap = values.get("final_logit_softcapping")
     return dict(activation="gelu_tanh", post_norms=True, qk_norm=True,
                 embed_scale=math.sqrt(int(values["hidden_size"])),
