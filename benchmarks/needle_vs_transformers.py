@@ -1,10 +1,11 @@
 """Re-run some trials of a needle grid (its JSONL) through transformers: are the misses the model's?
 
-    python benchmarks/needle_vs_transformers.py benchmarks/results/needle-grid-<stamp>.jsonl 2048
+    python benchmarks/needle_vs_transformers.py benchmarks/results/needle-lwm-<stamp>.jsonl 2048
 
-Rebuilds each trial of that length with ``ringkit.eval.needle.build_trial`` (the JSONL's seed;
-single-needle runs) and runs transformers' LlamaForCausalLM from the embedded GGUF, fp32, greedy.
-Prints, per trial: depth, trial, ringkit correct, transformers correct, same first 50 characters.
+Rebuilds each trial of that length with ``ringkit.eval.needle_prompt`` (the JSONL's seed, style,
+template and haystack; single-needle runs) and runs transformers' LlamaForCausalLM from the
+embedded GGUF, fp32, greedy. Prints, per trial: depth, trial, ringkit correct, transformers
+correct, same first 50 characters.
 """
 
 import json
@@ -13,9 +14,8 @@ import sys
 import torch
 import transformers
 
-from ringkit.eval.haystack import haystack_text
-from ringkit.eval.common import Prompter
-from ringkit.eval.needle import Haystack, build_trial
+from ringkit.eval import needle_prompt
+from ringkit.eval.needle import NEEDLE_UNKEYED, LWM_NEEDLE_UNKEYED
 from ringkit.model.load import _resolve
 from ringkit.model.weights.gguf import read_gguf
 from ringkit.tokenize.text import Tokenizer
@@ -28,15 +28,16 @@ tok = Tokenizer.from_gguf_fields(read_gguf(gguf)[2])
 hf = transformers.AutoModelForCausalLM.from_pretrained(
     str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()
 rows = [json.loads(line) for line in open(path)]
-prompter = Prompter.for_model(tok)
 for r in [r for r in rows if r["length"] == length][:count]:
-    hay = Haystack(*haystack_text(r["run"]["haystack"]), tok)
-    b = build_trial(tok, prompter, hay, length=length, depth=r["depth"], trial=r["trial"],
-                    seed=r["run"]["seed"], needles=1, retrieve=1)
-    assert b["numbers"] == r["numbers"], "the trial did not rebuild the same needle"
+    run = r["run"]
+    p = needle_prompt(tok, length, r["depth"], trial=r["trial"], seed=run["seed"],
+                      style=run.get("style", "plain"), template=run.get("template"),
+                      haystack=run["haystack"], longest=run.get("longest"),
+                      keys=run["needle"] not in (NEEDLE_UNKEYED, LWM_NEEDLE_UNKEYED))
+    assert [int(n) for n in p.answers] == r["numbers"], "the trial did not rebuild the same needle"
     with torch.no_grad():
-        out = hf.generate(torch.tensor([b["ids"]]), max_new_tokens=r["run"]["max_new_tokens"],
+        out = hf.generate(torch.tensor([p.ids]), max_new_tokens=run["max_new_tokens"],
                           do_sample=False, pad_token_id=0)
-    answer = tok.decode(out[0, len(b["ids"]):].tolist())
+    answer = tok.decode(out[0, len(p.ids):].tolist())
     print(r["depth"], r["trial"], r["correct"], str(r["numbers"][0]) in answer,
           answer[:50] == r["answer"][:50], repr(answer[:60]))

@@ -104,11 +104,12 @@ def _parser() -> argparse.ArgumentParser:
     common(info)
     needle = sub.add_parser(
         "needle", help="needle-in-a-haystack retrieval grid",
-        description="Hide 'The special magic {city} number is: {7 digits}.' at each depth of "
-        "prompts of each length (exact, in the model's tokens), ask for it, and print the "
-        "score per depth and length (ringkit.eval.needle).")
+        description="Hide 'The special magic {city} number is: {7 digits}' at each depth of a "
+        "haystack of each length, ask for it, and print the score per depth and length "
+        "(ringkit.eval.needle). The default is LWM's eval_needle.py protocol.")
     needle.add_argument("--lengths", type=int, nargs="+", required=True, metavar="N",
-                        help="prompt lengths in tokens")
+                        help="context lengths in tokens (LWM's: haystack and needle fill N - "
+                        "200; ringkit's styles: the exact prompt length)")
     needle.add_argument("--depths", type=float, nargs="+", default=[0, 0.25, 0.5, 0.75, 1],
                         metavar="D", help="needle depths in [0, 1] (default 0 .25 .5 .75 1)")
     needle.add_argument("--trials", type=int, default=3, help="trials per cell (default 3)")
@@ -116,14 +117,20 @@ def _parser() -> argparse.ArgumentParser:
     needle.add_argument("--retrieve", type=int, default=1,
                         help="how many of the needles the question asks for (default 1)")
     needle.add_argument("--haystack", default="shakespeare",
-                        help="'shakespeare' (default) or a path to a text file")
-    needle.add_argument("--style", choices=["instructed", "lwm", "plain"], default="instructed",
-                        help="how the question is posed: 'instructed' (default), RULER's way: a "
-                        "line saying a number is hidden, the answer started with the question's "
-                        "words; 'lwm': LWM's eval_needle.py prompt; 'plain': haystack, question")
+                        help="'shakespeare' (default), a text file, or a PG-19-style JSONL "
+                        "file (LWM's haystack)")
+    needle.add_argument("--style", choices=["lwm", "instructed", "plain"], default="lwm",
+                        help="'lwm' (default): LWM's eval_needle.py prompt, character for "
+                        "character; 'instructed': RULER's way, a line saying a number is "
+                        "hidden, the answer started with the question's words; 'plain': "
+                        "haystack, question")
+    needle.add_argument("--template", choices=["base", "chat"],
+                        help="'base': no chat template (with 'lwm', its default: LWM's prompt "
+                        "verbatim); 'chat': the model's chat template (ringkit's styles' "
+                        "default)")
     needle.add_argument("--no-keys", dest="keys", action="store_false",
-                        help="one needle with no city: 'The special magic number is N.' "
-                        "(default: LWM's 'The special magic {city} number is: N.')")
+                        help="one needle with no city, asked 'What is the special magic "
+                        "number?' (not a published protocol)")
     needle.add_argument("--seed", type=int, default=0, help="fixes haystacks and needles")
     needle.add_argument("--out", help="a JSONL file: trials already in it are not run again, "
                         "new ones are appended")
@@ -146,7 +153,11 @@ def _parser() -> argparse.ArgumentParser:
     ruler.add_argument("--squad", metavar="PATH", help="SQuAD data for qa_1 (a local file)")
     ruler.add_argument("--hotpotqa", metavar="PATH", help="HotpotQA data for qa_2 (a local file)")
     ruler.add_argument("--haystack", default="shakespeare",
-                       help="the essay haystack: 'shakespeare' (default) or a path to a text file")
+                       help="the essay haystack: 'shakespeare' (default) or a path to a text "
+                       "file (or RULER's PaulGrahamEssays.json)")
+    ruler.add_argument("--template", choices=["chat", "base"], default="chat",
+                       help="'chat' (default): the model's chat template; 'base': none, as "
+                       "RULER runs base models")
     ruler.add_argument("--seed", type=int, default=0, help="fixes every sample")
     ruler.add_argument("--out", help="a JSONL file: samples already in it are not run again, "
                        "new ones are appended")
@@ -299,13 +310,13 @@ def _run(args) -> None:
                 _model(args), lengths=args.lengths, depths=args.depths, trials=args.trials,
                 needles=args.needles, retrieve=args.retrieve, haystack=args.haystack,
                 seed=args.seed, resume=args.out, batch=args.batch, style=args.style,
-                keys=args.keys)
+                template=args.template, keys=args.keys)
         else:
             qa = {k: v for k, v in (("qa_1", args.squad), ("qa_2", args.hotpotqa)) if v}
             results = rk.eval.ruler(
                 _model(args), tasks=args.tasks, length=args.lengths, samples=args.samples,
                 seed=args.seed, haystack=args.haystack, qa_files=qa, resume=args.out,
-                batch=args.batch)
+                batch=args.batch, template=args.template)
         print(results)
         if args.plot:
             import matplotlib

@@ -8,7 +8,7 @@ import pytest
 
 import ringkit as rk
 from ringkit.errors import ConfigError, FormatError, ShapeError, SourceError
-from ringkit.eval.haystack import haystack_text
+from ringkit.eval.haystack import haystack_documents, haystack_text
 from ringkit.eval.common import Prompter
 from ringkit.eval.needle import NEEDLE, NEEDLE_UNKEYED, Haystack, build_trial
 
@@ -63,18 +63,6 @@ def test_instructed_style_says_what_is_hidden_and_starts_the_answer(tokenizer, n
     assert text.endswith("assistant\n" + ending)
 
 
-def test_lwm_style_is_lwm_eval_prompt(tokenizer):
-    hay = Haystack("text", HAY, tokenizer)
-    b = build_trial(tokenizer, Prompter.for_model(tokenizer), hay, length=700, depth=0.3,
-                    trial=0, seed=4, needles=1, retrieve=1, style="lwm")
-    text = tokenizer.decode(b["ids"])
-    assert len(b["ids"]) == 700
-    assert f"\n{NEEDLE.format(city=b['cities'][0], number=b['numbers'][0])}\n" in text
-    assert text.endswith(f" {b['question']} Don't give information outside the document or "
-                         "repeat your findings. Keep your response short and direct.\n"
-                         "assistant\n")
-
-
 @pytest.mark.parametrize("style", ["instructed", "plain"])
 def test_unkeyed_needle_shares_the_keyed_trial(tokenizer, style):
     hay = Haystack("text", HAY, tokenizer)
@@ -94,15 +82,20 @@ def test_grid_resume_plot_and_sharding(tokenizer, tmp_path, monkeypatch):
 
     matplotlib.use("Agg")
     model = _tiny(tokenizer, 2)
-    # Two lengths in one padded bucket and batches of 4: each mesh compiles once.
+    # Two lengths in one padded bucket and batches of 4: each mesh compiles once. LWM's
+    # protocol (the default): the haystack and needle fill length - 200 tokens.
     kw = dict(lengths=[240, 256], depths=[0, 1], trials=2, haystack=HAY, seed=3)
     r = rk.eval.needle(model, resume=tmp_path / "run.jsonl", **kw)
     assert len(r.frame) == 8 and set(r.frame["length"]) == {240, 256}
-    assert (r.frame["tokens"] == r.frame["length"]).all()
+    assert (r.frame["tokens"] < r.frame["length"] - 200 + 64).all()
     assert r.table().shape == (2, 2) and 0 <= r.score <= 1
     assert r.plot() is not None and "needle in a haystack" in repr(r)
+    assert r.comparable and "LWM's protocol" in repr(r)
     lines = (tmp_path / "run.jsonl").read_text().splitlines()
-    assert len(lines) == 8 and json.loads(lines[0])["run"]["seed"] == 3
+    run = json.loads(lines[0])["run"]
+    assert len(lines) == 8 and run["seed"] == 3 and run["style"] == "lwm"
+    assert run["template"] == "base" and run["protocol"]["comparable"] is True
+    assert run["protocol"]["source"] == "LargeWorldModel/LWM scripts/eval_needle.py"
 
     # Resumed: nothing runs again; a bigger grid runs only its new cells.
     calls = []
@@ -138,7 +131,10 @@ def test_grid_resume_plot_and_sharding(tokenizer, tmp_path, monkeypatch):
 def test_bad_input(tokenizer):
     model = _tiny(tokenizer, 1)
     with pytest.raises(ShapeError, match="answer tokens in the 4,096-token context.*up to 4,065"):
-        rk.eval.needle(model, lengths=[4096], depths=[0.5], haystack=HAY)
+        rk.eval.needle(model, lengths=[4096], depths=[0.5], haystack=HAY, style="instructed")
+    # LWM's prompts are about 150 tokens shorter than their length.
+    with pytest.raises(ShapeError, match="answer tokens in the 4,096-token context.*up to 4,1"):
+        rk.eval.needle(model, lengths=[4400], depths=[0.5], haystack=HAY)
     with pytest.raises(ConfigError, match=r"\[0, 1\]"):
         rk.eval.needle(model, lengths=[256], depths=[1.5], haystack=HAY)
     with pytest.raises(ConfigError, match="retrieve <= needles"):
@@ -171,6 +167,17 @@ def test_haystack_sources(tmp_path):
     assert haystack_text(HAY) == ("text", HAY)
     one_line = " ".join(HAY.split())[:3000]  # too long for a file name: text, not an OSError
     assert haystack_text(one_line) == ("text", one_line)
+    # The originals' haystacks: RULER's essay JSON, LWM's PG-19-style JSONL (joined as LWM
+    # joins them, with nothing between).
+    (tmp_path / "PaulGrahamEssays.json").write_text(json.dumps({"text": HAY}))
+    assert haystack_text(tmp_path / "PaulGrahamEssays.json") == ("PaulGrahamEssays.json", HAY)
+    (tmp_path / "pg19.jsonl").write_text('{"text": "One. "}\n\n{"text": "Two."}\n')
+    assert haystack_documents(tmp_path / "pg19.jsonl") == ("pg19.jsonl", ["One. ", "Two."])
+    assert haystack_text(tmp_path / "pg19.jsonl")[1] == "One. Two."
+    (tmp_path / "bad.jsonl").write_text('{"text": "One."}\n{"title": "x"}\n')
+    with pytest.raises(FormatError, match='line 2 of .*bad.jsonl is not a JSON object with a '
+                                          'string "text"'):
+        haystack_text(tmp_path / "bad.jsonl")
 
 
 def test_needle_command(tokenizer, tmp_path, monkeypatch, capsys):

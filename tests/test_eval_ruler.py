@@ -11,7 +11,7 @@ import pytest
 
 import ringkit as rk
 from ringkit.errors import ConfigError, ShapeError, SourceError
-from ringkit.eval.common import Prompter
+from ringkit.eval.common import Template
 from ringkit.eval.ruler import RulerResults, build_sample, score_answer
 from ringkit.eval.ruler_tasks import SYNTHETIC, TASKS, Env, load_qa, task_names
 
@@ -25,9 +25,10 @@ def tok(smollm2_tokenizer):
     return smollm2_tokenizer
 
 
-def _build(tok, task, length, index=0, seed=0, qa=None):
-    return build_sample(task, tok, Prompter.for_model(tok), Env(ESSAY, length, qa or {}),
-                        index=index, seed=seed)
+def _build(tok, task, length, index=0, seed=0, qa=None, template="chat"):
+    env = Env(" ".join(ESSAY).split(" "), length, qa or {}, tok)
+    return build_sample(task, tok, Template.for_model(tok, template), env, index=index,
+                        seed=seed)
 
 
 @pytest.mark.parametrize("task", SYNTHETIC)
@@ -152,7 +153,7 @@ def test_run_and_resume(tok, tiny2, tmp_path, monkeypatch):
     import matplotlib
 
     matplotlib.use("Agg")
-    kw = dict(tasks=["niah_single_1", "vt"], length=[640], samples=2, haystack=" ".join(ESSAY))
+    kw = dict(tasks=["niah_single_1", "fwe"], length=[640], samples=2, haystack=" ".join(ESSAY))
     model = tiny2
     r = rk.eval.ruler(model, resume=tmp_path / "r.jsonl", **kw)
     assert len(r.frame) == 4 and r.scores().shape == (2, 1)

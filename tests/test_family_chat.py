@@ -178,7 +178,7 @@ def test_chat_family_in_evals_and_bf16(family, tmp_path, rng):
     mesh = rk.make_mesh(sp=4, devices=jax.devices()[:4])
     model = rk.load_model(folder, mesh=mesh)
     # The needle grid runs on the family's prompt and tokens (a random model finds nothing).
-    results = rk.eval.needle(model, lengths=[300], depths=[0.5], trials=1,
+    results = rk.eval.needle(model, lengths=[300], depths=[0.5], trials=1, style="instructed",
                              haystack=" ".join(_text(rng, 60) for _ in range(40)))
     assert len(results.frame) == 1 and int(results.frame["tokens"][0]) == 300
 

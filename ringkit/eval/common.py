@@ -39,7 +39,13 @@ class Prompter:
     after_question: str
 
     @classmethod
-    def for_model(cls, tok) -> "Prompter":
+    def for_model(cls, tok, template: str = "chat") -> "Prompter":
+        """``template``: ``"chat"`` (the model's chat template, or LWM's prompt for a model
+        with none) or ``"base"`` (no wrapper: the tokenizer's own BOS, then the text)."""
+        if template == "base":
+            return cls(tok.encode(""), "")
+        if template != "chat":
+            Template.for_model(tok, template)  # raises the error that names the choices
         shell = chat_shell(tok, True) if tok.chat_template is not None else None
         if shell is None:  # LWM's plain prompt
             return cls(tok.encode(f"{SYSTEM} USER:", add_bos=True), " ASSISTANT:")
@@ -47,19 +53,87 @@ class Prompter:
         return cls(tok.encode(before, add_bos=True), after)
 
     def _answer(self, answer_prefix: str) -> str:
-        if answer_prefix and self.after_question.endswith(":"):  # LWM's "ASSISTANT:"
-            return f"{self.after_question} {answer_prefix}"
+        if answer_prefix and (not self.after_question or self.after_question.endswith(":")):
+            return f"{self.after_question} {answer_prefix}"  # LWM's "ASSISTANT:", or no shell
         return self.after_question + answer_prefix
 
     def tail(self, tok, question: str, answer_prefix: str = "") -> list[int]:
         """The question after a blank line, then the answer started with ``answer_prefix``."""
         return tok.encode(f"\n\n{question}{self._answer(answer_prefix)}", add_bos=False)
 
-    def wrap(self, tok, message: str, answer_prefix: str = "") -> list[int]:
-        """The whole prompt: ``message`` as the user's turn, the answer started with
-        ``answer_prefix`` (RULER's way of steering a short answer)."""
-        return (self.head + tok.encode(message, add_bos=False)
-                + tok.encode(self._answer(answer_prefix), add_bos=False))
+
+
+TEMPLATES = ("base", "chat")
+# RULER's 'lwm-chat' template (scripts/data/template.py), which is LWM's own prompt: the "chat"
+# template of a checkpoint that carries none.
+LWM_CHAT = ("You are a helpful assistant. USER: ", " ASSISTANT: ")
+
+
+@dataclasses.dataclass(frozen=True)
+class Template:
+    """The text around a task's prompt, as RULER's ``model_template_type`` puts it: ``base``
+    (none) or ``chat`` (the model's chat template; RULER's ``lwm-chat`` for a checkpoint with
+    none). ``text(message, answer_prefix)`` is ``before + message + after + answer_prefix``,
+    RULER's ``model_template.format(task_template=...) + answer_prefix``."""
+
+    name: str     # "base", "chat" or "lwm-chat"
+    before: str
+    after: str
+
+    @classmethod
+    def for_model(cls, tok, name: str = "chat") -> "Template":
+        if name == "base":
+            return cls("base", "", "")
+        if name != "chat":
+            raise ConfigError(f"unknown template {name!r}: choose 'base' (the prompt alone, as "
+                              "for a base model) or 'chat' (the model's chat template)")
+        if tok.chat_template is None:
+            return cls("lwm-chat", *LWM_CHAT)
+        shell = chat_shell(tok, True)
+        if shell is None:
+            raise ConfigError("this model's chat template alters the user's text, so a prompt "
+                              "cannot be placed in it verbatim: use template='base'")
+        return cls("chat", *shell)
+
+    def text(self, message: str, answer_prefix: str = "") -> str:
+        return self.before + message + self.after + answer_prefix
+
+    def encode(self, tok, message: str, answer_prefix: str = "") -> list[int]:
+        """The prompt's ids in one encode (the tokenizer's own BOS rule, as the originals'
+        Hugging Face tokenizers apply it); special-token strings in ``message`` stay text."""
+        at = len(self.before)
+        return tok.encode(self.text(message, answer_prefix), literal=[(at, at + len(message))])
+
+
+@dataclasses.dataclass(frozen=True)
+class CellPrompt:
+    """One evaluation cell's prompt, built without running a model: ``text`` as the model reads
+    it (special tokens spelled out), its ``ids``, and the ``answers`` a correct reply contains."""
+
+    text: str
+    ids: list
+    answers: tuple
+    protocol: dict
+
+    def __repr__(self) -> str:
+        return (f"CellPrompt({len(self.ids):,} tokens, answers {list(self.answers)}, "
+                f"{self.protocol['name']}):\n{self.text[:300]}\n...\n{self.text[-300:]}")
+
+
+def tokenizer_of(tokenizer):
+    """A ringkit tokenizer from a tokenizer, a model, or None (the embedded SmolLM2's, read
+    from its GGUF's metadata without loading the weights)."""
+    if tokenizer is None:
+        from ringkit.model.load import embedded_model_path
+        from ringkit.model.weights.gguf import read_metadata
+        from ringkit.tokenize.text import Tokenizer
+
+        return Tokenizer.from_gguf_fields(read_metadata(embedded_model_path()))
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+    if not hasattr(tokenizer, "encode") or not hasattr(tokenizer, "chat_template"):
+        raise ConfigError(f"need a ringkit tokenizer or model (model.tokenizer), got "
+                          f"{type(tokenizer).__name__}")
+    return tokenizer
 
 
 def jsonable(row: dict) -> dict:

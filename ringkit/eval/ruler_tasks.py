@@ -2,9 +2,13 @@
 
 Each task turns ``(rng, size)`` into a ``Sample``: the user's message, the start of the answer
 (RULER steers the answer with it) and the strings a correct answer contains. ``size`` is the
-task's unit of haystack (sentences, distractor needles, list words); ``ruler.py`` picks the
-largest size that fits the requested length. The prompts follow RULER's templates; the essay
-haystack is a public-domain text (Shakespeare by default) where RULER uses Paul Graham's essays,
+task's unit of haystack (essay words, noise lines, distractor needles, list words, documents);
+``ruler.py`` picks the largest size that fits the requested length. Texts, answer prefixes
+(their leading spaces included), value formats, worked examples and distractor choices follow
+NVIDIA/RULER's ``scripts/data/synthetic/{constants,niah,variable_tracking,
+common_words_extraction,freq_words_extraction,qa}.py``; the essay haystack is a public-domain
+text (Shakespeare by default) where RULER uses Paul Graham's essays (``haystack=`` takes RULER's
+``PaulGrahamEssays.json``), sentences are split by ringkit's splitter where RULER calls NLTK's,
 and the words come from ``wonderwords``, RULER's own word lists.
 """
 
@@ -20,14 +24,17 @@ import uuid
 import numpy as np
 
 from ringkit.errors import ConfigError, MissingDependencyError, SourceError
+from ringkit.eval.haystack import sentences
 
+# Texts and answer prefixes as in RULER's scripts/data/synthetic/constants.py (the prefixes'
+# leading spaces are RULER's: the prompt is the template, then the prefix, nothing between).
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 NIAH_NEEDLE = "One of the special magic {kind} for {key} is: {value}."
 NIAH_TEMPLATE = ("Some special magic {kind} are hidden within the following text. Make sure to "
                  "memorize it. I will quiz you about the {kind} afterwards.\n{context}\n"
                  "What are all the special magic {kind} for {query} mentioned in the provided "
                  "text?")
-NIAH_PREFIX = "The special magic {kind} for {query} mentioned in the provided text are"
+NIAH_PREFIX = " The special magic {kind} for {query} mentioned in the provided text are"
 DEPTHS = np.round(np.linspace(0, 100, 40)).astype(int)  # where essay needles may sit, in %
 
 
@@ -35,9 +42,10 @@ DEPTHS = np.round(np.linspace(0, 100, 40)).astype(int)  # where essay needles ma
 class Env:
     """What a task may draw on besides its random numbers."""
 
-    essay: list          # sentences of the essay haystack
+    essay: list          # words of the essay haystack (RULER: re.sub(r"\s+", " ", text).split(" "))
     length: int          # the requested length in tokens (CWE and FWE scale with it)
     qa: dict             # dataset name -> QaData, for the QA tasks the user gave files for
+    tok: object = None   # the model's tokenizer (vt sizes its worked example with it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +111,7 @@ class Niah:
     tokens_to_generate: int = 128
     metric: str = "all"
 
-    def sample(self, rng, size: int, env: Env) -> Sample:
+    def sample(self, rng, size: int, env: Env, index: int = 0) -> Sample:
         key, value = _value(self.keys), _value(self.values)
         n_keys = max(self.n_keys, self.n_queries)
         keys = _distinct(rng, n_keys, key)
@@ -111,94 +119,135 @@ class Niah:
         needles = [NIAH_NEEDLE.format(kind=self.values, key=k, value=v)
                    for k, vs in zip(keys, values) for v in vs]
         rng.shuffle(needles)
-        if self.haystack == "essay":
-            essay = env.essay
-            start = int(rng.integers(len(essay)))
-            sents = [essay[(start + i) % len(essay)] for i in range(size)]
-            at = sorted(int(size * d / 100) for d in rng.choice(DEPTHS, len(needles),
-                                                                  replace=False))
-            for shift, (i, needle) in enumerate(zip(at, needles)):
-                sents.insert(i + shift, needle)
-            context = " ".join(sents)
+        if self.haystack == "essay":  # the essay's first ``size`` words, needles between sentences
+            words = env.essay * (-(-size // len(env.essay)))
+            sents = sentences(" ".join(words[:size]).strip())
+            cuts = ([0] + sorted(int(len(sents) * d / 100)
+                                 for d in rng.choice(DEPTHS, len(needles), replace=False))
+                    + [len(sents)])
+            parts = []
+            for i, needle in enumerate(needles + [None]):
+                parts.append(" ".join(sents[cuts[i]:cuts[i + 1]]))
+                if needle is not None:
+                    parts.append(needle)
+            context = " ".join(parts)
         else:
             if self.haystack == "noise":
                 lines = [NOISE] * size
             else:
                 lines = [NIAH_NEEDLE.format(kind=self.values, key=key(rng), value=value(rng))
                          for _ in range(size)]
-            for i, needle in zip(sorted(rng.choice(size + 1, len(needles), replace=False),
-                                        reverse=True), needles):
+            at = rng.choice(max(size, len(needles)), len(needles), replace=False)
+            for i, needle in zip(sorted(at, reverse=True), needles):
                 lines.insert(int(i), needle)
             context = "\n".join(lines)
-        asked = sorted(rng.choice(n_keys, self.n_queries, replace=False))
+        asked = [int(i) for i in rng.choice(n_keys, self.n_queries, replace=False)]
         queries = [keys[i] for i in asked]
         query = (queries[0] if len(queries) == 1
                  else ", ".join(queries[:-1]) + ", and " + queries[-1])
         kind, template, prefix = self.values, NIAH_TEMPLATE, NIAH_PREFIX
-        if self.n_queries * self.n_values == 1:  # singular wording for a single answer
+        if self.n_queries * self.n_values == 1:  # RULER's singular wording for one answer
             kind = kind[:-1]
-            template = (template.replace("Some", "A").replace("are all", "is")
-                        .replace("are", "is").replace("answers", "answer"))
-            prefix = prefix.replace("are", "is")
+            template, prefix = (_singular(t) for t in (template, prefix))
         return Sample(template.format(kind=kind, context=context, query=query),
                       prefix.format(kind=kind, query=query),
                       tuple(v for i in asked for v in values[i]))
 
 
+def _singular(text: str) -> str:
+    return (text.replace("Some", "A").replace("are all", "is").replace("are", "is")
+            .replace("answers", "answer"))
+
+
 VT_TEMPLATE = ("Memorize and track the chain(s) of variable assignment hidden in the following "
                "text.\n\n{context}\nQuestion: Find all variables that are assigned the value "
                "{value} in the text above.")
-VT_PREFIX = ("Answer: According to the chain(s) of variable assignment in the text above, "
-             "{n} variables are assigned the value {value}, they are:")
+VT_PREFIX = (" Answer: According to the chain(s) of variable assignment in the text above, "
+             "{n} variables are assigned the value {value}, they are: ")
+VT_EXAMPLE_TOKENS = 500  # RULER sizes its worked example to fit 500 tokens
 
 
 @dataclasses.dataclass(frozen=True)
 class VariableTracking:
-    """``VAR ABCDE = 12345`` then ``VAR FGHIJ = VAR ABCDE`` for ``hops`` hops, scattered in
-    noise; the answer names every variable in the chain. One worked example comes first, as in
-    RULER."""
+    """``VAR ABCDE = 12345`` then ``VAR FGHIJ = VAR ABCDE `` for ``hops`` hops, among noise lines
+    at distinct positions; the answer names every variable in the first chain. A worked example
+    (three-letter names, noise to fill 500 tokens) comes first, as in RULER."""
 
     chains: int = 1
     hops: int = 4
     tokens_to_generate: int = 30
     metric: str = "all"
 
-    def _one(self, rng, size: int) -> tuple[str, str, list[str]]:
-        letters = np.array(list(string.ascii_uppercase))
+    def _text(self, rng, size: int, letters: int) -> tuple[str, list[str]]:
+        """The task's text with its answer prefix (``size`` noise lines), and the answer."""
+        alphabet = np.array(list(string.ascii_uppercase))
         names = _distinct(rng, self.chains * (self.hops + 1),
-                          lambda r: "".join(r.choice(letters, 5)))
+                          lambda r: "".join(r.choice(alphabet, letters)))
         lines = [NOISE] * size
         first = None
         for c in range(self.chains):
             chain = names[c * (self.hops + 1):(c + 1) * (self.hops + 1)]
-            number = int(rng.integers(10_000, 100_000))
+            number = str(int(rng.integers(10_000, 99_999)))
             first = first or (chain, number)
             steps = [f"VAR {chain[0]} = {number}"] + [
-                f"VAR {chain[j + 1]} = VAR {chain[j]}" for j in range(self.hops)]
-            at = sorted(int(i) for i in rng.choice(size + 1, len(steps), replace=True))
-            for shift, (i, step) in enumerate(zip(at, steps)):
-                lines.insert(i + shift, step)
+                f"VAR {chain[j + 1]} = VAR {chain[j]} " for j in range(self.hops)]
+            at = sorted(rng.choice(max(len(lines), len(steps)), len(steps), replace=False))
+            for j, (i, step) in enumerate(zip(at, steps)):
+                lines.insert(int(i) + j, step)
         chain, number = first
-        message = VT_TEMPLATE.format(context="\n".join(lines), value=number)
-        return message, VT_PREFIX.format(n=self.hops + 1, value=number), chain
+        context = "\n".join(lines).replace(". \n", ".\n")
+        return (VT_TEMPLATE.format(context=context, value=number)
+                + VT_PREFIX.format(n=self.hops + 1, value=number)), chain
 
-    def sample(self, rng, size: int, env: Env) -> Sample:
-        example, prefix, chain = self._one(rng, 4)
-        message, answer_prefix, answer = self._one(rng, size)
-        shown = f"{example}\n{prefix} {' '.join(chain)}\n\n"
-        return Sample(shown + message, answer_prefix, tuple(answer))
+    def _example(self, rng, tok) -> str:
+        """The worked example: its text, the answer after a space, a newline."""
+        size = _example_size(self, tok)
+        text, chain = self._text(rng, size, 3)
+        return f"{text} {' '.join(chain)}\n"
+
+    def sample(self, rng, size: int, env: Env, index: int = 0) -> Sample:
+        example = self._example(rng, env.tok)
+        text, answer = self._text(rng, size, 5)
+        at = text.rindex(VT_PREFIX[:10])
+        return Sample(example + "\n" + text[:at], text[at:], tuple(answer))
+
+
+_EXAMPLE_SIZES: dict = {}
+
+
+def _example_size(task: VariableTracking, tok) -> int:
+    """Noise lines in vt's worked example: the most that keep it within 500 tokens (RULER's
+    binary search, once per tokenizer)."""
+    key = (task, tok.digest if tok is not None else None)
+    if key not in _EXAMPLE_SIZES:
+        if tok is None:
+            _EXAMPLE_SIZES[key] = 5
+        else:
+            def tokens(n):
+                text, _ = task._text(np.random.default_rng(0), n, 3)
+                return len(tok.encode(text, add_bos=False, literal=True))
+
+            lo, hi = 5, 6
+            while tokens(hi) <= VT_EXAMPLE_TOKENS:
+                lo, hi = hi, hi * 2
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if tokens(mid) <= VT_EXAMPLE_TOKENS else (lo, mid)
+            _EXAMPLE_SIZES[key] = lo
+    return _EXAMPLE_SIZES[key]
 
 
 CWE_TEMPLATE = ("Below is a numbered list of words. In these words, some appear more often than "
                 "others. Memorize the ones that appear most often.\n{context}\nQuestion: What are "
                 "the 10 most common words in the above list?")
-CWE_PREFIX = "Answer: The top 10 words that appear most often in the list are:"
+CWE_PREFIX = " Answer: The top 10 words that appear most often in the list are:"
 
 
 @dataclasses.dataclass(frozen=True)
 class CommonWords:
     """A numbered list where ``common`` words appear ``often`` times and the rest ``rarely``;
-    name the common ones. Below 4K tokens RULER uses 6 and 1 repeats; one worked example first."""
+    name the common ones. Below 4K tokens RULER uses 6 and 1 repeats; one worked example first
+    (its template, prefix and answer, then a newline)."""
 
     common: int = 10
     often: int = 30
@@ -208,23 +257,24 @@ class CommonWords:
 
     def _list(self, rng, n_words: int, often: int, rarely: int) -> tuple[str, list[str]]:
         pool = _list_words()
-        words = [pool[int(i)] for i in rng.choice(len(pool), min(n_words, len(pool)),
-                                                   replace=False)]
+        words = [pool[int(i)] for i in rng.choice(len(pool), n_words, replace=False)]
         common = words[:self.common]
         listed = common * often + words[self.common:] * rarely
         rng.shuffle(listed)
         return " ".join(f"{i + 1}. {w}" for i, w in enumerate(listed)), common
 
     def limit(self, env: Env) -> int:
+        """RULER's word list runs out here; past it RULER draws from english_words.json, a
+        list ringkit does not ship (``build_sample`` then says how far the length can go)."""
         return len(_list_words()) - self.common
 
-    def sample(self, rng, size: int, env: Env) -> Sample:
+    def sample(self, rng, size: int, env: Env, index: int = 0) -> Sample:
         short = env.length < 4096
         often, rarely, ex = (6, 1, (20, 3, 1)) if short else (self.often, self.rarely, (40, 10, 3))
         example, answer = self._list(rng, *ex)
         context, common = self._list(rng, self.common + size, often, rarely)
-        shown = (CWE_TEMPLATE.format(context=example) + "\n" + CWE_PREFIX + " "
-                 + " ".join(f"{i + 1}. {w}" for i, w in enumerate(answer)) + "\n\n")
+        shown = (CWE_TEMPLATE.format(context=example) + CWE_PREFIX + " "
+                 + " ".join(f"{i + 1}. {w}" for i, w in enumerate(answer)) + "\n")
         return Sample(shown + CWE_TEMPLATE.format(context=context), CWE_PREFIX, tuple(common))
 
 
@@ -232,7 +282,7 @@ FWE_TEMPLATE = ("Read the following coded text and track the frequency of each c
                 "the three most frequently appeared coded words. {context}\nQuestion: Do not "
                 "provide any explanation. Please ignore the dots '....'. What are the three most "
                 "frequently appeared words in the above coded text?")
-FWE_PREFIX = ("Answer: According to the coded text above, the three most frequently appeared "
+FWE_PREFIX = (" Answer: According to the coded text above, the three most frequently appeared "
               "words are:")
 
 
@@ -246,7 +296,7 @@ class FrequentWords:
     tokens_to_generate: int = 50
     metric: str = "all"
 
-    def sample(self, rng, size: int, env: Env) -> Sample:
+    def sample(self, rng, size: int, env: Env, index: int = 0) -> Sample:
         vocab = max(env.length // 50, 8)
         letters = np.array(list(string.ascii_lowercase))
         words = _distinct(rng, vocab, lambda r: "".join(r.choice(letters, self.word_length)))
@@ -271,8 +321,9 @@ QA_TEMPLATE = (QA_INSTRUCTION + "\n\nThe following are given documents.\n\n{cont
 
 @dataclasses.dataclass(frozen=True)
 class QuestionAnswering:
-    """Documents (the question's own among ``size`` others, shuffled) and a question; the answer
-    must contain one of the reference answers. Data: SQuAD (qa_1) or HotpotQA (qa_2) files."""
+    """Documents (the question's own, then other paragraphs of its article, then any others;
+    shuffled) and a question; the answer must contain one of the reference answers. Sample
+    ``i`` asks the file's question ``i``, as RULER does. Data: SQuAD (qa_1) or HotpotQA (qa_2)."""
 
     dataset: str  # "squad" | "hotpotqa"
     tokens_to_generate: int = 32
@@ -281,22 +332,30 @@ class QuestionAnswering:
     def limit(self, env: Env) -> int:
         return len(env.qa[self.dataset].documents) - 1
 
-    def sample(self, rng, size: int, env: Env) -> Sample:
+    def sample(self, rng, size: int, env: Env, index: int = 0) -> Sample:
         data = env.qa[self.dataset]
-        q = data.questions[int(rng.integers(len(data.questions)))]
-        others = [i for i in rng.permutation(len(data.documents)) if i not in q["documents"]]
-        chosen = list(q["documents"]) + [int(i) for i in others[:size]]
+        q = data.questions[index % len(data.questions)]
+        own = list(q["documents"])
+        related = [d for d in q.get("related", ()) if d not in own]
+        if size > len(related):  # the whole article, then documents from anywhere
+            taken = set(own) | set(related)
+            others = [i for i in range(len(data.documents)) if i not in taken]
+            extra = rng.choice(len(others), min(size - len(related), len(others)), replace=False)
+            chosen = own + related + [others[int(i)] for i in extra]
+        else:
+            chosen = own + [related[int(i)] for i in rng.choice(len(related), size,
+                                                                replace=False)]
         rng.shuffle(chosen)
         context = "\n\n".join(f"Document {n + 1}:\n{data.documents[i]}"
-                              for n, i in enumerate(chosen))
-        return Sample(QA_TEMPLATE.format(context=context, query=q["question"]), "Answer:",
+                               for n, i in enumerate(chosen))
+        return Sample(QA_TEMPLATE.format(context=context, query=q["question"]), " Answer:",
                       tuple(q["answers"]))
 
 
 @dataclasses.dataclass(frozen=True)
 class QaData:
-    """Questions (each: ``question``, ``answers``, indices of its ``documents``) over a shared
-    pool of ``documents``."""
+    """Questions (each: ``question``, ``answers``, indices of its ``documents`` and of the
+    ``related`` ones, the rest of its SQuAD article) over a shared pool of ``documents``."""
 
     name: str
     questions: list
@@ -319,11 +378,19 @@ def load_qa(dataset: str, path) -> QaData:
 
     try:
         if dataset == "squad":
+            articles: dict = {}  # title -> its paragraphs' documents, in order
+            for r in rows:
+                d = doc(r["context"])
+                title = r.get("title")
+                if title is not None and d not in articles.setdefault(title, []):
+                    articles[title].append(d)
             for r in rows:
                 answers = sorted({a for a in r["answers"]["text"] if a})
                 if answers:
+                    d = doc(r["context"])
+                    related = [x for x in articles.get(r.get("title"), []) if x != d]
                     questions.append(dict(question=r["question"], answers=answers,
-                                          documents=[doc(r["context"])]))
+                                          documents=[d], related=related))
         else:
             for r in rows:
                 ctx = r["context"]
@@ -332,7 +399,7 @@ def load_qa(dataset: str, path) -> QaData:
                 ids = [doc(f"{t}\n{''.join(s)}") for t, s in pairs]
                 questions.append(dict(question=r["question"], answers=[r["answer"]],
                                       documents=ids))
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError, AttributeError) as e:
         raise SourceError(f"{path} does not look like {dataset} data (missing {e}): give the "
                           "original JSON release or rows in the Hugging Face layout") from e
     if not questions:
@@ -347,9 +414,10 @@ def _rows(path: pathlib.Path) -> list[dict]:
         except json.JSONDecodeError as e:
             raise SourceError(f"{path} is not valid JSON: {e}") from e
         if isinstance(raw, dict) and "data" in raw:  # SQuAD's release: articles > paragraphs
-            return [dict(question=qa["question"], context=p["context"],
+            return [dict(question=qa["question"], context=p["context"], title=art.get("title", n),
                          answers=dict(text=[a["text"] for a in qa.get("answers", [])]))
-                    for art in raw["data"] for p in art["paragraphs"] for qa in p["qas"]]
+                    for n, art in enumerate(raw["data"]) for p in art["paragraphs"]
+                    for qa in p["qas"]]
         if isinstance(raw, list):  # HotpotQA's release
             return raw
     try:
