@@ -15,7 +15,8 @@ import torch
 import transformers
 
 from ringkit.eval import needle_prompt
-from ringkit.eval.needle import NEEDLE_UNKEYED, LWM_NEEDLE_UNKEYED
+from ringkit.eval.lwm_needle import LWM_NEEDLE_UNKEYED
+from ringkit.eval.needle import NEEDLE_UNKEYED
 from ringkit.model.load import _resolve
 from ringkit.model.weights.gguf import read_gguf
 from ringkit.tokenize.text import Tokenizer

@@ -106,7 +106,7 @@ def test_lwm_needle_is_eval_needle_py(tok, length, depth, trial, seed):
 
 
 def test_lwm_cities_and_reproducibility(tok):
-    from ringkit.eval.needle import LWM_CITIES
+    from ringkit.eval.lwm_needle import LWM_CITIES
 
     assert list(LWM_CITIES[:8]) == LWM_CITIES_HEAD and len(LWM_CITIES) == 100
     assert collections.Counter(LWM_CITIES)["Chicago"] == 4 and LWM_CITIES[-1] == "Jakarta"

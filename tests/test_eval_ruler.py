@@ -13,7 +13,8 @@ import ringkit as rk
 from ringkit.errors import ConfigError, ShapeError, SourceError
 from ringkit.eval.common import Template
 from ringkit.eval.ruler import RulerResults, build_sample, score_answer
-from ringkit.eval.ruler_tasks import SYNTHETIC, TASKS, Env, load_qa, task_names
+from ringkit.eval.ruler_qa import load_qa
+from ringkit.eval.ruler_tasks import SYNTHETIC, TASKS, Env, task_names
 
 pd = pytest.importorskip("pandas")
 pytest.importorskip("wonderwords")

@@ -16,7 +16,9 @@ import os
 import pathlib
 import re
 
-from ringkit.errors import FormatError, MissingDependencyError, SourceError
+import numpy as np
+
+from ringkit.errors import FormatError, MissingDependencyError, ShapeError, SourceError
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -95,3 +97,67 @@ def _is_file(text: str) -> bool:
 def sentences(text: str) -> list[str]:
     """``text`` with whitespace collapsed, split after ``.``, ``!`` and ``?``."""
     return [s for s in _SENTENCE_END.split(re.sub(r"\s+", " ", text).strip()) if s]
+
+
+class Haystack:
+    """A haystack's sentences, tokenized on demand (a prompt needs a few hundred of them), and
+    its ``documents`` (one, or a JSONL file's lines) for LWM's rounds."""
+
+    def __init__(self, name: str, text: str, tok, documents: list[str] | None = None):
+        self.name, self.tok = name, tok
+        self.documents = documents or [text]
+        self.sentences = sentences(text)
+        self._ids: dict[int, list[int]] = {}
+        self._rounds: dict[int, list[tuple[list[int], list[str]]]] = {}  # longest -> rounds
+        # Tokens per character from three samples across the text (a play's cast list alone
+        # would overstate it).
+        samples = [text[int(f * len(text)):int(f * len(text)) + 8000] for f in (0, 0.45, 0.9)]
+        per_char = (sum(len(tok.encode(s, add_bos=False, literal=True)) for s in samples)
+                    / max(sum(map(len, samples)), 1))
+        self.approx_tokens = int(per_char * len(text))
+
+    def ids(self, i: int) -> list[int]:
+        i %= len(self.sentences)
+        if i not in self._ids:
+            self._ids[i] = self.tok.encode(" " + self.sentences[i], add_bos=False, literal=True)
+        return self._ids[i]
+
+
+    def round_ids(self, trial: int, seed: int, tokens: int, longest: int) -> list[int]:
+        """The first ``tokens`` ids of trial ``trial``'s haystack, the same at every length and
+        depth, as LWM's rounds: a JSONL file's documents from where the previous trial's ended,
+        each round at least ``longest`` tokens (LWM's ``read_context_files``); a single text
+        from a sentence drawn by ``(seed, trial)``."""
+        if len(self.documents) > 1:
+            rounds = self._lwm_rounds(trial + 1, longest)
+            if len(rounds[trial]) < tokens:
+                raise ShapeError(f"the {self.name} haystack runs out before trial {trial} has "
+                                 f"{tokens:,} tokens: give more documents, or fewer trials")
+            return rounds[trial][:tokens]
+        start = int(np.random.default_rng([seed, trial]).integers(len(self.sentences)))
+        ids = self.tok.encode(self.sentences[start], add_bos=False, literal=True)
+        i = start + 1
+        while len(ids) < tokens:
+            ids += self.ids(i)
+            i += 1
+            if i - start > 2 * len(self.sentences):
+                raise ShapeError(f"the {self.name} haystack holds fewer than {tokens:,} tokens")
+        return ids[:tokens]
+
+    def _lwm_rounds(self, count: int, longest: int) -> list[list[int]]:
+        rounds = self._rounds.setdefault(longest, [])
+        doc = sum(len(r[1]) for r in rounds)  # documents the rounds so far used
+        while len(rounds) < count:
+            used, texts = 0, []
+            while used < longest:
+                if doc >= len(self.documents):
+                    raise ShapeError(
+                        f"the {self.name} haystack holds {len(rounds)} round(s) of "
+                        f"{longest:,} tokens, and trial {len(rounds)} needs one more (LWM reads "
+                        "one round of documents per trial): give more documents, or fewer "
+                        "trials")
+                texts.append(self.documents[doc])
+                used += len(self.tok.encode(texts[-1], add_bos=False, literal=True))
+                doc += 1
+            rounds.append((self.tok.encode("".join(texts), add_bos=False, literal=True), texts))
+        return [r[0] for r in rounds]

@@ -32,10 +32,12 @@ import numpy as np
 
 from ringkit.context import resolve_model
 from ringkit.errors import ConfigError, ShapeError, advice
-from ringkit.eval.common import (LWM_CHAT, CellPrompt, Prompter, Template, answer_cells,
-                                 check_counts, grid_values, heatmap, html_table, load_done,
-                                 pandas, tokenizer_of, write_jsonl)
-from ringkit.eval.haystack import haystack_documents, sentences as split_sentences
+from ringkit.eval.common import (CellPrompt, Prompter, answer_cells, check_counts, grid_values,
+                                 heatmap, html_table, load_done, pandas, tokenizer_of,
+                                 write_jsonl)
+from ringkit.eval.haystack import Haystack, haystack_documents
+from ringkit.eval.lwm_needle import (LWM_MULTI_SOURCE, LWM_NEEDLE, LWM_NEEDLE_UNKEYED,
+                                     LWM_SOURCE, build_lwm_trial, lwm_template)
 
 CITIES = ("Lisbon", "Bergen", "Kyoto", "Nairobi", "Lima", "Oslo", "Hanoi", "Quito", "Tunis",
           "Perth", "Dakar", "Riga", "Cusco", "Malmo", "Porto", "Accra", "Bilbao", "Tallinn",
@@ -50,31 +52,6 @@ COLUMNS = ("length", "depth", "trial", "tokens", "cities", "numbers", "answer", 
 
 STYLES = ("lwm", "instructed", "plain")
 
-# LargeWorldModel/LWM scripts/eval_needle.py (LLMNeedleHaystackTester), typed in as facts.
-LWM_SOURCE = "LargeWorldModel/LWM scripts/eval_needle.py"
-LWM_MULTI_SOURCE = "LargeWorldModel/LWM scripts/eval_needle_multi.py"
-LWM_CITIES = (
-    "Chicago", "Yangon", "Antananarivo", "Colombo", "Almaty", "Sydney", "Chicago", "Mexico City",
-    "Seattle", "Lagos", "Amsterdam", "Belgrade", "Cairo", "Baghdad", "Damascus", "Kigali",
-    "Dakar", "Dakar", "Sofia", "Kigali", "Victoria", "Tashkent", "Mumbai", "Barcelona", "Almaty",
-    "Amman", "Toronto", "Bratislava", "Johannesburg", "Thimphu", "Bangkok", "Santiago", "Cairo",
-    "San Francisco", "Lagos", "Amsterdam", "Paris", "Rabat", "Santiago", "Copenhagen", "Madrid",
-    "Kigali", "Ho Chi Minh City", "Sarajevo", "Delhi", "Istanbul", "Ho Chi Minh City",
-    "Khartoum", "Helsinki", "Doha", "Istanbul", "Kuala Lumpur", "Budapest", "Shanghai",
-    "Moscow", "Los Angeles", "Oslo", "Johannesburg", "Berlin", "Bangalore", "Tokyo",
-    "Melbourne", "Barcelona", "Chicago", "Port Louis", "Lisbon", "Nairobi", "Kampala", "Lima",
-    "Maputo", "Vancouver", "Dubai", "Khartoum", "Jakarta", "Madrid", "Yerevan", "Beirut",
-    "Athens", "Chicago", "Paris", "Bucharest", "Copenhagen", "Brussels", "Damascus", "Seattle",
-    "Los Angeles", "Yerevan", "Victoria", "Tunis", "Astana", "Seoul", "Buenos Aires", "Bangkok",
-    "Colombo", "Brussels", "Khartoum", "Doha", "San Francisco", "Vienna", "Jakarta")
-LWM_NEEDLE = "\nThe special magic {city} number is: {number}\n"
-LWM_NEEDLE_UNKEYED = "\nThe special magic number is: {number}\n"  # ringkit's, not LWM's
-LWM_INSTRUCTION = ("Don't give information outside the document or repeat your findings. Keep "
-                   "your response short and direct.")
-LWM_MULTI_INSTRUCTION = "Don't give information outside the document."  # eval_needle_multi.py
-LWM_BUFFER = 200  # final_context_length_buffer: "system message, the user question, and response"
-
-
 def question_for(cities: list[str | None]) -> str:
     if cities == [None]:
         return "What is the special magic number?"
@@ -82,18 +59,6 @@ def question_for(cities: list[str | None]) -> str:
         return f"What is the special magic {cities[0]} number?"
     names = ", ".join(cities[:-1]) + f" and {cities[-1]}"
     return f"What are the special magic numbers for {names}?"
-
-
-def lwm_question(cities: list[str | None], needles: int) -> str:
-    """LWM's question: eval_needle.py's for one needle, eval_needle_multi.py's for several."""
-    if cities == [None]:
-        return "What is the special magic number?"
-    if needles == 1:
-        return f"What is the special magic {cities[0]} number?"
-    if len(cities) == 1:
-        return f"What is the special magic number for {cities[0]}?"
-    return ("What are the special magic numbers for " + ", ".join(cities[:-1]) + ", and "
-            + cities[-1] + "?")
 
 
 def _instructions(cities: list[str | None], needles: int) -> tuple[str, str]:
@@ -109,131 +74,6 @@ def _instructions(cities: list[str | None], needles: int) -> tuple[str, str]:
         return before, f"The special magic {cities[0]} number is"
     return before, ("The special magic numbers for " + ", ".join(cities[:-1])
                     + f" and {cities[-1]} are")
-
-
-class Haystack:
-    """A haystack's sentences, tokenized on demand (a prompt needs a few hundred of them), and
-    its ``documents`` (one, or a JSONL file's lines) for LWM's rounds."""
-
-    def __init__(self, name: str, text: str, tok, documents: list[str] | None = None):
-        self.name, self.tok = name, tok
-        self.documents = documents or [text]
-        self.sentences = split_sentences(text)
-        self._ids: dict[int, list[int]] = {}
-        self._rounds: dict[int, list[tuple[list[int], list[str]]]] = {}  # longest -> rounds
-        # Tokens per character from three samples across the text (a play's cast list alone
-        # would overstate it).
-        samples = [text[int(f * len(text)):int(f * len(text)) + 8000] for f in (0, 0.45, 0.9)]
-        per_char = (sum(len(tok.encode(s, add_bos=False, literal=True)) for s in samples)
-                    / max(sum(map(len, samples)), 1))
-        self.approx_tokens = int(per_char * len(text))
-
-    def ids(self, i: int) -> list[int]:
-        i %= len(self.sentences)
-        if i not in self._ids:
-            self._ids[i] = self.tok.encode(" " + self.sentences[i], add_bos=False, literal=True)
-        return self._ids[i]
-
-
-    def round_ids(self, trial: int, seed: int, tokens: int, longest: int) -> list[int]:
-        """The first ``tokens`` ids of trial ``trial``'s haystack, the same at every length and
-        depth, as LWM's rounds: a JSONL file's documents from where the previous trial's ended,
-        each round at least ``longest`` tokens (LWM's ``read_context_files``); a single text
-        from a sentence drawn by ``(seed, trial)``."""
-        if len(self.documents) > 1:
-            rounds = self._lwm_rounds(trial + 1, longest)
-            if len(rounds[trial]) < tokens:
-                raise ShapeError(f"the {self.name} haystack runs out before trial {trial} has "
-                                 f"{tokens:,} tokens: give more documents, or fewer trials")
-            return rounds[trial][:tokens]
-        start = int(np.random.default_rng([seed, trial]).integers(len(self.sentences)))
-        ids = self.tok.encode(self.sentences[start], add_bos=False, literal=True)
-        i = start + 1
-        while len(ids) < tokens:
-            ids += self.ids(i)
-            i += 1
-            if i - start > 2 * len(self.sentences):
-                raise ShapeError(f"the {self.name} haystack holds fewer than {tokens:,} tokens")
-        return ids[:tokens]
-
-    def _lwm_rounds(self, count: int, longest: int) -> list[list[int]]:
-        rounds = self._rounds.setdefault(longest, [])
-        doc = sum(len(r[1]) for r in rounds)  # documents the rounds so far used
-        while len(rounds) < count:
-            used, texts = 0, []
-            while used < longest:
-                if doc >= len(self.documents):
-                    raise ShapeError(
-                        f"the {self.name} haystack holds {len(rounds)} round(s) of "
-                        f"{longest:,} tokens, and trial {len(rounds)} needs one more (LWM reads "
-                        "one round of documents per trial): give more documents, or fewer "
-                        "trials")
-                texts.append(self.documents[doc])
-                used += len(self.tok.encode(texts[-1], add_bos=False, literal=True))
-                doc += 1
-            rounds.append((self.tok.encode("".join(texts), add_bos=False, literal=True), texts))
-        return [r[0] for r in rounds]
-
-
-def _lwm_cities(rng, needles: int) -> list[str]:
-    """Cities drawn from LWM's list as ``random.choice`` draws them (its duplicates make some
-    likelier); several needles get distinct ones."""
-    cities: list[str] = []
-    while len(cities) < needles:
-        city = LWM_CITIES[int(rng.integers(len(LWM_CITIES)))]
-        if city not in cities:
-            cities.append(city)
-    return cities
-
-
-def build_lwm_trial(tok, template: Template, hay: Haystack, *, length: int, depth: float,
-                    trial: int, seed: int, needles: int, retrieve: int, keys: bool = True,
-                    longest: int | None = None) -> dict:
-    """One trial of LWM's eval_needle.py: the prompt ``text`` and its ``ids`` (``length - 200``
-    tokens of haystack and needles, plus the template and question), and what it hides."""
-    rng = np.random.default_rng([seed, length, int(round(depth * 10_000)), trial])
-    cities = _lwm_cities(rng, needles)
-    if not keys:
-        cities = [None] * needles
-    numbers = [int(n) for n in rng.integers(1_000_000, 10_000_000, needles)]
-    asked = sorted(int(i) for i in rng.choice(needles, retrieve, replace=False))
-    if 0 not in asked:  # the needle at ``depth`` is always one of those asked for
-        asked = sorted([0] + asked[1:])
-    depths = [depth] + [float(d) for d in rng.uniform(0, 1, needles - 1)]
-    text = LWM_NEEDLE if keys else LWM_NEEDLE_UNKEYED
-    needle_ids = [tok.encode(text.format(city=c, number=n), add_bos=False, literal=True)
-                  for c, n in zip(cities, numbers)]
-    room = length - LWM_BUFFER  # the haystack and needles, in the model's tokens
-    if room - sum(map(len, needle_ids)) < 16:
-        raise ShapeError(f"length {length} leaves no room for a haystack: LWM's protocol keeps "
-                         f"{LWM_BUFFER} tokens for the prompt and answer, so use a length of at "
-                         f"least {LWM_BUFFER + sum(map(len, needle_ids)) + 64}")
-    ids = hay.round_ids(trial, seed, length, max(longest or length, length))
-    period = set(tok.encode(".", add_bos=False, literal=True))
-    for needle, d in zip(needle_ids, depths):  # insert_needle, one needle at a time
-        if len(ids) + len(needle) > room:
-            ids = ids[:room - len(needle)]
-        if d == 1:
-            ids = ids + needle
-            continue
-        at = int(len(ids) * d)
-        while at > 0 and ids[at - 1] not in period:  # back to just after a '.'
-            at -= 1
-        ids = ids[:at] + needle + ids[at:]
-    question = lwm_question([cities[i] for i in asked], needles)
-    instruction = LWM_INSTRUCTION if needles == 1 else LWM_MULTI_INSTRUCTION
-    message = f"{tok.decode(ids)} {question} {instruction}"
-    return dict(ids=template.encode(tok, message), text=template.text(message),
-                cities=[cities[k] for k in asked], numbers=[numbers[k] for k in asked],
-                question=question)
-
-
-def lwm_template(tok, template: str) -> Template:
-    """LWM's prompt is its own chat format: ``base`` keeps it verbatim, whatever the model;
-    ``chat`` puts its user part in the model's chat template."""
-    if template == "base":
-        return Template("lwm", *LWM_CHAT)
-    return Template.for_model(tok, template)
 
 
 def build_trial(tok, prompter: Prompter, hay: Haystack, *, length: int, depth: float,

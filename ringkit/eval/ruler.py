@@ -33,7 +33,8 @@ from ringkit.eval.common import (CellPrompt, Template, answer_cells, check_count
                                  heatmap, html_table, load_done, pandas, tokenizer_of,
                                  write_jsonl)
 from ringkit.eval.haystack import haystack_text
-from ringkit.eval.ruler_tasks import TASKS, Env, load_qa, task_names
+from ringkit.eval.ruler_qa import load_qa
+from ringkit.eval.ruler_tasks import TASKS, Env, task_names
 
 THRESHOLD = 85.6
 SOURCE = "NVIDIA/RULER scripts/data (synthetic.yaml, synthetic/*.py, template.py)"
