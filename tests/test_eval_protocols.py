@@ -304,3 +304,18 @@ def test_ruler_limits_and_summary(tok, monkeypatch):
     assert not part.comparable and part.missing() == ["qa_1", "qa_2"]
     assert "not comparable to RULER's tables: 11 of RULER's 13 tasks (missing qa_1, qa_2; " \
            "the QA tasks need qa_files)" in repr(part)
+
+
+def test_prompt_helpers_bad_input(tok, tmp_path):
+    for bad in (dict(depth=1.5), dict(length=-3), dict(length="long"), dict(trial=-1),
+                dict(needles=1, retrieve=2), dict(style="chatty")):
+        with pytest.raises(ConfigError):
+            needle_prompt(tok, **{"length": 900, "depth": 0.5, "haystack": HAY, **bad})
+    with pytest.raises(ConfigError, match="qa_1 needs squad data"):
+        ruler_prompt("qa_1", tok, 900)
+    with pytest.raises(ConfigError, match="unknown RULER task"):
+        ruler_prompt("nah", tok, 900)
+    with pytest.raises(ConfigError, match="need a ringkit tokenizer or model"):
+        ruler_prompt("vt", "SmolLM2", 900)
+    with pytest.raises(ShapeError, match="no room for a vt prompt"):
+        ruler_prompt("vt", tok, 400)

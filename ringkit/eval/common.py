@@ -155,15 +155,18 @@ def grid_values(values, kind: type, name: str) -> list:
 
 
 def check_counts(**counts) -> None:
-    """Whole-number options: ``seed >= 0``, every other one >= 1."""
+    """Whole-number options: ``seed``, ``trial`` and ``index`` >= 0, every other one >= 1."""
     for name, value in counts.items():
-        low = 0 if name == "seed" else 1
+        low = 0 if name in ("seed", "trial", "index") else 1
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}")
 
 
 def run_key(config: dict) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    """What makes two runs the same: their settings, less the ``protocol`` record derived from
+    them (its wording may change without changing a single prompt)."""
+    settings = {k: v for k, v in config.items() if k != "protocol"}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def load_done(resume, config: dict, cell_of: Callable[[dict], Hashable]) -> dict:

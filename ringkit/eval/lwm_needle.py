@@ -81,10 +81,12 @@ def build_lwm_trial(tok, template: Template, hay: Haystack, *, length: int, dept
                          f"{LWM_BUFFER} tokens for the prompt and answer, so use a length of at "
                          f"least {LWM_BUFFER + sum(map(len, needle_ids)) + 64}")
     ids = hay.round_ids(trial, seed, length, max(longest or length, length))
+    # LWM trims the haystack to room - len(needle) before each insertion; trimming once for all
+    # the needles is the same for one needle, and for several it keeps a needle inserted near
+    # the end from being cut off by the next one's trim.
+    ids = ids[:room - sum(map(len, needle_ids))]
     period = set(tok.encode(".", add_bos=False, literal=True))
     for needle, d in zip(needle_ids, depths):  # insert_needle, one needle at a time
-        if len(ids) + len(needle) > room:
-            ids = ids[:room - len(needle)]
         if d == 1:
             ids = ids + needle
             continue

@@ -246,6 +246,8 @@ def needle_protocol(style: str, template: str, haystack: str, needles: int,
         differences.append(f"haystack {haystack} (LWM: PG-19 books, a JSONL file)")
     differences.append("lengths, the 200-token buffer and needle positions counted in the "
                        "model's tokens (LWM trims and inserts with tiktoken's cl100k)")
+    differences.append("answers cut at max_new_tokens (LWM generates up to its block size); "
+                       "either way decoding is greedy and stops at the end of the turn")
     return dict(name="lwm-needle-multi" if needles > 1 else "lwm-needle",
                 source=LWM_MULTI_SOURCE if needles > 1 else LWM_SOURCE, template=template,
                 comparable=template == "base" and keys, differences=differences)
@@ -305,11 +307,15 @@ def needle_prompt(tokenizer=None, length: int = 4096, depth: float = 0.5, *, tri
     """
     tok = tokenizer_of(tokenizer)
     template = _template_for(style, template)
-    check_counts(trial=trial + 1, seed=seed, needles=needles, retrieve=retrieve)
+    check_counts(trial=trial, seed=seed, needles=needles, retrieve=retrieve)
+    (length,), (depth,) = grid_values(length, int, "length"), grid_values(depth, float, "depth")
+    if not 0 <= depth <= 1 or length < 1 or retrieve > needles:
+        raise ConfigError(f"need a length >= 1, a depth in [0, 1] and retrieve <= needles, got "
+                          f"length {length}, depth {depth}, retrieve {retrieve} of {needles}")
     name, documents = haystack_documents(haystack)
     hay = Haystack(name, "".join(documents), tok, documents)
     b = _Builder(tok, hay, style=style, template=template, seed=seed, needles=needles,
-                 retrieve=retrieve, keys=keys, longest=longest)(int(length), float(depth), trial)
+                 retrieve=retrieve, keys=keys, longest=longest)(length, depth, trial)
     return CellPrompt(b["text"], b["ids"], tuple(str(n) for n in b["numbers"]),
                       needle_protocol(style, template, name, needles, keys))
 

@@ -249,13 +249,14 @@ def ruler_prompt(task: str, tokenizer=None, length: int = 4096, *, index: int = 
     if len(names) != 1:
         raise ConfigError(f"ruler_prompt builds one task's prompt, got {names}")
     task = names[0]
-    check_counts(index=index + 1, seed=seed)
+    check_counts(index=index, seed=seed)
     qa_files = dict(qa_files or {})
     _check_qa([task], qa_files)
     hay_name, text = haystack_text(haystack)
     qa = {QA_DATASET[task]: load_qa(QA_DATASET[task], qa_files[task])} if task in QA_DATASET \
         else {}
-    env = Env(_words(text), int(length), qa, tok)
+    (length,) = grid_values(length, int, "length")
+    env = Env(_words(text), length, qa, tok)
     b = build_sample(task, tok, Template.for_model(tok, template), env, index=index, seed=seed)
     return CellPrompt(b["text"], b["ids"], tuple(b["outputs"]), ruler_protocol(template, hay_name))
 
