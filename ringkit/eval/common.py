@@ -62,8 +62,6 @@ class Prompter:
         return tok.encode(f"\n\n{question}{self._answer(answer_prefix)}", add_bos=False)
 
 
-
-TEMPLATES = ("base", "chat")
 # RULER's 'lwm-chat' template (scripts/data/template.py), which is LWM's own prompt: the "chat"
 # template of a checkpoint that carries none.
 LWM_CHAT = ("You are a helpful assistant. USER: ", " ASSISTANT: ")

@@ -122,7 +122,6 @@ class Haystack:
             self._ids[i] = self.tok.encode(" " + self.sentences[i], add_bos=False, literal=True)
         return self._ids[i]
 
-
     def round_ids(self, trial: int, seed: int, tokens: int, longest: int) -> list[int]:
         """The first ``tokens`` ids of trial ``trial``'s haystack, the same at every length and
         depth, as LWM's rounds: a JSONL file's documents from where the previous trial's ended,

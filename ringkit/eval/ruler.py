@@ -38,7 +38,7 @@ from ringkit.eval.ruler_tasks import TASKS, Env, task_names
 
 THRESHOLD = 85.6
 SOURCE = "NVIDIA/RULER scripts/data (synthetic.yaml, synthetic/*.py, template.py)"
-PUBLISHED_SAMPLES = 500  # RULER's scripts/run.sh: NUM_SAMPLES
+PUBLISHED_SAMPLES = 500  # RULER's scripts/config_tasks.sh: NUM_SAMPLES
 COLUMNS = ("task", "length", "sample", "tokens", "size", "outputs", "answer", "score", "seconds")
 QA_DATASET = {"qa_1": "squad", "qa_2": "hotpotqa"}
 
