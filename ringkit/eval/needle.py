@@ -382,8 +382,6 @@ def needle(model=None, *, lengths, depths, trials: int = 3, needles: int = 1, re
         config["longest"] = max(lengths)
     builder = _Builder(tok, hay, style=style, template=template, seed=seed, needles=needles,
                        retrieve=retrieve, keys=keys, longest=max(lengths))
-    _check_room(model, lengths, max_new_tokens,
-                lambda n: len(builder(n, depths[0], 0)["ids"]) if lwm else n)
     cells = [(n, d, t) for n in lengths for d in depths for t in range(trials)]
 
     def score(cell, b, answer):
@@ -393,6 +391,8 @@ def needle(model=None, *, lengths, depths, trials: int = 3, needles: int = 1, re
                     score=sum(found) / len(found), correct=all(found))
 
     done = load_done(resume, config, lambda row: (row["length"], row["depth"], row["trial"]))
+    _check_room(model, lengths, max_new_tokens,
+                lambda n: len(builder(n, depths[0], 0)["ids"]) if lwm else n)
     answer_cells(model, cells, group=lambda c: c[0], build=lambda c: builder(*c), score=score,
                  max_new_tokens=lambda c: max_new_tokens, config=config, done=done,
                  resume=resume, batch=batch, label="needle")
