@@ -1,6 +1,6 @@
 """The embedded SmolLM2 under the published protocols: LWM's needle and RULER's synthetic tasks.
 
-    python benchmarks/published_evals.py                      # both, a new stamp
+    python benchmarks/published_evals.py --samples 32         # both, a new stamp
     python benchmarks/published_evals.py --stamp 2026-12-06T222441 --what needle   # resume
 
 LWM's needle (``style="lwm"``, ``template="base"``: LWM's eval_needle.py prompt) at 1K-8K x 5
