@@ -45,7 +45,7 @@ class Prompter:
         if template == "base":
             return cls(tok.encode(""), "")
         if template != "chat":
-            Template.for_model(tok, template)  # raises the error that names the choices
+            raise ConfigError(f"unknown template {template!r}: choose 'base' or 'chat'")
         shell = chat_shell(tok, True) if tok.chat_template is not None else None
         if shell is None:  # LWM's plain prompt
             return cls(tok.encode(f"{SYSTEM} USER:", add_bos=True), " ASSISTANT:")

@@ -280,8 +280,7 @@ class _Builder:
         if self.style == "lwm":
             return build_lwm_trial(self.tok, self.template, self.hay, longest=self.longest,
                                    **cell)
-        b = build_trial(self.tok, self.prompter, self.hay, style=self.style, **cell)
-        return {**b, "text": self.tok.decode(b["ids"], skip_special_tokens=False)}
+        return build_trial(self.tok, self.prompter, self.hay, style=self.style, **cell)
 
 
 def needle_prompt(tokenizer=None, length: int = 4096, depth: float = 0.5, *, trial: int = 0,
@@ -316,7 +315,8 @@ def needle_prompt(tokenizer=None, length: int = 4096, depth: float = 0.5, *, tri
     hay = Haystack(name, "".join(documents), tok, documents)
     b = _Builder(tok, hay, style=style, template=template, seed=seed, needles=needles,
                  retrieve=retrieve, keys=keys, longest=longest)(length, depth, trial)
-    return CellPrompt(b["text"], b["ids"], tuple(str(n) for n in b["numbers"]),
+    text = b.get("text") or tok.decode(b["ids"], skip_special_tokens=False)  # ringkit's styles
+    return CellPrompt(text, b["ids"], tuple(str(n) for n in b["numbers"]),
                       needle_protocol(style, template, name, needles, keys))
 
 

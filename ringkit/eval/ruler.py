@@ -252,18 +252,19 @@ def ruler_prompt(task: str, tokenizer=None, length: int = 4096, *, index: int = 
     check_counts(index=index, seed=seed)
     qa_files = dict(qa_files or {})
     _check_qa([task], qa_files)
-    hay_name, text = haystack_text(haystack)
-    qa = {QA_DATASET[task]: load_qa(QA_DATASET[task], qa_files[task])} if task in QA_DATASET \
-        else {}
+    hay_name, essay, qa = _inputs([task], haystack, qa_files)
     (length,) = grid_values(length, int, "length")
-    env = Env(_words(text), length, qa, tok)
+    env = Env(essay, length, qa, tok)
     b = build_sample(task, tok, Template.for_model(tok, template), env, index=index, seed=seed)
     return CellPrompt(b["text"], b["ids"], tuple(b["outputs"]), ruler_protocol(template, hay_name))
 
 
-def _words(text: str) -> list[str]:
-    """The essay as RULER splits it: whitespace runs made one space, then split on spaces."""
-    return re.sub(r"\s+", " ", text).split(" ")
+def _inputs(names: list[str], haystack, qa_files: dict) -> tuple[str, list[str], dict]:
+    """The haystack's name, its words as RULER splits the essay (whitespace runs made one
+    space, then split on spaces), and the QA data ``names`` need."""
+    hay_name, text = haystack_text(haystack)
+    qa = {QA_DATASET[t]: load_qa(QA_DATASET[t], qa_files[t]) for t in names if t in QA_DATASET}
+    return hay_name, re.sub(r"\s+", " ", text).split(" "), qa
 
 
 def ruler(model=None, *, tasks="all", length=4096, samples: int = 10, seed: int = 0, mesh=None,
@@ -307,9 +308,7 @@ def ruler(model=None, *, tasks="all", length=4096, samples: int = 10, seed: int 
     _check(model, lengths, samples, names, qa_files)
     tok = model.tokenizer
     shell = Template.for_model(tok, template)
-    hay_name, text = haystack_text(haystack)
-    essay = _words(text)
-    qa = {QA_DATASET[t]: load_qa(QA_DATASET[t], qa_files[t]) for t in names if t in QA_DATASET}
+    hay_name, essay, qa = _inputs(names, haystack, qa_files)
     config = dict(model=model.config.name, tokenizer=tok.digest, haystack=hay_name, seed=seed,
                   qa={t: str(p) for t, p in sorted(qa_files.items()) if t in names},
                   template=template, protocol=ruler_protocol(template, hay_name))
