@@ -101,6 +101,7 @@ class Context:
     _slot_pos: jax.Array = dataclasses.field(repr=False)
     _next_pos: np.ndarray = dataclasses.field(repr=False)
     fitted: str | None = None  # how the source was shortened to fit, if it was
+    _window_pos: jax.Array | None = dataclasses.field(default=None, repr=False)
 
     @property
     def tokens(self):
@@ -173,6 +174,8 @@ class Context:
 
     def _rewind(self) -> None:
         self.cache.slot_pos = jnp.copy(self._slot_pos)
+        if self._window_pos is not None:  # appended tokens in the local layers' caches too
+            self.cache.window_pos = jnp.copy(self._window_pos)
         self.cache.appended = 0
         self.cache.next_pos = self._next_pos.copy()
 
@@ -279,7 +282,11 @@ def read(source, *, model=None, mesh=None, dtype: str | None = None, room: int =
     kv.k[0].block_until_ready()
     seconds = time.perf_counter() - t0
     return Context(model, doc, prompt, kv, room, seconds, jnp.copy(kv.slot_pos),
-                   kv.next_pos.copy(), fitted=note)
+                   kv.next_pos.copy(), fitted=note, _window_pos=_copy(kv.window_pos))
+
+
+def _copy(x):
+    return None if x is None else jnp.copy(x)
 
 
 def ask(source, question: str, *, model=None, mesh=None, dtype: str | None = None,
@@ -343,7 +350,8 @@ def load_context(path, *, model=None, mesh=None) -> Context:
     model = model if model is not None else _saved_model(meta["model"]["source"], mesh)
     doc, prompt, cache = persist.restore(path, meta, model)
     return Context(model, doc, prompt, cache, meta["room"], meta["prefill_seconds"],
-                   jnp.copy(cache.slot_pos), cache.next_pos.copy(), fitted=meta.get("fitted"))
+                   jnp.copy(cache.slot_pos), cache.next_pos.copy(), fitted=meta.get("fitted"),
+                   _window_pos=_copy(cache.window_pos))
 
 
 def _saved_model(source: str | None, mesh):

@@ -8,7 +8,8 @@ A saved context is a directory::
                     document.json and of arrays.npz, and the size of every cache file
     document.json   the document's text segments, skipped paths, files
     arrays.npz      prompt tokens (ids, modality, provenance) and the document's frames
-    cache/          the KV cache and slot positions, written by orbax from their shards
+    cache/          the KV cache and slot positions (and the local layers' window caches' own),
+                    written by orbax from their shards
 
 What a saved context guarantees: ``load_context`` gives the context that was saved or a clear
 ``FormatError``, never a different one. An edited or damaged file (metadata, token ids,
@@ -47,7 +48,7 @@ import numpy as np
 from jax.sharding import NamedSharding, SingleDeviceSharding
 
 from ringkit import integrity
-from ringkit.attention.decode import LAYER_SPEC, SLOT_SPEC, SPARE_SLOTS, room_slots
+from ringkit.attention.decode import LAYER_SPEC, SLOT_SPEC, SPARE_SLOTS, room_slots, window_slots
 from ringkit.attention.layouts import layout_positions
 from ringkit.errors import ConfigError, FormatError, SourceError
 from ringkit.inputs.document import Document, FramesSegment, Skipped, TextSegment, VideoText
@@ -55,7 +56,8 @@ from ringkit.model.batch import padded_length
 from ringkit.model.model import KVCache
 from ringkit.tokenize.prompts import ContextPrompt, Tokens, document_sources
 
-FORMAT = 2  # 2: the integrity record
+FORMAT = 3  # 2: the integrity record; 3: local layers' window caches (reads 2 too)
+_READS = (2, 3)
 _ARRAYS, _META, _DOC, _CACHE = "arrays.npz", "context.json", "document.json", "cache"
 
 
@@ -133,8 +135,10 @@ def save_context(ctx, path) -> pathlib.Path:
         tmp = path
     try:
         with _checkpointer() as ckpt:
-            ckpt.save(tmp / _CACHE, dict(k=list(cache.k), v=list(cache.v),
-                                         slot_pos=ctx._slot_pos))
+            arrays = dict(k=list(cache.k), v=list(cache.v), slot_pos=ctx._slot_pos)
+            if cache.window_base:
+                arrays["window_pos"] = ctx._window_pos
+            ckpt.save(tmp / _CACHE, arrays)
             ckpt.wait_until_finished()
         if jax.process_index() != 0:
             return path
@@ -145,7 +149,8 @@ def save_context(ctx, path) -> pathlib.Path:
         (tmp / _DOC).write_text(json.dumps(_doc_json(doc)))
         meta = dict(format=FORMAT, model=_model_identity(ctx.model),
                     mesh=dict(ctx.model.mesh.shape), sp=ctx.model.sp, base=cache.base,
-                    slots=cache.slots,
+                    slots=cache.slots, window_base=cache.window_base,
+                    window_slots=cache.window_pos.shape[1] if cache.window_base else 0,
                     next_pos=[int(p) for p in ctx._next_pos], rows=cache.rows, room=ctx.room,
                     template=ctx.prompt.template, prefill_seconds=ctx.prefill_seconds,
                     fitted=ctx.fitted,
@@ -177,10 +182,11 @@ def read_meta(path: pathlib.Path) -> dict:
         meta = json.loads((path / _META).read_text())
     except (OSError, ValueError) as e:
         raise FormatError(f"{path / _META} is unreadable or corrupt ({e})") from e
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") not in _READS:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise FormatError(f"{path} was saved in context format {found}; this "
-                          f"ringkit reads format {FORMAT}: read the source again")
+                          f"ringkit reads formats {', '.join(map(str, _READS))}: read the "
+                          "source again")
     problem = _meta_problem(meta)
     if problem:
         raise FormatError(f"{path / _META} is corrupt ({problem}): read the source again")
@@ -211,6 +217,11 @@ def _meta_problem(meta: dict) -> str | None:
             whole(p, 1) and p + meta["room"] <= meta["slots"] for p in next_pos):
         return (f"next_pos={next_pos!r:.60} must hold each row's length (1 or more) with room "
                 f"for {meta['room']} tokens in {meta['slots']} slots")
+    window_base, window_all = meta.get("window_base", 0), meta.get("window_slots", 0)
+    if not whole(window_base) or not whole(window_all) or (
+            window_base > 0) != (window_all > window_base):
+        return (f"window_base={window_base!r} and window_slots={window_all!r} must both be 0 "
+                "or whole numbers with more slots than base")
     if meta["rows"] > len(next_pos):
         return f"rows={meta['rows']} but next_pos has {len(next_pos)} entries"
     if not isinstance(meta.get("template"), str) or "{question}" not in meta["template"]:
@@ -259,6 +270,26 @@ def relayout_cache(arrays, slot_pos, *, sp: int, base: int, layout: str, extra: 
     return [lay(a) for a in arrays], pos.reshape(b, -1)
 
 
+def relayout_window(a, *, sp_saved: int, base_saved: int, sp: int, window: int, extra: int,
+                    axis: int, fill):
+    """Lay a local layer's window cache (or its positions) read on the host out for a ring of
+    ``sp`` devices: window slot ``j`` sits on device ``j // window_slots(window, sp)``
+    (``ringkit.attention.decode.window_cache``), followed by ``extra`` empty slots."""
+    a = np.asarray(a)
+    lead, rest = a.shape[:axis], a.shape[axis + 1:]
+    kept = a.reshape(lead + (sp_saved, -1) + rest)
+    kept = np.take(kept, np.arange(base_saved), axis=axis + 1)  # each device's window slots
+    kept = np.take(kept.reshape(lead + (-1,) + rest), np.arange(window), axis=axis)
+    per = window_slots(window, sp)
+    widths = [(0, 0)] * a.ndim
+    widths[axis] = (0, per * sp - window)
+    kept = np.pad(kept, widths, constant_values=fill).reshape(lead + (sp, per) + rest)
+    widths = [(0, 0)] * (a.ndim + 1)
+    widths[axis + 1] = (0, extra)
+    kept = np.pad(kept, widths, constant_values=fill)
+    return kept.reshape(lead + (sp * (per + extra),) + rest)
+
+
 def restore(path: pathlib.Path, meta: dict, model):
     """The document, prompt and KV cache saved at ``path`` (whose metadata ``read_meta`` gave),
     laid out for ``model``'s mesh: ``(doc, prompt, cache)``. A model other than the one that
@@ -291,9 +322,17 @@ def restore(path: pathlib.Path, meta: dict, model):
     host = SingleDeviceSharding(jax.devices()[0])
     layer = NamedSharding(model.mesh, LAYER_SPEC) if same_ring else host
     slot = NamedSharding(model.mesh, SLOT_SPEC) if same_ring else host
-    kv_target = [jax.ShapeDtypeStruct(shape, dtype, sharding=layer)] * saved["n_layers"]
+    # Local layers saved as window caches (``KVCache.window_pos``) stay window caches.
+    window_base, window_all = meta.get("window_base", 0), meta.get("window_slots", 0)
+    windowed = model.config.local_layers if window_base else (False,) * saved["n_layers"]
+    window_shape = (rows, saved["n_kv_heads"], window_all, saved["head_dim"])
+    kv_target = [jax.ShapeDtypeStruct(window_shape if local else shape, dtype, sharding=layer)
+                 for local in windowed]
     target = dict(k=kv_target, v=kv_target,
                   slot_pos=jax.ShapeDtypeStruct((rows, slots), jnp.int32, sharding=slot))
+    if window_base:
+        target["window_pos"] = jax.ShapeDtypeStruct((rows, window_all), jnp.int32,
+                                                    sharding=slot)
     try:
         with _checkpointer() as ckpt:
             restored = ckpt.restore(path / _CACHE, target)
@@ -307,20 +346,37 @@ def restore(path: pathlib.Path, meta: dict, model):
         raise FormatError(f"{path / _CACHE} does not match {_META} (rows of "
                           f"{filled.tolist()} tokens, not {meta['next_pos']}): read the source "
                           "again")
+    window_pos = restored.get("window_pos")
     if not same_ring:
         sp = model.sp
         base = padded_length(int(max(meta["next_pos"])), sp, saved["layout"]) // sp
         extra = room_slots(meta["room"], sp) + SPARE_SLOTS  # as ``Model.prefill``
-        n_layers = len(k)
-        laid, pos = relayout_cache(list(k) + list(v), np.asarray(slot_pos), sp=sp,
-                                   base=base, layout=saved["layout"], extra=extra)
+        full = [i for i, local in enumerate(windowed) if not local]
+        arrays = [k[i] for i in full] + [v[i] for i in full]
+        laid, pos = relayout_cache(arrays, np.asarray(slot_pos), sp=sp, base=base,
+                                   layout=saved["layout"], extra=extra)
         layer = NamedSharding(model.mesh, LAYER_SPEC)
-        placed = [jax.device_put(a, layer) for a in laid]
-        k, v = placed[:n_layers], placed[n_layers:]
+        k, v = list(k), list(v)
+        for j, i in enumerate(full):
+            k[i] = jax.device_put(laid[j], layer)
+            v[i] = jax.device_put(laid[len(full) + j], layer)
         slot_pos = jax.device_put(pos, NamedSharding(model.mesh, SLOT_SPEC))
+        if window_base:
+            window = model.config.sliding_window
+            move = lambda a, axis, fill: relayout_window(
+                a, sp_saved=meta["sp"], base_saved=window_base, sp=sp, window=window,
+                extra=extra, axis=axis, fill=fill)
+            for i, local in enumerate(windowed):
+                if local:
+                    k[i] = jax.device_put(move(k[i], 2, 0), layer)
+                    v[i] = jax.device_put(move(v[i], 2, 0), layer)
+            window_pos = jax.device_put(move(window_pos, 1, -1),
+                                        NamedSharding(model.mesh, SLOT_SPEC))
+            window_base = window_slots(window, sp)
     next_pos = np.asarray(meta["next_pos"], np.int32)
     cache = KVCache(tuple(k), tuple(v), slot_pos, base=base, appended=0, next_pos=next_pos,
-                    rows=meta["rows"])
+                    rows=meta["rows"], window_pos=window_pos, window_base=window_base,
+                    windowed=windowed if window_base else ())
     return doc, ContextPrompt(tokens, meta["template"], model.tokenizer), cache
 
 

@@ -140,19 +140,29 @@ def test_cli(smollm2, tmp_path, monkeypatch, capsys):
         cli.main(["ask", str(tmp_path / "missing.txt"), "Why?", "--debug"])
 
 
-def _tiny(tokenizer, sp):
+def _tiny(tokenizer, sp, window=None):
     runtime = rk.model.Runtime(rk.make_mesh(sp=sp, devices=jax.devices()[:sp]))
     config = dataclasses.replace(rk.ModelConfig.preset("tiny"), vocab_size=tokenizer.vocab_size)
+    if window:  # local layers but the last (as Gemma 3's pattern)
+        config = dataclasses.replace(config, sliding_window=window, layer_types=(
+            ("sliding_attention",) * (config.n_layers - 1) + ("full_attention",)))
     return rk.model.Model.init_random(config, runtime, seed=3, tokenizer=tokenizer)
 
 
-def test_save_and_load_on_the_same_and_another_ring(smollm2, story, tmp_path):
+@pytest.mark.parametrize("window", [None, 16])
+def test_save_and_load_on_the_same_and_another_ring(smollm2, story, tmp_path, window):
+    """With ``window``, local layers keep window caches, which a save keeps and a load on
+    another ring lays out afresh."""
     # A tiny random model with SmolLM2's tokenizer: quick to compile; the same seed gives the
     # same weights on every mesh.
-    model = _tiny(smollm2.tokenizer, 2)
+    model = _tiny(smollm2.tokenizer, 2, window)
     ctx = rk.read(story, model=model, room=32)
+    assert ctx.cache.window_base == (8 if window else 0)
     q = "What did the Gannet carry?"
     answer = ctx.ask(q, max_new_tokens=10)
+    if window:  # the question and answer were rewound out of the window caches too
+        assert (np.asarray(ctx.cache.window_pos) == np.asarray(ctx._window_pos)).all()
+        assert np.asarray(ctx.cache.window_pos).max() == len(ctx.tokens) - 1
     ctx.save(tmp_path / "ledger.ctx")
     with pytest.raises(SourceError, match="already exists"):
         ctx.save(tmp_path / "ledger.ctx")
@@ -165,8 +175,9 @@ def test_save_and_load_on_the_same_and_another_ring(smollm2, story, tmp_path):
     assert again.ask(q, max_new_tokens=10) == answer
 
     # Another ring (sp=4): the cache is laid out afresh; the answer is the same.
-    moved = rk.load_context(tmp_path / "ledger.ctx", model=_tiny(smollm2.tokenizer, 4))
+    moved = rk.load_context(tmp_path / "ledger.ctx", model=_tiny(smollm2.tokenizer, 4, window))
     assert moved.cache.base * 4 >= len(ctx.tokens) and moved.model.sp == 4
+    assert moved.cache.window_base == (4 if window else 0)
     assert moved.ask(q, max_new_tokens=10) == answer
 
 

@@ -1,6 +1,7 @@
 """Long-text encoding in parallel chunks (token-identical), the token store (memmaps cached by
 content, with provenance) and the memory summary shown before a run."""
 
+import dataclasses
 import json
 import pathlib
 import types
@@ -112,15 +113,20 @@ def test_store_key_follows_the_tokenizer(tok):
     assert TokenStore.key("text", tok.digest, "x") != TokenStore.key("text", other.digest, "x")
 
 
-@pytest.mark.parametrize("sp", [1, 4])
-def test_memory_estimate_matches_a_real_prefill(sp, rng):
+@pytest.mark.parametrize("sp, window", [(1, None), (4, None), (4, 100)])
+def test_memory_estimate_matches_a_real_prefill(sp, window, rng):
     cfg = ModelConfig.preset("tiny")
+    if window:  # local layers keep their window only: the estimate knows it
+        cfg = dataclasses.replace(cfg, sliding_window=window, layer_types=(
+            ("full_attention",) + ("sliding_attention",) * (cfg.n_layers - 1)))
     mesh = rk.make_mesh(sp=sp, devices=jax.devices()[:sp])
     model = Model.init_random(cfg, Runtime(mesh), seed=0)
     n, new = 1000, 24
     _, cache = model.prefill([rng.integers(0, 256, n).tolist()], max_new_tokens=new)
     est = estimate(model, n, new_tokens=new)
     assert abs(est.kv_cache / cache.nbytes_per_device() - 1) < 0.05
+    if window:
+        assert est.kv_cache < 0.6 * est.kv_prefill and cache.window_base
     weights = sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(model.variables))
     assert abs(est.weights / weights - 1) < 0.05
 

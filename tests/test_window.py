@@ -1,6 +1,8 @@
 """Sliding-window ring attention: exact against the float64 dense reference with the window mask,
 on every kernel, and cheaper than full causal attention (fewer tiles, fewer ring hops)."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -138,3 +140,41 @@ def test_the_mosaic_forward_refuses_a_window_and_triton_runs_it():
                           block_sizes=rk.BlockSizes(gpu_forward="mosaic"))
     line = rk.attention.describe(q, q, q, mesh=mesh, impl="pallas", interpret="gpu", window=64)
     assert "Triton forward and backward" in line and "window 64" in line
+
+
+@pytest.mark.parametrize("sp", [1, 8])
+def test_local_layers_cache_only_the_window(sp, rng):
+    """A prefill longer than the window keeps only its last ``window`` tokens for local layers
+    (``ceil(window / sp)`` slots per device, then the same room); decode steps of one and of
+    several tokens on that cache give the full sequence's logits, rows of unequal length
+    included. A window as long as a device's chunk keeps the whole cache."""
+    from ringkit.attention.decode import window_slots
+    from ringkit.model import Model, ModelConfig, Runtime
+
+    window = int(rng.integers(9, 40))
+    kinds = ["sliding_attention"] * 3
+    kinds[int(rng.integers(3))] = "full_attention"
+    cfg = ModelConfig(name="mixed", vocab_size=300, d_model=64, n_layers=3, n_heads=4,
+                      n_kv_heads=2, head_dim=16, ffn_dim=128, max_position=2048,
+                      rope_theta=10000.0, sliding_window=window, layer_types=tuple(kinds))
+    model = Model.init_random(cfg, Runtime(rk.make_mesh(sp=sp, devices=jax.devices()[:sp])),
+                              seed=int(rng.integers(100)))
+    rows = [rng.integers(2, 300, int(n)).tolist() for n in rng.integers(130, 220, 2)]
+    new = rng.integers(2, 300, (2, 10))
+    _, cache = model.prefill(rows, max_new_tokens=11)
+    assert cache.window_base == window_slots(window, sp) < cache.base
+    room = cache.slots // sp - cache.base
+    for a, local in zip(cache.k, cfg.local_layers):
+        assert a.shape[2] == sp * ((cache.window_base if local else cache.base) + room)
+    steps = np.stack([np.asarray(model.step(cache, new[:, t:t + 1])) for t in range(6)], 1)
+    last = np.asarray(model.step(cache, new[:, 6:]))          # four tokens in one step
+    for i, row in enumerate(rows):
+        full = np.asarray(model.logits(row + new[i].tolist()))[0]
+        want = np.concatenate([full[len(row):len(row) + 6], full[-1:]])
+        got = np.concatenate([steps[i], last[i:i + 1]])
+        assert rel_err(got, want) < 1e-5, rel_err(got, want)
+
+    wide = Model(dataclasses.replace(cfg, sliding_window=sp * cache.base), model.variables,
+                 None, model.runtime)
+    _, cache = wide.prefill(rows, max_new_tokens=2)
+    assert cache.window_base == 0 and cache.window_pos is None

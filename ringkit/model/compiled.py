@@ -54,7 +54,7 @@ def compiled_memory(cfg, tokens: int, *, mesh, weights_dtype: str = "float32",
     scalar = jax.ShapeDtypeStruct((), jnp.int32)
     extra = decode.room_slots(max(new_tokens, 1) - 1, sp)
     prefill = model._prefill_fn.lower(variables, ids, ids, ids, None, scalar, extra).compile()
-    _, k, v, slot_pos = jax.tree.map(sds, jax.eval_shape(
+    _, k, v, slot_pos, window_pos = jax.tree.map(sds, jax.eval_shape(
         lambda *a: model._prefill_fn(*a, extra), variables, ids, ids, ids, None, scalar),
         prefill.output_shardings)
 
@@ -64,7 +64,8 @@ def compiled_memory(cfg, tokens: int, *, mesh, weights_dtype: str = "float32",
     decode_weights = sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
                          for x in jax.tree.leaves(decode_vars))
     one = jax.ShapeDtypeStruct((rows, 1), jnp.int32, sharding=NamedSharding(mesh, STEP))
-    step = model._step_fn.lower(decode_vars, k, v, slot_pos, one, one, scalar, scalar).compile()
+    step = model._step_fn.lower(decode_vars, k, v, slot_pos, window_pos, one, one, scalar,
+                                scalar, scalar).compile()
     total = lambda m: (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
                        - m.alias_size_in_bytes)
     return CompiledMemory(total(prefill.memory_analysis()), decode_weights,

@@ -24,7 +24,7 @@ from ringkit.errors import ConfigError, ShapeError, advice
 from ringkit.generate import Sampling, generate
 from ringkit.model.batch import Batch, pack, padded_length
 from ringkit.model.config import ModelConfig
-from ringkit.model.memory import estimate
+from ringkit.model.memory import estimate, window_kept
 from ringkit.model.transformer import Runtime, Transformer, param_shardings, spread
 from ringkit.model.weights.place import abstract_variables
 from ringkit.progress import Silent, bar, reporting
@@ -43,6 +43,12 @@ class KVCache:
     empty or padding);
     ``base`` prefill slots per device; ``appended`` tokens added since; ``next_pos [b]`` the RoPE
     position of each row's next token.
+
+    Local (sliding-window) layers keep only the prompt's last ``window`` tokens when that is
+    fewer than a device's chunk (``window_base`` > 0): their arrays are
+    ``[b, kv_heads, window_slots, hd]`` with positions in ``window_pos [b, window_slots]``,
+    ``window_base`` prefill slots per device (``ringkit.attention.decode.window_cache``).
+    ``windowed`` says which layers those are.
     """
 
     k: tuple[jax.Array, ...]
@@ -52,15 +58,18 @@ class KVCache:
     appended: int
     next_pos: np.ndarray
     rows: int  # the caller's rows; any after them pad the batch to the mesh's batch axes
+    window_pos: jax.Array | None = None
+    window_base: int = 0
+    windowed: tuple[bool, ...] = ()
 
     def room(self, sp: int) -> int:
-        """Tokens that can still be appended."""
+        """Tokens that can still be appended (the window caches have the same room)."""
         return decode.capacity(self.slots, sp, self.base) - self.appended
 
     @property
     def slots(self) -> int:
         """Slots per row over all devices (prefill chunks, room to append, spares)."""
-        return self.k[0].shape[2]
+        return self.slot_pos.shape[1]
 
     def nbytes_per_device(self) -> int:
         """Bytes of keys and values held by one device."""
@@ -201,14 +210,31 @@ class Model:
             gather = jnp.broadcast_to(last, (ids.shape[0], 1))
             h, (k, v) = module.apply(variables, ids, aux, gather=gather)
             logits = module.apply(variables, h, method=Transformer.logits)[:, 0]
-            slot_pos = jnp.where(segment_ids >= 0, positions, -1)
-            slot_pos = decode.extend_slots(slot_pos, extra + decode.SPARE_SLOTS, mesh=mesh,
-                                           spec=decode.SLOT_SPEC, axis=1, value=-1)
-            return logits, k, v, slot_pos
+            prefill_pos = jnp.where(segment_ids >= 0, positions, -1)
+            room = extra + decode.SPARE_SLOTS
+            slot_pos = decode.extend_slots(prefill_pos, room, mesh=mesh, spec=decode.SLOT_SPEC,
+                                           axis=1, value=-1)
+            window_pos = None
+            base = ids.shape[1] // self.sp
+            if self._windowed(base):  # local layers keep only the prompt's last window
+                order = layout_positions(ids.shape[1], self.sp, self.runtime.layout)
+                keep = functools.partial(
+                    decode.window_cache, order=order, length=jnp.asarray(order)[last] + 1,
+                    window=self.config.sliding_window, base=base, extra=room, mesh=mesh)
+                cut = lambda a: keep(a, spec=decode.LAYER_SPEC, axis=2)
+                k = tuple(cut(a) if local else a for a, local in zip(k, self.config.local_layers))
+                v = tuple(cut(a) if local else a for a, local in zip(v, self.config.local_layers))
+                window_pos = keep(prefill_pos, spec=decode.SLOT_SPEC, axis=1, value=-1)
+            return logits, k, v, slot_pos, window_pos
 
         # ``last`` (the slot of the prompts' last token) is traced: prompts of any length that
         # pad to the same shape share one executable.
         return jax.jit(fn, static_argnums=(6,))
+
+    def _windowed(self, base: int) -> bool:
+        """Whether a prefill of ``base`` slots per device keeps its local layers' caches to the
+        window: when the model has local layers and their window takes fewer slots."""
+        return window_kept(self.config, self.sp, base) is not None
 
     def prefill(self, rows, *, max_new_tokens: int, vision_rows=None,
                 steps: Sequence[int] | None = None) -> tuple[jax.Array, KVCache]:
@@ -228,12 +254,18 @@ class Model:
         steps = ((1,) if max_new_tokens > 1 else ()) if steps is None else steps
         with bar(self.config.n_layers, "prefill", "layer", threshold=PREFILL_BAR_TOKENS,
                  amount=batch.ids.size) as progress, reporting(progress):
-            logits, k, v, slot_pos = self._prefill_fn(
+            logits, k, v, slot_pos, window_pos = self._prefill_fn(
                 self.variables, self._put(batch.ids, ROWS), self._put(batch.positions, ROWS),
                 self._put(batch.segment_ids, ROWS), self._put(batch.vision_mask, ROWS),
                 jnp.int32(batch.last_slot), extra)
-            cache = KVCache(k, v, slot_pos, base=batch.ids.shape[1] // self.sp, appended=0,
-                            next_pos=batch.lengths.copy(), rows=len(rows))
+            base = batch.ids.shape[1] // self.sp
+            windowed = self._windowed(base)
+            cache = KVCache(
+                k, v, slot_pos, base=base, appended=0, next_pos=batch.lengths.copy(),
+                rows=len(rows), window_pos=window_pos,
+                window_base=decode.window_slots(self.config.sliding_window, self.sp)
+                if windowed else 0,
+                windowed=self.config.local_layers if windowed else ())
             # The prefill was dispatched asynchronously: compile the decode steps meanwhile.
             for t in steps:
                 self._compile_step(cache, t)
@@ -246,25 +278,30 @@ class Model:
         later ``step`` calls of that shape reuse it."""
         tokens = jax.ShapeDtypeStruct((len(cache.next_pos), t), jnp.int32,
                                       sharding=NamedSharding(self.mesh, STEP))
-        self._step_fn.lower(self._decode_variables, cache.k, cache.v, cache.slot_pos, tokens,
-                            tokens, jnp.int32(0), jnp.int32(0)).compile()
+        self._step_fn.lower(self._decode_variables, cache.k, cache.v, cache.slot_pos,
+                            cache.window_pos, tokens, tokens, jnp.int32(0), jnp.int32(0),
+                            jnp.int32(0)).compile()
 
     @functools.cached_property
     def _step_fn(self):
         mesh = self.mesh
 
-        def decode_step(variables, k, v, slot_pos, tokens, positions, counter, base):
+        def decode_step(variables, k, v, slot_pos, window_pos, tokens, positions, counter, base,
+                        window_base):
             aux = dict(positions=positions, slot_pos=slot_pos, counter=counter, base=base,
-                       vision_mask=None)
+                       window_pos=window_pos, window_base=window_base, vision_mask=None)
             h, cache = self._decoder.apply(
                 variables, tokens, aux, cache=dict(k=k, v=v),
                 gather=jnp.full((tokens.shape[0], 1), tokens.shape[1] - 1, jnp.int32))
             logits = self._decoder.apply(variables, h, method=Transformer.logits)
             logits = spread(logits, mesh, {2: ("tp", "sp")})[:, 0]  # vocab split over devices
             slot_pos = decode.append_positions(slot_pos, positions, counter, base, mesh=mesh)
-            return logits, cache["k"], cache["v"], slot_pos
+            if window_pos is not None:
+                window_pos = decode.append_positions(window_pos, positions, counter,
+                                                     window_base, mesh=mesh)
+            return logits, cache["k"], cache["v"], slot_pos, window_pos
 
-        return jax.jit(decode_step, donate_argnums=(1, 2, 3))
+        return jax.jit(decode_step, donate_argnums=(1, 2, 3, 4))
 
     @functools.cached_property
     def _decode_variables(self):
@@ -294,10 +331,10 @@ class Model:
                              f"{t}; prefill with a larger max_new_tokens")
         positions = cache.next_pos[:, None] + np.arange(t, dtype=np.int32)
         self.check_length(int(positions.max()) + 1)
-        logits, cache.k, cache.v, cache.slot_pos = self._step_fn(
-            self._decode_variables, cache.k, cache.v, cache.slot_pos, self._put(tokens, STEP),
-            self._put(positions.astype(np.int32), STEP), jnp.int32(cache.appended),
-            jnp.int32(cache.base))
+        logits, cache.k, cache.v, cache.slot_pos, cache.window_pos = self._step_fn(
+            self._decode_variables, cache.k, cache.v, cache.slot_pos, cache.window_pos,
+            self._put(tokens, STEP), self._put(positions.astype(np.int32), STEP),
+            jnp.int32(cache.appended), jnp.int32(cache.base), jnp.int32(cache.window_base))
         cache.appended += t
         cache.next_pos = cache.next_pos + t
         return logits[:cache.rows]

@@ -203,9 +203,12 @@ class Block(nn.Module):
                                  axis=2)
                     for a in (k, v))  # [b, kv, slots, hd]
         else:
+            # A local layer's cache may hold only the window (``KVCache.window_pos``).
+            own = local and aux.get("window_pos") is not None
             attn, ck, cv = decode_attention(
-                q, k, v, cache["k"], cache["v"], aux["slot_pos"], aux["positions"],
-                aux["counter"], aux["base"], mesh=rt.mesh, scale=cfg.query_scale,
+                q, k, v, cache["k"], cache["v"], aux["window_pos" if own else "slot_pos"],
+                aux["positions"], aux["counter"], aux["window_base" if own else "base"],
+                mesh=rt.mesh, scale=cfg.query_scale,
                 window=cfg.sliding_window if local else None)
             cache = dict(k=ck, v=cv)
         names = DECODE_ACTIVATION if decoding else ACTIVATION
