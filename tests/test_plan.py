@@ -148,6 +148,22 @@ def test_compiled_peak_of_drawn_configs(rng):
                        new_tokens=int(rng.integers(0, 300)), compile=True))
 
 
+def test_window_caches_shrink_the_compiled_prefill():
+    """Local layers keep only their window: with five local layers to one global (Gemma 3's
+    pattern) or all local (Mistral's), XLA's compiled prefill holds no whole cache of a local
+    layer, and the plan agrees with it as for any model."""
+    base = ModelConfig(name="g", vocab_size=4096, d_model=512, n_layers=12, n_heads=4,
+                       n_kv_heads=2, head_dim=128, ffn_dim=1024, max_position=1 << 18,
+                       rope_theta=1e6)
+    whole = rk.plan(base, "128K", "1,1,1,8", param_dtype="float32", compile=True)
+    for kinds, most in (((("sliding_attention",) * 5 + ("full_attention",)) * 2, 0.55),
+                        (None, 0.45)):
+        cfg = base.replace(sliding_window=1024, layer_types=kinds)
+        p = rk.plan(cfg, "128K", "1,1,1,8", param_dtype="float32", compile=True)
+        _close(p, 0.2)
+        assert p.compiled.prefill < most * whole.compiled.prefill, (kinds, p.compiled.prefill)
+
+
 def test_compiled_peak_of_lwm_7b_at_1m_on_64_devices():
     """LWM-7B's shape at 1M tokens on 64 simulated devices (a process of its own)."""
     import os

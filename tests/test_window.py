@@ -142,12 +142,13 @@ def test_the_mosaic_forward_refuses_a_window_and_triton_runs_it():
     assert "Triton forward and backward" in line and "window 64" in line
 
 
-@pytest.mark.parametrize("sp", [1, 8])
-def test_local_layers_cache_only_the_window(sp, rng):
+@pytest.mark.parametrize("sp, scan", [(1, False), (8, True)])
+def test_local_layers_cache_only_the_window(sp, scan, rng):
     """A prefill longer than the window keeps only its last ``window`` tokens for local layers
-    (``ceil(window / sp)`` slots per device, then the same room); decode steps of one and of
-    several tokens on that cache give the full sequence's logits, rows of unequal length
-    included. A window as long as a device's chunk keeps the whole cache."""
+    (``ceil(window / sp)`` slots per device, then the same room), whether its layers are
+    scanned or not; decode steps of one and of several tokens on that cache give the full
+    sequence's logits, rows of unequal length included. A window as long as a device's chunk
+    keeps the whole cache."""
     from ringkit.attention.decode import window_slots
     from ringkit.model import Model, ModelConfig, Runtime
 
@@ -157,8 +158,8 @@ def test_local_layers_cache_only_the_window(sp, rng):
     cfg = ModelConfig(name="mixed", vocab_size=300, d_model=64, n_layers=3, n_heads=4,
                       n_kv_heads=2, head_dim=16, ffn_dim=128, max_position=2048,
                       rope_theta=10000.0, sliding_window=window, layer_types=tuple(kinds))
-    model = Model.init_random(cfg, Runtime(rk.make_mesh(sp=sp, devices=jax.devices()[:sp])),
-                              seed=int(rng.integers(100)))
+    mesh = rk.make_mesh(sp=sp, devices=jax.devices()[:sp])
+    model = Model.init_random(cfg, Runtime(mesh, scan_layers=scan), seed=int(rng.integers(100)))
     rows = [rng.integers(2, 300, int(n)).tolist() for n in rng.integers(130, 220, 2)]
     new = rng.integers(2, 300, (2, 10))
     _, cache = model.prefill(rows, max_new_tokens=11)

@@ -27,11 +27,10 @@ from ringkit.model.weights.place import abstract_variables
 
 @dataclasses.dataclass(frozen=True)
 class MemoryEstimate:
-    """Bytes per device. ``kv_cache`` is the cache a decode keeps (local layers' only their
-    window when it is shorter than a device's share); ``kv_prefill`` every layer's keys and
-    values as the prefill computes them (the scanned layers' stacked output, before it is split
-    per layer and local layers keep their window); ``prefill_peak`` adds both and one layer's
-    activations."""
+    """Bytes per device. ``kv_cache`` is the cache a decode keeps (a local layer's only its
+    window when that is shorter than a device's share); ``prefill_peak`` adds the transient of a
+    prefill (the scanned layers' stacked keys and values before they are split per layer, and
+    one layer's activations)."""
 
     mesh: dict
     tokens: int
@@ -39,20 +38,18 @@ class MemoryEstimate:
     decode_weights: int
     kv_cache: int
     activations: int
-    kv_prefill: int | None = None  # None: the same as kv_cache
 
     @property
     def prefill_peak(self) -> int:
-        kv_prefill = self.kv_cache if self.kv_prefill is None else self.kv_prefill
-        return self.weights + self.decode_weights + kv_prefill + self.kv_cache + self.activations
+        return self.weights + self.decode_weights + 2 * self.kv_cache + self.activations
 
     def describe(self) -> str:
         gb = lambda b: f"{b / 1e9:.2f} GB" if b >= 1e8 else f"{b / 1e6:.0f} MB"
         return (f"about {gb(self.prefill_peak)} per device at the prefill's peak on mesh "
                 f"{self.mesh} for {self.tokens:,} tokens: weights {gb(self.weights)} + "
                 f"{gb(self.decode_weights)} decode copy, KV cache {gb(self.kv_cache)} + "
-                f"{gb(self.kv_cache if self.kv_prefill is None else self.kv_prefill)} while "
-                f"the prefill splits it per layer, activations {gb(self.activations)}")
+                f"{gb(self.kv_cache)} while the prefill splits it per layer, activations "
+                f"{gb(self.activations)}")
 
 
 def estimate(model, tokens: int, *, new_tokens: int = 0, mesh=None,
@@ -90,10 +87,11 @@ def estimate_shapes(cfg, tokens: int, *, mesh, weights_dtype: str = "float32",
     room = room_slots(new_tokens - 1, sp) + SPARE_SLOTS if new_tokens else 0  # as Model.prefill
     kv_heads = math.ceil(cfg.n_kv_heads / min(tp, cfg.n_kv_heads))
     per_slot = 2 * kv_heads * cfg.head_dim * w_item  # a key and a value
-    kv_prefill = cfg.n_layers * per_slot * (local + rows * room)
+    # Local layers keep only their window once it is shorter than a device's share.
     kept = window_kept(cfg, sp, math.ceil(tokens / sp))
     n_local = sum(cfg.local_layers) if kept else 0
-    kv_cache = kv_prefill - n_local * per_slot * rows * (math.ceil(tokens / sp) - (kept or 0))
+    kv_cache = per_slot * rows * ((cfg.n_layers - n_local) * (math.ceil(tokens / sp) + room)
+                                  + n_local * ((kept or 0) + room))
     heads = math.ceil(cfg.n_heads / tp)
     ffn = math.ceil(cfg.ffn_dim / tp)
     # A layer's attention and its MLP do not hold their temporaries at the same time: the
@@ -105,7 +103,7 @@ def estimate_shapes(cfg, tokens: int, *, mesh, weights_dtype: str = "float32",
     activations = local * (cfg.d_model * (4 + c_item)              # residual (f32), normed
                            + max(attention, mlp))
     return MemoryEstimate(shape, tokens + new_tokens, weights, decode_weights, kv_cache,
-                          activations, kv_prefill if kept else None)
+                          activations)
 
 
 def window_kept(cfg, sp: int, base: int) -> int | None:

@@ -207,6 +207,11 @@ class Model:
         def fn(variables, ids, positions, segment_ids, vision_mask, last, extra):
             module = Transformer(self.config, self.runtime, collect_kv=extra)
             aux = dict(positions=positions, segment_ids=segment_ids, vision_mask=vision_mask)
+            base = ids.shape[1] // self.sp
+            windowed = self._windowed(base)
+            if windowed:  # local layers keep only the prompt's last window (see Transformer)
+                order = layout_positions(ids.shape[1], self.sp, self.runtime.layout)
+                aux["window_length"] = jnp.asarray(order)[last] + 1
             gather = jnp.broadcast_to(last, (ids.shape[0], 1))
             h, (k, v) = module.apply(variables, ids, aux, gather=gather)
             logits = module.apply(variables, h, method=Transformer.logits)[:, 0]
@@ -214,17 +219,9 @@ class Model:
             room = extra + decode.SPARE_SLOTS
             slot_pos = decode.extend_slots(prefill_pos, room, mesh=mesh, spec=decode.SLOT_SPEC,
                                            axis=1, value=-1)
-            window_pos = None
-            base = ids.shape[1] // self.sp
-            if self._windowed(base):  # local layers keep only the prompt's last window
-                order = layout_positions(ids.shape[1], self.sp, self.runtime.layout)
-                keep = functools.partial(
-                    decode.window_cache, order=order, length=jnp.asarray(order)[last] + 1,
-                    window=self.config.sliding_window, base=base, extra=room, mesh=mesh)
-                cut = lambda a: keep(a, spec=decode.LAYER_SPEC, axis=2)
-                k = tuple(cut(a) if local else a for a, local in zip(k, self.config.local_layers))
-                v = tuple(cut(a) if local else a for a, local in zip(v, self.config.local_layers))
-                window_pos = keep(prefill_pos, spec=decode.SLOT_SPEC, axis=1, value=-1)
+            window_pos = None if not windowed else decode.window_cache(
+                prefill_pos, order, aux["window_length"], window=self.config.sliding_window,
+                base=base, extra=room, mesh=mesh, spec=decode.SLOT_SPEC, axis=1, value=-1)
             return logits, k, v, slot_pos, window_pos
 
         # ``last`` (the slot of the prompts' last token) is traced: prompts of any length that

@@ -33,10 +33,13 @@ from functools import partial
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ringkit.attention.decode import LAYER_SPEC, SPARE_SLOTS, decode_attention, extend_slots
+from ringkit.attention.decode import (
+    LAYER_SPEC, SPARE_SLOTS, decode_attention, extend_slots, window_cache)
+from ringkit.attention.layouts import layout_positions
 from ringkit.attention.ring import ring_attention_permuted
 from ringkit.errors import ConfigError, UnsupportedError
 from ringkit.mesh import LOGICAL_AXIS_RULES, logical_to_spec
@@ -241,12 +244,29 @@ def _rope(cfg: ModelConfig, local):
     return lambda x, pos: jnp.where(local, near.apply(x, pos), rope.apply(x, pos))
 
 
+def _keep_window(kv, aux, runtime: Runtime, window: int):
+    """A local layer's prefill ``(k, v)`` ``[b, kv, slots, hd]`` -> its window cache
+    (``ringkit.attention.decode.window_cache``) of the rows ending at ``aux["window_length"]``."""
+    total = aux["positions"].shape[1]
+    base = total // runtime.sp
+    order = layout_positions(total, runtime.sp, runtime.layout)
+    return tuple(window_cache(a, order, aux["window_length"], window=window, base=base,
+                              extra=a.shape[2] // runtime.sp - base, mesh=runtime.mesh,
+                              spec=LAYER_SPEC, axis=2) for a in kv)
+
+
 class _ScanBody(nn.Module):
     """``Block`` as (carry, per-layer input) -> (carry, per-layer output) for ``nn.scan``.
 
     ``local`` is the layer's kind when it is static (every scanned layer alike, or one unrolled
     layer); otherwise the per-layer input is a bool saying it (a model of both kinds scans one
-    body that holds both attentions and runs one)."""
+    body that holds both attentions and runs one).
+
+    With window caches (``aux["window_length"]``) a local layer outputs its window cache. In a model
+    of both kinds the per-layer input is ``(local, g)``: every layer outputs a window-sized
+    cache and a global layer also writes its whole one to slot ``g`` of the carried ``full``
+    buffers (``[globals, b, kv, slots, hd]``; a local layer's ``g`` is out of range: dropped),
+    so whole caches are held for the global layers only."""
 
     config: ModelConfig
     runtime: Runtime
@@ -254,11 +274,18 @@ class _ScanBody(nn.Module):
     local: bool | None = False
 
     @nn.compact
-    def __call__(self, carry, local):
-        x, aux, cache = carry
+    def __call__(self, carry, per_layer):
+        x, aux, cache, full = carry
+        local = self.local if self.local is not None else per_layer
+        if full is not None:
+            local, g = per_layer
         block = Block(self.config, self.runtime, self.collect_kv, name="block")
-        x, cache, kv_out = block(x, aux, cache, self.local if self.local is not None else local)
-        return (x, aux, cache), kv_out
+        x, cache, kv_out = block(x, aux, cache, local)
+        if kv_out is not None and "window_length" in aux and local is not False:
+            if full is not None:
+                full = tuple(buf.at[g].set(a, mode="drop") for buf, a in zip(full, kv_out))
+            kv_out = _keep_window(kv_out, aux, self.runtime, self.config.sliding_window)
+        return (x, aux, cache, full), kv_out
 
 
 class Transformer(nn.Module):
@@ -273,6 +300,10 @@ class Transformer(nn.Module):
     with such tuples, and ``aux`` adds ``slot_pos``, ``counter``, ``base``
     (``ringkit.attention.decode``); the second output is the extended cache.
     ``gather [b, t]`` keeps only those positions' final hidden states (the ones to score).
+
+    With ``aux["window_length"]`` (the rows' common length; ``Model.prefill`` sets it when the
+    window is shorter than a device's chunk) local layers return window caches
+    (``decode.window_cache``) instead, and no whole cache of a local layer outlives its layer.
 
     Returns ``(hidden [b, t, d], kv or cache)``; ``logits`` applies a head.
     """
@@ -306,6 +337,7 @@ class Transformer(nn.Module):
         else:
             self.layers = [body(cfg, rt, self.collect_kv, local, name=f"layers_{i}")
                            for i, local in enumerate(kinds)]
+            self.layer_kinds = None
 
     def embed_tokens(self, ids, vision_mask):
         """``[b, s, d]``: the vision embedding where ``vision_mask``, the text one elsewhere."""
@@ -332,17 +364,15 @@ class Transformer(nn.Module):
                                        "(Model.step builds one)")
             ks, vs = list(cache["k"]), list(cache["v"])
             for i, layer in enumerate(self.layers):
-                (x, _, c), _ = layer((x, aux, dict(k=ks[i], v=vs[i])), None)
+                (x, _, c, _), _ = layer((x, aux, dict(k=ks[i], v=vs[i]), None), None)
                 ks[i], vs[i] = c["k"], c["v"]
             kv = dict(k=tuple(ks), v=tuple(vs))
         elif rt.scan_layers:
-            (x, _, _), kv = self.layers((x, aux, None), self.layer_kinds)
-            if kv is not None:  # [layers, ...] -> one array per layer
-                kv = tuple(tuple(a[i] for i in range(self.config.n_layers)) for a in kv)
+            x, kv = self._scan(x, aux)
         else:
             outs = []
             for layer in self.layers:
-                (x, _, _), out = layer((x, aux, None), None)
+                (x, _, _, _), out = layer((x, aux, None, None), None)
                 outs.append(out)
             kv = None if outs[0] is None else tuple(zip(*outs))
         if gather is not None:
@@ -350,6 +380,33 @@ class Transformer(nn.Module):
         h = _rms_norm(x, self.final_norm, self.config.norm_eps,
                       rt.dtype if cache is None else rt.weights_dtype)
         return h, kv
+
+    def _scan(self, x, aux):
+        """The scanned layers: ``(x, kv)``, kv split into one array per layer."""
+        kinds = self.config.local_layers
+        mixed = self.layer_kinds is not None
+        full, g = None, None
+        per_layer = self.layer_kinds
+        if mixed and self.collect_kv is not None and "window_length" in aux:
+            # Global layers' whole caches go to carried buffers, local layers' windows out.
+            globals_ = [i for i, local in enumerate(kinds) if not local]
+            g = np.full(len(kinds), len(globals_), np.int32)
+            g[globals_] = np.arange(len(globals_))
+            b, slots = x.shape[0], aux["positions"].shape[1] + self.runtime.sp * (
+                self.collect_kv + SPARE_SLOTS)
+            shape = (len(globals_), b, self.config.n_kv_heads, slots, self.config.head_dim)
+            sharding = NamedSharding(self.runtime.mesh, PartitionSpec(None, *LAYER_SPEC))
+            empty = lambda: lax.with_sharding_constraint(
+                jnp.zeros(shape, self.runtime.weights_dtype), sharding)
+            full = (empty(), empty())
+            per_layer = (self.layer_kinds, jnp.asarray(g))
+        (x, _, _, full), kv = self.layers((x, aux, None, full), per_layer)
+        if kv is None:
+            return x, None
+        # [layers, ...] -> one array per layer (a global layer's from ``full`` when carried)
+        pick = lambda j, i: (full[j][int(g[i])] if full is not None and not kinds[i]
+                             else kv[j][i])
+        return x, tuple(tuple(pick(j, i) for i in range(self.config.n_layers)) for j in (0, 1))
 
     def logits(self, h, head: str = "text"):
         """Float32 logits ``[b, t, vocab]`` of final hidden states ``h`` (``head``: text/vision)."""
