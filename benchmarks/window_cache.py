@@ -8,8 +8,10 @@ of 128, float32) prefills one prompt, then decodes ``--steps`` single tokens. Ea
 twice on the same weights and prompt: as ringkit runs it (local layers keep the last window,
 ``KVCache.window_pos``) and with whole caches for every layer (the baseline, the behaviour
 before). Recorded: the KV cache per device, the median decode step, the prefill time, and that
-both give the same greedy tokens with logits within 1e-5. Writes
-benchmarks/results/window-cache-<timestamp>.json and .md.
+both give the same greedy tokens with logits within 1e-5. Then XLA's memory analysis of the
+compiled prefill (``rk.plan(..., compile=True)``: compiled, never run) at ``--compiled-tokens``
+on the same ring, beside the same model without windows (what every layer kept before).
+Writes benchmarks/results/window-cache-<timestamp>.json and .md.
 """
 
 from __future__ import annotations
@@ -91,6 +93,19 @@ def run(lengths, sp: int, steps: int) -> list[dict]:
     return rows
 
 
+def compiled(tokens: int, sp: int) -> dict:
+    """XLA's per-device prefill memory, windows against none, and the plan beside it; float32
+    as the timed runs (XLA:CPU turns bfloat16 scatters into float32 copies an accelerator does
+    not make)."""
+    mesh, f32 = f"1,1,1,{sp}", dict(dtype="float32", param_dtype="float32", compile=True)
+    whole = rk.plan(CONFIG.replace(sliding_window=None, layer_types=None), tokens, mesh, **f32)
+    mine = rk.plan(CONFIG, tokens, mesh, **f32)
+    return dict(tokens=tokens, sp=sp, window_prefill=mine.compiled.prefill,
+                whole_prefill=whole.compiled.prefill,
+                ratio=mine.compiled.prefill / whole.compiled.prefill,
+                plan_vs_xla=mine.peak / mine.compiled_peak)
+
+
 def _markdown(rows, meta) -> str:
     mb = lambda b: f"{b / 2**20:.0f}"
     lines = [f"# Window caches for local layers, {meta['when']}", "",
@@ -108,6 +123,12 @@ def _markdown(rows, meta) -> str:
             f"| {w['step_ms']:.1f} / {b['step_ms']:.1f} ({r['step_ratio']:.2f}) | "
             f"{w['prefill_s']:.1f} / {b['prefill_s']:.1f} | {r['same_tokens']} | "
             f"{r['max_rel_err']:.1e} |")
+    c = meta.get("compiled")
+    if c:
+        lines += ["", f"XLA's compiled prefill at {c['tokens']:,} tokens on sp={c['sp']}: "
+                  f"{mb(c['window_prefill'])} MiB per device with window caches, "
+                  f"{mb(c['whole_prefill'])} MiB without windows ({c['ratio']:.2f}x); the "
+                  f"plan's peak is {c['plan_vs_xla']:.2f}x XLA's."]
     return "\n".join(lines) + "\n"
 
 
@@ -116,12 +137,14 @@ def main(argv=None):
     ap.add_argument("--lengths", type=int, nargs="+", default=[8192, 16384, 32768])
     ap.add_argument("--sp", type=int, default=1)
     ap.add_argument("--steps", type=int, default=24)
+    ap.add_argument("--compiled-tokens", type=int, default=131072)
     ap.add_argument("--out", type=pathlib.Path, default=HERE / "results")
     args = ap.parse_args(argv)
     when = datetime.datetime.now().strftime("%Y-%m-%dT%H%M%S")
     meta = dict(when=when, jax=jax.__version__, steps=args.steps,
                 machine=f"{platform.machine()}, {os.cpu_count()} cores")
     rows = run(args.lengths, args.sp, args.steps)
+    meta["compiled"] = compiled(args.compiled_tokens, args.sp)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"window-cache-{when}"
     stem.with_suffix(".json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
