@@ -90,3 +90,28 @@ def test_bad_options(mesh):
 def test_errors_are_ringkit_errors():
     for cls in (ConfigError, MeshError, ShapeError, UnsupportedError):
         assert issubclass(cls, rk.RingkitError)
+
+
+def test_token_ids_outside_the_vocabulary():
+    """An id past the embedding table would give NaN logits, not an error: refused, naming the
+    id, where it is and the vocabulary, in logits, prefill and decode steps; a vision id is
+    checked against the vision vocabulary."""
+    from ringkit.model import Model, ModelConfig, Runtime
+
+    runtime = Runtime(rk.make_mesh(sp=2, devices=jax.devices()[:2]))
+    model = Model.init_random(ModelConfig.preset("tiny"), runtime, seed=0)
+    with pytest.raises(ShapeError, match=r"token id 256 \(row 0, position 2\).*256-id vocab"):
+        model.logits([[1, 2, 256]])
+    with pytest.raises(ShapeError, match=r"token id -1 \(row 1, position 1\)"):
+        model.prefill([[1, 2], [3, -1, 4]], max_new_tokens=2)
+    _, cache = model.prefill([[1, 2, 3]], max_new_tokens=3)
+    with pytest.raises(ShapeError, match="token id 999"):
+        model.step(cache, [[999]])
+    assert np.isfinite(model.logits([[0, 255]], attention_mask=[[1, 1]])).all()
+    assert np.isfinite(model.logits([[999, 255]], attention_mask=[[0, 1]])[:, 1]).all()
+
+    vision = Model.init_random(ModelConfig.preset("tiny").replace(vision_vocab_size=40),
+                               runtime, seed=0)
+    with pytest.raises(ShapeError, match=r"token id 40 .*40-id vision vocabulary"):
+        vision.logits([[1, 40, 200]], vision_mask=[[False, True, False]])
+    assert np.isfinite(vision.logits([[1, 39, 200]], vision_mask=[[False, True, False]])).all()

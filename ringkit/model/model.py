@@ -150,6 +150,24 @@ class Model:
                     f"{-(-n // limit)}.0, original_max_position={self.config.max_position}))",
                     f"--rope-scaling yarn:{-(-n // limit)}"))
 
+    def check_ids(self, ids, vision_mask=None, *, first_row: int = 0) -> None:
+        """Refuse token ids ``[rows, seq]`` outside the model's vocabulary (the vision
+        vocabulary where ``vision_mask``): an embedding lookup past the table gives NaN, not an
+        error. ``first_row`` numbers the rows in the message."""
+        ids = np.asarray(ids)
+        vision = (np.zeros(ids.shape, bool) if vision_mask is None or not self.config.has_vision
+                  else np.asarray(vision_mask, bool))
+        for mask, size, what in ((~vision, self.config.vocab_size, "vocabulary"),
+                                 (vision, self.config.vision_vocab_size, "vision vocabulary")):
+            bad = mask & ((ids < 0) | (ids >= size))
+            if bad.any():
+                row, pos = (int(i) for i in np.argwhere(bad)[0])
+                raise ShapeError(
+                    f"token id {int(ids[row, pos])} (row {first_row + row}, position {pos}) is "
+                    f"outside the {size:,}-id "
+                    f"{what} of {self.config.name}: tokenize with this model's tokenizer "
+                    "(model.tokenizer.encode) or load the model the ids were made for")
+
     # -- full-sequence logits ------------------------------------------------------------------
     @functools.cached_property
     def _logits_fn(self):
@@ -180,6 +198,10 @@ class Model:
         if positions is None:
             positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
         self.check_length(int(np.max(positions)) + 1)
+        # Padding's ids are never attended to, but a NaN embedding (an id past the table)
+        # would still reach real tokens through 0 * NaN: padding reads id 0.
+        ids = np.where(mask, ids, 0).astype(np.int32)
+        self.check_ids(ids, vision_mask)
         seg = np.zeros((b, s), np.int32) if segment_ids is None else np.asarray(segment_ids)
         seg = np.where(mask, seg, -1).astype(np.int32)
         total = padded_length(s, self.sp, self.runtime.layout)
@@ -247,6 +269,8 @@ class Model:
         batch: Batch = pack(rows, sp=self.sp, layout=self.runtime.layout,
                             vision_rows=vision_rows, row_multiple=self._batch_shards)
         self.check_length(batch.length + max_new_tokens - 1)  # the last new token is not fed
+        for r, row in enumerate(rows):
+            self.check_ids([row], None if vision_rows is None else [vision_rows[r]], first_row=r)
         extra = decode.room_slots(max_new_tokens - 1, self.sp)  # the last new token is not fed
         steps = ((1,) if max_new_tokens > 1 else ()) if steps is None else steps
         with bar(self.config.n_layers, "prefill", "layer", threshold=PREFILL_BAR_TOKENS,
@@ -328,6 +352,7 @@ class Model:
                              f"{t}; prefill with a larger max_new_tokens")
         positions = cache.next_pos[:, None] + np.arange(t, dtype=np.int32)
         self.check_length(int(positions.max()) + 1)
+        self.check_ids(tokens)
         logits, cache.k, cache.v, cache.slot_pos, cache.window_pos = self._step_fn(
             self._decode_variables, cache.k, cache.v, cache.slot_pos, cache.window_pos,
             self._put(tokens, STEP), self._put(positions.astype(np.int32), STEP),
