@@ -352,8 +352,8 @@ def restore(path: pathlib.Path, meta: dict, model):
         base = padded_length(int(max(meta["next_pos"])), sp, saved["layout"]) // sp
         extra = room_slots(meta["room"], sp) + SPARE_SLOTS  # as ``Model.prefill``
         full = [i for i, local in enumerate(windowed) if not local]
-        arrays = [k[i] for i in full] + [v[i] for i in full]
-        laid, pos = relayout_cache(arrays, np.asarray(slot_pos), sp=sp, base=base,
+        laid, pos = relayout_cache([k[i] for i in full] + [v[i] for i in full],
+                                   np.asarray(slot_pos), sp=sp, base=base,
                                    layout=saved["layout"], extra=extra)
         layer = NamedSharding(model.mesh, LAYER_SPEC)
         k, v = list(k), list(v)

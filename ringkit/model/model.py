@@ -280,13 +280,11 @@ class Model:
                 self._put(batch.segment_ids, ROWS), self._put(batch.vision_mask, ROWS),
                 jnp.int32(batch.last_slot), extra)
             base = batch.ids.shape[1] // self.sp
-            windowed = self._windowed(base)
+            window_base = window_kept(self.config, self.sp, base) or 0
             cache = KVCache(
                 k, v, slot_pos, base=base, appended=0, next_pos=batch.lengths.copy(),
-                rows=len(rows), window_pos=window_pos,
-                window_base=decode.window_slots(self.config.sliding_window, self.sp)
-                if windowed else 0,
-                windowed=self.config.local_layers if windowed else ())
+                rows=len(rows), window_pos=window_pos, window_base=window_base,
+                windowed=self.config.local_layers if window_base else ())
             # The prefill was dispatched asynchronously: compile the decode steps meanwhile.
             for t in steps:
                 self._compile_step(cache, t)
