@@ -204,7 +204,7 @@ def model(model=None, *, lengths: Sequence[int] = (1024, 4096), decode_tokens: i
     """
     import pandas as pd
 
-    model = resolve_model(model, mesh)
+    model = resolve_model(model, mesh, text=False)
     if not lengths or min(lengths) < 1 or decode_tokens < 1:
         raise ConfigError(f"lengths={list(lengths)}, decode_tokens={decode_tokens}: give at least "
                           "one length, all >= 1, and decode_tokens >= 1")

@@ -32,7 +32,7 @@ from ringkit import persist
 from ringkit.budget import check_memory, fit_prompt
 from ringkit.display import AnswerPrinter, frame_strip_html, sharding_html, sharding_text
 from ringkit.errors import ConfigError, FitWarning, ShapeError, SourceError, advice
-from ringkit.generate import check_sampling, decode, sampling_for, stop_strings
+from ringkit.generate import check_sampling, check_seed, decode, sampling_for, stop_strings
 from ringkit.inputs.document import Document
 from ringkit.inputs.ocr import describe
 from ringkit.inputs.sources import ingest
@@ -57,16 +57,24 @@ def default_model(mesh=None, dtype: str | None = None):
     return _MODELS[key]
 
 
-def resolve_model(model, mesh, dtype: str | None = None, *, quick: bool = False):
+def resolve_model(model, mesh, dtype: str | None = None, *, quick: bool = False,
+                  text: bool = True):
     """``model``, or the embedded SmolLM2 on ``mesh`` in ``dtype`` when it is None (a model
     comes with its mesh and dtype: not both). ``quick`` (``read``, ``ask``): the default dtype
-    is ``ringkit.model.load.quick_dtype()``, bfloat16 compute on a CPU with native bf16."""
+    is ``ringkit.model.load.quick_dtype()``, bfloat16 compute on a CPU with native bf16.
+    ``text``: the caller reads or writes text, so the model needs its tokenizer."""
     if model is None:
         return default_model(mesh, dtype or (quick_dtype() if quick else None))
     if mesh is not None or dtype is not None:
         raise ConfigError(f"pass either model= (already on its mesh, in its dtype) or "
                           f"{'mesh=' if mesh is not None else 'dtype='} (for the default model), "
                           "not both")
+    if not isinstance(model, Model):
+        raise ConfigError(f"model must be a ringkit.Model, got {model!r:.60}: load one first, "
+                          "e.g. model=ringkit.load_model('path/to/checkpoint')")
+    if text and model.tokenizer is None:
+        raise ConfigError(f"{model.config.name} has no tokenizer (Model.init_random without "
+                          "tokenizer=): reading text needs one")
     return model
 
 
@@ -123,6 +131,7 @@ class Context:
         """
         temperature, top_p = sampling_for(self.model, temperature, top_p)
         check_sampling(max_new_tokens, temperature, top_p)
+        check_seed(seed)
         stop, streamer = stop_strings(stop), _streamer(stream)
         ids = self.prompt.question_ids(question)
         need = len(ids) + max_new_tokens - 1
@@ -347,7 +356,8 @@ def load_context(path, *, model=None, mesh=None) -> Context:
     if model is not None and mesh is not None:
         raise ConfigError("pass either model= (already on its mesh) or mesh= (for the model the "
                           "context was prefilled with), not both")
-    model = model if model is not None else _saved_model(meta["model"]["source"], mesh)
+    model = resolve_model(model, None) if model is not None else _saved_model(
+        meta["model"]["source"], mesh)
     doc, prompt, cache = persist.restore(path, meta, model)
     return Context(model, doc, prompt, cache, meta["room"], meta["prefill_seconds"],
                    jnp.copy(cache.slot_pos), cache.next_pos.copy(), fitted=meta.get("fitted"),

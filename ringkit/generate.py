@@ -20,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Callable, Sequence
 
@@ -193,9 +194,9 @@ def check_sampling(max_new_tokens: int, temperature: float, top_p: float) -> Non
         raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     numbers = all(isinstance(x, (int, float, np.number)) and not isinstance(x, bool)
                   for x in (temperature, top_p))
-    if not numbers or not temperature >= 0 or not 0 < top_p <= 1:
-        raise ConfigError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature!r}, "
-                          f"{top_p!r}")
+    if not numbers or not 0 <= temperature < math.inf or not 0 < top_p <= 1:
+        raise ConfigError(f"need a finite temperature >= 0 and 0 < top_p <= 1, got "
+                          f"{temperature!r}, {top_p!r}")
 
 
 def stop_strings(stop) -> tuple[str, ...]:
@@ -268,6 +269,28 @@ def _trim_to_text(tok, ids: list[int], text: str) -> list[int]:
     return ids
 
 
+def check_seed(seed) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"seed must be a whole number >= 0, got {seed!r:.60}")
+
+
+def _check_generate(model, prompts, stream, seed, system) -> None:
+    """Refuse ``generate``'s arguments before any prefill runs."""
+    if getattr(model, "tokenizer", None) is None:
+        raise ConfigError("this model has no tokenizer to read prompts or write answers with "
+                          "(Model.init_random without tokenizer=): pass one, or run token ids "
+                          "through model.prefill and model.step")
+    if not isinstance(prompts, (str, list, tuple, np.ndarray)) or len(prompts) == 0:
+        raise ConfigError("prompts must be a string, a list of strings or a list of token-id "
+                          f"lists, got {prompts!r:.60}")
+    if not (stream is None or callable(stream)):
+        raise ConfigError(f"stream must be a function taking (text_piece, prompt_index), got "
+                          f"{stream!r:.60}")
+    check_seed(seed)
+    if not (system is None or isinstance(system, str)):
+        raise ConfigError(f"system must be a string or None, got {system!r:.60}")
+
+
 def generate(model, prompts, *, max_new_tokens: int = 256, temperature: float = 0.0,
              top_p: float = 1.0, seed: int = 0, stop: Sequence[str] | str = (),
              stream: Callable[[str, int], None] | None = None, chat: bool | None = None,
@@ -285,6 +308,7 @@ def generate(model, prompts, *, max_new_tokens: int = 256, temperature: float = 
       loop_guard: end a row where it starts repeating itself (see ``LoopGuard``); off by
         default, so greedy decoding is exactly greedy.
     """
+    _check_generate(model, prompts, stream, seed, system)
     single = isinstance(prompts, str) or (
         len(prompts) > 0 and all(isinstance(t, (int, np.integer)) for t in prompts))
     batch = [prompts] if single else list(prompts)

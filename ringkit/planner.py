@@ -23,6 +23,8 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
+
 from ringkit.errors import ConfigError, FormatError, MeshError, ShapeError
 from ringkit.mesh import MeshConfig, make_mesh
 from ringkit.model.compiled import CompiledMemory, compiled_memory
@@ -276,6 +278,12 @@ def plan(model, tokens, mesh="1,1,1,8", *, dtype: str | None = None,
         raise ConfigError(f"efficiency must be in (0, 1], got {efficiency!r}")
     tokens = parse_tokens(tokens)
     shape = mesh_sizes(mesh)
+    if config.n_kv_heads % shape["tp"]:  # as the model refuses it (ringkit.attention.spec)
+        raise ShapeError(f"{config.name} has {config.n_kv_heads} KV heads, which tp="
+                         f"{shape['tp']} does not divide; use a tp that divides the KV heads")
+    if isinstance(new_tokens, bool) or not isinstance(new_tokens, (int, np.integer)) \
+            or new_tokens < 0:
+        raise ConfigError(f"new_tokens must be a whole number >= 0, got {new_tokens!r}")
     weights_dtype = param_dtype or dtype
     memory = estimate_shapes(config, tokens, mesh=shape, weights_dtype=weights_dtype, dtype=dtype,
                              new_tokens=int(new_tokens))
@@ -341,6 +349,8 @@ def parse_tokens(tokens) -> int:
             raise ShapeError(f"tokens {tokens!r}: give a number such as 131072, '128K' or "
                              "'1M'") from None
         tokens = int(value) if value == int(value) else -1
+    if isinstance(tokens, np.integer):
+        tokens = int(tokens)
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1:
         raise ShapeError(f"tokens must be a positive whole number, got {tokens!r}")
     return tokens

@@ -115,3 +115,67 @@ def test_token_ids_outside_the_vocabulary():
     with pytest.raises(ShapeError, match=r"token id 40 .*40-id vision vocabulary"):
         vision.logits([[1, 40, 200]], vision_mask=[[False, True, False]])
     assert np.isfinite(vision.logits([[1, 39, 200]], vision_mask=[[False, True, False]])).all()
+
+
+def test_model_arguments_are_checked_before_any_cast():
+    """Ids, positions, masks and segments are checked as given: 2**32 or 1.7 is refused, not
+    wrapped or truncated into another valid id; shapes that do not match the ids are named."""
+    from ringkit.errors import ConfigError
+    from ringkit.model import Model, ModelConfig, Runtime
+
+    model = Model.init_random(ModelConfig.preset("tiny"),
+                              Runtime(rk.make_mesh(sp=2, devices=jax.devices()[:2])), seed=0)
+    ids = np.arange(1, 11)[None]
+    for call, message in (
+            (lambda: model.logits(ids.astype(np.int64) + 2**32), "outside"),
+            (lambda: model.logits(ids + 0.7), "whole numbers"),
+            (lambda: model.logits(ids, segment_ids=[[0] * 5 + [2**32] * 5]), "segment_ids"),
+            (lambda: model.logits([]), "at least one token"),
+            (lambda: model.logits(ids[None]), "1 or 2 dimensions"),
+            (lambda: model.logits(ids, positions=np.arange(5)[None]), r"positions has shape"),
+            (lambda: model.logits(ids, positions=ids - 3), "positions holds -2"),
+            (lambda: model.logits(ids, attention_mask=np.ones((1, 5))), "attention_mask"),
+            (lambda: model.logits(ids, vision_mask=np.ones((1, 3), bool)), "vision_mask"),
+            (lambda: model.logits([[1, 2], [3]]), "rectangular"),
+            (lambda: model.prefill([[1.5, 2]], max_new_tokens=2), "row 0 must be whole"),
+            (lambda: model.prefill([1, 2, 3], max_new_tokens=2), r"pass \[ids\] for one"),
+            (lambda: model.step(None, np.zeros((1, 0), np.int32)), "at least one per row")):
+        with pytest.raises(ShapeError, match=message):
+            call()
+    for bad in (0, -5, 2.5):
+        with pytest.raises(ConfigError, match="max_new_tokens must be a whole number"):
+            model.prefill([[1, 2]], max_new_tokens=bad)
+    # What is right still runs: a bool or 0/1 float mask, one row as a flat list.
+    mask = np.ones((1, 10), bool)
+    same = [model.logits(ids, attention_mask=m) for m in (mask, mask.astype(float))]
+    assert np.array_equal(same[0], same[1]) and np.array_equal(same[0], model.logits(ids[0]))
+
+
+def test_generate_read_and_plan_refuse_what_they_cannot_use(tmp_path):
+    """Arguments that used to fail deep inside (an int for stream, a string for model, a
+    tokenizer-less model, a tp that does not divide the KV heads, negative new tokens) are
+    refused up front, saying what to give."""
+    from ringkit.errors import ConfigError, FormatError, SourceError
+    from ringkit.model import Model, ModelConfig, Runtime
+
+    model = Model.init_random(ModelConfig.preset("tiny"),
+                              Runtime(rk.make_mesh(sp=2, devices=jax.devices()[:2])), seed=0)
+    with pytest.raises(ConfigError, match="no tokenizer"):
+        model.generate([[1, 2]], max_new_tokens=2)
+    with pytest.raises(ConfigError, match="no tokenizer"):
+        rk.read("README.md", model=model)
+    with pytest.raises(ConfigError, match="model must be a ringkit.Model"):
+        rk.read("README.md", model="tiny")
+    with pytest.raises(ShapeError, match="tp=3 does not divide"):
+        rk.plan("lwm-7b", "4K", "1,1,3,8")
+    with pytest.raises(ConfigError, match="new_tokens must be"):
+        rk.plan("lwm-7b", "4K", "1,1,1,8", new_tokens=-5)
+    with pytest.raises(ConfigError, match="tokens must be"):
+        model.memory(-5)
+    assert rk.plan("lwm-7b", np.int64(4096), "1,1,1,8").tokens == 4096
+    (tmp_path / "noise.txt").write_bytes(np.random.default_rng(0).bytes(4000))
+    with pytest.raises(SourceError, match="is binary"):
+        rk.eval.needle_prompt(None, 1024, 0.5, haystack=tmp_path / "noise.txt")
+    with pytest.raises(FormatError):
+        (tmp_path / "noise.jsonl").write_text("[1, 2]\n")
+        rk.eval.needle_prompt(None, 1024, 0.5, haystack=tmp_path / "noise.jsonl")

@@ -129,3 +129,25 @@ def test_an_answer_that_loops_ends_cleanly():
     assert "".join(pieces).strip() == answer
     greedy = ctx.ask(question, max_new_tokens=limit, temperature=0)
     assert greedy and most_repeated(greedy) <= 2
+
+
+def test_generate_refuses_bad_arguments_before_the_prefill(smollm2_tokenizer):
+    """A stream that is not a function, a seed that is not a whole number, an infinite
+    temperature, a system message that is not text or no prompts: refused before any work."""
+    from ringkit.errors import ConfigError
+    from ringkit.model import Model, ModelConfig, Runtime
+
+    tok = smollm2_tokenizer
+    config = ModelConfig.preset("tiny").replace(vocab_size=tok.vocab_size)
+    model = Model.init_random(config, Runtime(rk.make_mesh(sp=1, devices=jax.devices()[:1])),
+                              tokenizer=tok)
+    for kwargs, message in ((dict(stream=5), "stream must be a function"),
+                            (dict(seed="a"), "seed must be a whole number"),
+                            (dict(seed=-1), "seed must be a whole number"),
+                            (dict(temperature=float("inf")), "finite temperature"),
+                            (dict(system=5), "system must be a string")):
+        with pytest.raises(ConfigError, match=message):
+            model.generate("Hello", max_new_tokens=2, **kwargs)
+    for prompts in ([], None, 5):
+        with pytest.raises(ConfigError, match="prompts must be"):
+            model.generate(prompts, max_new_tokens=2)

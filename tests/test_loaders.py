@@ -322,6 +322,8 @@ def test_hf_bad_inputs(tmp_path, tiny, byte_tokenizer):
     (tmp_path / "f" / "config.json").write_text("[1, 2]")
     with pytest.raises(FormatError, match="not a JSON object"):
         rk.load_model(tmp_path / "f")
+    with pytest.raises(FormatError, match="not a JSON object"):  # the planner reads it too
+        rk.plan(tmp_path / "f", "4K")
     for bad in (dict(kind="yarn"), dict(kind="yarn", factor=float("inf")),
                 dict(kind="yarn", factor="big"), dict(kind="yarn", factor=2.0, size=3),
                 dict(kind="yarn", factor=2.0, original_max_position=-5)):

@@ -19,6 +19,7 @@ import re
 import numpy as np
 
 from ringkit.errors import FormatError, MissingDependencyError, ShapeError, SourceError
+from ringkit.inputs.book import decode_text, looks_binary
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -61,7 +62,11 @@ def haystack_documents(haystack: str | os.PathLike) -> tuple[str, list[str]]:
 
 def _read_documents(path: pathlib.Path) -> list[str]:
     """A text file whole; RULER's essay JSON by its ``"text"``; a JSONL file line by line."""
-    text = path.read_text(errors="replace")
+    data = path.read_bytes()
+    if looks_binary(data):  # as ringkit.ingest refuses it: random bytes are no haystack
+        raise SourceError(f"haystack {path} is binary: give a text file, a JSONL of "
+                          "{\"text\": ...} objects, or 'shakespeare'")
+    text = decode_text(data, str(path))
     if path.suffix not in (".json", ".jsonl"):
         return [text]
     lines = text.splitlines() if path.suffix == ".jsonl" else [text]

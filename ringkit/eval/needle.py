@@ -369,7 +369,9 @@ def needle(model=None, *, lengths, depths, trials: int = 3, needles: int = 1, re
     tok = model.tokenizer
     name, documents = haystack_documents(haystack)
     hay = Haystack(name, "".join(documents), tok, documents)
-    max_new_tokens = max_new_tokens or (48 if style == "lwm" else 16) + 16 * retrieve
+    if max_new_tokens is None:
+        max_new_tokens = (48 if style == "lwm" else 16) + 16 * retrieve
+    check_counts(max_new_tokens=max_new_tokens)
     _check(model, lengths, depths, trials, needles, retrieve, hay, max_new_tokens, keys)
     lwm = style == "lwm"
     config = dict(model=model.config.name, tokenizer=tok.digest, haystack=name, seed=seed,

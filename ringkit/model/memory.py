@@ -20,6 +20,7 @@ import math
 import numpy as np
 
 from ringkit.attention.decode import SPARE_SLOTS, room_slots, window_slots
+from ringkit.errors import ConfigError
 from ringkit.mesh import make_mesh
 from ringkit.model.transformer import Runtime, param_spec
 from ringkit.model.weights.place import abstract_variables
@@ -71,6 +72,10 @@ def estimate_shapes(cfg, tokens: int, *, mesh, weights_dtype: str = "float32",
     """``estimate`` from a ``ModelConfig`` and how it would run, without a model: ``mesh`` is a
     mesh or axis sizes (``{"sp": 8, "tp": 2}``), the dtypes as ``ringkit.load_model`` takes them
     (``weights_dtype``: how weights and the KV cache are stored)."""
+    for name, value, low in (("tokens", tokens, 1), ("new_tokens", new_tokens, 0),
+                             ("batch", batch, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r:.40}")
     shape = dict(mesh.shape) if hasattr(mesh, "shape") else dict(mesh)
     sp, tp = shape.get("sp", 1), shape.get("tp", 1)
     fsdp, dp = shape.get("fsdp", 1), shape.get("dp", 1)

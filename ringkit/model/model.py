@@ -76,6 +76,28 @@ class KVCache:
         return sum(a.addressable_shards[0].data.nbytes for a in self.k + self.v)
 
 
+def int_array(x, what: str, *, ndim: tuple[int, ...] = (1, 2), low: int | None = None,
+              high: int | None = None) -> np.ndarray:
+    """``x`` as an int32 array, refused with a ``ShapeError`` naming ``what`` where it is not
+    whole numbers of ``ndim`` dimensions within ``[low, high)``: checked before the cast, so that
+    an id of 2**32 or 1.7 is not silently wrapped or truncated to another one."""
+    try:
+        a = np.asarray(x)
+    except ValueError as e:  # ragged nested lists
+        raise ShapeError(f"{what} must be a rectangular array of whole numbers ({e})") from None
+    if a.dtype == bool or not (np.issubdtype(a.dtype, np.integer) or a.size == 0):
+        raise ShapeError(f"{what} must be whole numbers, got an array of {a.dtype}")
+    if a.ndim not in ndim:
+        raise ShapeError(f"{what} must have {' or '.join(map(str, ndim))} dimensions, got shape "
+                         f"{a.shape}")
+    lo = np.iinfo(np.int32).min if low is None else low
+    hi = np.iinfo(np.int32).max + 1 if high is None else high
+    if a.size and (a.min() < lo or a.max() >= hi):
+        bad = a.min() if a.min() < lo else a.max()
+        raise ShapeError(f"{what} holds {int(bad)}, outside [{lo}, {hi})")
+    return a.astype(np.int32)
+
+
 class Model:
     """A transformer with weights on a mesh and its tokenizer (``ringkit.load_model`` builds one).
 
@@ -188,21 +210,44 @@ class Model:
         ``vision_mask`` (LWM vision tokens) follow LWM's model call. ``head="vision"`` returns the
         vision head's logits. Positions whose mask is 0 hold no meaningful value.
         """
-        ids = np.asarray(ids, np.int32)
+        ids = int_array(ids, "ids", ndim=(1, 2))  # the vocabulary is checked past the padding
         ids = ids[None] if ids.ndim == 1 else ids
         b, s = ids.shape
+        if ids.size == 0:
+            raise ShapeError(f"ids have shape {ids.shape}: give at least one token")
         if head not in ("text", "vision") or (head == "vision" and not self.config.has_vision):
             raise ConfigError(f"head={head!r}: this model has heads 'text'"
                               + (" and 'vision'" if self.config.has_vision else ""))
-        mask = np.ones((b, s), bool) if attention_mask is None else np.asarray(attention_mask) > 0
+
+        def like_ids(x, what, **kw):  # [b, s] as ids, or one row of s for a single row
+            a = int_array(x, what, **kw)
+            if a.shape not in ((b, s),) + (((s,),) if b == 1 else ()):
+                raise ShapeError(f"{what} has shape {a.shape}; ids have shape {(b, s)}")
+            return a.reshape(b, s)
+
+        mask = np.ones((b, s), bool)
+        if attention_mask is not None:
+            given = np.asarray(attention_mask)
+            if given.dtype == bool or (np.issubdtype(given.dtype, np.floating)
+                                       and np.isin(given, (0, 1)).all()):
+                given = given.astype(np.int32)  # True/False or 1.0/0.0 as 1/0
+            mask = like_ids(given, "attention_mask") > 0
         if positions is None:
             positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
+        positions = like_ids(positions, "positions", low=0)
         self.check_length(int(np.max(positions)) + 1)
+        if vision_mask is not None:
+            vm_raw = np.asarray(vision_mask)
+            if vm_raw.shape not in ((b, s),) + (((s,),) if b == 1 else ()):
+                raise ShapeError(f"vision_mask has shape {vm_raw.shape}; ids have shape "
+                                 f"{(b, s)}")
+            vision_mask = vm_raw.reshape(b, s).astype(bool)
         # Padding's ids are never attended to, but a NaN embedding (an id past the table)
         # would still reach real tokens through 0 * NaN: padding reads id 0.
         ids = np.where(mask, ids, 0).astype(np.int32)
         self.check_ids(ids, vision_mask)
-        seg = np.zeros((b, s), np.int32) if segment_ids is None else np.asarray(segment_ids)
+        seg = (np.zeros((b, s), np.int32) if segment_ids is None
+               else like_ids(segment_ids, "segment_ids", low=-1))
         seg = np.where(mask, seg, -1).astype(np.int32)
         total = padded_length(s, self.sp, self.runtime.layout)
         extra_rows = -b % self._batch_shards  # all-padding rows so the batch divides dp*fsdp
@@ -266,11 +311,20 @@ class Model:
         ``(1,)`` when tokens will be generated), so that the first ``step`` does not wait for a
         compile. On an accelerator the host compiles while the device computes.
         """
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
+                or max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be a whole number >= 1, got "
+                              f"{max_new_tokens!r}")
+        if isinstance(rows, (str, bytes)) or not len(rows) or all(
+                isinstance(r, (int, np.integer)) for r in rows):
+            raise ShapeError("rows are the prompts, each a list of token ids: pass [ids] for one "
+                             f"prompt (got {str(rows)[:40]!r})")
+        for r, row in enumerate(rows):
+            self.check_ids(int_array(row, f"row {r}", ndim=(1,))[None],
+                           None if vision_rows is None else [vision_rows[r]], first_row=r)
         batch: Batch = pack(rows, sp=self.sp, layout=self.runtime.layout,
                             vision_rows=vision_rows, row_multiple=self._batch_shards)
         self.check_length(batch.length + max_new_tokens - 1)  # the last new token is not fed
-        for r, row in enumerate(rows):
-            self.check_ids([row], None if vision_rows is None else [vision_rows[r]], first_row=r)
         extra = decode.room_slots(max_new_tokens - 1, self.sp)  # the last new token is not fed
         steps = ((1,) if max_new_tokens > 1 else ()) if steps is None else steps
         with bar(self.config.n_layers, "prefill", "layer", threshold=PREFILL_BAR_TOKENS,
@@ -338,8 +392,10 @@ class Model:
     def step(self, cache: KVCache, tokens) -> jax.Array:
         """Append ``tokens [b, t]`` to ``cache`` (in place) and return the logits ``[b, vocab]``
         after the last of them."""
-        tokens = np.asarray(tokens, np.int32)
+        tokens = int_array(tokens, "tokens", ndim=(1, 2))
         tokens = tokens[:, None] if tokens.ndim == 1 else tokens
+        if tokens.shape[1] == 0:
+            raise ShapeError(f"tokens have shape {tokens.shape}: give at least one per row")
         if tokens.shape[0] != cache.rows:
             raise ShapeError(f"tokens have {tokens.shape[0]} rows but the cache holds "
                              f"{cache.rows} prompts")

@@ -92,6 +92,9 @@ def _tensor(path: Path, name: str, info: dict, data_start: int, size: int) -> np
 
 
 def config_from_hf(values: dict, name: str) -> ModelConfig:
+    if not isinstance(values, dict):
+        raise FormatError(f"{name}: its config.json holds a JSON {type(values).__name__}, not "
+                          "a JSON object of settings; is it a model's config.json?")
     if values.get("auto_map") or values.get("trust_remote_code"):
         raise UnsupportedError(
             f"{name} asks for remote code (auto_map); ringkit never runs code from a checkpoint")
@@ -261,9 +264,8 @@ def read_hf(folder) -> tuple[ModelConfig, dict, Tokenizer]:
         values = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError) as err:
         raise FormatError(f"cannot read {folder / 'config.json'}: {err}") from None
-    if not isinstance(values, dict):
-        raise FormatError(f"{folder / 'config.json'} is not a JSON object")
-    config = config_from_hf(values, name=values.get("_name_or_path") or folder.name)
+    name = (values.get("_name_or_path") if isinstance(values, dict) else None) or folder.name
+    config = config_from_hf(values, name=name)
     tensors = {}
     for path in sorted(folder.glob("*.safetensors")):
         tensors.update(read_safetensors(path))
