@@ -96,7 +96,7 @@ def _run(args) -> None:
         p = rk.plan(args.model, args.tokens, args.mesh, dtype=args.dtype, device=args.device,
                     new_tokens=args.new_tokens)
         print(p)
-        if args.feasible:
+        if args.feasible is not None:
             print("\n" + p.describe_meshes(args.feasible))
         return
     if args.command in ("needle", "ruler"):

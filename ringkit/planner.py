@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ringkit.errors import ConfigError, FormatError, MeshError, ShapeError
+from ringkit.errors import ConfigError, FormatError, MeshError, ShapeError, advice
 from ringkit.mesh import MeshConfig, make_mesh
 from ringkit.model.compiled import CompiledMemory, compiled_memory
 from ringkit.model.config import ModelConfig
@@ -209,10 +209,12 @@ class Plan:
         the device, fastest prefill first, then lowest peak. ``tp`` divides the KV heads and the
         batch of one puts no device on ``dp``."""
         if self.device is None:
-            raise ConfigError("feasible_meshes needs a device: plan(..., device='h100')")
-        devices = self.devices if devices is None else int(devices)
-        if devices < 1:
-            raise MeshError(f"devices must be >= 1, got {devices}")
+            raise ConfigError("feasible_meshes needs a device: "
+                              + advice("plan(..., device='h100')", "--device h100"))
+        devices = self.devices if devices is None else devices
+        if isinstance(devices, bool) or not isinstance(devices, (int, np.integer)) \
+                or devices < 1:
+            raise MeshError(f"devices must be a whole number >= 1, got {devices!r:.40}")
         kv = self.config.n_kv_heads
         plans = []
         for tp in (t for t in range(1, kv + 1) if kv % t == 0 and devices % t == 0):

@@ -179,3 +179,32 @@ def test_generate_read_and_plan_refuse_what_they_cannot_use(tmp_path):
     with pytest.raises(FormatError):
         (tmp_path / "noise.jsonl").write_text("[1, 2]\n")
         rk.eval.needle_prompt(None, 1024, 0.5, haystack=tmp_path / "noise.jsonl")
+
+
+def test_small_helpers_name_their_bad_arguments(tmp_path):
+    """Layout helpers, RULER and needle prompts, ingest and the planner's mesh search refuse
+    what they cannot use with a RingkitError; the length a too-short needle prompt advises
+    works."""
+    from ringkit.errors import ConfigError, MeshError, SourceError
+
+    q = np.zeros((1, 16, 2, 8), np.float32)
+    for call in (lambda: rk.layout_positions(16, 0), lambda: rk.to_layout(q, sp=0),
+                 lambda: rk.to_layout(q, sp=2, axis=5), lambda: rk.pad_for_ring(q, q, q, sp=0),
+                 lambda: rk.pad_for_ring(q, q[:, :8], q[:, :8], sp=2),
+                 lambda: rk.pad_for_ring(q, q, q, np.zeros((1, 3), np.int32), sp=2)):
+        with pytest.raises(ShapeError):
+            call()
+    with pytest.raises(ConfigError, match="tasks must be"):
+        rk.eval.ruler(tasks=5)
+    with pytest.raises(ConfigError, match="length must be >= 1"):
+        rk.eval.ruler_prompt("vt", None, -5)
+    with pytest.raises(ConfigError, match="longest"):
+        rk.eval.needle_prompt(None, 1024, 0.5, longest=0)
+    with pytest.raises(SourceError, match="max_file_bytes"):
+        rk.ingest(tmp_path, max_file_bytes="1MB")
+    with pytest.raises(MeshError, match="devices must be"):
+        rk.plan("lwm-7b", "4K", device="h100").feasible_meshes(0)
+    for style in ("lwm", "instructed"):
+        with pytest.raises(ShapeError, match="at least") as err:
+            rk.eval.needle_prompt(None, 40, 0.5, style=style)
+        rk.eval.needle_prompt(None, int(str(err.value).rsplit(" ", 1)[-1]), 0.5, style=style)

@@ -33,8 +33,14 @@ def chunks_per_device(layout: str) -> int:
     return 2 if check_layout(layout) == "zigzag" else 1
 
 
+def check_sp(sp) -> None:
+    if isinstance(sp, bool) or not isinstance(sp, (int, np.integer)) or sp < 1:
+        raise ShapeError(f"sp (devices on the ring) must be a whole number >= 1, got {sp!r:.40}")
+
+
 def check_seq_len(seq_len: int, sp: int, layout: str) -> None:
     """Raise ``ShapeError`` unless ``seq_len`` splits into the layout's equal chunks."""
+    check_sp(sp)
     multiple = sp * chunks_per_device(layout)
     if seq_len % multiple:
         padded = -(-seq_len // multiple) * multiple
@@ -71,6 +77,7 @@ def to_layout(x, sp: int, layout: str = "zigzag", axis: int = 1):
 
     Example: ``q_zz = to_layout(q, sp=8)`` for ``q [batch, seq, heads, head_dim]``.
     """
+    _check_axis(x, axis)
     if check_layout(layout) == "contiguous":
         check_seq_len(x.shape[axis], sp, layout)
         return x
@@ -79,11 +86,21 @@ def to_layout(x, sp: int, layout: str = "zigzag", axis: int = 1):
 
 def from_layout(x, sp: int, layout: str = "zigzag", axis: int = 1):
     """Inverse of ``to_layout``: permuted sequence back to natural order."""
+    _check_axis(x, axis)
     if check_layout(layout) == "contiguous":
         check_seq_len(x.shape[axis], sp, layout)
         return x
     inverse = np.argsort(_permutation(x.shape[axis], sp, layout)).astype(np.int32)
     return jnp.take(x, inverse, axis=axis)
+
+
+def _check_axis(x, axis) -> None:
+    ndim = getattr(x, "ndim", None)
+    if ndim is None:
+        raise ShapeError(f"expected an array, got {type(x).__name__}")
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not (
+            -ndim <= axis < ndim):
+        raise ShapeError(f"axis={axis!r} is not an axis of an array of shape {x.shape}")
 
 
 def device_positions(device, local_len: int, sp: int, layout: str):
@@ -107,11 +124,19 @@ def pad_for_ring(q, k, v, segment_ids=None, *, sp: int, layout: str = "zigzag"):
         q, k, v, seg, n = pad_for_ring(q, k, v, sp=8)
         out = ring_attention(q, k, v, mesh=mesh, segment_ids=seg)[:, :n]
     """
+    check_sp(sp)
+    q, k, v = (jnp.asarray(x) for x in (q, k, v))
+    if q.ndim != 4 or k.shape != v.shape or k.ndim != 4 or k.shape[:2] != q.shape[:2]:
+        raise ShapeError(f"q {q.shape}, k {k.shape}, v {v.shape}: need [batch, seq, heads, "
+                         "head_dim] each, k and v alike, all of one batch and seq")
     seq = q.shape[1]
     multiple = sp * chunks_per_device(layout)
     pad = -seq % multiple
     if segment_ids is None:
         segment_ids = jnp.zeros(q.shape[:2], jnp.int32)
+    elif jnp.shape(segment_ids) != q.shape[:2]:
+        raise ShapeError(f"segment_ids have shape {jnp.shape(segment_ids)}; q has [batch, seq] "
+                         f"= {q.shape[:2]}")
     if pad == 0:
         return q, k, v, segment_ids, seq
 

@@ -311,6 +311,10 @@ def needle_prompt(tokenizer=None, length: int = 4096, depth: float = 0.5, *, tri
     if not 0 <= depth <= 1 or length < 1 or retrieve > needles:
         raise ConfigError(f"need a length >= 1, a depth in [0, 1] and retrieve <= needles, got "
                           f"length {length}, depth {depth}, retrieve {retrieve} of {needles}")
+    if longest is not None and (isinstance(longest, bool) or not isinstance(
+            longest, (int, np.integer)) or longest < length):
+        raise ConfigError(f"longest (the run's longest length) must be a whole number >= the "
+                          f"length {length}, got {longest!r:.40}")
     name, documents = haystack_documents(haystack)
     hay = Haystack(name, "".join(documents), tok, documents)
     b = _Builder(tok, hay, style=style, template=template, seed=seed, needles=needles,

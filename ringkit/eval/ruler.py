@@ -254,6 +254,8 @@ def ruler_prompt(task: str, tokenizer=None, length: int = 4096, *, index: int = 
     _check_qa([task], qa_files)
     hay_name, essay, qa = _inputs([task], haystack, qa_files)
     (length,) = grid_values(length, int, "length")
+    if length < 1:
+        raise ConfigError(f"length must be >= 1 token, got {length}")
     env = Env(essay, length, qa, tok)
     b = build_sample(task, tok, Template.for_model(tok, template), env, index=index, seed=seed)
     return CellPrompt(b["text"], b["ids"], tuple(b["outputs"]), ruler_protocol(template, hay_name))

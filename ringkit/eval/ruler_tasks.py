@@ -371,6 +371,8 @@ GROUPS = {"all": SYNTHETIC, "niah": tuple(t for t in TASKS if t.startswith("niah
 
 def task_names(tasks) -> list[str]:
     """Task names from names and group names (``"all"``: the 11 synthetic tasks, ``"niah"``)."""
+    if not isinstance(tasks, (str, list, tuple)):
+        raise ConfigError(f"tasks must be a task name or a list of them, got {tasks!r:.60}")
     names = [tasks] if isinstance(tasks, str) else list(tasks)
     out: list[str] = []
     for n in names:
