@@ -204,6 +204,10 @@ def test_small_helpers_name_their_bad_arguments(tmp_path):
         rk.ingest(tmp_path, max_file_bytes="1MB")
     with pytest.raises(MeshError, match="devices must be"):
         rk.plan("lwm-7b", "4K", device="h100").feasible_meshes(0)
+    for bad in (dict(dtype="int8"), dict(param_dtype="f32"), dict(layout="zig"),
+                dict(impl="cuda")):
+        with pytest.raises(ConfigError):
+            rk.model.Runtime(rk.make_mesh(sp=1, devices=jax.devices()[:1]), **bad)
     for style in ("lwm", "instructed"):
         with pytest.raises(ShapeError, match="at least") as err:
             rk.eval.needle_prompt(None, 40, 0.5, style=style)

@@ -39,7 +39,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ringkit.attention.decode import (
     LAYER_SPEC, SPARE_SLOTS, decode_attention, extend_slots, window_cache)
-from ringkit.attention.layouts import layout_positions
+from ringkit.attention.kernels import IMPLS
+from ringkit.attention.layouts import check_layout, layout_positions
 from ringkit.attention.ring import ring_attention_permuted
 from ringkit.errors import ConfigError, UnsupportedError
 from ringkit.mesh import LOGICAL_AXIS_RULES, logical_to_spec
@@ -98,6 +99,17 @@ class Runtime:
     remat: bool = False
     block_q: int | None = None
     block_k: int | None = None
+
+    def __post_init__(self):
+        for name in ("dtype", "param_dtype"):
+            value = getattr(self, name)
+            if value not in (("float32", "bfloat16", "float16")
+                             + ((None,) if name == "param_dtype" else ())):
+                raise ConfigError(f"Runtime {name} must be float32, bfloat16 or float16, got "
+                                  f"{value!r:.40}")
+        check_layout(self.layout)
+        if self.impl not in IMPLS:
+            raise ConfigError(f"unknown impl {self.impl!r}; choose one of {IMPLS}")
 
     @property
     def sp(self) -> int:
