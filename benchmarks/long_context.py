@@ -99,7 +99,7 @@ def main():
 
     import ringkit as rk
     from ringkit.model.model import Model
-    from ringkit.model.transformer import Runtime
+    from ringkit.model.runtime import Runtime
 
     mesh = rk.make_mesh(sp=args.sp)
     jax.numpy.zeros(8).block_until_ready()  # the runtime up before the baseline

@@ -36,7 +36,7 @@ def one_length(cfg, n: int, decode: int, device, dtype: str) -> dict:
     import ringkit as rk
     from long_context import precompile
     from ringkit.model.model import Model
-    from ringkit.model.transformer import Runtime
+    from ringkit.model.runtime import Runtime
 
     cfg = cfg.replace(max_position=max(cfg.max_position, n + decode + 1))
     mesh = rk.make_mesh(sp=1, devices=[device])

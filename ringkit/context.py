@@ -39,7 +39,8 @@ from ringkit.inputs.sources import ingest
 from ringkit.mesh import make_mesh
 from ringkit.model import load_model
 from ringkit.model.load import quick_dtype
-from ringkit.model.model import KVCache, Model
+from ringkit.model.kvcache import KVCache
+from ringkit.model.model import Model
 from ringkit.tokenize.prompts import ContextPrompt, check_question, context_prompt
 
 DEFAULT_ROOM = 1024  # question + answer tokens a context keeps room for

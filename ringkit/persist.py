@@ -53,7 +53,7 @@ from ringkit.attention.layouts import layout_positions
 from ringkit.errors import ConfigError, FormatError, SourceError
 from ringkit.inputs.document import Document, FramesSegment, Skipped, TextSegment, VideoText
 from ringkit.model.batch import padded_length
-from ringkit.model.model import KVCache
+from ringkit.model.kvcache import KVCache
 from ringkit.tokenize.prompts import ContextPrompt, Tokens, document_sources
 
 FORMAT = 3  # 2: the integrity record; 3: local layers' window caches (reads 2 too)

@@ -2,9 +2,11 @@
 
 from ringkit.model.config import PRESETS, ModelConfig
 from ringkit.model.load import embedded_model_path, load_model
-from ringkit.model.model import KVCache, Model
+from ringkit.model.kvcache import KVCache
+from ringkit.model.model import Model
 from ringkit.model.rope import Rope, RopeScaling, attention_factor, inv_frequencies
-from ringkit.model.transformer import Runtime, Transformer
+from ringkit.model.runtime import Runtime
+from ringkit.model.transformer import Transformer
 
 __all__ = [
     "KVCache", "Model", "PRESETS", "ModelConfig", "Rope", "RopeScaling", "Runtime", "Transformer",

@@ -4,6 +4,7 @@ Prompts of different lengths are left-padded to a common length ``L`` (so every 
 sits at ``L - 1`` and decoding appends in lockstep), then right-padded so the sequence splits into
 the ring layout's chunks with a tile size that keeps the kernels efficient. Padding has segment id
 -1 and is never attended to by a real token; RoPE positions count real tokens only.
+``int_array`` checks the integer inputs a model is given (ids, positions, masks) as given.
 """
 
 from __future__ import annotations
@@ -76,3 +77,25 @@ def pack(rows: Sequence[Sequence[int]], *, sp: int, layout: str, vision_rows=Non
     order = layout_positions(total, sp, layout)
     take = lambda x: None if x is None else np.ascontiguousarray(x[:, order])
     return Batch(take(ids), take(pos), take(seg), take(vm), order, length, lengths)
+
+
+def int_array(x, what: str, *, ndim: tuple[int, ...] = (1, 2), low: int | None = None,
+              high: int | None = None) -> np.ndarray:
+    """``x`` as an int32 array, refused with a ``ShapeError`` naming ``what`` where it is not
+    whole numbers of ``ndim`` dimensions within ``[low, high)``: checked before the cast, so that
+    an id of 2**32 or 1.7 is not silently wrapped or truncated to another one."""
+    try:
+        a = np.asarray(x)
+    except ValueError as e:  # ragged nested lists
+        raise ShapeError(f"{what} must be a rectangular array of whole numbers ({e})") from None
+    if a.dtype == bool or not (np.issubdtype(a.dtype, np.integer) or a.size == 0):
+        raise ShapeError(f"{what} must be whole numbers, got an array of {a.dtype}")
+    if a.ndim not in ndim:
+        raise ShapeError(f"{what} must have {' or '.join(map(str, ndim))} dimensions, got shape "
+                         f"{a.shape}")
+    lo = np.iinfo(np.int32).min if low is None else low
+    hi = np.iinfo(np.int32).max + 1 if high is None else high
+    if a.size and (a.min() < lo or a.max() >= hi):
+        bad = a.min() if a.min() < lo else a.max()
+        raise ShapeError(f"{what} holds {int(bad)}, outside [{lo}, {hi})")
+    return a.astype(np.int32)

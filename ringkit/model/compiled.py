@@ -11,7 +11,8 @@ import math
 from ringkit.attention import decode
 from ringkit.model.batch import padded_length
 from ringkit.model.model import ROWS, STEP, Model
-from ringkit.model.transformer import Runtime, param_shardings
+from ringkit.model.runtime import Runtime
+from ringkit.model.transformer import param_shardings
 from ringkit.model.weights.place import abstract_variables
 
 

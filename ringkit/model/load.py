@@ -20,7 +20,7 @@ from ringkit.mesh import make_mesh
 from ringkit.model.config import ModelConfig
 from ringkit.model.model import Model
 from ringkit.model.rope import RopeScaling
-from ringkit.model.transformer import Runtime
+from ringkit.model.runtime import Runtime
 from ringkit.model.weights.gguf import read_gguf
 from ringkit.model.weights.hf import download, read_hf
 from ringkit.model.weights.lwm import read_lwm

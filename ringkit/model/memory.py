@@ -22,7 +22,8 @@ import numpy as np
 from ringkit.attention.decode import SPARE_SLOTS, room_slots, window_slots
 from ringkit.errors import ConfigError
 from ringkit.mesh import make_mesh
-from ringkit.model.transformer import Runtime, param_spec
+from ringkit.model.runtime import Runtime
+from ringkit.model.transformer import param_spec
 from ringkit.model.weights.place import abstract_variables
 
 

@@ -22,10 +22,12 @@ from ringkit.attention import decode
 from ringkit.attention.layouts import layout_positions
 from ringkit.errors import ConfigError, ShapeError, advice
 from ringkit.generate import Sampling, generate
-from ringkit.model.batch import Batch, pack, padded_length
+from ringkit.model.batch import Batch, int_array, pack, padded_length
 from ringkit.model.config import ModelConfig
+from ringkit.model.kvcache import KVCache
 from ringkit.model.memory import estimate, window_kept
-from ringkit.model.transformer import Runtime, Transformer, param_shardings, spread
+from ringkit.model.runtime import Runtime
+from ringkit.model.transformer import Transformer, param_shardings, spread
 from ringkit.model.weights.place import abstract_variables
 from ringkit.progress import Silent, bar, reporting
 from ringkit.tokenize.prompts import tokenize
@@ -33,69 +35,6 @@ from ringkit.tokenize.prompts import tokenize
 ROWS = P(("dp", "fsdp"), "sp")       # [b, S] inputs of a prefill
 STEP = P(("dp", "fsdp"), None)       # [b, t] inputs of a decode step
 PREFILL_BAR_TOKENS = 4096             # prefills of at least this many tokens show a bar per layer
-
-
-@dataclasses.dataclass
-class KVCache:
-    """Keys and values of every layer, sharded along the sequence on 'sp'.
-
-    ``k, v``: one ``[b, kv_heads, slots, hd]`` array per layer; ``slot_pos [b, slots]`` (-1 =
-    empty or padding);
-    ``base`` prefill slots per device; ``appended`` tokens added since; ``next_pos [b]`` the RoPE
-    position of each row's next token.
-
-    Local (sliding-window) layers keep only the prompt's last ``window`` tokens when that is
-    fewer than a device's chunk (``window_base`` > 0): their arrays are
-    ``[b, kv_heads, window_slots, hd]`` with positions in ``window_pos [b, window_slots]``,
-    ``window_base`` prefill slots per device (``ringkit.attention.decode.window_cache``).
-    ``windowed`` says which layers those are.
-    """
-
-    k: tuple[jax.Array, ...]
-    v: tuple[jax.Array, ...]
-    slot_pos: jax.Array
-    base: int
-    appended: int
-    next_pos: np.ndarray
-    rows: int  # the caller's rows; any after them pad the batch to the mesh's batch axes
-    window_pos: jax.Array | None = None
-    window_base: int = 0
-    windowed: tuple[bool, ...] = ()
-
-    def room(self, sp: int) -> int:
-        """Tokens that can still be appended (the window caches have the same room)."""
-        return decode.capacity(self.slots, sp, self.base) - self.appended
-
-    @property
-    def slots(self) -> int:
-        """Slots per row over all devices (prefill chunks, room to append, spares)."""
-        return self.slot_pos.shape[1]
-
-    def nbytes_per_device(self) -> int:
-        """Bytes of keys and values held by one device."""
-        return sum(a.addressable_shards[0].data.nbytes for a in self.k + self.v)
-
-
-def int_array(x, what: str, *, ndim: tuple[int, ...] = (1, 2), low: int | None = None,
-              high: int | None = None) -> np.ndarray:
-    """``x`` as an int32 array, refused with a ``ShapeError`` naming ``what`` where it is not
-    whole numbers of ``ndim`` dimensions within ``[low, high)``: checked before the cast, so that
-    an id of 2**32 or 1.7 is not silently wrapped or truncated to another one."""
-    try:
-        a = np.asarray(x)
-    except ValueError as e:  # ragged nested lists
-        raise ShapeError(f"{what} must be a rectangular array of whole numbers ({e})") from None
-    if a.dtype == bool or not (np.issubdtype(a.dtype, np.integer) or a.size == 0):
-        raise ShapeError(f"{what} must be whole numbers, got an array of {a.dtype}")
-    if a.ndim not in ndim:
-        raise ShapeError(f"{what} must have {' or '.join(map(str, ndim))} dimensions, got shape "
-                         f"{a.shape}")
-    lo = np.iinfo(np.int32).min if low is None else low
-    hi = np.iinfo(np.int32).max + 1 if high is None else high
-    if a.size and (a.min() < lo or a.max() >= hi):
-        bad = a.min() if a.min() < lo else a.max()
-        raise ShapeError(f"{what} holds {int(bad)}, outside [{lo}, {hi})")
-    return a.astype(np.int32)
 
 
 class Model:

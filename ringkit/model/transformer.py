@@ -26,7 +26,6 @@ refuses a tensor it has no rule for.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from functools import partial
 
@@ -39,12 +38,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ringkit.attention.decode import (
     LAYER_SPEC, SPARE_SLOTS, decode_attention, extend_slots, window_cache)
-from ringkit.attention.kernels import IMPLS
-from ringkit.attention.layouts import check_layout, layout_positions
+from ringkit.attention.layouts import layout_positions
 from ringkit.attention.ring import ring_attention_permuted
 from ringkit.errors import ConfigError, UnsupportedError
 from ringkit.mesh import LOGICAL_AXIS_RULES, logical_to_spec
 from ringkit.model.config import ModelConfig
+from ringkit.model.runtime import Runtime
 from ringkit.model.rope import Rope
 from ringkit.progress import tick, ticks_wanted
 
@@ -76,48 +75,6 @@ _RULES_EXTRA = (("norm", None), ("head_dim_o", None))
 _DECODE_RULES = (("head_dim_o", "sp"), ("mlp", ("tp", "sp")), ("vocab", ("tp", "sp")))
 ACTIVATION = ("batch", "seq", None)        # prefill: the sequence is sharded over 'sp'
 DECODE_ACTIVATION = ("batch", None, None)  # decode: a few new tokens, replicated over 'sp'
-
-
-@dataclasses.dataclass(frozen=True)
-class Runtime:
-    """How the model runs (not what it is): mesh, dtypes, ring layout, layer loop.
-
-    ``dtype`` is the prefill compute dtype (float32 default; bfloat16 runs matmuls at the fast
-    bf16 rate with float32 accumulation). ``param_dtype`` is how weights are stored (default:
-    ``dtype``); decode steps compute in it. On CPU keep float32 weights with bfloat16 compute:
-    XLA:CPU's bfloat16 matrix-vector products (every decode step) are ~9x slower than float32.
-    ``scan_layers`` compiles one layer and loops over stacked weights; ``remat`` recomputes layer
-    activations in the backward pass.
-    """
-
-    mesh: Mesh
-    dtype: str = "float32"
-    param_dtype: str | None = None
-    layout: str = "zigzag"
-    impl: str = "auto"
-    scan_layers: bool = True
-    remat: bool = False
-    block_q: int | None = None
-    block_k: int | None = None
-
-    def __post_init__(self):
-        for name in ("dtype", "param_dtype"):
-            value = getattr(self, name)
-            if value not in (("float32", "bfloat16", "float16")
-                             + ((None,) if name == "param_dtype" else ())):
-                raise ConfigError(f"Runtime {name} must be float32, bfloat16 or float16, got "
-                                  f"{value!r:.40}")
-        check_layout(self.layout)
-        if self.impl not in IMPLS:
-            raise ConfigError(f"unknown impl {self.impl!r}; choose one of {IMPLS}")
-
-    @property
-    def sp(self) -> int:
-        return self.mesh.shape["sp"]
-
-    @property
-    def weights_dtype(self) -> str:
-        return self.param_dtype or self.dtype
 
 
 def _constrain(x, mesh: Mesh, names):

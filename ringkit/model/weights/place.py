@@ -22,7 +22,8 @@ import numpy as np
 
 from ringkit.errors import ConfigError, ShapeError
 from ringkit.model.config import ModelConfig
-from ringkit.model.transformer import Runtime, Transformer, param_shardings
+from ringkit.model.runtime import Runtime
+from ringkit.model.transformer import Transformer, param_shardings
 
 
 def abstract_variables(config: ModelConfig, runtime: Runtime):
