@@ -125,9 +125,9 @@ class Model:
                 row, pos = (int(i) for i in np.argwhere(bad)[0])
                 raise ShapeError(
                     f"token id {int(ids[row, pos])} (row {first_row + row}, position {pos}) is "
-                    f"outside the {size:,}-id "
-                    f"{what} of {self.config.name}: tokenize with this model's tokenizer "
-                    "(model.tokenizer.encode) or load the model the ids were made for")
+                    f"outside the {size:,}-id {what} of {self.config.name}: tokenize with this "
+                    "model's tokenizer (model.tokenizer.encode) or load the model the ids were "
+                    "made for")
 
     # -- full-sequence logits ------------------------------------------------------------------
     @functools.cached_property
