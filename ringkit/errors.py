@@ -41,6 +41,15 @@ class FitWarning(UserWarning):
     """A source was shortened to fit the model (``ringkit.read(..., fit="auto")``)."""
 
 
+def is_whole(value, low: int = 0) -> bool:
+    """Whether an option is a whole number (a Python or numpy int, not a bool) >= ``low``: the
+    test every count, size and seed option shares before its own message."""
+    import numbers
+
+    return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            and int(value) >= low)
+
+
 _AUDIENCE = ["python"]  # who reads errors: "python", or "cli" under the ``ringkit`` command
 
 

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ringkit.errors import ConfigError
+from ringkit.errors import ConfigError, is_whole
 
 
 NUCLEUS_K = 256  # tokens top-p sampling looks at before sorting the whole vocabulary
@@ -270,7 +270,7 @@ def _trim_to_text(tok, ids: list[int], text: str) -> list[int]:
 
 
 def check_seed(seed) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    if not is_whole(seed):
         raise ConfigError(f"seed must be a whole number >= 0, got {seed!r:.60}")
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ringkit.errors import ConfigError, FormatError, MeshError, ShapeError, advice
+from ringkit.errors import ConfigError, FormatError, MeshError, ShapeError, advice, is_whole
 from ringkit.mesh import MeshConfig, make_mesh
 from ringkit.model.compiled import CompiledMemory, compiled_memory
 from ringkit.model.config import ModelConfig
@@ -212,8 +212,7 @@ class Plan:
             raise ConfigError("feasible_meshes needs a device: "
                               + advice("plan(..., device='h100')", "--device h100"))
         devices = self.devices if devices is None else devices
-        if isinstance(devices, bool) or not isinstance(devices, (int, np.integer)) \
-                or devices < 1:
+        if not is_whole(devices, 1):
             raise MeshError(f"devices must be a whole number >= 1, got {devices!r:.40}")
         kv = self.config.n_kv_heads
         plans = []
@@ -283,8 +282,7 @@ def plan(model, tokens, mesh="1,1,1,8", *, dtype: str | None = None,
     if config.n_kv_heads % shape["tp"]:  # as the model refuses it (ringkit.attention.spec)
         raise ShapeError(f"{config.name} has {config.n_kv_heads} KV heads, which tp="
                          f"{shape['tp']} does not divide; use a tp that divides the KV heads")
-    if isinstance(new_tokens, bool) or not isinstance(new_tokens, (int, np.integer)) \
-            or new_tokens < 0:
+    if not is_whole(new_tokens):
         raise ConfigError(f"new_tokens must be a whole number >= 0, got {new_tokens!r}")
     weights_dtype = param_dtype or dtype
     memory = estimate_shapes(config, tokens, mesh=shape, weights_dtype=weights_dtype, dtype=dtype,

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ringkit.errors import ConfigError, ShapeError
+from ringkit.errors import ConfigError, ShapeError, is_whole
 
 LAYOUTS = ("zigzag", "contiguous")
 
@@ -34,7 +34,7 @@ def chunks_per_device(layout: str) -> int:
 
 
 def check_sp(sp) -> None:
-    if isinstance(sp, bool) or not isinstance(sp, (int, np.integer)) or sp < 1:
+    if not is_whole(sp, 1):
         raise ShapeError(f"sp (devices on the ring) must be a whole number >= 1, got {sp!r:.40}")
 
 
@@ -98,8 +98,7 @@ def _check_axis(x, axis) -> None:
     ndim = getattr(x, "ndim", None)
     if ndim is None:
         raise ShapeError(f"expected an array, got {type(x).__name__}")
-    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not (
-            -ndim <= axis < ndim):
+    if not is_whole(axis, -ndim) or axis >= ndim:
         raise ShapeError(f"axis={axis!r} is not an axis of an array of shape {x.shape}")
 
 

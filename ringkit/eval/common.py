@@ -13,7 +13,7 @@ from typing import Callable, Hashable, Sequence
 
 import numpy as np
 
-from ringkit.errors import ConfigError, FormatError, MissingDependencyError, advice
+from ringkit.errors import ConfigError, FormatError, MissingDependencyError, advice, is_whole
 from ringkit.generate import generate_ids
 from ringkit.progress import bar
 from ringkit.tokenize.prompts import chat_shell
@@ -156,7 +156,7 @@ def check_counts(**counts) -> None:
     """Whole-number options: ``seed``, ``trial`` and ``index`` >= 0, every other one >= 1."""
     for name, value in counts.items():
         low = 0 if name in ("seed", "trial", "index") else 1
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        if not is_whole(value, low):
             raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}")
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from ringkit.context import resolve_model
-from ringkit.errors import ConfigError, ShapeError, advice
+from ringkit.errors import ConfigError, ShapeError, advice, is_whole
 from ringkit.eval.common import (CellPrompt, Prompter, answer_cells, check_counts, grid_values,
                                  heatmap, html_table, load_done, pandas, tokenizer_of,
                                  write_jsonl)
@@ -311,8 +311,7 @@ def needle_prompt(tokenizer=None, length: int = 4096, depth: float = 0.5, *, tri
     if not 0 <= depth <= 1 or length < 1 or retrieve > needles:
         raise ConfigError(f"need a length >= 1, a depth in [0, 1] and retrieve <= needles, got "
                           f"length {length}, depth {depth}, retrieve {retrieve} of {needles}")
-    if longest is not None and (isinstance(longest, bool) or not isinstance(
-            longest, (int, np.integer)) or longest < length):
+    if longest is not None and not is_whole(longest, length):
         raise ConfigError(f"longest (the run's longest length) must be a whole number >= the "
                           f"length {length}, got {longest!r:.40}")
     name, documents = haystack_documents(haystack)

@@ -7,9 +7,8 @@ import os
 import pathlib
 from typing import Any
 
-import numpy as np
-
-from ringkit.errors import FormatError, MissingDependencyError, SourceError, UnsupportedError
+from ringkit.errors import (
+    FormatError, MissingDependencyError, SourceError, UnsupportedError, is_whole)
 from ringkit.inputs.book import BOOK_SUFFIXES, decode_text, looks_binary, read_book
 from ringkit.inputs.document import Document, Skipped, TextSegment, VideoText, printable_path
 from ringkit.inputs.ocr import OnScreenText
@@ -184,8 +183,7 @@ def ingest(source, *, max_file_bytes: int = MAX_FILE_BYTES, include_secrets: boo
     check_sampling(fps, max_frames)  # whatever the sources: a bad option is refused up front
     if ocr not in (True, False, "auto"):
         raise SourceError(f"ocr must be True, False or 'auto', got {ocr!r:.40}")
-    if isinstance(max_file_bytes, bool) or not isinstance(max_file_bytes, (int, np.integer)) \
-            or max_file_bytes < 1:
+    if not is_whole(max_file_bytes, 1):
         raise SourceError(f"max_file_bytes must be a whole number of bytes >= 1, got "
                           f"{max_file_bytes!r:.40}")
     options: dict[str, Any] = dict(

@@ -20,7 +20,7 @@ import math
 import numpy as np
 
 from ringkit.attention.decode import SPARE_SLOTS, room_slots, window_slots
-from ringkit.errors import ConfigError
+from ringkit.errors import ConfigError, is_whole
 from ringkit.mesh import make_mesh
 from ringkit.model.runtime import Runtime
 from ringkit.model.transformer import param_spec
@@ -75,7 +75,7 @@ def estimate_shapes(cfg, tokens: int, *, mesh, weights_dtype: str = "float32",
     (``weights_dtype``: how weights and the KV cache are stored)."""
     for name, value, low in (("tokens", tokens, 1), ("new_tokens", new_tokens, 0),
                              ("batch", batch, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        if not is_whole(value, low):
             raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r:.40}")
     shape = dict(mesh.shape) if hasattr(mesh, "shape") else dict(mesh)
     sp, tp = shape.get("sp", 1), shape.get("tp", 1)

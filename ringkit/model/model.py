@@ -20,7 +20,7 @@ from jax.sharding import PartitionSpec as P
 
 from ringkit.attention import decode
 from ringkit.attention.layouts import layout_positions
-from ringkit.errors import ConfigError, ShapeError, advice
+from ringkit.errors import ConfigError, ShapeError, advice, is_whole
 from ringkit.generate import Sampling, generate
 from ringkit.model.batch import Batch, int_array, pack, padded_length
 from ringkit.model.config import ModelConfig
@@ -250,8 +250,7 @@ class Model:
         ``(1,)`` when tokens will be generated), so that the first ``step`` does not wait for a
         compile. On an accelerator the host compiles while the device computes.
         """
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
-                or max_new_tokens < 1:
+        if not is_whole(max_new_tokens, 1):
             raise ConfigError(f"max_new_tokens must be a whole number >= 1, got "
                               f"{max_new_tokens!r}")
         if isinstance(rows, (str, bytes)) or not len(rows) or all(
