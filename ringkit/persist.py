@@ -375,8 +375,7 @@ def restore(path: pathlib.Path, meta: dict, model):
             window_base = window_slots(window, sp)
     next_pos = np.asarray(meta["next_pos"], np.int32)
     cache = KVCache(tuple(k), tuple(v), slot_pos, base=base, appended=0, next_pos=next_pos,
-                    rows=meta["rows"], window_pos=window_pos, window_base=window_base,
-                    windowed=windowed if window_base else ())
+                    rows=meta["rows"], window_pos=window_pos, window_base=window_base)
     return doc, ContextPrompt(tokens, meta["template"], model.tokenizer), cache
 
 

@@ -23,8 +23,8 @@ class KVCache:
     Local (sliding-window) layers keep only the prompt's last ``window`` tokens when that is
     fewer than a device's chunk (``window_base`` > 0): their arrays are
     ``[b, kv_heads, window_slots, hd]`` with positions in ``window_pos [b, window_slots]``,
-    ``window_base`` prefill slots per device (``ringkit.attention.decode.window_cache``).
-    ``windowed`` says which layers those are.
+    ``window_base`` prefill slots per device (``ringkit.attention.decode.window_cache``); the
+    layers are the model's ``config.local_layers``.
     """
 
     k: tuple[jax.Array, ...]
@@ -36,7 +36,6 @@ class KVCache:
     rows: int  # the caller's rows; any after them pad the batch to the mesh's batch axes
     window_pos: jax.Array | None = None
     window_base: int = 0
-    windowed: tuple[bool, ...] = ()
 
     def room(self, sp: int) -> int:
         """Tokens that can still be appended (the window caches have the same room)."""

@@ -275,8 +275,7 @@ class Model:
             window_base = window_kept(self.config, self.sp, base) or 0
             cache = KVCache(
                 k, v, slot_pos, base=base, appended=0, next_pos=batch.lengths.copy(),
-                rows=len(rows), window_pos=window_pos, window_base=window_base,
-                windowed=self.config.local_layers if window_base else ())
+                rows=len(rows), window_pos=window_pos, window_base=window_base)
             # The prefill was dispatched asynchronously: compile the decode steps meanwhile.
             for t in steps:
                 self._compile_step(cache, t)
